@@ -1,0 +1,26 @@
+//! sessiongate: a session-aware reverse proxy gateway for unmodified web applications.
+//!
+//! # Layout
+//! Arrows point one way: `gateway` wires `listener` to `proxy` (and `admin`); `proxy` uses
+//! `routing` and `upstream`, which never import each other; only `config` reads YAML.
+//!
+//! - [`config`]: reads and validates `gateway.yaml`, reporting every problem with its position.
+//! - [`listener`]: accepts connections, terminates TLS (SNI, ALPN), serves HTTP/1.1 and HTTP/2.
+//! - [`proxy`]: the life of a request, phase by phase; the one error → status mapping.
+//! - [`routing`]: host and path-prefix matching, path normalization.
+//! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
+//! - [`gateway`]: start, serve, drain.
+//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`demo`]: the sample backend of `sessiongate demo`.
+//! - [`certs`]: development certificates (`gen-cert`).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod certs;
+pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod listener;
+pub mod proxy;
+pub mod routing;
+pub mod upstream;
