@@ -1,0 +1,357 @@
+//! Upstream pools: backends, the pooled HTTP client, balancing, health and failure classification.
+//!
+//! "Upstream" is the backend side; a `Pool` holds `Backend`s. This module knows nothing about
+//! routes or sessions: the proxy hands it a request and gets a response or an [`UpstreamError`].
+
+mod balance;
+mod body;
+mod health;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio_util::sync::CancellationToken;
+
+pub use body::{BodyError, Replay, RequestBody};
+
+use crate::config::{PassiveHealth, UpstreamConfig};
+use balance::{Balancer, Candidate};
+
+/// Why a request to an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No backend of the pool is available (all ejected or failing health checks).
+    #[error("no healthy server in upstream {pool:?}")]
+    NoHealthyServer {
+        /// The pool.
+        pool: Arc<str>,
+    },
+    /// The TCP (or TLS) connection could not be made; nothing was sent.
+    #[error("connection to {backend} failed: {reason}")]
+    Connect {
+        /// The backend's address.
+        backend: Arc<str>,
+        /// What the connector said.
+        reason: String,
+        /// The connect timeout expired (rather than a refusal or reset).
+        timed_out: bool,
+    },
+    /// No response head arrived within the response timeout.
+    #[error("{backend} did not answer within {timeout:?}")]
+    Timeout {
+        /// The backend's address.
+        backend: Arc<str>,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The request body grew past the route's limit while it was being forwarded.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// Reading the request body from the client failed (the client went away, or sent a
+    /// malformed body); not the backend's fault.
+    #[error("reading the request body from the client failed: {reason}")]
+    ClientBody {
+        /// What failed.
+        reason: String,
+    },
+    /// The connection failed after the request was (perhaps partly) sent.
+    #[error("{backend} failed: {reason}")]
+    Broken {
+        /// The backend's address.
+        backend: Arc<str>,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl UpstreamError {
+    /// Whether another server may be tried: always when nothing was sent; when the request may
+    /// have been sent, only if it is idempotent (the caller also needs a replayable body).
+    pub fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            UpstreamError::Connect { .. } => true,
+            UpstreamError::Broken { .. } => idempotent,
+            // Retrying after a response timeout multiplies load on a struggling pool.
+            UpstreamError::Timeout { .. }
+            | UpstreamError::BodyTooLarge { .. }
+            | UpstreamError::ClientBody { .. }
+            | UpstreamError::NoHealthyServer { .. } => false,
+        }
+    }
+}
+
+/// Milliseconds on a monotonic clock shared by all health state.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One server of a pool, and what we know of its health and load.
+#[derive(Debug)]
+pub struct Backend {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// `host:port`.
+    pub authority: Authority,
+    /// `host:port` as shared text, for logs and errors.
+    pub label: Arc<str>,
+    weight: u32,
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    health: health::ActiveState,
+}
+
+impl Backend {
+    /// Not ejected and not failing active health checks.
+    pub fn available(&self) -> bool {
+        self.health.is_up() && now_ms() >= self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn record_failure(&self, passive: &PassiveHealth) {
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if passive.max_failures > 0 && n >= passive.max_failures {
+            let until = now_ms()
+                .saturating_add(u64::try_from(passive.eject_for.as_millis()).unwrap_or(u64::MAX));
+            self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::warn!(backend = %self.label, failures = n, eject_for = ?passive.eject_for, "backend ejected");
+        }
+    }
+}
+
+impl Candidate for Arc<Backend> {
+    fn weight(&self) -> u32 {
+        self.weight
+    }
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    fn available(&self) -> bool {
+        Backend::available(self)
+    }
+}
+
+/// Counts a request as in flight on a backend until dropped (for least-connections).
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    /// The backend this request went to.
+    pub fn backend(&self) -> &Backend {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// A pool of backends behind one name, with its own connection pool and policies.
+pub struct Pool {
+    /// The pool's name (the key under `upstreams:`).
+    pub name: Arc<str>,
+    /// How many other servers may be tried after a failure.
+    pub retries: u32,
+    backends: Vec<Arc<Backend>>,
+    balancer: Balancer,
+    client: HttpClient,
+    response_timeout: Duration,
+    passive: PassiveHealth,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Builds a pool and, if configured, starts its active health checks (stopped by `stop`).
+    ///
+    /// # Errors
+    /// The TLS client configuration for `https` upstreams could not be built.
+    pub fn start(
+        config: &UpstreamConfig,
+        stop: &CancellationToken,
+    ) -> Result<Arc<Pool>, rustls::Error> {
+        let backends: Vec<Arc<Backend>> = config
+            .servers
+            .iter()
+            .map(|s| {
+                Arc::new(Backend {
+                    scheme: s.scheme.clone(),
+                    authority: s.authority.clone(),
+                    label: Arc::from(s.authority.as_str()),
+                    weight: s.weight,
+                    in_flight: AtomicUsize::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected_until_ms: AtomicU64::new(0),
+                    health: health::ActiveState::default(),
+                })
+            })
+            .collect();
+        let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
+        let pool = Arc::new(Pool {
+            name: Arc::from(config.name.as_str()),
+            retries: config.retries,
+            balancer: Balancer::new(config.balance, &weights),
+            client: build_client(config)?,
+            response_timeout: config.response_timeout,
+            passive: config.passive.clone(),
+            backends,
+        });
+        if let Some(h) = &config.health {
+            health::spawn(pool.clone(), h.clone(), stop.clone());
+        }
+        Ok(pool)
+    }
+
+    /// Chooses a backend not in `tried` (indices), or `None` if none is available.
+    pub fn select(&self, tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
+        let i = self.balancer.pick(&self.backends, tried)?;
+        self.backends.get(i).map(|b| (i, b.clone()))
+    }
+
+    /// Sends a request (absolute URI, Host already set) to `backend` and waits for the response
+    /// head, within the response timeout. Connection failures and timeouts count against the
+    /// backend's passive health; any response counts for it.
+    ///
+    /// # Errors
+    /// What failed, classified so the caller can decide on a retry and a status code.
+    pub async fn send(
+        &self,
+        backend: &Arc<Backend>,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, InFlight), UpstreamError> {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(backend.clone());
+        let result = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        match result {
+            Ok(Ok(resp)) => {
+                backend.record_success();
+                Ok((resp, guard))
+            }
+            Ok(Err(e)) => {
+                let err = classify(&backend.label, &e);
+                if matches!(
+                    err,
+                    UpstreamError::Connect { .. } | UpstreamError::Broken { .. }
+                ) {
+                    backend.record_failure(&self.passive);
+                }
+                Err(err)
+            }
+            Err(_) => {
+                backend.record_failure(&self.passive);
+                Err(UpstreamError::Timeout {
+                    backend: backend.label.clone(),
+                    timeout: self.response_timeout,
+                })
+            }
+        }
+    }
+
+    /// All backends, for health reporting.
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+}
+
+fn build_client(config: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(config.idle_timeout)
+        .pool_max_idle_per_host(config.max_idle_per_server)
+        // The proxy sets Host itself (the client's Host is preserved), never from the URI.
+        .set_host(false)
+        .build(https))
+}
+
+/// Sorts a client error into what the proxy needs to know: was anything sent, did it time out,
+/// was it our (the client's) body.
+fn classify(backend: &Arc<str>, err: &hyper_util::client::legacy::Error) -> UpstreamError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    let mut timed_out = false;
+    while let Some(s) = source {
+        match s.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge { limit }) => {
+                return UpstreamError::BodyTooLarge { limit: *limit };
+            }
+            Some(BodyError::Downstream(e)) => {
+                return UpstreamError::ClientBody {
+                    reason: error_chain(e),
+                };
+            }
+            Some(BodyError::Consumed) | None => {}
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            timed_out = true;
+        }
+        source = s.source();
+    }
+    if err.is_connect() {
+        return UpstreamError::Connect {
+            backend: backend.clone(),
+            reason: error_chain(err),
+            timed_out,
+        };
+    }
+    UpstreamError::Broken {
+        backend: backend.clone(),
+        reason: error_chain(err),
+    }
+}
+
+/// An error and its causes on one line (hyper's top-level messages alone say little).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        source = s.source();
+    }
+    out
+}
