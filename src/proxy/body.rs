@@ -1,0 +1,146 @@
+//! The response body sent to the client, and the access-log line written when it ends.
+//!
+//! The log line is written when the body is dropped, which hyper does when the response is
+//! fully sent, when the client goes away, or right away for bodiless responses: so every
+//! request gets exactly one line, with the bytes actually sent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::InFlight;
+
+/// What one access-log line says about a request.
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    pub start: Instant,
+    pub method: Method,
+    pub path: String,
+    pub listener: Arc<str>,
+    pub peer: std::net::IpAddr,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub status: u16,
+    /// Time until the upstream's response head arrived.
+    pub upstream_time: Option<Duration>,
+    pub error: Option<String>,
+}
+
+impl AccessLog {
+    fn write(&self, bytes: u64, complete: bool) {
+        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "access",
+            listener = %self.listener,
+            client = %self.peer,
+            method = %self.method,
+            path = %self.path,
+            route = self.route.as_deref().unwrap_or("-"),
+            upstream = self.upstream.as_deref().unwrap_or("-"),
+            status = self.status,
+            bytes,
+            duration_ms = format_args!("{duration_ms:.2}"),
+            upstream_ms = format_args!("{}", upstream_ms.map_or("-".to_owned(), |v| format!("{v:.2}"))),
+            complete,
+            error = self.error.as_deref().unwrap_or(""),
+        );
+    }
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// The body of a response on its way to the client.
+pub struct ResponseBody {
+    inner: Inner,
+    log: Option<Box<AccessLog>>,
+    /// Keeps the backend's in-flight count until the body is done (least-connections).
+    _in_flight: Option<InFlight>,
+    bytes: u64,
+    complete: bool,
+}
+
+impl ResponseBody {
+    pub(crate) fn full(bytes: Bytes, log: Option<Box<AccessLog>>) -> Self {
+        ResponseBody {
+            inner: Inner::Full(Some(bytes)),
+            log,
+            _in_flight: None,
+            bytes: 0,
+            complete: false,
+        }
+    }
+
+    pub(crate) fn upstream(
+        body: Incoming,
+        log: Option<Box<AccessLog>>,
+        in_flight: InFlight,
+    ) -> Self {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            log,
+            _in_flight: Some(in_flight),
+            bytes: 0,
+            complete: false,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(log) = &self.log {
+            let complete = self.complete || self.is_end_stream();
+            log.write(self.bytes, complete);
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Header operations on the way through, as small pure functions.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the RFC 2616 ones still seen in the wild). They
+/// describe one connection, so they never cross the proxy.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Removes hop-by-hop headers and every header that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect first: the nominated names live in the Connection header we are about to remove.
+    let nominated: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        // Host is re-set by the proxy anyway; never let a client make us drop it.
+        .filter(|n| *n != header::HOST)
+        .collect();
+    for name in nominated {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: x`), if any.
+pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`. A trusted peer's values are kept (its client address
+/// extended with the peer); anyone else's are replaced, since a client can write anything there.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: bool,
+    proto: &'static str,
+    host: &HeaderValue,
+) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    let peer = peer.to_canonical().to_string();
+    let xff = if trusted {
+        let earlier: Vec<&str> = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if earlier.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", earlier.join(", "))
+        }
+    } else {
+        peer
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(XFF, v);
+    }
+    if !trusted || !headers.contains_key(&XFP) {
+        headers.insert(XFP, HeaderValue::from_static(proto));
+    }
+    if !trusted || !headers.contains_key(&XFH) {
+        headers.insert(XFH, host.clone());
+    }
+    if !trusted {
+        // RFC 7239 `Forwarded` from an untrusted client is as forgeable as X-Forwarded-For.
+        headers.remove(header::FORWARDED);
+    }
+}
+
+/// HTTP/2 allows the `cookie` header split into several fields; HTTP/1.1 needs one
+/// (RFC 9113 §8.2.3), joined with "; ".
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The size of a request's head as a client sent it (roughly: target plus header lines).
+pub fn head_size(uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    target
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+}
+
+/// The declared `Content-Length`, if present and valid.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_nominated_headers_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("x-secret-hop", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("host", "example.com"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["x-kept", "host"]);
+    }
+
+    #[test]
+    fn connection_cannot_nominate_host() {
+        let mut h = map(&[("connection", "host"), ("host", "a")]);
+        remove_hop_by_hop(&mut h);
+        assert!(h.contains_key("host"));
+    }
+
+    #[test]
+    fn upgrade_is_detected_only_with_connection_upgrade() {
+        let h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_request(&h).unwrap(), "websocket");
+        assert!(upgrade_request(&map(&[("upgrade", "websocket")])).is_none());
+    }
+
+    #[test]
+    fn untrusted_peer_forwarded_headers_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
+        let host = HeaderValue::from_static("shop.example");
+        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false, "http", &host);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_peer_forwarded_headers_are_extended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("shop.example");
+        set_forwarded(
+            &mut h,
+            "::ffff:10.0.0.1".parse().unwrap(),
+            true,
+            "http",
+            &host,
+        );
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example");
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+    }
+}
