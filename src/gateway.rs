@@ -1,0 +1,257 @@
+//! The gateway: wires listeners to the proxy and the admin endpoints, and owns shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, ConfigError};
+use crate::listener::{self, Drain, Options};
+use crate::proxy::{ConnInfo, ListenerInfo, Proxy};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate or key in the configuration could not be loaded.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A listener's address could not be bound.
+    #[error("cannot bind listener {name:?} to {addr}: {source}")]
+    Bind {
+        /// The listener's name.
+        name: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS client for `https` upstreams could not be configured.
+    #[error("cannot configure TLS to upstreams: {0}")]
+    UpstreamTls(#[from] rustls::Error),
+}
+
+/// A listener as bound (the port is known even when the configuration said 0).
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// The listener's name.
+    pub name: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// Whether it terminates TLS.
+    pub tls: bool,
+}
+
+/// A started gateway.
+#[derive(Debug)]
+pub struct Running {
+    listeners: Vec<BoundListener>,
+    admin: Option<SocketAddr>,
+    admin_state: Arc<AdminState>,
+    drain: Drain,
+    drain_timeout: Duration,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Checks what `start` would load but does not bind: certificates and keys.
+///
+/// # Errors
+/// The first listener's certificate problem.
+pub fn check_files(config: &Config) -> Result<(), ConfigError> {
+    for l in &config.listeners {
+        if let Some(tls) = &l.tls {
+            listener::tls::acceptor(tls, &config.source)?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds every listener and starts serving.
+///
+/// # Errors
+/// A certificate that cannot be loaded or an address that cannot be bound; nothing is left
+/// running in that case.
+pub async fn start(config: &Config) -> Result<Running, StartError> {
+    let drain = Drain {
+        stop: CancellationToken::new(),
+        force: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    // Load everything that can fail before binding anything.
+    let mut acceptors = Vec::new();
+    for l in &config.listeners {
+        acceptors.push(match &l.tls {
+            Some(tls) => Some(listener::tls::acceptor(tls, &config.source)?),
+            None => None,
+        });
+    }
+    let mut sockets = Vec::new();
+    for l in &config.listeners {
+        let socket = listener::bind(l.bind).map_err(|source| StartError::Bind {
+            name: l.name.clone(),
+            addr: l.bind,
+            source,
+        })?;
+        sockets.push(socket);
+    }
+    let admin_socket = match &config.admin {
+        Some(a) => Some(listener::bind(a.bind).map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            addr: a.bind,
+            source,
+        })?),
+        None => None,
+    };
+
+    let proxy = Arc::new(Proxy::new(
+        config,
+        &drain.stop,
+        drain.tracker.clone(),
+        drain.force.clone(),
+    )?);
+    let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+    let mut listeners = Vec::new();
+    let mut accept_loops = Vec::new();
+    for ((l, socket), acceptor) in config.listeners.iter().zip(sockets).zip(acceptors) {
+        let addr = socket.local_addr().unwrap_or(l.bind);
+        let tls = l.tls.as_ref();
+        let info = Arc::new(ListenerInfo {
+            name: Arc::from(l.name.as_str()),
+            tls: tls.is_some(),
+            redirect_https: l.redirect_to_https.map(|r| r.port),
+            hsts: tls
+                .and_then(|t| t.hsts.as_ref())
+                .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+        });
+        let options = Options {
+            max_header_bytes: config.limits.max_header_bytes,
+            header_read_timeout: config.timeouts.header_read,
+            handshake_timeout: tls.map_or(Duration::from_secs(10), |t| t.handshake_timeout),
+        };
+        let proxy = proxy.clone();
+        let make_service = move |peer: SocketAddr| {
+            let conn = Arc::new((
+                proxy.clone(),
+                ConnInfo {
+                    peer,
+                    listener: info.clone(),
+                },
+            ));
+            service_fn(move |req| {
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(conn.0.handle(req, &conn.1).await) }
+            })
+        };
+        accept_loops.push(listener::spawn(
+            socket,
+            acceptor,
+            options,
+            limit.clone(),
+            drain.clone(),
+            make_service,
+        ));
+        tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening");
+        listeners.push(BoundListener {
+            name: l.name.clone(),
+            addr,
+            tls: tls.is_some(),
+        });
+    }
+
+    let admin_state = AdminState::new();
+    let mut admin_addr = None;
+    if let Some(socket) = admin_socket {
+        admin_addr = socket.local_addr().ok();
+        let state = admin_state.clone();
+        let make_service = move |_peer: SocketAddr| {
+            let state = state.clone();
+            service_fn(move |req| admin::handle(state.clone(), req))
+        };
+        let options = Options {
+            max_header_bytes: config.limits.max_header_bytes,
+            header_read_timeout: config.timeouts.header_read,
+            handshake_timeout: Duration::from_secs(10),
+        };
+        // The admin listener has its own connection cap, so a flood on the data plane cannot
+        // lock operators out of the health endpoints.
+        accept_loops.push(listener::spawn(
+            socket,
+            None,
+            options,
+            Arc::new(Semaphore::new(64)),
+            drain.clone(),
+            make_service,
+        ));
+        tracing::info!(addr = ?admin_addr, "admin listening");
+    }
+
+    Ok(Running {
+        listeners,
+        admin: admin_addr,
+        admin_state,
+        drain,
+        drain_timeout: config.timeouts.drain,
+        accept_loops,
+    })
+}
+
+impl Running {
+    /// The bound listeners, in configuration order.
+    pub fn listeners(&self) -> &[BoundListener] {
+        &self.listeners
+    }
+
+    /// The bound address of the listener with this name.
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.addr)
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to the drain timeout, then cuts
+    /// what is left. Returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.admin_state.set_draining();
+        self.drain.stop.cancel();
+        for task in self.accept_loops {
+            let _ = task.await;
+        }
+        self.drain.tracker.close();
+        let drained = tokio::time::timeout(self.drain_timeout, self.drain.tracker.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout expired: closing remaining connections");
+            self.drain.force.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.drain.tracker.wait()).await;
+        }
+        drained
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+///
+/// # Errors
+/// The signal handlers could not be installed.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    Ok(())
+}

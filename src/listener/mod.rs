@@ -1,0 +1,203 @@
+//! Listeners: accept TCP connections, terminate TLS, and serve HTTP/1.1 and HTTP/2 with any
+//! hyper service. They know nothing of routes or sessions.
+
+pub mod tls;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Connection-level settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Header section limit; hyper's own read buffer is sized above it so that our 431 (with a
+    /// body that names the cause) answers first.
+    pub max_header_bytes: usize,
+    /// Time to receive a request's header section (also the idle keep-alive time).
+    pub header_read_timeout: Duration,
+    /// Time to complete a TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// How connections end: `stop` asks them to finish (graceful), `force` cuts them, and
+/// `tracker` lets the owner wait for all of them.
+#[derive(Debug, Clone)]
+pub struct Drain {
+    /// Stop accepting; finish in-flight requests, then close.
+    pub stop: CancellationToken,
+    /// Close now (the drain timeout expired).
+    pub force: CancellationToken,
+    /// Every connection task.
+    pub tracker: TaskTracker,
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` (a restarted gateway can bind again at once).
+///
+/// # Errors
+/// The address is in use or not available.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Serves connections from `listener` until `drain.stop` fires. `make_service` is called once
+/// per connection with the client's address. At most `limit` connections are served at once
+/// (shared by all listeners); the rest wait in the kernel's accept queue.
+pub fn spawn<F, S, B>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    options: Options,
+    limit: Arc<Semaphore>,
+    drain: Drain,
+    make_service: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Arc::new(http_builder(&options));
+    let make_service = Arc::new(make_service);
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = drain.stop.cancelled() => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = drain.stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let service = make_service(peer);
+            let (builder, tls, drain2) = (builder.clone(), tls.clone(), drain.clone());
+            let handshake_timeout = options.handshake_timeout;
+            drain.tracker.spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => serve_connection(&builder, stream, service, &drain2).await,
+                    Some(acceptor) => {
+                        let Some(tls_stream) =
+                            handshake(&acceptor, stream, handshake_timeout, &drain2, peer).await
+                        else {
+                            return;
+                        };
+                        serve_connection(&builder, tls_stream, service, &drain2).await;
+                    }
+                }
+            });
+        }
+        // Dropping the listener here closes the socket: new connections are refused.
+    })
+}
+
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    timeout: Duration,
+    drain: &Drain,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    tokio::select! {
+        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                None
+            }
+        },
+        _ = drain.stop.cancelled() => None,
+    }
+}
+
+fn http_builder(options: &Options) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size((options.max_header_bytes * 2).max(64 * 1024))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_connection<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    drain: &Drain,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = drain.stop.cancelled() => {}
+    }
+    // Draining: HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY.
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.force.cancelled() => {}
+    }
+}

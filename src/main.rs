@@ -1,0 +1,230 @@
+//! The `sessiongate` command: run, check, demo, gen-cert.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sessiongate::config::Config;
+use sessiongate::gateway::{self, Running};
+use sessiongate::{certs, demo};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sessiongate",
+    version,
+    about = "A session-aware reverse proxy gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIONGATE_CONFIG",
+        default_value = "gateway.yaml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the configuration; print every problem as FILE:LINE:COL: path: message.
+    Check,
+    /// Serve gateway.yaml together with a built-in sample backend.
+    Demo,
+    /// Write a self-signed development certificate and key (PEM).
+    GenCert {
+        /// Output directory.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// DNS names or IP addresses to cover (repeatable; default: localhost, 127.0.0.1, ::1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+/// Exit code for an invalid configuration (as `check` documents).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Select the crypto provider explicitly, so that no dependency's feature choice can make
+    // rustls ambiguous at the first handshake.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&cli.config),
+        Command::GenCert { out, names } => match certs::generate(&out, &names) {
+            Ok(w) => {
+                println!(
+                    "wrote {} and {} (self-signed, for development only)",
+                    w.cert.display(),
+                    w.key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gen-cert: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => serve(&cli.config, false),
+        Command::Demo => serve(&cli.config, true),
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = gateway::check_files(&config) {
+        eprintln!("{e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!(
+        "{}: ok ({} listeners, {} upstreams, {} routes)",
+        path.display(),
+        config.listeners.len(),
+        config.upstreams.len(),
+        config.routes.len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn serve(path: &Path, with_demo: bool) -> ExitCode {
+    init_logging();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve_async(config, path, with_demo)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("sessiongate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_async(config: Config, path: &Path, with_demo: bool) -> anyhow::Result<bool> {
+    let demo_stop = tokio_util::sync::CancellationToken::new();
+    if with_demo {
+        start_demo_backend(&config, path, &demo_stop).await?;
+    }
+    let running = gateway::start(&config).await?;
+    print_urls(&running, with_demo);
+    gateway::shutdown_signal()
+        .await
+        .context("cannot install signal handlers")?;
+    let drained = running.shutdown().await;
+    demo_stop.cancel();
+    Ok(drained)
+}
+
+/// Binds the sample backend where the first route's upstream expects its first server, and
+/// makes the development certificate if the configuration's is missing.
+async fn start_demo_backend(
+    config: &Config,
+    path: &Path,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let upstream = config
+        .routes
+        .first()
+        .and_then(|r| config.upstream(&r.upstream))
+        .context("the demo needs a route with an upstream in the configuration")?;
+    let server = upstream
+        .servers
+        .first()
+        .context("the demo upstream has no server")?;
+    let addr: SocketAddr = server.authority.as_str().parse().with_context(|| {
+        format!(
+            "the demo backend must listen on an IP:PORT, but upstream {:?} names {}",
+            upstream.name, server.authority
+        )
+    })?;
+    for l in &config.listeners {
+        for c in l.tls.iter().flat_map(|t| &t.certificates) {
+            if !c.cert.exists() && !c.key.exists() {
+                let dir = c.cert.parent().unwrap_or(Path::new("."));
+                let w = certs::generate(dir, &[])?;
+                eprintln!(
+                    "demo: made a development certificate {} (self-signed)",
+                    w.cert.display()
+                );
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot start the demo backend on {addr} (from {}): is something else using it?",
+            path.display()
+        )
+    })?;
+    tokio::spawn(demo::serve_backend(listener, stop.clone()));
+    tracing::info!(%addr, "demo backend listening");
+    Ok(())
+}
+
+fn print_urls(running: &Running, with_demo: bool) {
+    if with_demo {
+        println!("\nsessiongate demo is running. Open:");
+    }
+    for l in running.listeners() {
+        let scheme = if l.tls { "https" } else { "http" };
+        let host = match l.addr.ip() {
+            ip if ip.is_loopback() || ip.is_unspecified() => {
+                if l.tls {
+                    "localhost".to_owned()
+                } else {
+                    "127.0.0.1".to_owned()
+                }
+            }
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        println!(
+            "  {scheme}://{host}:{}/   (listener {})",
+            l.addr.port(),
+            l.name
+        );
+    }
+    if let Some(a) = running.admin_addr() {
+        println!("  http://{a}/healthz   (admin)");
+    }
+    if with_demo {
+        println!("The https listener uses the self-signed development certificate in certs/.");
+        println!("Press Ctrl-C to stop.\n");
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
