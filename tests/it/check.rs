@@ -1,0 +1,132 @@
+use assert_cmd::cargo::cargo_bin_cmd;
+
+#[test]
+fn check_reports_every_problem_of_a_bad_file_with_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:
+  - { name: web, bind: \"127.0.0.1:99999\" }
+upstreams:
+  app:
+    servers: [ { url: \"http://127.0.0.1:8081\" } ]
+    response_timeout: soon
+routes:
+  - { match: { path_prefix: / }, upstream: ap, strip_prefx: true }
+",
+    )
+    .unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    let file = path.display().to_string();
+    assert!(lines[0].starts_with(&format!("{file}:2:")), "{stderr}");
+    assert!(
+        lines[0].contains("listeners[0].bind: bad address"),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with(&format!("{file}:6:")), "{stderr}");
+    assert!(
+        lines[1].contains("upstreams.app.response_timeout: bad duration"),
+        "{stderr}"
+    );
+    assert!(lines[2].starts_with(&format!("{file}:8:")), "{stderr}");
+    assert!(lines[3].starts_with(&format!("{file}:8:")), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].upstream: unknown upstream \"ap\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[0].strip_prefx: unknown key (did you mean `strip_prefix`?)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_accepts_the_shipped_gateway_yaml() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["check", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_reports_a_certificate_that_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path().join("k.pem"), "not a key").unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(
+        &path,
+        "listeners:
+  - name: tls
+    bind: \"127.0.0.1:0\"
+    tls:
+      certificates:
+        - { cert: c.pem, key: k.pem }
+upstreams:
+  app: { servers: [ { url: \"http://127.0.0.1:1\" } ] }
+routes: [ { upstream: app, match: {} } ]
+",
+    )
+    .unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(":6:11: listeners[0].tls.certificates[0]:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_with_a_bad_config_exits_nonzero_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, "listeners: []\n").unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("gw.yaml:1:"), "{stderr}");
+}
+
+#[test]
+fn gen_cert_writes_a_certificate_and_a_private_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["gen-cert", "--out"])
+        .arg(dir.path())
+        .args(["--name", "shop.test", "--name", "10.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cert = std::fs::read_to_string(dir.path().join("shop.test.crt")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let key = dir.path().join("shop.test.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}

@@ -1,0 +1,59 @@
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn slow_header_sender_is_disconnected_after_the_header_timeout() {
+    let b = Backend::named("b").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "timeouts: { header_read: 300ms }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr("web")).await.unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: slow.test\r\nX-Drip: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "the connection stayed open");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert!(b.requests().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_until_one_closes() {
+    let b = Backend::named("b").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "limits: { max_connections: 1 }",
+    ))
+    .await;
+    let addr = gw.addr("web");
+    let request = b"GET / HTTP/1.1\r\nHost: cap.test\r\n\r\n";
+
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // The second connection is accepted by the kernel but not served while the first is open.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(400), second.read(&mut buf)).await;
+    assert!(waited.is_err(), "a connection over the cap was served");
+
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}

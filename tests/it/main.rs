@@ -1,0 +1,15 @@
+//! Integration tests: real sockets, real backends, real TLS, one test binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod check;
+mod errors;
+mod headers;
+mod limits;
+mod retry;
+mod routing;
+mod shutdown;
+mod streaming;
+mod support;
+mod tls;
+mod upstreams;
+mod websocket;

@@ -1,0 +1,353 @@
+//! Test harness: real backends (small hyper servers), a real gateway (in process or as the real
+//! binary), real TLS certificates, raw sockets. Everything on 127.0.0.1 with port 0.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sessiongate::config::Config;
+use sessiongate::gateway::{self, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// Installs the process-wide crypto provider once (rustls needs exactly one).
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+pub fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn text(status: u16, s: &str) -> Response<Body> {
+    let mut r = Response::new(full(s.to_owned()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// A real HTTP backend on 127.0.0.1, recording every request it receives.
+#[derive(Clone)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    /// A backend that answers 200 with `name` as the body.
+    pub async fn named(name: &'static str) -> Backend {
+        Backend::start(move |_req| async move { text(200, name) }).await
+    }
+
+    /// A backend answering 200 with `name`, on an already bound listener.
+    pub async fn start_on(listener: TcpListener, name: &'static str) -> Backend {
+        Backend::serve(listener, move |_req| async move { text(200, name) })
+    }
+
+    /// A backend with a custom handler.
+    pub async fn start<F, Fut>(handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        Backend::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+    }
+
+    fn serve<F, Fut>(listener: TcpListener, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (handler, seen) = (handler.clone(), seen2.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        seen.lock().unwrap().push(Seen {
+                            method: req.method().clone(),
+                            uri: req.uri().to_string(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        });
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("the backend saw no request")
+    }
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub running: Option<Running>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts a gateway from YAML. Relative paths resolve in a fresh temporary directory.
+    pub async fn start(yaml: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        Gateway::start_in(yaml, dir).await
+    }
+
+    pub async fn start_in(yaml: &str, dir: tempfile::TempDir) -> Gateway {
+        init();
+        let config = Config::from_str("test.yaml", yaml, dir.path(), &|_| None)
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let running = gateway::start(&config).await.unwrap();
+        Gateway {
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.running.as_ref().unwrap().addr(listener).unwrap()
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(listener))
+    }
+
+    pub async fn shutdown(&mut self) -> bool {
+        self.running.take().unwrap().shutdown().await
+    }
+}
+
+/// The smallest config: one plain listener `web` and one upstream `app` of `servers`.
+pub fn simple_config(servers: &[SocketAddr], upstream_extra: &str, top_extra: &str) -> String {
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|a| format!("{{ url: \"http://{a}\" }}"))
+        .collect();
+    format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\" }}\nupstreams:\n  app:\n    servers: [ {} ]\n{upstream_extra}\nroutes:\n  - {{ name: app, match: {{ path_prefix: / }}, upstream: app }}\n{top_extra}\n",
+        servers.join(", ")
+    )
+}
+
+/// A plain HTTP client that does not pool connections between tests' requests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes on a fresh connection and reads until the peer closes or `wait` passes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A self-signed certificate for `names`, written as PEM into `dir`.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: Vec<u8>,
+    pub pem: String,
+}
+
+pub fn make_cert(dir: &Path, stem: &str, names: &[&str]) -> TestCert {
+    let key = rcgen::KeyPair::generate().unwrap();
+    make_cert_with_key(dir, stem, names, &key)
+}
+
+pub fn make_cert_with_key(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+    key: &rcgen::KeyPair,
+) -> TestCert {
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(key).unwrap();
+    let c = TestCert {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+        der: cert.der().to_vec(),
+        pem: cert.pem(),
+    };
+    std::fs::write(&c.cert, cert.pem()).unwrap();
+    std::fs::write(&c.key, key.serialize_pem()).unwrap();
+    c
+}
+
+/// A reqwest client that trusts only `certs` and resolves `name` to `addr`.
+pub fn tls_client(certs: &[&TestCert], name: &str, addr: SocketAddr) -> reqwest::Client {
+    let roots = certs
+        .iter()
+        .map(|c| reqwest::Certificate::from_pem(c.pem.as_bytes()).unwrap());
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only(roots)
+        .resolve(name, addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The gateway as the real binary, for what needs a separate process: signals, peak memory.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    pub fn start(yaml: &str) -> GatewayProcess {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        // The binary prints one URL line per listener: "  http://127.0.0.1:PORT/   (listener web)".
+        let http = loop {
+            let line = lines
+                .next()
+                .expect("the gateway exited before listening")
+                .unwrap();
+            if let Some(rest) = line.trim().strip_prefix("http://")
+                && line.contains("(listener web)")
+            {
+                let hostport = rest.split('/').next().unwrap();
+                break hostport.parse::<SocketAddr>().unwrap();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        GatewayProcess {
+            child,
+            http,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 20 ms until it returns true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

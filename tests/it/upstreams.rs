@@ -1,0 +1,99 @@
+use std::time::Duration;
+
+use crate::support::*;
+
+async fn bodies(gw: &Gateway, n: usize) -> Vec<String> {
+    let c = client();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            c.get(gw.url("web", "/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_by_weight() {
+    let a = Backend::named("a").await;
+    let b = Backend::named("b").await;
+    let yaml = format!(
+        "listeners: [ {{ name: web, bind: \"127.0.0.1:0\" }} ]
+upstreams:
+  app:
+    servers: [ {{ url: \"{}\", weight: 3 }}, {{ url: \"{}\", weight: 1 }} ]
+routes: [ {{ match: {{ path_prefix: / }}, upstream: app }} ]
+",
+        a.url(),
+        b.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let got = bodies(&gw, 40).await;
+    assert_eq!(got.iter().filter(|s| *s == "a").count(), 30);
+    assert_eq!(got.iter().filter(|s| *s == "b").count(), 10);
+}
+
+#[tokio::test]
+async fn least_connections_avoids_the_busy_server() {
+    let server = |name: &'static str| {
+        Backend::start(move |req| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            text(200, name)
+        })
+    };
+    let (a, b) = (server("a").await, server("b").await);
+    let gw = Gateway::start(&simple_config(
+        &[a.addr, b.addr],
+        "    balance: least_connections",
+        "",
+    ))
+    .await;
+    // One long request occupies one server; every quick request meanwhile goes to the other.
+    let (c, url) = (client(), gw.url("web", "/slow"));
+    let long = tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() });
+    let started = eventually(Duration::from_secs(2), || async {
+        a.requests().len() + b.requests().len() == 1
+    })
+    .await;
+    assert!(started);
+    let busy = if a.requests().len() == 1 { "a" } else { "b" };
+    let got = bodies(&gw, 6).await;
+    assert!(
+        got.iter().all(|s| s != busy),
+        "{busy} was busy, yet got {got:?}"
+    );
+    assert_eq!(long.await.unwrap(), busy);
+}
+
+#[tokio::test]
+async fn failing_server_is_ejected_then_readmitted() {
+    let dead = dead_addr().await;
+    let live = Backend::named("live").await;
+    let gw = Gateway::start(&simple_config(
+        &[dead, live.addr],
+        "    retries: 1\n    passive: { max_failures: 2, eject_for: 500ms }",
+        "",
+    ))
+    .await;
+    // Every request succeeds (retried on the live server); after two failures the dead server
+    // is ejected and stops costing a connection attempt.
+    assert!(bodies(&gw, 6).await.iter().all(|s| s == "live"));
+    let attempts_before = live.requests().len();
+    assert_eq!(attempts_before, 6);
+
+    // Bring the dead address back to life after the ejection ends: it gets traffic again.
+    let revived = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let revived_backend = Backend::start_on(revived, "revived").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let got = bodies(&gw, 4).await;
+    assert!(got.iter().any(|s| s == "revived"), "{got:?}");
+    drop(revived_backend);
+}
