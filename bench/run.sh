@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Benchmark: the gateway against nginx, in one run, on this machine.
+#
+# wrk is pinned to CPU 0; each proxy and the backend are pinned to CPU 1, so one core is the
+# proxy's budget, as one nginx worker's is. Rounds alternate nginx / gateway so that machine
+# noise hits both. Only the ratios printed at the end mean anything on a noisy machine.
+#
+#   bench/run.sh                 # defaults: 3 rounds of 10 s at 50 connections
+#   ROUNDS=5 DURATION=15s CONNS=100 bench/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+BACKEND_PORT=${BACKEND_PORT:-19001}
+NGINX_PORT=${NGINX_PORT:-19002}
+GW_PORT=${GW_PORT:-19003}
+
+need=()
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+    else
+        echo "bench needs: ${need[*]} (apt-get install them as root)" >&2
+        exit 1
+    fi
+fi
+[ "$(nproc)" -ge 2 ] || { echo "bench needs 2 CPUs (wrk on one, proxy + backend on the other)" >&2; exit 1; }
+
+cargo build --release --quiet --bin sessiongate --example bench_backend
+target=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
+backend_pid=$!; pids+=("$backend_pid")
+sed -e "s#@DIR@#$work#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
+    bench/nginx.conf >"$work/nginx.conf"
+taskset -c 1 nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
+nginx_pid=$!; pids+=("$nginx_pid")
+GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=warn \
+    taskset -c 1 "$target/sessiongate" run --config bench/gateway.yaml >/dev/null &
+gw_pid=$!; pids+=("$gw_pid")
+wait_port "$BACKEND_PORT"; wait_port "$NGINX_PORT"; wait_port "$GW_PORT"
+
+# CPU time (user + system, all threads) of a process and its children, in clock ticks.
+cpu_ticks() {
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+peak_rss_kib() {
+    local max=0 p v
+    for p in "$1" $(pgrep -P "$1" || true); do
+        v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); ((v > max)) && max=$v
+    done
+    echo "$max"
+}
+to_us() { # wrk latency ("123.45us", "1.20ms", "2.00s") to microseconds
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /ms$/) n *= 1000; else if (v ~ /[0-9]s$/ && v !~ /us$/) n *= 1000000; printf "%.1f", n }'
+}
+hz=$(getconf CLK_TCK)
+
+# run NAME PORT PID CONNS DURATION -> "rps p50_us p99_us cpu_us_per_req"
+run() {
+    local port=$2 pid=$3 conns=$4 dur=$5 before after out reqs
+    before=$([ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
+    out=$(taskset -c 0 wrk -t1 -c"$conns" -d"$dur" --latency "http://127.0.0.1:$port/")
+    after=$([ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    local rps p50 p99 errors
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    [ -z "$errors" ] || echo "  $1: $errors" >&2
+    awk -v r="$rps" -v a="$p50" -v b="$p99" -v t=$((after - before)) -v n="$reqs" -v hz="$hz" \
+        'BEGIN { printf "%s %s %s %.2f\n", r, a, b, (n > 0 ? t * 1000000 / hz / n : 0) }'
+}
+median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+echo "warming up..."
+run nginx "$NGINX_PORT" "$nginx_pid" "$CONNS" 2s >/dev/null
+run gateway "$GW_PORT" "$gw_pid" "$CONNS" 2s >/dev/null
+
+: >"$work/nginx.txt"; : >"$work/gateway.txt"
+for r in $(seq "$ROUNDS"); do
+    n=$(run nginx "$NGINX_PORT" "$nginx_pid" "$CONNS" "$DURATION"); echo "$n" >>"$work/nginx.txt"
+    g=$(run gateway "$GW_PORT" "$gw_pid" "$CONNS" "$DURATION"); echo "$g" >>"$work/gateway.txt"
+    echo "round $r: nginx [rps p50us p99us cpu_us/req] $n | gateway $g"
+done
+
+# Added latency at one connection: each proxy's p50 minus the backend's own.
+direct1=$(run backend "$BACKEND_PORT" - 1 5s)
+nginx1=$(run nginx "$NGINX_PORT" "$nginx_pid" 1 5s)
+gw1=$(run gateway "$GW_PORT" "$gw_pid" 1 5s)
+
+col() { awk -v c="$1" '{print $c}' "$2" | median; }
+n_rps=$(col 1 "$work/nginx.txt"); g_rps=$(col 1 "$work/gateway.txt")
+n_p50=$(col 2 "$work/nginx.txt"); g_p50=$(col 2 "$work/gateway.txt")
+n_p99=$(col 3 "$work/nginx.txt"); g_p99=$(col 3 "$work/gateway.txt")
+n_cpu=$(col 4 "$work/nginx.txt"); g_cpu=$(col 4 "$work/gateway.txt")
+d_p50=$(awk '{print $2}' <<<"$direct1"); n1_p50=$(awk '{print $2}' <<<"$nginx1"); g1_p50=$(awk '{print $2}' <<<"$gw1")
+n_rss=$(peak_rss_kib "$nginx_pid"); g_rss=$(peak_rss_kib "$gw_pid")
+
+echo
+echo "100-byte responses, keep-alive, $CONNS connections, median of $ROUNDS rounds of $DURATION:"
+printf '%-10s %12s %10s %10s %14s %14s %12s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "added p50@1" "peak RSS KiB"
+printf '%-10s %12s %10s %10s %14s %14s %12s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_cpu" \
+    "$(awk -v a="$n1_p50" -v b="$d_p50" 'BEGIN{printf "%.1f", a-b}')" "$n_rss"
+printf '%-10s %12s %10s %10s %14s %14s %12s\n' gateway "$g_rps" "$g_p50" "$g_p99" "$g_cpu" \
+    "$(awk -v a="$g1_p50" -v b="$d_p50" 'BEGIN{printf "%.1f", a-b}')" "$g_rss"
+echo
+awk -v gr="$g_rps" -v nr="$n_rps" -v gc="$g_cpu" -v nc="$n_cpu" -v g1="$g1_p50" -v n1="$n1_p50" -v d="$d_p50" 'BEGIN {
+    printf "gateway / nginx: requests/s %.2fx (target >= 1.0), CPU per request %.2fx (target <= 1.0)\n", gr / nr, gc / nc
+    printf "added p50 at 1 connection: gateway %.1f us, nginx %.1f us (target: gateway <= nginx)\n", g1 - d, n1 - d
+}'
