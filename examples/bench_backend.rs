@@ -34,8 +34,10 @@ fn main() {
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {
                     let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
-                    r.headers_mut()
-                        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("text/plain"),
+                    );
                     Ok::<_, Infallible>(r)
                 });
                 let _ = http1::Builder::new()
