@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, Drain, Options};
-use crate::proxy::{ConnInfo, ListenerInfo, Proxy};
+use crate::proxy::{ListenerInfo, Proxy};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -136,16 +136,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         };
         let proxy = proxy.clone();
         let make_service = move |peer: SocketAddr| {
-            let conn = Arc::new((
-                proxy.clone(),
-                ConnInfo {
-                    peer,
-                    listener: info.clone(),
-                },
-            ));
+            let conn = Arc::new((proxy.clone(), proxy.conn_info(peer, info.clone())));
             service_fn(move |req| {
                 let conn = conn.clone();
-                async move { Ok::<_, Infallible>(conn.0.handle(req, &conn.1).await) }
+                // Boxed: hyper moves the service future around, and the proxy's future is
+                // large; moving a pointer is cheaper than copying kilobytes per request.
+                Box::pin(async move { Ok::<_, Infallible>(conn.0.handle(req, &conn.1).await) })
             })
         };
         accept_loops.push(listener::spawn(

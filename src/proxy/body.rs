@@ -14,7 +14,40 @@ use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::upstream::InFlight;
+use crate::upstream::Lease;
+
+/// The access-log record of one request. Empty when access logging is off, so that a disabled
+/// log costs nothing on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct LogSlot(Option<Box<AccessLog>>);
+
+impl LogSlot {
+    /// Starts a record if `access` lines are enabled at `info`.
+    pub fn begin(method: &Method, path: &str, listener: &Arc<str>, peer: std::net::IpAddr) -> Self {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return LogSlot(None);
+        }
+        LogSlot(Some(Box::new(AccessLog {
+            start: Instant::now(),
+            method: method.clone(),
+            path: path.to_owned(),
+            listener: listener.clone(),
+            peer,
+            route: None,
+            upstream: None,
+            status: 0,
+            upstream_time: None,
+            error: None,
+        })))
+    }
+
+    /// Updates the record, if there is one (the closure is not run otherwise).
+    pub fn note(&mut self, f: impl FnOnce(&mut AccessLog)) {
+        if let Some(log) = &mut self.0 {
+            f(log);
+        }
+    }
+}
 
 /// What one access-log line says about a request.
 #[derive(Debug)]
@@ -62,33 +95,29 @@ enum Inner {
 /// The body of a response on its way to the client.
 pub struct ResponseBody {
     inner: Inner,
-    log: Option<Box<AccessLog>>,
-    /// Keeps the backend's in-flight count until the body is done (least-connections).
-    _in_flight: Option<InFlight>,
+    log: LogSlot,
+    /// The backend connection: back to the idle pool when the body ends, closed otherwise.
+    lease: Option<Lease>,
     bytes: u64,
     complete: bool,
 }
 
 impl ResponseBody {
-    pub(crate) fn full(bytes: Bytes, log: Option<Box<AccessLog>>) -> Self {
+    pub(crate) fn full(bytes: Bytes, log: LogSlot) -> Self {
         ResponseBody {
             inner: Inner::Full(Some(bytes)),
             log,
-            _in_flight: None,
+            lease: None,
             bytes: 0,
             complete: false,
         }
     }
 
-    pub(crate) fn upstream(
-        body: Incoming,
-        log: Option<Box<AccessLog>>,
-        in_flight: InFlight,
-    ) -> Self {
+    pub(crate) fn upstream(body: Incoming, log: LogSlot, lease: Lease) -> Self {
         ResponseBody {
             inner: Inner::Upstream(body),
             log,
-            _in_flight: Some(in_flight),
+            lease: Some(lease),
             bytes: 0,
             complete: false,
         }
@@ -114,7 +143,14 @@ impl Body for ResponseBody {
                     this.bytes += d.len() as u64;
                 }
             }
-            Poll::Ready(None) => this.complete = true,
+            Poll::Ready(None) => {
+                this.complete = true;
+                // The response was read to its end: the connection can serve the next request
+                // at once, rather than when the client has taken the last byte.
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
+            }
             _ => {}
         }
         polled
@@ -138,8 +174,14 @@ impl Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(log) = &self.log {
-            let complete = self.complete || self.is_end_stream();
+        let complete = self.complete || self.is_end_stream();
+        if let Some(lease) = self.lease.take()
+            && complete
+        {
+            // A body with nothing to read (HEAD, 204, 304) is never polled: still reusable.
+            lease.release();
+        }
+        if let Some(log) = &self.log.0 {
             log.write(self.bytes, complete);
         }
     }

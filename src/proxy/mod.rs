@@ -10,14 +10,15 @@ mod error;
 mod headers;
 mod upgrade;
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +29,8 @@ pub use error::ProxyError;
 
 use crate::config::Config;
 use crate::routing::{Route, Router, host_name, normalize_path};
-use crate::upstream::{Backend, Pool, RequestBody, UpstreamError};
-use body::AccessLog;
+use crate::upstream::{Pool, RequestBody, UpstreamError};
+use body::LogSlot;
 
 /// What the proxy knows about the listener a connection arrived on.
 #[derive(Debug, Clone)]
@@ -44,13 +45,19 @@ pub struct ListenerInfo {
     pub hsts: Option<HeaderValue>,
 }
 
-/// One client connection.
+/// One client connection, and what is worked out about it once rather than per request.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address (the TCP peer).
     pub peer: SocketAddr,
     /// The listener it arrived on.
     pub listener: Arc<ListenerInfo>,
+    /// The peer's IP (IPv4-mapped addresses unmapped).
+    peer_ip: IpAddr,
+    /// The peer's IP as a header value, for `X-Forwarded-For`.
+    peer_header: HeaderValue,
+    /// Whether the peer is a trusted proxy (its `X-Forwarded-*` headers are kept).
+    trusted: bool,
 }
 
 /// The request handler shared by all connections.
@@ -98,22 +105,29 @@ impl Proxy {
         })
     }
 
+    /// Describes a new client connection (done once per connection, not per request).
+    pub fn conn_info(&self, peer: SocketAddr, listener: Arc<ListenerInfo>) -> ConnInfo {
+        let peer_ip = peer.ip().to_canonical();
+        let peer_header = HeaderValue::from_str(&peer_ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            peer,
+            listener,
+            peer_ip,
+            peer_header,
+            trusted: self.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+        }
+    }
+
     /// Handles one request; never fails: errors become short plain-text responses.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
-        let log = Box::new(AccessLog {
-            start: Instant::now(),
-            method: req.method().clone(),
-            path: req.uri().path().to_owned(),
-            listener: conn.listener.name.clone(),
-            peer: conn.peer.ip().to_canonical(),
-            route: None,
-            upstream: None,
-            status: 0,
-            upstream_time: None,
-            error: None,
-        });
-        let result = self.forward(req, conn, log).await;
-        let mut resp = match result {
+        let log = LogSlot::begin(
+            req.method(),
+            req.uri().path(),
+            &conn.listener.name,
+            conn.peer_ip,
+        );
+        let mut resp = match self.forward(req, conn, log).await {
             Ok(resp) => resp,
             Err((e, log)) => error_response(&e, log),
         };
@@ -130,38 +144,58 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
-        mut log: Box<AccessLog>,
-    ) -> Result<Response<ResponseBody>, (ProxyError, Box<AccessLog>)> {
+        mut log: LogSlot,
+    ) -> Result<Response<ResponseBody>, (ProxyError, LogSlot)> {
         macro_rules! fail {
             ($e:expr) => {
                 return Err(($e, log))
             };
         }
         // route
-        if head_too_large(&req, self.max_header_bytes) {
+        if headers::head_size(req.uri(), req.headers()) > self.max_header_bytes {
             fail!(ProxyError::HeadersTooLarge {
                 limit: self.max_header_bytes
             });
         }
-        let Some(authority) = request_authority(&req) else {
+        let Some(host) = request_host(&req) else {
             fail!(ProxyError::BadRequest("missing or invalid Host header"));
         };
+        // `request_host` only returns visible ASCII.
+        let host_str = host.to_str().unwrap_or_default();
         if let Some(port) = conn.listener.redirect_https {
-            return Ok(https_redirect(&authority, req.uri(), port, log));
+            return Ok(https_redirect(host_str, req.uri(), port, log));
         }
-        let path = match normalize_path(req.uri().path()) {
-            Ok(p) => p.into_owned(),
-            Err(e) => fail!(ProxyError::BadPath(e)),
+        let upgrade = match req.version() {
+            Version::HTTP_11 | Version::HTTP_10 => headers::upgrade_request(req.headers()),
+            _ => None,
         };
-        let Some(route) = self.router.find(host_name(authority.as_str()), &path) else {
-            fail!(ProxyError::NoRoute);
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let (route, path_and_query) = {
+            let path = match normalize_path(parts.uri.path()) {
+                Ok(p) => p,
+                Err(e) => fail!(ProxyError::BadPath(e)),
+            };
+            let Some(route) = self.router.find(host_name(host_str), &path) else {
+                fail!(ProxyError::NoRoute);
+            };
+            let unchanged = matches!(path, Cow::Borrowed(_)) && !route.strip_prefix;
+            let pq = match parts.uri.path_and_query() {
+                // The common case: the target goes upstream as it came, without a copy.
+                Some(pq) if unchanged => Ok(pq.clone()),
+                _ => upstream_path_and_query(route, &path, parts.uri.query()),
+            };
+            let Ok(pq) = pq else {
+                fail!(ProxyError::BadRequest("invalid request target"));
+            };
+            (route, pq)
         };
-        log.route = Some(route.name.clone());
+        log.note(|l| l.route = Some(route.name.clone()));
         let Some(pool) = self.pools.get(route.upstream) else {
             fail!(ProxyError::NoRoute);
         };
-        log.upstream = Some(pool.name.clone());
-        if headers::content_length(req.headers()).is_some_and(|n| n > route.max_body_bytes) {
+        log.note(|l| l.upstream = Some(pool.name.clone()));
+        if headers::content_length(&parts.headers).is_some_and(|n| n > route.max_body_bytes) {
             fail!(ProxyError::BodyTooLarge {
                 limit: route.max_body_bytes
             });
@@ -170,32 +204,23 @@ impl Proxy {
         // resolve, load: session phases (not part of the gateway core yet).
 
         // upstream_request
-        let upgrade = match req.version() {
-            Version::HTTP_11 | Version::HTTP_10 => headers::upgrade_request(req.headers()),
-            _ => None,
-        };
-        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let path_and_query = upstream_path_and_query(route, &path, parts.uri.query());
-        let Ok(path_and_query) = path_and_query else {
-            fail!(ProxyError::BadRequest("invalid request target"));
-        };
-        self.prepare_upstream_headers(&mut parts, &authority, conn, upgrade);
+        prepare_upstream_headers(&mut parts, host, conn, upgrade);
         let (body, replay) = RequestBody::new(body, route.max_body_bytes);
 
         // send
         let idempotent = is_idempotent(&parts.method);
-        let mut tried: Vec<usize> = Vec::with_capacity(2);
+        // Headers are copied per attempt only when a second attempt is possible at all.
+        let may_need_headers_again = pool.retries > 0 && pool.backends().len() > 1;
+        let mut tried = Tried::default();
         let mut next_body = Some(body);
         let mut last_error: Option<UpstreamError> = None;
         let sent_at = Instant::now();
-        let (resp, in_flight) = loop {
-            let Some((index, backend)) = pool.select(&tried) else {
+        let (resp, mut lease) = loop {
+            let Some((index, backend)) = pool.select(tried.as_slice()) else {
                 // Out of servers: report what went wrong with the last one, if any was tried.
                 let source = last_error.unwrap_or_else(|| UpstreamError::NoHealthyServer {
                     pool: pool.name.clone(),
                 });
-                log.error = Some(source.to_string());
                 fail!(ProxyError::Upstream {
                     pool: pool.name.clone(),
                     source,
@@ -205,11 +230,19 @@ impl Proxy {
             let Some(body) = next_body.take() else {
                 fail!(ProxyError::BadRequest("request body no longer available"));
             };
-            let upstream_req = build_upstream_request(&parts, &backend, &path_and_query, body);
+            let headers = if may_need_headers_again {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            let upstream_req =
+                build_upstream_request(&parts.method, headers, &path_and_query, body);
             match pool.send(&backend, upstream_req).await {
                 Ok(ok) => break ok,
                 Err(e) => {
-                    let may_retry = tried.len() <= pool.retries as usize && e.retryable(idempotent);
+                    let may_retry = tried.len() <= pool.retries as usize
+                        && may_need_headers_again
+                        && e.retryable(idempotent);
                     // The body comes back only if no byte of it was read by the failed attempt.
                     next_body = if may_retry { replay.take() } else { None };
                     tracing::warn!(
@@ -220,7 +253,6 @@ impl Proxy {
                         "upstream request failed"
                     );
                     if next_body.is_none() {
-                        log.error = Some(e.to_string());
                         fail!(ProxyError::Upstream {
                             pool: pool.name.clone(),
                             source: e,
@@ -230,11 +262,15 @@ impl Proxy {
                 }
             }
         };
-        log.upstream_time = Some(sent_at.elapsed());
+        log.note(|l| l.upstream_time = Some(sent_at.elapsed()));
 
         // upstream_response
         let mut resp = resp;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            // The connection becomes a tunnel (or, without a client upgrade, is useless).
+            lease.discard_connection();
+        }
         if switching && let Some(downstream) = downstream_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             upgrade::spawn_tunnel(downstream, upstream, &self.tunnels, self.force.clone());
@@ -254,58 +290,82 @@ impl Proxy {
         // commit, rewrite: session and rewriting phases (not part of the gateway core yet).
 
         // log: written when the body is done (see `body`).
-        log.status = rparts.status.as_u16();
+        log.note(|l| l.status = rparts.status.as_u16());
         Ok(Response::from_parts(
             rparts,
-            ResponseBody::upstream(rbody, Some(log), in_flight),
+            ResponseBody::upstream(rbody, log, lease),
         ))
     }
+}
 
-    fn prepare_upstream_headers(
-        &self,
-        parts: &mut Parts,
-        authority: &Authority,
-        conn: &ConnInfo,
-        upgrade: Option<HeaderValue>,
-    ) {
-        let h2 = parts.version == Version::HTTP_2;
-        let headers = &mut parts.headers;
-        // Strip before setting: a client must not be able to smuggle hop-by-hop headers or
-        // forge the ones we set below.
-        headers::remove_hop_by_hop(headers);
-        // We do not relay 100-continue: hyper answers the client when the body is first read.
-        headers.remove(header::EXPECT);
-        if h2 {
-            headers::join_cookies(headers);
+/// The servers already tried for one request (at most `retries + 1`, and retries <= 10).
+#[derive(Default)]
+struct Tried {
+    list: [usize; 11],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if let Some(slot) = self.list.get_mut(self.len) {
+            *slot = i;
+            self.len += 1;
         }
-        let host = HeaderValue::from_str(authority.as_str())
-            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
-        let peer = conn.peer.ip().to_canonical();
-        let trusted = self.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let proto = if conn.listener.tls { "https" } else { "http" };
-        headers::set_forwarded(headers, peer, trusted, proto, &host);
-        headers.insert(header::HOST, host);
-        if let Some(protocol) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol);
-        }
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn as_slice(&self) -> &[usize] {
+        &self.list[..self.len]
     }
 }
 
-fn head_too_large(req: &Request<Incoming>, limit: usize) -> bool {
-    headers::head_size(req.uri(), req.headers()) > limit
+fn prepare_upstream_headers(
+    parts: &mut Parts,
+    host: HeaderValue,
+    conn: &ConnInfo,
+    upgrade: Option<HeaderValue>,
+) {
+    let h2 = parts.version == Version::HTTP_2;
+    let headers = &mut parts.headers;
+    // Strip before setting: a client must not be able to smuggle hop-by-hop headers or forge
+    // the ones we set below.
+    headers::remove_hop_by_hop(headers);
+    // We do not relay 100-continue: hyper answers the client when the body is first read.
+    headers.remove(header::EXPECT);
+    if h2 {
+        headers::join_cookies(headers);
+    }
+    let proto = if conn.listener.tls { "https" } else { "http" };
+    headers::set_forwarded(headers, &conn.peer_header, conn.trusted, proto, &host);
+    headers.insert(header::HOST, host);
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
 }
 
-/// The authority the client addressed: the request target's (absolute-form or HTTP/2
-/// `:authority`), else the `Host` header (RFC 9112 §3.2.2).
-fn request_authority(req: &Request<Incoming>) -> Option<Authority> {
+/// The host the client addressed, as a header value: the request target's authority
+/// (absolute-form, or HTTP/2 `:authority`), else the `Host` header (RFC 9112 §3.2.2).
+/// `None` if missing or not a plausible `host[:port]`.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.clone());
+        if a.as_str().contains('@') {
+            return None;
+        }
+        return HeaderValue::from_str(a.as_str()).ok();
     }
-    let host = req.headers().get(header::HOST)?.to_str().ok()?;
-    let a: Authority = host.parse().ok()?;
-    // A Host header with userinfo is not a host.
-    (!a.as_str().contains('@')).then_some(a)
+    let host = req.headers().get(header::HOST)?;
+    valid_host(host.as_bytes()).then(|| host.clone())
+}
+
+/// `host[:port]`: a reg-name, IPv4 or bracketed IPv6 literal; no userinfo, path or spaces.
+fn valid_host(h: &[u8]) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.iter().all(|&c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']')
+        })
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -328,65 +388,57 @@ fn upstream_path_and_query(
 }
 
 fn build_upstream_request(
-    parts: &Parts,
-    backend: &Backend,
+    method: &Method,
+    headers: http::HeaderMap,
     path_and_query: &PathAndQuery,
     body: RequestBody,
 ) -> Request<RequestBody> {
-    let uri = Uri::builder()
-        .scheme(backend.scheme.clone())
-        .authority(backend.authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build()
-        .unwrap_or_else(|_| Uri::from_static("/"));
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
+    *req.method_mut() = method.clone();
+    // Origin form (`/path?query`): the connection already goes to the backend.
+    *req.uri_mut() = Uri::from(path_and_query.clone());
     // HTTP/2 clients are forwarded as HTTP/1.1.
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = headers;
     req
 }
 
-fn https_redirect(
-    authority: &Authority,
-    uri: &Uri,
-    port: u16,
-    mut log: Box<AccessLog>,
-) -> Response<ResponseBody> {
-    let host = authority.host();
+fn https_redirect(host: &str, uri: &Uri, port: u16, mut log: LogSlot) -> Response<ResponseBody> {
+    let name = host_name(host);
+    let name = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_owned()
+    };
     let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let location = if port == 443 {
-        format!("https://{host}{pq}")
+        format!("https://{name}{pq}")
     } else {
-        format!("https://{host}:{port}{pq}")
+        format!("https://{name}:{port}{pq}")
     };
-    let mut resp = Response::new(ResponseBody::full(Bytes::new(), None));
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return error_response(&ProxyError::BadRequest("invalid request target"), log);
+    };
+    log.note(|l| l.status = 308);
+    let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    log.status = 308;
-    match HeaderValue::from_str(&location) {
-        Ok(v) => {
-            resp.headers_mut().insert(header::LOCATION, v);
-            *resp.body_mut() = ResponseBody::full(Bytes::new(), Some(log));
-            resp
-        }
-        Err(_) => error_response(&ProxyError::BadRequest("invalid request target"), log),
-    }
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
 }
 
-fn error_response(e: &ProxyError, mut log: Box<AccessLog>) -> Response<ResponseBody> {
+fn error_response(e: &ProxyError, mut log: LogSlot) -> Response<ResponseBody> {
     let status = e.status();
-    log.status = status.as_u16();
-    if log.error.is_none() {
-        log.error = Some(e.to_string());
-    }
+    log.note(|l| {
+        l.status = status.as_u16();
+        l.error = Some(e.to_string());
+    });
     let text = format!(
         "{} {}: {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         e.public_message()
     );
-    let mut resp = Response::new(ResponseBody::full(Bytes::from(text), Some(log)));
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(text), log));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(

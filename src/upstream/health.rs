@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use http::{Method, Request, Uri, header};
+use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, Pool, RequestBody};
@@ -85,30 +86,31 @@ pub(crate) fn spawn(pool: Arc<Pool>, cfg: ActiveHealth, stop: CancellationToken)
 }
 
 async fn check(pool: &Pool, backend: &Backend, cfg: &ActiveHealth) -> bool {
-    let uri = Uri::builder()
-        .scheme(backend.scheme.clone())
-        .authority(backend.authority.clone())
-        .path_and_query(cfg.path.as_str())
-        .build();
-    let Ok(uri) = uri else {
+    let Ok(path) = Uri::try_from(cfg.path.as_str()) else {
         return false;
     };
     let req = Request::builder()
         .method(Method::GET)
-        .uri(uri)
+        .uri(path)
         .header(header::HOST, backend.authority.as_str())
         .header(header::USER_AGENT, "sessiongate-health-check")
         .body(RequestBody::empty());
     let Ok(req) = req else {
         return false;
     };
-    match tokio::time::timeout(cfg.timeout, pool.client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let s = resp.status();
-            s.is_success() || s.is_redirection()
+    let attempt = async {
+        let (resp, sender) = pool.exchange(backend, req).await.ok()?;
+        let ok = resp.status().is_success() || resp.status().is_redirection();
+        // Read the (small) body to its end so the connection can be reused.
+        if resp.into_body().collect().await.is_ok() {
+            backend.idle.push(sender, backend.max_idle);
         }
-        _ => false,
-    }
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(cfg.timeout, attempt).await,
+        Ok(Some(true))
+    )
 }
 
 #[cfg(test)]

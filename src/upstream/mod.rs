@@ -5,6 +5,7 @@
 
 mod balance;
 mod body;
+mod connect;
 mod health;
 
 use std::sync::Arc;
@@ -14,16 +15,13 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::CancellationToken;
 
 pub use body::{BodyError, Replay, RequestBody};
 
 use crate::config::{PassiveHealth, UpstreamConfig};
 use balance::{Balancer, Candidate};
+use connect::{Connector, IdleConns, Sender};
 
 /// Why a request to an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +105,13 @@ pub struct Backend {
     pub authority: Authority,
     /// `host:port` as shared text, for logs and errors.
     pub label: Arc<str>,
+    /// `host:port` to connect to (the scheme's default port filled in).
+    connect_addr: String,
+    /// The name to verify for `https` backends.
+    tls_name: Option<String>,
+    idle: IdleConns,
+    max_idle: usize,
+    idle_timeout: Duration,
     weight: u32,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
@@ -150,24 +155,39 @@ impl Candidate for Arc<Backend> {
     }
 }
 
-/// Counts a request as in flight on a backend until dropped (for least-connections).
+/// A request's hold on a backend: counts it as in flight (for least connections) until
+/// dropped, and carries the connection, which goes back to the idle pool only if the response
+/// was read to its end (`release`).
 #[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
+pub struct Lease {
+    backend: Arc<Backend>,
+    sender: Option<Sender>,
+}
 
-impl InFlight {
+impl Lease {
     /// The backend this request went to.
     pub fn backend(&self) -> &Backend {
-        &self.0
+        &self.backend
+    }
+
+    /// The response was read completely: the connection may serve another request.
+    pub fn release(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.backend.idle.push(sender, self.backend.max_idle);
+        }
+    }
+
+    /// The connection must not be reused (it was upgraded, or its response cut short).
+    pub fn discard_connection(&mut self) {
+        self.sender = None;
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// A pool of backends behind one name, with its own connection pool and policies.
 pub struct Pool {
@@ -177,7 +197,7 @@ pub struct Pool {
     pub retries: u32,
     backends: Vec<Arc<Backend>>,
     balancer: Balancer,
-    client: HttpClient,
+    connector: Connector,
     response_timeout: Duration,
     passive: PassiveHealth,
 }
@@ -204,10 +224,25 @@ impl Pool {
             .servers
             .iter()
             .map(|s| {
+                let https = s.scheme == Scheme::HTTPS;
+                let port = s
+                    .authority
+                    .port_u16()
+                    .unwrap_or(if https { 443 } else { 80 });
+                let host = s.authority.host();
                 Arc::new(Backend {
                     scheme: s.scheme.clone(),
                     authority: s.authority.clone(),
                     label: Arc::from(s.authority.as_str()),
+                    connect_addr: format!("{host}:{port}"),
+                    tls_name: https.then(|| {
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_owned()
+                    }),
+                    idle: IdleConns::default(),
+                    max_idle: config.max_idle_per_server,
+                    idle_timeout: config.idle_timeout,
                     weight: s.weight,
                     in_flight: AtomicUsize::new(0),
                     consecutive_failures: AtomicU32::new(0),
@@ -221,7 +256,7 @@ impl Pool {
             name: Arc::from(config.name.as_str()),
             retries: config.retries,
             balancer: Balancer::new(config.balance, &weights),
-            client: build_client(config)?,
+            connector: Connector::new(config.connect_timeout)?,
             response_timeout: config.response_timeout,
             passive: config.passive.clone(),
             backends,
@@ -238,9 +273,9 @@ impl Pool {
         self.backends.get(i).map(|b| (i, b.clone()))
     }
 
-    /// Sends a request (absolute URI, Host already set) to `backend` and waits for the response
-    /// head, within the response timeout. Connection failures and timeouts count against the
-    /// backend's passive health; any response counts for it.
+    /// Sends a request (origin-form URI, Host already set) to `backend` and waits for the
+    /// response head, within the response timeout. Connection failures and timeouts count
+    /// against the backend's passive health; any response counts for it.
     ///
     /// # Errors
     /// What failed, classified so the caller can decide on a retry and a status code.
@@ -248,17 +283,20 @@ impl Pool {
         &self,
         backend: &Arc<Backend>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, InFlight), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(backend.clone());
-        let result = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let mut lease = Lease {
+            backend: backend.clone(),
+            sender: None,
+        };
+        let result = tokio::time::timeout(self.response_timeout, self.exchange(backend, req)).await;
         match result {
-            Ok(Ok(resp)) => {
+            Ok(Ok((resp, sender))) => {
                 backend.record_success();
-                Ok((resp, guard))
+                lease.sender = Some(sender);
+                Ok((resp, lease))
             }
-            Ok(Err(e)) => {
-                let err = classify(&backend.label, &e);
+            Ok(Err(err)) => {
                 if matches!(
                     err,
                     UpstreamError::Connect { .. } | UpstreamError::Broken { .. }
@@ -277,38 +315,67 @@ impl Pool {
         }
     }
 
+    /// One request on one connection: an idle one if there is one, else a new one.
+    async fn exchange(
+        &self,
+        backend: &Backend,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+        // An idle connection may have been closed by the backend since its last use. A request
+        // that could not be written on one moves on to the next, then to a new connection:
+        // nothing was sent, so this is no retry. The loop ends: each turn uses up an idle
+        // connection or returns.
+        loop {
+            let (mut sender, fresh) = match backend.idle.pop(backend.idle_timeout) {
+                Some(sender) => (sender, false),
+                None => {
+                    let sender = self
+                        .connector
+                        .connect(&backend.connect_addr, backend.tls_name.as_deref())
+                        .await
+                        .map_err(|e| UpstreamError::Connect {
+                            backend: backend.label.clone(),
+                            reason: e.reason,
+                            timed_out: e.timed_out,
+                        })?;
+                    (sender, true)
+                }
+            };
+            if sender.ready().await.is_err() {
+                if fresh {
+                    return Err(closed_before_sending(backend));
+                }
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    Some(_) => return Err(closed_before_sending(backend)),
+                    None => return Err(classify(&backend.label, &e.into_error())),
+                },
+            }
+        }
+    }
+
     /// All backends, for health reporting.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 }
 
-fn build_client(config: &UpstreamConfig) -> Result<HttpClient, rustls::Error> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(config.idle_timeout)
-        .pool_max_idle_per_host(config.max_idle_per_server)
-        // The proxy sets Host itself (the client's Host is preserved), never from the URI.
-        .set_host(false)
-        .build(https))
+fn closed_before_sending(backend: &Backend) -> UpstreamError {
+    UpstreamError::Connect {
+        backend: backend.label.clone(),
+        reason: "connection closed before the request was sent".into(),
+        timed_out: false,
+    }
 }
 
-/// Sorts a client error into what the proxy needs to know: was anything sent, did it time out,
-/// was it our (the client's) body.
-fn classify(backend: &Arc<str>, err: &hyper_util::client::legacy::Error) -> UpstreamError {
+/// Sorts a failure after the request was handed to a connection: was it our (the client's)
+/// body, or the backend's side.
+fn classify(backend: &Arc<str>, err: &hyper::Error) -> UpstreamError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
-    let mut timed_out = false;
     while let Some(s) = source {
         match s.downcast_ref::<BodyError>() {
             Some(BodyError::TooLarge { limit }) => {
@@ -321,19 +388,7 @@ fn classify(backend: &Arc<str>, err: &hyper_util::client::legacy::Error) -> Upst
             }
             Some(BodyError::Consumed) | None => {}
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            timed_out = true;
-        }
         source = s.source();
-    }
-    if err.is_connect() {
-        return UpstreamError::Connect {
-            backend: backend.clone(),
-            reason: error_chain(err),
-            timed_out,
-        };
     }
     UpstreamError::Broken {
         backend: backend.clone(),

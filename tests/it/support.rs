@@ -55,6 +55,7 @@ pub struct Seen {
 pub struct Backend {
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Backend {
@@ -84,13 +85,15 @@ impl Backend {
     {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
-        let seen2 = seen.clone();
+        let (seen2, connections2) = (seen.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (handler, seen) = (handler.clone(), seen2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -103,13 +106,28 @@ impl Backend {
                         let fut = handler(req);
                         async move { Ok::<_, Infallible>(fut.await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    // Idle keep-alive connections are closed after a second, as many servers do.
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(1));
+                    let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Backend { addr, seen }
+        Backend {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    /// How many TCP connections the backend has accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {

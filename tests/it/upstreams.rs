@@ -97,3 +97,51 @@ async fn failing_server_is_ejected_then_readmitted() {
     assert!(got.iter().any(|s| s == "revived"), "{got:?}");
     drop(revived_backend);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_requests() {
+    let b = Backend::start(|req| async move {
+        match req.uri().path() {
+            "/empty" => text(204, ""),
+            _ => text(200, "body"),
+        }
+    })
+    .await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let c = client();
+    for path in ["/a", "/empty", "/b", "/c"] {
+        let resp = c.get(gw.url("web", path)).send().await.unwrap();
+        assert!(resp.status().is_success());
+        resp.bytes().await.unwrap();
+    }
+    let resp = c.head(gw.url("web", "/d")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.requests().len(), 5);
+    assert_eq!(
+        b.connections(),
+        1,
+        "every request opened a new upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connection_closed_by_the_backend_is_replaced() {
+    let b = Backend::named("fresh").await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "    retries: 0", "")).await;
+    let c = client();
+    assert_eq!(
+        c.get(gw.url("web", "/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "fresh"
+    );
+    // The test backend closes keep-alive connections idle for a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let resp = c.get(gw.url("web", "/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(b.connections(), 2);
+}
