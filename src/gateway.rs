@@ -32,9 +32,6 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TLS client for `https` upstreams could not be configured.
-    #[error("cannot configure TLS to upstreams: {0}")]
-    UpstreamTls(#[from] rustls::Error),
 }
 
 /// A listener as bound (the port is known even when the configuration said 0).
@@ -59,15 +56,18 @@ pub struct Running {
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Checks what `start` would load but does not bind: certificates and keys.
+/// Checks what `start` would load but does not bind: certificates, keys and CA files.
 ///
 /// # Errors
-/// The first listener's certificate problem.
+/// The first file that does not load.
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
             listener::tls::acceptor(tls, &config.source)?;
         }
+    }
+    for u in &config.upstreams {
+        crate::upstream::Pool::check(u, &config.source)?;
     }
     Ok(())
 }

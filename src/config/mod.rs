@@ -222,6 +222,22 @@ pub struct UpstreamConfig {
     pub max_idle_per_server: usize,
     /// How long an idle upstream connection is kept.
     pub idle_timeout: Duration,
+    /// TLS settings for `https` servers.
+    pub tls: UpstreamTls,
+}
+
+/// How the gateway verifies `https` backends.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates to trust instead of the public web roots (an internal CA).
+    pub ca: Option<PathBuf>,
+    /// The name to send (SNI) and verify, when it differs from the host in the server URL
+    /// (e.g. servers listed by IP address).
+    pub server_name: Option<String>,
+    /// Where the `tls` section was written, for errors found when the CA file is loaded.
+    pub pos: Pos,
+    /// The section's key path.
+    pub path: String,
 }
 
 /// One backend server.

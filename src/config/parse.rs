@@ -13,7 +13,7 @@ use super::reader::{
 use super::{
     ActiveHealth, AdminConfig, Balance, CertificateConfig, Config, HostMatch, Hsts, HttpsRedirect,
     Limits, ListenerConfig, PassiveHealth, RouteConfig, ServerConfig, Timeouts, TlsConfig,
-    TlsVersion, UpstreamConfig,
+    TlsVersion, UpstreamConfig, UpstreamTls,
 };
 
 pub(super) fn parse(
@@ -51,7 +51,7 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         .unwrap_or_default();
     let upstreams = m
         .require("upstreams", root.pos, p)
-        .map(|n| read_upstreams(n, "upstreams", p))
+        .map(|n| read_upstreams(n, "upstreams", base, p))
         .unwrap_or_default();
     let routes_node = m.require("routes", root.pos, p);
     m.finish(p);
@@ -347,7 +347,7 @@ fn read_timeouts(node: &Node, path: &str, p: &mut Problems) -> Option<Timeouts> 
     Some(Timeouts { header_read, drain })
 }
 
-fn read_upstreams(node: &Node, path: &str, p: &mut Problems) -> Vec<UpstreamConfig> {
+fn read_upstreams(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Vec<UpstreamConfig> {
     // Upstreams are a mapping of name -> settings, so the names are the keys.
     let entries = match &node.value {
         Value::Map(entries) => entries.as_slice(),
@@ -368,14 +368,20 @@ fn read_upstreams(node: &Node, path: &str, p: &mut Problems) -> Vec<UpstreamConf
         let Some(name) = string(k, path, p) else {
             continue;
         };
-        if let Some(u) = read_upstream(&name, v, &format!("{path}.{name}"), p) {
+        if let Some(u) = read_upstream(&name, v, &format!("{path}.{name}"), base, p) {
             out.push(u);
         }
     }
     out
 }
 
-fn read_upstream(name: &str, node: &Node, path: &str, p: &mut Problems) -> Option<UpstreamConfig> {
+fn read_upstream(
+    name: &str,
+    node: &Node,
+    path: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<UpstreamConfig> {
     let mut m = MapReader::new(node, path, p)?;
     let servers = m.require("servers", node.pos, p);
     let balance = m
@@ -425,6 +431,10 @@ fn read_upstream(name: &str, node: &Node, path: &str, p: &mut Problems) -> Optio
         .get("idle_timeout")
         .and_then(|n| positive_duration(n, &m.child("idle_timeout"), p))
         .unwrap_or(Duration::from_secs(60));
+    let tls_node = m.get("tls");
+    let tls = tls_node
+        .and_then(|n| read_upstream_tls(n, &m.child("tls"), base, p))
+        .unwrap_or_default();
     let spath = m.child("servers");
     m.finish(p);
 
@@ -445,7 +455,19 @@ fn read_upstream(name: &str, node: &Node, path: &str, p: &mut Problems) -> Optio
             list_out.push(s);
         }
     }
+    if let Some(n) = tls_node
+        && !list_out
+            .iter()
+            .any(|s| s.scheme == http::uri::Scheme::HTTPS)
+    {
+        p.push(
+            n.pos,
+            &format!("{path}.tls"),
+            "tls settings, but no https:// server in this upstream",
+        );
+    }
     Some(UpstreamConfig {
+        tls,
         name: name.to_owned(),
         servers: list_out,
         balance,
@@ -513,6 +535,38 @@ fn parse_server_url(raw: &str) -> Result<(http::uri::Scheme, http::uri::Authorit
         ));
     }
     Ok((scheme, authority))
+}
+
+fn read_upstream_tls(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<UpstreamTls> {
+    let mut m = MapReader::new(node, path, p)?;
+    let ca = m
+        .get("ca")
+        .and_then(|n| non_empty(n, &m.child("ca"), p))
+        .map(|f| base.join(f));
+    let server_name = m.get("server_name").and_then(|n| {
+        let s = non_empty(n, &m.child("server_name"), p)?;
+        if rustls_pki_types::ServerName::try_from(s.as_str()).is_err() {
+            p.push(
+                n.pos,
+                &m.child("server_name"),
+                format!("{s:?} is not a DNS name or IP address"),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    m.finish(p);
+    Some(UpstreamTls {
+        ca,
+        server_name,
+        pos: node.pos,
+        path: path.to_owned(),
+    })
 }
 
 fn read_passive(node: &Node, path: &str, p: &mut Problems) -> Option<PassiveHealth> {
@@ -951,6 +1005,17 @@ mod tests {
         assert_eq!(c.upstreams[0].servers[0].authority.port_u16(), Some(9001));
         let errs = problems(&BASE.replace("8081", "${MISSING_PORT}"));
         assert!(errs[0].contains("MISSING_PORT is not set"), "{errs:?}");
+    }
+
+    #[test]
+    fn upstream_tls_needs_an_https_server() {
+        let text = BASE.replace("servers:", "tls: { ca: ca.pem }\n    servers:");
+        assert!(problems(&text)[0].contains("no https:// server"));
+        let c = load(&text.replace("http://127", "https://127")).unwrap();
+        assert_eq!(
+            c.upstreams[0].tls.ca.as_deref(),
+            Some(Path::new("/etc/sg/ca.pem"))
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 pub use body::ResponseBody;
 pub use error::ProxyError;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::routing::{Route, Router, host_name, normalize_path};
 use crate::upstream::{Pool, RequestBody, UpstreamError};
 use body::LogSlot;
@@ -83,17 +83,17 @@ impl Proxy {
     /// `stop`). Upgraded connections are tracked by `tunnels` and cut by `force`.
     ///
     /// # Errors
-    /// The TLS client for `https` upstreams could not be configured.
+    /// An upstream's TLS settings (its CA file) cannot be loaded.
     pub fn new(
         config: &Config,
         stop: &CancellationToken,
         tunnels: TaskTracker,
         force: CancellationToken,
-    ) -> Result<Proxy, rustls::Error> {
+    ) -> Result<Proxy, ConfigError> {
         let pools = config
             .upstreams
             .iter()
-            .map(|u| Pool::start(u, stop))
+            .map(|u| Pool::start(u, &config.source, stop))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Proxy {
             router: Router::new(config),

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::RequestBody;
+use crate::config::UpstreamTls;
 
 /// The sending half of an HTTP/1.1 connection to a backend.
 pub(crate) type Sender = http1::SendRequest<RequestBody>;
@@ -65,12 +67,37 @@ pub(crate) struct Connector {
 }
 
 impl Connector {
-    pub fn new(connect_timeout: Duration) -> Result<Self, rustls::Error> {
+    /// A connector for one pool. `https` backends are verified against the public web roots,
+    /// or only against the CA certificates in `tls.ca` when it is set.
+    ///
+    /// # Errors
+    /// The CA file cannot be read or holds no usable certificate (a message for the user).
+    pub fn new(connect_timeout: Duration, tls: &UpstreamTls) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let roots = match &tls.ca {
+            None => {
+                rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned())
+            }
+            Some(file) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs = CertificateDer::pem_file_iter(file)
+                    .map_err(|e| format!("cannot read CA file {}: {e}", file.display()))?;
+                for cert in certs {
+                    let cert =
+                        cert.map_err(|e| format!("cannot parse CA file {}: {e}", file.display()))?;
+                    roots.add(cert).map_err(|e| {
+                        format!("unusable CA certificate in {}: {e}", file.display())
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("no certificate in CA file {}", file.display()));
+                }
+                roots
+            }
+        };
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::{BodyError, Replay, RequestBody};
 
-use crate::config::{PassiveHealth, UpstreamConfig};
+use crate::config::{ConfigError, PassiveHealth, UpstreamConfig};
 use balance::{Balancer, Candidate};
 use connect::{Connector, IdleConns, Sender};
 
@@ -215,11 +215,13 @@ impl Pool {
     /// Builds a pool and, if configured, starts its active health checks (stopped by `stop`).
     ///
     /// # Errors
-    /// The TLS client configuration for `https` upstreams could not be built.
+    /// The TLS settings for `https` servers cannot be loaded (`file` names the configuration).
     pub fn start(
         config: &UpstreamConfig,
+        file: &str,
         stop: &CancellationToken,
-    ) -> Result<Arc<Pool>, rustls::Error> {
+    ) -> Result<Arc<Pool>, ConfigError> {
+        let connector = Self::connector(config, file)?;
         let backends: Vec<Arc<Backend>> = config
             .servers
             .iter()
@@ -236,9 +238,11 @@ impl Pool {
                     label: Arc::from(s.authority.as_str()),
                     connect_addr: format!("{host}:{port}"),
                     tls_name: https.then(|| {
-                        host.trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .to_owned()
+                        config.tls.server_name.clone().unwrap_or_else(|| {
+                            host.trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .to_owned()
+                        })
                     }),
                     idle: IdleConns::default(),
                     max_idle: config.max_idle_per_server,
@@ -256,7 +260,7 @@ impl Pool {
             name: Arc::from(config.name.as_str()),
             retries: config.retries,
             balancer: Balancer::new(config.balance, &weights),
-            connector: Connector::new(config.connect_timeout)?,
+            connector,
             response_timeout: config.response_timeout,
             passive: config.passive.clone(),
             backends,
@@ -265,6 +269,19 @@ impl Pool {
             health::spawn(pool.clone(), h.clone(), stop.clone());
         }
         Ok(pool)
+    }
+
+    /// Checks that the pool's TLS settings load, without starting anything.
+    ///
+    /// # Errors
+    /// As for `start`.
+    pub fn check(config: &UpstreamConfig, file: &str) -> Result<(), ConfigError> {
+        Self::connector(config, file).map(|_| ())
+    }
+
+    fn connector(config: &UpstreamConfig, file: &str) -> Result<Connector, ConfigError> {
+        Connector::new(config.connect_timeout, &config.tls)
+            .map_err(|msg| ConfigError::single(file, config.tls.pos, &config.tls.path, msg))
     }
 
     /// Chooses a backend not in `tried` (indices), or `None` if none is available.

@@ -9,6 +9,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -29,6 +31,10 @@ type Handler = Arc<
 /// Installs the process-wide crypto provider once (rustls needs exactly one).
 pub fn init() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // RUST_LOG=debug shows the gateway's logs in a failing test's output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
 }
 
 pub fn full(s: impl Into<Bytes>) -> Body {
@@ -78,7 +84,35 @@ impl Backend {
         Backend::serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
     }
 
+    /// A backend answering 200 with `name` over HTTPS, with the certificate `cert`.
+    pub async fn start_tls(cert: &TestCert, name: &'static str) -> Backend {
+        init();
+        let chain = vec![rustls::pki_types::CertificateDer::from(cert.der.clone())];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::serve_with(listener, Some(acceptor), move |_req| async move {
+            text(200, name)
+        })
+    }
+
     fn serve<F, Fut>(listener: TcpListener, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        Backend::serve_with(listener, None, handler)
+    }
+
+    fn serve_with<F, Fut>(
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        handler: F,
+    ) -> Backend
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
@@ -94,7 +128,7 @@ impl Backend {
                     return;
                 };
                 connections2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let (handler, seen) = (handler.clone(), seen2.clone());
+                let (handler, seen, tls) = (handler.clone(), seen2.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         seen.lock().unwrap().push(Seen {
@@ -112,9 +146,21 @@ impl Backend {
                         .http1()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(1));
-                    let _ = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
         });

@@ -145,3 +145,38 @@ async fn idle_upstream_connection_closed_by_the_backend_is_replaced() {
     assert_eq!(resp.status(), 200);
     assert_eq!(b.connections(), 2);
 }
+
+#[tokio::test]
+async fn https_backend_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "backend", &["backend.test"]);
+    let b = Backend::start_tls(&cert, "over tls").await;
+    let yaml = |tls: &str| {
+        format!(
+            "listeners: [ {{ name: web, bind: \"127.0.0.1:0\" }} ]
+upstreams:
+  app:
+    servers: [ {{ url: \"https://{}\" }} ]
+    retries: 0
+{tls}
+routes: [ {{ match: {{ path_prefix: / }}, upstream: app }} ]
+",
+            b.addr
+        )
+    };
+    let trusted = yaml(&format!(
+        "    tls: {{ ca: \"{}\", server_name: backend.test }}",
+        cert.cert.display()
+    ));
+    let gw = Gateway::start(&trusted).await;
+    let resp = client().get(gw.url("web", "/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "over tls");
+    assert_eq!(b.last().headers["x-forwarded-proto"], "http");
+
+    // Without the CA, the public roots do not vouch for the backend: no request reaches it.
+    let seen_before = b.requests().len();
+    let gw = Gateway::start(&yaml("")).await;
+    let resp = client().get(gw.url("web", "/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(b.requests().len(), seen_before);
+}
