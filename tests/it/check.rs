@@ -1,11 +1,25 @@
+use std::path::PathBuf;
+use std::process::Output;
+
 use assert_cmd::cargo::cargo_bin_cmd;
+
+/// Writes `yaml` to a file in a fresh directory and runs `sessiongate COMMAND --config FILE`.
+fn run_with(command: &str, yaml: &str) -> (Output, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args([command, "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (out, path, dir)
+}
 
 #[test]
 fn check_reports_every_problem_of_a_bad_file_with_line_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
+    let (out, path, _dir) = run_with(
+        "check",
         "listeners:
   - { name: web, bind: \"127.0.0.1:99999\" }
 upstreams:
@@ -15,13 +29,7 @@ upstreams:
 routes:
   - { match: { path_prefix: / }, upstream: ap, strip_prefx: true }
 ",
-    )
-    .unwrap();
-    let out = cargo_bin_cmd!("sessiongate")
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
@@ -66,28 +74,26 @@ fn check_accepts_the_shipped_gateway_yaml() {
 #[test]
 fn check_reports_a_certificate_that_does_not_load() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("c.pem"), "not a certificate").unwrap();
-    std::fs::write(dir.path().join("k.pem"), "not a key").unwrap();
-    let path = dir.path().join("gw.yaml");
-    std::fs::write(
-        &path,
-        "listeners:
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let (out, _, _dir) = run_with(
+        "check",
+        &format!(
+            "listeners:
   - name: tls
     bind: \"127.0.0.1:0\"
     tls:
       certificates:
-        - { cert: c.pem, key: k.pem }
+        - {{ cert: \"{}\", key: \"{}\" }}
 upstreams:
-  app: { servers: [ { url: \"http://127.0.0.1:1\" } ] }
-routes: [ { upstream: app, match: {} } ]
+  app: {{ servers: [ {{ url: \"http://127.0.0.1:1\" }} ] }}
+routes: [ {{ upstream: app, match: {{}} }} ]
 ",
-    )
-    .unwrap();
-    let out = cargo_bin_cmd!("sessiongate")
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+            cert.display(),
+            key.display()
+        ),
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
@@ -98,14 +104,7 @@ routes: [ { upstream: app, match: {} } ]
 
 #[test]
 fn run_with_a_bad_config_exits_nonzero_without_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gw.yaml");
-    std::fs::write(&path, "listeners: []\n").unwrap();
-    let out = cargo_bin_cmd!("sessiongate")
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (out, _, _dir) = run_with("run", "listeners: []\n");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("gw.yaml:1:"), "{stderr}");

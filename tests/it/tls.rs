@@ -23,29 +23,46 @@ async fn tls_gateway(tls_extra: &str) -> TlsSetup {
     let dir = tempfile::tempdir().unwrap();
     let alpha = make_cert(dir.path(), "alpha", &["alpha.test", "127.0.0.1"]);
     let beta = make_cert(dir.path(), "beta", &["beta.test", "*.beta.test"]);
-    let yaml = format!(
-        "listeners:
-  - {{ name: web, bind: \"127.0.0.1:0\" }}
-  - name: tls
-    bind: \"127.0.0.1:0\"
-    tls:
-      certificates:
-        - {{ cert: alpha.crt, key: alpha.key }}
-        - {{ cert: beta.crt, key: beta.key }}
-{tls_extra}
-upstreams:
-  app: {{ servers: [ {{ url: \"{}\" }} ] }}
-routes:
-  - {{ match: {{ path_prefix: / }}, upstream: app }}
-",
-        backend.url()
-    );
+    let yaml = tls_yaml(&["alpha", "beta"], tls_extra, &backend);
     let gw = Gateway::start_in(&yaml, dir).await;
     TlsSetup {
         gw,
         alpha,
         beta,
         backend,
+    }
+}
+
+/// A plain listener `web` and a TLS listener `tls` with the certificates `stems` (files
+/// STEM.crt and STEM.key), in front of `backend`.
+fn tls_yaml(stems: &[&str], tls_extra: &str, backend: &Backend) -> String {
+    let certs: String = stems
+        .iter()
+        .map(|s| format!("        - {{ cert: {s}.crt, key: {s}.key }}\n"))
+        .collect();
+    format!(
+        "listeners:
+  - {{ name: web, bind: \"127.0.0.1:0\" }}
+  - name: tls
+    bind: \"127.0.0.1:0\"
+    tls:
+      certificates:
+{certs}{tls_extra}
+upstreams:
+  app: {{ servers: [ {{ url: \"{}\" }} ] }}
+routes:
+  - {{ match: {{ path_prefix: / }}, upstream: app }}
+",
+        backend.url()
+    )
+}
+
+impl TlsSetup {
+    /// A GET over TLS to alpha.test (the client trusts alpha's certificate only).
+    fn get_alpha(&self, path: &str) -> reqwest::RequestBuilder {
+        let addr = self.gw.addr("tls");
+        tls_client(&[&self.alpha], "alpha.test", addr)
+            .get(format!("https://alpha.test:{}{path}", addr.port()))
     }
 }
 
@@ -153,12 +170,7 @@ async fn http2_client_is_served_through_alpn_and_forwarded_as_http11() {
     init();
     let s = tls_gateway("").await;
     let addr = s.gw.addr("tls");
-    let c = tls_client(&[&s.alpha], "alpha.test", addr);
-    let resp = c
-        .get(format!("https://alpha.test:{}/h2", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.get_alpha("/h2").send().await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.text().await.unwrap(), "secure");
     let seen = s.backend.last();
@@ -174,10 +186,8 @@ async fn http2_client_is_served_through_alpn_and_forwarded_as_http11() {
 async fn spoofed_forwarding_headers_over_http2_are_replaced() {
     init();
     let s = tls_gateway("").await;
-    let addr = s.gw.addr("tls");
-    let c = tls_client(&[&s.alpha], "alpha.test", addr);
-    let resp = c
-        .get(format!("https://alpha.test:{}/", addr.port()))
+    let resp = s
+        .get_alpha("/")
         .header("X-Forwarded-For", "6.6.6.6")
         .header("x-forwarded-proto", "http")
         .send()
@@ -194,13 +204,7 @@ async fn spoofed_forwarding_headers_over_http2_are_replaced() {
 async fn tls_listener_adds_strict_transport_security() {
     init();
     let s = tls_gateway("      hsts: { max_age: 365d, include_subdomains: true }").await;
-    let addr = s.gw.addr("tls");
-    let c = tls_client(&[&s.alpha], "alpha.test", addr);
-    let resp = c
-        .get(format!("https://alpha.test:{}/", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let resp = s.get_alpha("/").send().await.unwrap();
     assert_eq!(
         resp.headers()["strict-transport-security"],
         "max-age=31536000; includeSubDomains"
@@ -259,21 +263,7 @@ async fn rsa_pkcs1_and_ec_sec1_keys_are_accepted() {
         assert!(pem.contains(header), "{pem}");
         std::fs::write(key, pem).unwrap();
     }
-    let yaml = format!(
-        "listeners:
-  - name: tls
-    bind: \"127.0.0.1:0\"
-    tls:
-      certificates:
-        - {{ cert: rsa.crt, key: rsa.key }}
-        - {{ cert: ec.crt, key: ec.key }}
-upstreams:
-  app: {{ servers: [ {{ url: \"{}\" }} ] }}
-routes:
-  - {{ match: {{ path_prefix: / }}, upstream: app }}
-",
-        backend.url()
-    );
+    let yaml = tls_yaml(&["rsa", "ec"], "", &backend);
     let gw = Gateway::start_in(&yaml, dir).await;
     let addr = gw.addr("tls");
     let (cert, _) = handshake(addr, "rsa.test", client_config(&[&rsa], BOTH))
