@@ -41,6 +41,11 @@ impl LogSlot {
         })))
     }
 
+    /// Whether this request is being logged.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Updates the record, if there is one (the closure is not run otherwise).
     pub fn note(&mut self, f: impl FnOnce(&mut AccessLog)) {
         if let Some(log) = &mut self.0 {

@@ -29,7 +29,7 @@ pub use error::ProxyError;
 
 use crate::config::{Config, ConfigError};
 use crate::routing::{Route, Router, host_name, normalize_path};
-use crate::upstream::{Pool, RequestBody, UpstreamError};
+use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
 
 /// What the proxy knows about the listener a connection arrived on.
@@ -146,24 +146,18 @@ impl Proxy {
         conn: &ConnInfo,
         mut log: LogSlot,
     ) -> Result<Response<ResponseBody>, (ProxyError, LogSlot)> {
-        macro_rules! fail {
+        macro_rules! attempt {
             ($e:expr) => {
-                return Err(($e, log))
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((e, log)),
+                }
             };
         }
         // route
-        if headers::head_size(req.uri(), req.headers()) > self.max_header_bytes {
-            fail!(ProxyError::HeadersTooLarge {
-                limit: self.max_header_bytes
-            });
-        }
-        let Some(host) = request_host(&req) else {
-            fail!(ProxyError::BadRequest("missing or invalid Host header"));
-        };
-        // `request_host` only returns visible ASCII.
-        let host_str = host.to_str().unwrap_or_default();
+        let host = attempt!(self.check_head(&req));
         if let Some(port) = conn.listener.redirect_https {
-            return Ok(https_redirect(host_str, req.uri(), port, log));
+            return Ok(https_redirect(&host, req.uri(), port, log));
         }
         let upgrade = match req.version() {
             Version::HTTP_11 | Version::HTTP_10 => headers::upgrade_request(req.headers()),
@@ -171,121 +165,43 @@ impl Proxy {
         };
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let (route, path_and_query) = {
-            let path = match normalize_path(parts.uri.path()) {
-                Ok(p) => p,
-                Err(e) => fail!(ProxyError::BadPath(e)),
-            };
-            let Some(route) = self.router.find(host_name(host_str), &path) else {
-                fail!(ProxyError::NoRoute);
-            };
-            let unchanged = matches!(path, Cow::Borrowed(_)) && !route.strip_prefix;
-            let pq = match parts.uri.path_and_query() {
-                // The common case: the target goes upstream as it came, without a copy.
-                Some(pq) if unchanged => Ok(pq.clone()),
-                _ => upstream_path_and_query(route, &path, parts.uri.query()),
-            };
-            let Ok(pq) = pq else {
-                fail!(ProxyError::BadRequest("invalid request target"));
-            };
-            (route, pq)
-        };
+        let (route, path_and_query) = attempt!(self.route(&parts, &host));
         log.note(|l| l.route = Some(route.name.clone()));
-        let Some(pool) = self.pools.get(route.upstream) else {
-            fail!(ProxyError::NoRoute);
-        };
+        let pool = attempt!(self.pools.get(route.upstream).ok_or(ProxyError::NoRoute));
         log.note(|l| l.upstream = Some(pool.name.clone()));
         if headers::content_length(&parts.headers).is_some_and(|n| n > route.max_body_bytes) {
-            fail!(ProxyError::BodyTooLarge {
+            attempt!(Err(ProxyError::BodyTooLarge {
                 limit: route.max_body_bytes
-            });
+            }));
         }
 
         // resolve, load: session phases (not part of the gateway core yet).
 
         // upstream_request
         prepare_upstream_headers(&mut parts, host, conn, upgrade);
-        let (body, replay) = RequestBody::new(body, route.max_body_bytes);
+        let body = RequestBody::new(body, route.max_body_bytes);
 
         // send
-        let idempotent = is_idempotent(&parts.method);
-        // Headers are copied per attempt only when a second attempt is possible at all.
-        let may_need_headers_again = pool.retries > 0 && pool.backends().len() > 1;
-        let mut tried = Tried::default();
-        let mut next_body = Some(body);
-        let mut last_error: Option<UpstreamError> = None;
-        let sent_at = Instant::now();
-        let (resp, mut lease) = loop {
-            let Some((index, backend)) = pool.select(tried.as_slice()) else {
-                // Out of servers: report what went wrong with the last one, if any was tried.
-                let source = last_error.unwrap_or_else(|| UpstreamError::NoHealthyServer {
-                    pool: pool.name.clone(),
-                });
-                fail!(ProxyError::Upstream {
-                    pool: pool.name.clone(),
-                    source,
-                });
-            };
-            tried.push(index);
-            let Some(body) = next_body.take() else {
-                fail!(ProxyError::BadRequest("request body no longer available"));
-            };
-            let headers = if may_need_headers_again {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            let upstream_req =
-                build_upstream_request(&parts.method, headers, &path_and_query, body);
-            match pool.send(&backend, upstream_req).await {
-                Ok(ok) => break ok,
-                Err(e) => {
-                    let may_retry = tried.len() <= pool.retries as usize
-                        && may_need_headers_again
-                        && e.retryable(idempotent);
-                    // The body comes back only if no byte of it was read by the failed attempt.
-                    next_body = if may_retry { replay.take() } else { None };
-                    tracing::warn!(
-                        upstream = %pool.name,
-                        backend = %backend.label,
-                        error = %e,
-                        retry = next_body.is_some(),
-                        "upstream request failed"
-                    );
-                    if next_body.is_none() {
-                        fail!(ProxyError::Upstream {
-                            pool: pool.name.clone(),
-                            source: e,
-                        });
-                    }
-                    last_error = Some(e);
-                }
-            }
-        };
-        log.note(|l| l.upstream_time = Some(sent_at.elapsed()));
+        let sent_at = log.is_on().then(Instant::now);
+        let sent = send(pool, parts, path_and_query, body).await;
+        let (mut resp, mut lease) = attempt!(sent.map_err(|source| ProxyError::Upstream {
+            pool: pool.name.clone(),
+            source,
+        }));
+        log.note(|l| l.upstream_time = sent_at.map(|t| t.elapsed()));
 
         // upstream_response
-        let mut resp = resp;
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             // The connection becomes a tunnel (or, without a client upgrade, is useless).
             lease.discard_connection();
-        }
-        if switching && let Some(downstream) = downstream_upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
-            upgrade::spawn_tunnel(downstream, upstream, &self.tunnels, self.force.clone());
+            if let Some(downstream) = downstream_upgrade {
+                let upstream = hyper::upgrade::on(&mut resp);
+                upgrade::spawn_tunnel(downstream, upstream, &self.tunnels, self.force.clone());
+            }
         }
         let (mut rparts, rbody) = resp.into_parts();
-        let protocol = switching
-            .then(|| rparts.headers.get(header::UPGRADE).cloned())
-            .flatten();
-        headers::remove_hop_by_hop(&mut rparts.headers);
-        if let Some(protocol) = protocol {
-            rparts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            rparts.headers.insert(header::UPGRADE, protocol);
-        }
+        clean_response_headers(&mut rparts.headers, switching);
 
         // commit, rewrite: session and rewriting phases (not part of the gateway core yet).
 
@@ -295,6 +211,99 @@ impl Proxy {
             rparts,
             ResponseBody::upstream(rbody, log, lease),
         ))
+    }
+
+    /// Checks the request head: size limit, and a usable host (returned).
+    fn check_head(&self, req: &Request<Incoming>) -> Result<String, ProxyError> {
+        if headers::head_size(req.uri(), req.headers()) > self.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge {
+                limit: self.max_header_bytes,
+            });
+        }
+        request_host(req).ok_or(ProxyError::BadRequest("missing or invalid Host header"))
+    }
+
+    /// Finds the route, and the request target to send upstream.
+    fn route(&self, parts: &Parts, host: &str) -> Result<(&Route, PathAndQuery), ProxyError> {
+        let path = normalize_path(parts.uri.path())?;
+        let route = self
+            .router
+            .find(host_name(host), &path)
+            .ok_or(ProxyError::NoRoute)?;
+        let unchanged = matches!(path, Cow::Borrowed(_)) && !route.strip_prefix;
+        let pq = match parts.uri.path_and_query() {
+            // The common case: the target goes upstream as it came, without a copy.
+            Some(pq) if unchanged => Ok(pq.clone()),
+            _ => upstream_path_and_query(route, &path, parts.uri.query()),
+        };
+        let pq = pq.map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        Ok((route, pq))
+    }
+}
+
+/// Sends the request to a server of `pool`, trying another server when that is safe: when
+/// nothing was sent, or when the method is idempotent and the body was not read yet.
+async fn send(
+    pool: &Pool,
+    mut parts: Parts,
+    path_and_query: PathAndQuery,
+    (body, replay): (RequestBody, Replay),
+) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    let idempotent = is_idempotent(&parts.method);
+    // Headers are copied per attempt only when a second attempt is possible at all.
+    let may_need_headers_again = pool.retries > 0 && pool.backends().len() > 1;
+    let mut tried = Tried::default();
+    let mut body = body;
+    let mut last_error: Option<UpstreamError> = None;
+    loop {
+        let Some((index, backend)) = pool.select(tried.as_slice()) else {
+            // Out of servers: report what went wrong with the last one, if any was tried.
+            return Err(
+                last_error.unwrap_or_else(|| UpstreamError::NoHealthyServer {
+                    pool: pool.name.clone(),
+                }),
+            );
+        };
+        tried.push(index);
+        let headers = if may_need_headers_again {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        let upstream_req = build_upstream_request(&parts.method, headers, &path_and_query, body);
+        let e = match pool.send(&backend, upstream_req).await {
+            Ok(ok) => return Ok(ok),
+            Err(e) => e,
+        };
+        let may_retry = tried.len() <= pool.retries as usize
+            && may_need_headers_again
+            && e.retryable(idempotent);
+        // The body comes back only if no byte of it was read by the failed attempt.
+        let again = if may_retry { replay.take() } else { None };
+        tracing::warn!(
+            upstream = %pool.name,
+            backend = %backend.label,
+            error = %e,
+            retry = again.is_some(),
+            "upstream request failed"
+        );
+        match again {
+            Some(replayed) => body = replayed,
+            None => return Err(e),
+        }
+        last_error = Some(e);
+    }
+}
+
+/// Hop-by-hop headers off the backend's response; a `101` keeps its upgrade headers.
+fn clean_response_headers(headers: &mut http::HeaderMap, switching: bool) {
+    let protocol = switching
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    headers::remove_hop_by_hop(headers);
+    if let Some(protocol) = protocol {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
     }
 }
 
@@ -322,7 +331,7 @@ impl Tried {
 
 fn prepare_upstream_headers(
     parts: &mut Parts,
-    host: HeaderValue,
+    host: String,
     conn: &ConnInfo,
     upgrade: Option<HeaderValue>,
 ) {
@@ -337,6 +346,8 @@ fn prepare_upstream_headers(
         headers::join_cookies(headers);
     }
     let proto = if conn.listener.tls { "https" } else { "http" };
+    // `request_host` checked the characters; the fallback is never used.
+    let host = HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     headers::set_forwarded(headers, &conn.peer_header, conn.trusted, proto, &host);
     headers.insert(header::HOST, host);
     if let Some(protocol) = upgrade {
@@ -345,18 +356,15 @@ fn prepare_upstream_headers(
     }
 }
 
-/// The host the client addressed, as a header value: the request target's authority
-/// (absolute-form, or HTTP/2 `:authority`), else the `Host` header (RFC 9112 §3.2.2).
-/// `None` if missing or not a plausible `host[:port]`.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if let Some(a) = req.uri().authority() {
-        if a.as_str().contains('@') {
-            return None;
-        }
-        return HeaderValue::from_str(a.as_str()).ok();
-    }
-    let host = req.headers().get(header::HOST)?;
-    valid_host(host.as_bytes()).then(|| host.clone())
+/// The host the client addressed: the request target's authority (absolute-form, or HTTP/2
+/// `:authority`), else the `Host` header (RFC 9112 §3.2.2). `None` if missing or not a
+/// plausible `host[:port]`.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    valid_host(host.as_bytes()).then(|| host.to_owned())
 }
 
 /// `host[:port]`: a reg-name, IPv4 or bracketed IPv6 literal; no userinfo, path or spaces.
@@ -450,4 +458,44 @@ fn error_response(e: &ProxyError, mut log: LogSlot) -> Response<ResponseBody> {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plausible_hosts_are_accepted_and_others_refused() {
+        for ok in [
+            "shop.example",
+            "shop.example:8080",
+            "127.0.0.1:80",
+            "[::1]:8443",
+            "a_b",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "user@shop.example",
+            "shop.example/path",
+            "sh op",
+            "x\r\ny",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redirect_keeps_path_and_query_and_brackets_ipv6() {
+        let uri: Uri = "/cart?item=7".parse().unwrap();
+        let resp = https_redirect("shop.example:8080", &uri, 8443, LogSlot::default());
+        assert_eq!(resp.status(), 308);
+        assert_eq!(
+            resp.headers()["location"],
+            "https://shop.example:8443/cart?item=7"
+        );
+        let resp = https_redirect("[::1]:8080", &uri, 443, LogSlot::default());
+        assert_eq!(resp.headers()["location"], "https://[::1]/cart?item=7");
+    }
 }
