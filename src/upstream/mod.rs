@@ -346,9 +346,12 @@ impl Pool {
             let (mut sender, fresh) = match backend.idle.pop(backend.idle_timeout) {
                 Some(sender) => (sender, false),
                 None => {
-                    let sender = self
+                    // Boxed: a connect (with its TLS handshake state) is kilobytes of future
+                    // and rare; inline, it would be copied around with every request.
+                    let connect = self
                         .connector
-                        .connect(&backend.connect_addr, backend.tls_name.as_deref())
+                        .connect(&backend.connect_addr, backend.tls_name.as_deref());
+                    let sender = Box::pin(connect)
                         .await
                         .map_err(|e| UpstreamError::Connect {
                             backend: backend.label.clone(),
