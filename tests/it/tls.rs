@@ -290,3 +290,39 @@ async fn silent_client_is_dropped_after_the_handshake_timeout() {
     assert_eq!(n, 0);
     assert!(start.elapsed() >= Duration::from_millis(250));
 }
+
+#[tokio::test]
+async fn http2_request_bodies_reach_an_http11_backend() {
+    init();
+    let echo = Backend::start(|req| async move {
+        use http_body_util::BodyExt;
+        let framing = if req.headers().contains_key("content-length") {
+            "length"
+        } else {
+            "chunked"
+        };
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        text(200, &format!("{framing} {}", body.len()))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = make_cert(dir.path(), "alpha", &["alpha.test"]);
+    let gw = Gateway::start_in(&tls_yaml(&["alpha"], "", &echo), dir).await;
+    let addr = gw.addr("tls");
+    let c = tls_client(&[&alpha], "alpha.test", addr);
+    let url = format!("https://alpha.test:{}/upload", addr.port());
+    let resp = c.post(&url).body(vec![1u8; 70_000]).send().await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.text().await.unwrap(), "length 70000");
+    // Without a declared length, the body goes upstream chunked.
+    let stream = futures_util::stream::iter(
+        (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![2u8; 1000]))),
+    );
+    let resp = c
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "chunked 3000");
+}
