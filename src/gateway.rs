@@ -52,8 +52,11 @@ pub struct Running {
     admin: Option<SocketAddr>,
     admin_state: Arc<AdminState>,
     drain: Drain,
+    /// The admin listener stops last, so `/readyz` can say "draining" while the rest drains.
+    admin_drain: Drain,
     drain_timeout: Duration,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    admin_loop: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Checks what `start` would load but does not bind: certificates, keys and CA files.
@@ -133,10 +136,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             max_header_bytes: config.limits.max_header_bytes,
             header_read_timeout: config.timeouts.header_read,
             handshake_timeout: tls.map_or(Duration::from_secs(10), |t| t.handshake_timeout),
+            idle_timeout: config.timeouts.idle,
         };
         let proxy = proxy.clone();
-        let make_service = move |peer: SocketAddr| {
-            let conn = Arc::new((proxy.clone(), proxy.conn_info(peer, info.clone())));
+        let make_service = move |peer: SocketAddr, guard| {
+            let conn = Arc::new((proxy.clone(), proxy.conn_info(peer, info.clone(), guard)));
             service_fn(move |req| {
                 let conn = conn.clone();
                 // Boxed: hyper moves the service future around, and the proxy's future is
@@ -161,11 +165,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
 
     let admin_state = AdminState::new();
+    let admin_drain = Drain {
+        stop: CancellationToken::new(),
+        force: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
     let mut admin_addr = None;
+    let mut admin_loop = None;
     if let Some(socket) = admin_socket {
         admin_addr = socket.local_addr().ok();
         let state = admin_state.clone();
-        let make_service = move |_peer: SocketAddr| {
+        let make_service = move |_peer: SocketAddr, _guard| {
             let state = state.clone();
             service_fn(move |req| admin::handle(state.clone(), req))
         };
@@ -173,15 +183,16 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             max_header_bytes: config.limits.max_header_bytes,
             header_read_timeout: config.timeouts.header_read,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: config.timeouts.idle,
         };
         // The admin listener has its own connection cap, so a flood on the data plane cannot
         // lock operators out of the health endpoints.
-        accept_loops.push(listener::spawn(
+        admin_loop = Some(listener::spawn(
             socket,
             None,
             options,
             Arc::new(Semaphore::new(64)),
-            drain.clone(),
+            admin_drain.clone(),
             make_service,
         ));
         tracing::info!(addr = ?admin_addr, "admin listening");
@@ -192,6 +203,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin: admin_addr,
         admin_state,
         drain,
+        admin_drain,
+        admin_loop,
         drain_timeout: config.timeouts.drain,
         accept_loops,
     })
@@ -233,6 +246,14 @@ impl Running {
             self.drain.force.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.drain.tracker.wait()).await;
         }
+        // Only now: load balancers polling /readyz saw "draining" all along.
+        self.admin_drain.stop.cancel();
+        if let Some(task) = self.admin_loop {
+            let _ = task.await;
+        }
+        self.admin_drain.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_drain.tracker.wait()).await;
+        self.admin_drain.force.cancel();
         drained
     }
 }

@@ -11,6 +11,7 @@
 //! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
 //! - [`gateway`]: start, serve, drain.
 //! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`idle`]: silence detection for HTTP/2 connections and WebSocket tunnels.
 //! - [`demo`]: the sample backend of `sessiongate demo`.
 //! - [`certs`]: development certificates (`gen-cert`).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -20,6 +21,7 @@ pub mod certs;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod idle;
 pub mod listener;
 pub mod proxy;
 pub mod routing;

@@ -184,8 +184,14 @@ impl Default for Limits {
 /// Client-side timeouts.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
-    /// Time to receive a request's whole header section; also bounds idle keep-alive time.
+    /// Time to receive a request's whole header section; also bounds idle keep-alive time
+    /// on HTTP/1 connections.
     pub header_read: Duration,
+    /// Longest pause between two pieces of a request body from the client (408 beyond it).
+    pub body_read: Duration,
+    /// An HTTP/2 connection or an upgraded (WebSocket) connection with no bytes either way
+    /// for this long is closed.
+    pub idle: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain: Duration,
 }
@@ -194,6 +200,8 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             header_read: Duration::from_secs(20),
+            body_read: Duration::from_secs(30),
+            idle: Duration::from_secs(300),
             drain: Duration::from_secs(30),
         }
     }

@@ -339,12 +339,25 @@ fn read_timeouts(node: &Node, path: &str, p: &mut Problems) -> Option<Timeouts> 
         .get("header_read")
         .and_then(|n| positive_duration(n, &m.child("header_read"), p))
         .unwrap_or(d.header_read);
+    let body_read = m
+        .get("body_read")
+        .and_then(|n| positive_duration(n, &m.child("body_read"), p))
+        .unwrap_or(d.body_read);
+    let idle = m
+        .get("idle")
+        .and_then(|n| positive_duration(n, &m.child("idle"), p))
+        .unwrap_or(d.idle);
     let drain = m
         .get("drain")
         .and_then(|n| duration(n, &m.child("drain"), p))
         .unwrap_or(d.drain);
     m.finish(p);
-    Some(Timeouts { header_read, drain })
+    Some(Timeouts {
+        header_read,
+        body_read,
+        idle,
+        drain,
+    })
 }
 
 fn read_upstreams(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Vec<UpstreamConfig> {
@@ -734,6 +747,19 @@ fn read_match(node: &Node, path: &str, p: &mut Problems) -> Option<(HostMatch, S
             while s.len() > 1 && s.ends_with('/') {
                 s.pop();
             }
+            // Request paths are normalized before matching, so such a prefix could never match.
+            if s.len() > 1
+                && s[1..]
+                    .split('/')
+                    .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            {
+                p.push(
+                    n.pos,
+                    &m.child("path_prefix"),
+                    format!("{s:?} has an empty, . or .. segment and could never match"),
+                );
+                return None;
+            }
             s
         }
         None => "/".to_owned(),
@@ -928,6 +954,14 @@ mod tests {
             errs[0].contains("must be a path starting with /"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn path_prefix_must_be_normalized() {
+        for bad in ["/a//b", "/a/./b", "/a/../b"] {
+            let errs = problems(&BASE.replace("path_prefix: /", &format!("path_prefix: {bad}")));
+            assert!(errs[0].contains("could never match"), "{bad}: {errs:?}");
+        }
     }
 
     #[test]

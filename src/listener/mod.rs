@@ -22,6 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::idle::{Activity, Tracked};
+
 /// Connection-level settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -32,7 +34,14 @@ pub struct Options {
     pub header_read_timeout: Duration,
     /// Time to complete a TLS handshake.
     pub handshake_timeout: Duration,
+    /// An HTTP/2 connection with no bytes either way for this long is closed (HTTP/1 has the
+    /// header-read timeout between requests instead).
+    pub idle_timeout: Duration,
 }
+
+/// A connection's place under the connection cap; released when the last holder drops it
+/// (a WebSocket tunnel outlives the HTTP connection that started it).
+pub type ConnGuard = Arc<dyn std::any::Any + Send + Sync>;
 
 /// How connections end: `stop` asks them to finish (graceful), `force` cuts them, and
 /// `tracker` lets the owner wait for all of them.
@@ -62,8 +71,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves connections from `listener` until `drain.stop` fires. `make_service` is called once
-/// per connection with the client's address. At most `limit` connections are served at once
-/// (shared by all listeners); the rest wait in the kernel's accept queue.
+/// per connection with the client's address and the connection's guard. At most `limit`
+/// connections are served at once (shared by all listeners); the rest wait in the kernel's
+/// accept queue.
 pub fn spawn<F, S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -73,7 +83,7 @@ pub fn spawn<F, S, B>(
     make_service: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: Fn(SocketAddr) -> S + Send + Sync + 'static,
+    F: Fn(SocketAddr, ConnGuard) -> S + Send + Sync + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Send
         + Sync
@@ -107,26 +117,47 @@ where
                 },
             };
             let _ = stream.set_nodelay(true);
-            let service = make_service(peer);
-            let (builder, tls, drain2) = (builder.clone(), tls.clone(), drain.clone());
-            let handshake_timeout = options.handshake_timeout;
+            let guard: ConnGuard = Arc::new(permit);
+            let service = make_service(peer, guard.clone());
+            let (builder, tls, drain2, options) =
+                (builder.clone(), tls.clone(), drain.clone(), options.clone());
             drain.tracker.spawn(async move {
-                let _permit = permit;
+                let _guard = guard;
                 match tls {
-                    None => serve_connection(&builder, stream, service, &drain2).await,
-                    Some(acceptor) => {
-                        let Some(tls_stream) =
-                            handshake(&acceptor, stream, handshake_timeout, &drain2, peer).await
+                    None => {
+                        let Some(h2) = starts_like_h2(&stream, options.header_read_timeout).await
                         else {
                             return;
                         };
-                        serve_connection(&builder, tls_stream, service, &drain2).await;
+                        let idle = h2.then_some(options.idle_timeout);
+                        serve_connection(&builder, stream, service, idle, &drain2).await;
+                    }
+                    Some(acceptor) => {
+                        let Some(stream) =
+                            handshake(&acceptor, stream, options.handshake_timeout, &drain2, peer)
+                                .await
+                        else {
+                            return;
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let idle = h2.then_some(options.idle_timeout);
+                        serve_connection(&builder, stream, service, idle, &drain2).await;
                     }
                 }
             });
         }
         // Dropping the listener here closes the socket: new connections are refused.
     })
+}
+
+/// Whether a cleartext connection opens with the HTTP/2 preface (`PRI * HTTP/2.0`, h2c with
+/// prior knowledge). `None` if the client sends nothing in time or closes.
+async fn starts_like_h2(stream: &TcpStream, wait: Duration) -> Option<bool> {
+    let mut first = [0u8; 3];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => Some(n == 3 && &first == b"PRI"),
+        _ => None,
+    }
 }
 
 async fn handshake(
@@ -166,8 +197,9 @@ fn http_builder(options: &Options) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No server pings: they would keep idle connections alive forever; a connection with
+        // no traffic is closed by the idle timeout instead (see `serve_connection`).
+        .keep_alive_interval(None);
     builder
 }
 
@@ -175,6 +207,7 @@ async fn serve_connection<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     service: S,
+    idle: Option<Duration>,
     drain: &Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -184,13 +217,23 @@ async fn serve_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // HTTP/2: many requests share the connection and nothing times out between them, so a
+    // connection on which no byte moves for `idle` is closed. HTTP/1: hyper's header-read
+    // timeout bounds the wait between requests, and nothing is tracked.
+    let activity = idle.map(|_| Activity::new());
+    let io = Tracked::new(io, activity.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let watch = activity.unwrap_or_default();
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            return;
+        }
+        _ = watch.silent_for(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
+            tracing::debug!("idle connection closed");
             return;
         }
         _ = drain.stop.cancelled() => {}

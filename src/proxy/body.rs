@@ -4,6 +4,7 @@
 //! fully sent, when the client goes away, or right away for bodiless responses: so every
 //! request gets exactly one line, with the bytes actually sent.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -97,12 +98,26 @@ enum Inner {
     Upstream(Incoming),
 }
 
+/// Why a response body was cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    /// The backend's connection failed mid-body.
+    #[error("upstream response body: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// The backend sent nothing more of the body for too long.
+    #[error("upstream sent no response body data for {0:?}")]
+    Stalled(Duration),
+}
+
 /// The body of a response on its way to the client.
 pub struct ResponseBody {
     inner: Inner,
     log: LogSlot,
     /// The backend connection: back to the idle pool when the body ends, closed otherwise.
     lease: Option<Lease>,
+    /// Armed only while the backend keeps us waiting, so bodies that arrive with the head
+    /// cost no timer.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     bytes: u64,
     complete: bool,
 }
@@ -113,6 +128,7 @@ impl ResponseBody {
             inner: Inner::Full(Some(bytes)),
             log,
             lease: None,
+            stall: None,
             bytes: 0,
             complete: false,
         }
@@ -123,6 +139,7 @@ impl ResponseBody {
             inner: Inner::Upstream(body),
             log,
             lease: Some(lease),
+            stall: None,
             bytes: 0,
             complete: false,
         }
@@ -131,16 +148,36 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    let limit = this.lease.as_ref().map(Lease::read_timeout);
+                    if let Some(limit) = limit {
+                        let stall = this
+                            .stall
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                        if stall.as_mut().poll(cx).is_ready() {
+                            // Dropping the lease closes the backend connection mid-body.
+                            this.lease = None;
+                            this.stall = None;
+                            return Poll::Ready(Some(Err(ResponseBodyError::Stalled(limit))));
+                        }
+                    }
+                    Poll::Pending
+                }
+                ready => {
+                    this.stall = None;
+                    ready.map(|f| f.map(|r| r.map_err(ResponseBodyError::from)))
+                }
+            },
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

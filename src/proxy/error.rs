@@ -59,6 +59,7 @@ impl ProxyError {
                 }
                 UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 UpstreamError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+                UpstreamError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             },
         }
     }
@@ -88,6 +89,10 @@ impl ProxyError {
                     format!("request body larger than {limit} bytes")
                 }
                 UpstreamError::ClientBody { .. } => "the request body could not be read".into(),
+                UpstreamError::ClientBodyTimeout(after) => format!(
+                    "no request body data arrived for {}",
+                    humantime::format_duration(*after)
+                ),
             },
             other => other.to_string(),
         }
@@ -182,6 +187,13 @@ mod tests {
             reason: "reset".into(),
         });
         assert_eq!(e.status(), 502);
+    }
+
+    #[test]
+    fn stalled_client_body_is_408() {
+        let e = up(UpstreamError::ClientBodyTimeout(Duration::from_secs(2)));
+        assert_eq!(e.status(), 408);
+        assert!(e.public_message().contains("for 2s"));
     }
 
     #[test]

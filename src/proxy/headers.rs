@@ -16,6 +16,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+/// Client-address and original-request headers that only a trusted proxy may send. (From a
+/// trusted proxy they pass unchanged; `Forwarded` is not extended with this hop.)
+const UNTRUSTED_ONLY: [HeaderName; 6] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+];
+
 /// Removes hop-by-hop headers and every header that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than nine hashed removals.
@@ -87,8 +98,11 @@ pub fn set_forwarded(
         headers.insert(XFH, host.clone());
     }
     if !trusted {
-        // RFC 7239 `Forwarded` from an untrusted client is as forgeable as X-Forwarded-For.
-        headers.remove(header::FORWARDED);
+        // Other headers that applications take as "what the proxy saw" are as forgeable as
+        // X-Forwarded-For when they come from a client.
+        for name in &UNTRUSTED_ONLY {
+            headers.remove(name);
+        }
     }
 }
 
@@ -188,6 +202,8 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
         ]);
         let host = HeaderValue::from_static("shop.example");
         let peer = HeaderValue::from_static("10.1.2.3");
@@ -196,6 +212,8 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
         assert!(!h.contains_key("forwarded"));
+        assert!(!h.contains_key("x-real-ip"));
+        assert!(!h.contains_key("x-forwarded-port"));
     }
 
     #[test]

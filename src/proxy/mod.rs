@@ -13,7 +13,7 @@ mod upgrade;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -45,8 +45,12 @@ pub struct ListenerInfo {
     pub hsts: Option<HeaderValue>,
 }
 
+/// Whatever keeps a client connection counted under `limits.max_connections` (opaque here);
+/// a WebSocket tunnel holds it for as long as it lives.
+pub type ConnGuard = Arc<dyn std::any::Any + Send + Sync>;
+
 /// One client connection, and what is worked out about it once rather than per request.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnInfo {
     /// The client's address (the TCP peer).
     pub peer: SocketAddr,
@@ -58,6 +62,17 @@ pub struct ConnInfo {
     peer_header: HeaderValue,
     /// Whether the peer is a trusted proxy (its `X-Forwarded-*` headers are kept).
     trusted: bool,
+    guard: ConnGuard,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("peer", &self.peer)
+            .field("listener", &self.listener.name)
+            .field("trusted", &self.trusted)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The request handler shared by all connections.
@@ -66,6 +81,8 @@ pub struct Proxy {
     pools: Vec<Arc<Pool>>,
     trusted_proxies: Vec<ipnet::IpNet>,
     max_header_bytes: usize,
+    body_read_timeout: Duration,
+    tunnel_idle_timeout: Duration,
     tunnels: TaskTracker,
     force: CancellationToken,
 }
@@ -100,13 +117,20 @@ impl Proxy {
             pools,
             trusted_proxies: config.trusted_proxies.clone(),
             max_header_bytes: config.limits.max_header_bytes,
+            body_read_timeout: config.timeouts.body_read,
+            tunnel_idle_timeout: config.timeouts.idle,
             tunnels,
             force,
         })
     }
 
     /// Describes a new client connection (done once per connection, not per request).
-    pub fn conn_info(&self, peer: SocketAddr, listener: Arc<ListenerInfo>) -> ConnInfo {
+    pub fn conn_info(
+        &self,
+        peer: SocketAddr,
+        listener: Arc<ListenerInfo>,
+        guard: ConnGuard,
+    ) -> ConnInfo {
         let peer_ip = peer.ip().to_canonical();
         let peer_header = HeaderValue::from_str(&peer_ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
@@ -116,6 +140,7 @@ impl Proxy {
             peer_ip,
             peer_header,
             trusted: self.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
+            guard,
         }
     }
 
@@ -179,7 +204,7 @@ impl Proxy {
 
         // upstream_request
         prepare_upstream_headers(&mut parts, host, conn, upgrade);
-        let body = RequestBody::new(body, route.max_body_bytes);
+        let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
 
         // send
         let sent_at = log.is_on().then(Instant::now);
@@ -197,7 +222,14 @@ impl Proxy {
             lease.discard_connection();
             if let Some(downstream) = downstream_upgrade {
                 let upstream = hyper::upgrade::on(&mut resp);
-                upgrade::spawn_tunnel(downstream, upstream, &self.tunnels, self.force.clone());
+                upgrade::spawn_tunnel(
+                    downstream,
+                    upstream,
+                    self.tunnel_idle_timeout,
+                    conn.guard.clone(),
+                    &self.tunnels,
+                    self.force.clone(),
+                );
             }
         }
         let (mut rparts, rbody) = resp.into_parts();

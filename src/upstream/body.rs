@@ -1,17 +1,27 @@
-//! The request body sent upstream: streamed, size-limited, and replayable until first read.
+//! The request body sent upstream: streamed, size-limited, replayable until first read, and
+//! telling when it has been sent completely.
 //!
 //! A retry on another server must resend the body, but bodies are streamed, never buffered.
 //! The way out: the client's body waits in a shared slot until the upstream connection first
 //! asks for it. If the attempt fails before that (connection refused, say), the body is still
 //! in the slot and the next attempt takes it; once a byte has been read, there is no replay.
+//!
+//! Whether the body was sent completely matters twice: the backend's response timeout starts
+//! only then (a slow upload is the client's pace, not the backend's fault), and a connection
+//! whose request body is unfinished must not go back to the idle pool.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 /// Why the request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +35,39 @@ pub enum BodyError {
     /// Reading the client's body failed (the client went away, or sent a malformed body).
     #[error("reading the request body from the client failed: {0}")]
     Downstream(#[source] hyper::Error),
+    /// The client sent nothing of its body for too long.
+    #[error("the client sent no request body data for {0:?}")]
+    Stalled(Duration),
     /// The body had already been handed to an earlier attempt.
     #[error("the request body was already consumed")]
     Consumed,
+}
+
+/// Set once the whole body has been handed to the upstream connection.
+#[derive(Debug, Default)]
+pub struct Sent {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Sent {
+    /// Whether the body was sent completely.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the body has been sent completely.
+    pub async fn wait(&self) {
+        // `notify_one` keeps a permit when nobody waits yet, so the order does not matter.
+        if !self.is_done() {
+            self.notify.notified().await;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
 }
 
 type Slot = Arc<Mutex<Option<Incoming>>>;
@@ -45,6 +85,12 @@ pub struct RequestBody {
     hint: SizeHint,
     limit: u64,
     seen: u64,
+    /// `None` for an empty body: sent as soon as the head is.
+    sent: Option<Arc<Sent>>,
+    /// Longest wait for the next piece of the client's body.
+    idle: Duration,
+    /// Armed only while the client keeps us waiting, so fast bodies cost no timer.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 /// The handle that can give the body again to a second attempt, as long as nobody read it.
@@ -52,6 +98,8 @@ pub struct Replay {
     slot: Option<Slot>,
     hint: SizeHint,
     limit: u64,
+    sent: Option<Arc<Sent>>,
+    idle: Duration,
 }
 
 impl RequestBody {
@@ -62,33 +110,56 @@ impl RequestBody {
             hint: SizeHint::with_exact(0),
             limit: u64::MAX,
             seen: 0,
+            sent: None,
+            idle: Duration::MAX,
+            stall: None,
         }
     }
 
-    /// Wraps the client's body, limited to `limit` bytes.
-    pub fn new(incoming: Incoming, limit: u64) -> (Self, Replay) {
+    /// Wraps the client's body, limited to `limit` bytes, failing if the client sends nothing
+    /// for `idle`.
+    pub fn new(incoming: Incoming, limit: u64, idle: Duration) -> (Self, Replay) {
         if incoming.is_end_stream() {
             let replay = Replay {
                 slot: None,
                 hint: SizeHint::with_exact(0),
                 limit,
+                sent: None,
+                idle,
             };
             return (Self::empty(), replay);
         }
         let hint = incoming.size_hint();
         let slot: Slot = Arc::new(Mutex::new(Some(incoming)));
+        let sent = Arc::new(Sent::default());
         let replay = Replay {
             slot: Some(slot.clone()),
             hint,
             limit,
+            sent: Some(sent.clone()),
+            idle,
         };
         let body = RequestBody {
             state: State::Waiting(slot),
             hint,
             limit,
             seen: 0,
+            sent: Some(sent),
+            idle,
+            stall: None,
         };
         (body, replay)
+    }
+
+    /// The signal of complete sending; `None` for an empty body.
+    pub fn sent(&self) -> Option<Arc<Sent>> {
+        self.sent.clone()
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.state = State::Done;
+        self.stall = None;
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -104,8 +175,15 @@ impl Replay {
             hint: self.hint,
             limit: self.limit,
             seen: 0,
+            sent: self.sent.clone(),
+            idle: self.idle,
+            stall: None,
         })
     }
+}
+
+fn incoming_ended(state: &State) -> bool {
+    matches!(state, State::Streaming(b) if b.is_end_stream())
 }
 
 impl Body for RequestBody {
@@ -119,34 +197,48 @@ impl Body for RequestBody {
         let this = &mut *self;
         if let State::Waiting(slot) = &this.state {
             let taken = slot.lock().ok().and_then(|mut s| s.take());
-            this.state = match taken {
-                Some(incoming) => State::Streaming(incoming),
-                None => {
-                    this.state = State::Done;
-                    return Poll::Ready(Some(Err(BodyError::Consumed)));
-                }
-            };
+            match taken {
+                Some(incoming) => this.state = State::Streaming(incoming),
+                None => return this.fail(BodyError::Consumed),
+            }
         }
         let State::Streaming(incoming) = &mut this.state else {
             return Poll::Ready(None);
         };
         match Pin::new(incoming).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let idle = this.idle;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.fail(BodyError::Stalled(idle)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             Poll::Ready(None) => {
                 this.state = State::Done;
+                this.stall = None;
+                if let Some(sent) = &this.sent {
+                    sent.finish();
+                }
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => {
-                this.state = State::Done;
-                Poll::Ready(Some(Err(BodyError::Downstream(e))))
-            }
+            Poll::Ready(Some(Err(e))) => this.fail(BodyError::Downstream(e)),
             Poll::Ready(Some(Ok(frame))) => {
+                this.stall = None;
+                // hyper stops polling once the body says it has ended, so the last frame may
+                // be the last we see of it.
+                let ended = incoming_ended(&this.state);
                 if let Some(data) = frame.data_ref() {
                     this.seen = this.seen.saturating_add(data.len() as u64);
                     if this.seen > this.limit {
-                        this.state = State::Done;
-                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit: this.limit })));
+                        let limit = this.limit;
+                        return this.fail(BodyError::TooLarge { limit });
                     }
+                }
+                if ended && let Some(sent) = &this.sent {
+                    sent.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

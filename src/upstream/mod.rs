@@ -17,7 +17,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-pub use body::{BodyError, Replay, RequestBody};
+pub use body::{BodyError, Replay, RequestBody, Sent};
 
 use crate::config::{ConfigError, PassiveHealth, UpstreamConfig};
 use balance::{Balancer, Candidate};
@@ -56,6 +56,9 @@ pub enum UpstreamError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The client stopped sending its request body; not the backend's fault.
+    #[error("the client sent no request body data for {0:?}")]
+    ClientBodyTimeout(Duration),
     /// Reading the request body from the client failed (the client went away, or sent a
     /// malformed body); not the backend's fault.
     #[error("reading the request body from the client failed: {reason}")]
@@ -83,6 +86,7 @@ impl UpstreamError {
             // Retrying after a response timeout multiplies load on a struggling pool.
             UpstreamError::Timeout { .. }
             | UpstreamError::BodyTooLarge { .. }
+            | UpstreamError::ClientBodyTimeout(_)
             | UpstreamError::ClientBody { .. }
             | UpstreamError::NoHealthyServer { .. } => false,
         }
@@ -162,6 +166,10 @@ impl Candidate for Arc<Backend> {
 pub struct Lease {
     backend: Arc<Backend>,
     sender: Option<Sender>,
+    /// The request body's sending; the connection is reusable only once it is complete.
+    sent: Option<Arc<Sent>>,
+    /// Longest wait for the next piece of the response body.
+    read_timeout: Duration,
 }
 
 impl Lease {
@@ -170,9 +178,18 @@ impl Lease {
         &self.backend
     }
 
-    /// The response was read completely: the connection may serve another request.
+    /// Longest wait for the next piece of the response body (the pool's response timeout).
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// The response was read completely: the connection may serve another request, unless
+    /// the backend answered before taking the whole request body (it is still being sent).
     pub fn release(mut self) {
-        if let Some(sender) = self.sender.take() {
+        let body_sent = self.sent.as_ref().is_none_or(|s| s.is_done());
+        if let Some(sender) = self.sender.take()
+            && body_sent
+        {
             self.backend.idle.push(sender, self.backend.max_idle);
         }
     }
@@ -302,11 +319,29 @@ impl Pool {
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent = req.body().sent();
         let mut lease = Lease {
             backend: backend.clone(),
             sender: None,
+            sent: sent.clone(),
+            read_timeout: self.response_timeout,
         };
-        let result = tokio::time::timeout(self.response_timeout, self.exchange(backend, req)).await;
+        let exchange = self.exchange(backend, req);
+        let result = match sent {
+            None => tokio::time::timeout(self.response_timeout, exchange).await,
+            Some(sent) => {
+                // The response timeout runs from the end of the request body: an upload goes
+                // at the client's pace (bounded by the body read timeout), not the backend's.
+                tokio::pin!(exchange);
+                tokio::select! {
+                    biased;
+                    r = &mut exchange => Ok(r),
+                    _ = sent.wait() => {
+                        tokio::time::timeout(self.response_timeout, exchange).await
+                    }
+                }
+            }
+        };
         match result {
             Ok(Ok((resp, sender))) => {
                 backend.record_success();
@@ -406,6 +441,7 @@ fn classify(backend: &Arc<str>, err: &hyper::Error) -> UpstreamError {
                     reason: error_chain(e),
                 };
             }
+            Some(BodyError::Stalled(after)) => return UpstreamError::ClientBodyTimeout(*after),
             Some(BodyError::Consumed) | None => {}
         }
         source = s.source();

@@ -10,6 +10,7 @@ mod routing;
 mod shutdown;
 mod streaming;
 mod support;
+mod timeouts;
 mod tls;
 mod upstreams;
 mod websocket;

@@ -75,3 +75,42 @@ async fn drain_timeout_cuts_requests_that_take_too_long() {
         "the stuck request should have been cut"
     );
 }
+
+#[tokio::test]
+async fn readyz_says_draining_while_requests_finish() {
+    let slow = Backend::start(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        text(200, "done")
+    })
+    .await;
+    let yaml = format!(
+        "{}admin: {{ bind: \"127.0.0.1:0\" }}\n",
+        simple_config(&[slow.addr], "", "timeouts: { drain: 10s }")
+    );
+    let mut gw = Gateway::start(&yaml).await;
+    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let readyz = format!("http://{admin}/readyz");
+    assert_eq!(client().get(&readyz).send().await.unwrap().status(), 200);
+    let url = gw.url("web", "/");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().status() });
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            slow.requests().len() == 1
+        })
+        .await
+    );
+    let shutdown = tokio::spawn(async move { gw.shutdown().await });
+    let draining = eventually(Duration::from_secs(1), || {
+        let readyz = readyz.clone();
+        async move {
+            match client().get(&readyz).send().await {
+                Ok(r) => r.status() == 503 && r.text().await.unwrap() == "draining\n",
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(draining, "/readyz never said draining");
+    assert_eq!(in_flight.await.unwrap(), 200);
+    assert!(shutdown.await.unwrap());
+}

@@ -69,3 +69,71 @@ async fn websocket_echo_passes_through_the_gateway() {
             .eq_ignore_ascii_case("upgrade")
     );
 }
+
+async fn open_ws(
+    addr: std::net::SocketAddr,
+) -> WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn idle_websocket_tunnel_is_closed() {
+    let backend = echo_backend().await;
+    let gw = Gateway::start(&simple_config(
+        &[backend.addr],
+        "",
+        "timeouts: { idle: 300ms }",
+    ))
+    .await;
+    let mut ws = open_ws(gw.addr("web")).await;
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    let end = tokio::time::timeout(std::time::Duration::from_secs(3), ws.next())
+        .await
+        .expect("the idle tunnel stayed open");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+}
+
+#[tokio::test]
+async fn websocket_tunnel_counts_against_the_connection_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = echo_backend().await;
+    let gw = Gateway::start(&simple_config(
+        &[backend.addr],
+        "",
+        "limits: { max_connections: 1 }",
+    ))
+    .await;
+    let mut ws = open_ws(gw.addr("web")).await;
+    // The tunnel holds the only place: a new connection waits.
+    let mut other = tokio::net::TcpStream::connect(gw.addr("web"))
+        .await
+        .unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: cap.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_millis(400), other.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "a connection over the cap was served while a tunnel was open"
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), other.read(&mut buf))
+        .await
+        .expect("the waiting connection was never served")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1"));
+}
