@@ -373,7 +373,9 @@ fn prepare_upstream_headers(
     // the ones we set below.
     headers::remove_hop_by_hop(headers);
     // We do not relay 100-continue: hyper answers the client when the body is first read.
-    headers.remove(header::EXPECT);
+    if headers.contains_key(header::EXPECT) {
+        headers.remove(header::EXPECT);
+    }
     if h2 {
         headers::join_cookies(headers);
     }
