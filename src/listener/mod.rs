@@ -12,9 +12,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::idle::{Activity, Tracked};
+use crate::idle::Activity;
 
 /// Connection-level settings.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(http_builder(&options));
+    let builders = Arc::new(http_builders(&options));
     let make_service = Arc::new(make_service);
     tokio::spawn(async move {
         loop {
@@ -119,8 +119,12 @@ where
             let _ = stream.set_nodelay(true);
             let guard: ConnGuard = Arc::new(permit);
             let service = make_service(peer, guard.clone());
-            let (builder, tls, drain2, options) =
-                (builder.clone(), tls.clone(), drain.clone(), options.clone());
+            let (builders, tls, drain2, options) = (
+                builders.clone(),
+                tls.clone(),
+                drain.clone(),
+                options.clone(),
+            );
             drain.tracker.spawn(async move {
                 let _guard = guard;
                 match tls {
@@ -129,8 +133,8 @@ where
                         else {
                             return;
                         };
-                        let idle = h2.then_some(options.idle_timeout);
-                        serve_connection(&builder, stream, service, idle, &drain2).await;
+                        let idle = options.idle_timeout;
+                        serve_connection(&builders, stream, service, h2, idle, &drain2).await;
                     }
                     Some(acceptor) => {
                         let Some(stream) =
@@ -140,8 +144,8 @@ where
                             return;
                         };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let idle = h2.then_some(options.idle_timeout);
-                        serve_connection(&builder, stream, service, idle, &drain2).await;
+                        let idle = options.idle_timeout;
+                        serve_connection(&builders, stream, service, h2, idle, &drain2).await;
                     }
                 }
             });
@@ -183,31 +187,36 @@ async fn handshake(
     }
 }
 
-fn http_builder(options: &Options) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+/// The HTTP/1 and HTTP/2 connection settings of a listener. The protocol is known before a
+/// connection is served (ALPN, or the h2c preface), so each gets its own builder directly.
+struct Builders {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+fn http_builders(options: &Options) -> Builders {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size((options.max_header_bytes * 2).max(64 * 1024))
         .keep_alive(true)
         .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         // No server pings: they would keep idle connections alive forever; a connection with
         // no traffic is closed by the idle timeout instead (see `serve_connection`).
         .keep_alive_interval(None);
-    builder
+    Builders { h1, h2 }
 }
 
 async fn serve_connection<I, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Builders,
     io: I,
     service: S,
-    idle: Option<Duration>,
+    h2: bool,
+    idle_timeout: Duration,
     drain: &Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -217,31 +226,47 @@ async fn serve_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // HTTP/2: many requests share the connection and nothing times out between them, so a
-    // connection on which no byte moves for `idle` is closed. HTTP/1: hyper's header-read
-    // timeout bounds the wait between requests, and nothing is tracked.
-    let activity = idle.map(|_| Activity::new());
-    let io = Tracked::new(io, activity.clone());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let watch = activity.unwrap_or_default();
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "connection ended with an error");
+    // Runs a connection until it ends, `$silent` resolves, or a drain asks it to finish
+    // (HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY).
+    macro_rules! drive {
+        ($conn:expr, $silent:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = $silent => {
+                    tracing::debug!("idle connection closed");
+                    return;
+                }
+                _ = drain.stop.cancelled() => {}
             }
-            return;
-        }
-        _ = watch.silent_for(idle.unwrap_or(Duration::MAX)), if idle.is_some() => {
-            tracing::debug!("idle connection closed");
-            return;
-        }
-        _ = drain.stop.cancelled() => {}
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = drain.force.cancelled() => {}
+            }
+        }};
     }
-    // Draining: HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY.
-    conn.as_mut().graceful_shutdown();
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = drain.force.cancelled() => {}
+    if h2 {
+        // Many requests share an HTTP/2 connection and nothing times out between them, so a
+        // connection on which no byte moves for the idle timeout is closed.
+        let activity = Activity::new();
+        let io = TokioIo::new(activity.track(io));
+        drive!(
+            builders.h2.serve_connection(io, service),
+            activity.silent_for(idle_timeout)
+        );
+    } else {
+        // HTTP/1: hyper's header-read timeout bounds the wait between requests.
+        let io = TokioIo::new(io);
+        drive!(
+            builders.h1.serve_connection(io, service).with_upgrades(),
+            std::future::pending::<()>()
+        );
     }
 }
