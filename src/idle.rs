@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-fn now_ms() -> u64 {
+/// Milliseconds on a monotonic clock shared by the whole process (cheap to store atomically).
+pub(crate) fn now_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let start = *START.get_or_init(Instant::now);
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -47,7 +48,10 @@ impl Activity {
 
     /// Wraps a stream so that its reads and writes count as activity.
     pub fn track<T>(&self, io: T) -> Tracked<T> {
-        Tracked::new(io, Some(self.clone()))
+        Tracked {
+            io,
+            activity: self.clone(),
+        }
     }
 }
 
@@ -57,29 +61,11 @@ impl Default for Activity {
     }
 }
 
-/// A stream whose reads and writes are noted in an [`Activity`] (if it has one).
+/// A stream whose reads and writes are noted in an [`Activity`].
 #[derive(Debug)]
 pub struct Tracked<T> {
     io: T,
-    activity: Option<Activity>,
-}
-
-impl<T> Tracked<T> {
-    /// Wraps `io`; with `None`, reads and writes pass through untracked.
-    pub fn new(io: T, activity: Option<Activity>) -> Self {
-        Tracked { io, activity }
-    }
-
-    fn touch(&self) {
-        if let Some(a) = &self.activity {
-            a.touch();
-        }
-    }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
+    activity: Activity,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -91,7 +77,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
+            self.activity.touch();
         }
         r
     }
@@ -105,7 +91,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.touch();
         }
         r
     }
@@ -117,7 +103,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.activity.touch();
         }
         r
     }

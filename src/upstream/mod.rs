@@ -10,7 +10,7 @@ mod health;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::{BodyError, Replay, RequestBody, Sent};
 
 use crate::config::{ConfigError, PassiveHealth, UpstreamConfig};
+use crate::idle::now_ms;
 use balance::{Balancer, Candidate};
 use connect::{Connector, IdleConns, Sender};
 
@@ -91,13 +92,6 @@ impl UpstreamError {
             | UpstreamError::NoHealthyServer { .. } => false,
         }
     }
-}
-
-/// Milliseconds on a monotonic clock shared by all health state.
-fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// One server of a pool, and what we know of its health and load.
@@ -173,11 +167,6 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The backend this request went to.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
-    }
-
     /// Longest wait for the next piece of the response body (the pool's response timeout).
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout
