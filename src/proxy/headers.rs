@@ -41,18 +41,21 @@ fn remove_any(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// Removes hop-by-hop headers and every header that `Connection` names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    // Collect first: the nominated names live in the Connection header we are about to remove.
-    let nominated: Vec<HeaderName> = headers
+/// The comma-separated tokens of every `Connection` header, trimmed.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+/// Removes hop-by-hop headers and every header that `Connection` names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Collect first: the nominated names live in the Connection header we are about to remove.
+    let nominated: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         // Host is re-set by the proxy anyway; never let a client make us drop it.
         .filter(|n| *n != header::HOST)
         .collect();
@@ -64,12 +67,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: x`), if any.
 pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let wants = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     if wants {
         headers.get(header::UPGRADE).cloned()
     } else {
