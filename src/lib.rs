@@ -11,6 +11,7 @@
 //! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
 //! - [`gateway`]: start, serve, drain.
 //! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`deadline`]: per-request timeouts that cost no timer registration when met.
 //! - [`idle`]: silence detection for HTTP/2 connections and WebSocket tunnels.
 //! - [`demo`]: the sample backend of `sessiongate demo`.
 //! - [`certs`]: development certificates (`gen-cert`).
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod gateway;
 pub mod idle;

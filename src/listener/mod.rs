@@ -1,6 +1,7 @@
 //! Listeners: accept TCP connections, terminate TLS, and serve HTTP/1.1 and HTTP/2 with any
 //! hyper service. They know nothing of routes or sessions.
 
+mod head_timeout;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::idle::Activity;
+use head_timeout::HeadWatch;
 
 /// Connection-level settings.
 #[derive(Debug, Clone)]
@@ -133,8 +135,7 @@ where
                         else {
                             return;
                         };
-                        let idle = options.idle_timeout;
-                        serve_connection(&builders, stream, service, h2, idle, &drain2).await;
+                        serve_connection(&builders, stream, service, h2, &options, &drain2).await;
                     }
                     Some(acceptor) => {
                         let Some(stream) =
@@ -144,8 +145,7 @@ where
                             return;
                         };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let idle = options.idle_timeout;
-                        serve_connection(&builders, stream, service, h2, idle, &drain2).await;
+                        serve_connection(&builders, stream, service, h2, &options, &drain2).await;
                     }
                 }
             });
@@ -196,8 +196,8 @@ struct Builders {
 
 fn http_builders(options: &Options) -> Builders {
     let mut h1 = http1::Builder::new();
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+    // The header-read timeout is kept per connection (see `head_timeout`), not by hyper.
+    h1.header_read_timeout(None)
         .max_buf_size((options.max_header_bytes * 2).max(64 * 1024))
         .keep_alive(true)
         .writev(false);
@@ -216,7 +216,7 @@ async fn serve_connection<I, S, B>(
     io: I,
     service: S,
     h2: bool,
-    idle_timeout: Duration,
+    options: &Options,
     drain: &Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -259,14 +259,19 @@ async fn serve_connection<I, S, B>(
         let io = TokioIo::new(activity.track(io));
         drive!(
             builders.h2.serve_connection(io, service),
-            activity.silent_for(idle_timeout)
+            activity.silent_for(options.idle_timeout)
         );
     } else {
-        // HTTP/1: hyper's header-read timeout bounds the wait between requests.
+        // HTTP/1: the header-read timeout bounds the wait for each request head, and so the
+        // wait between requests.
         let io = TokioIo::new(io);
+        let watch = HeadWatch::new();
         drive!(
-            builders.h1.serve_connection(io, service).with_upgrades(),
-            std::future::pending::<()>()
+            builders
+                .h1
+                .serve_connection(io, watch.service(service))
+                .with_upgrades(),
+            watch.expired(options.header_read_timeout)
         );
     }
 }

@@ -28,6 +28,7 @@ pub use body::ResponseBody;
 pub use error::ProxyError;
 
 use crate::config::{Config, ConfigError};
+use crate::deadline::{LazyTimer, TimerSlot};
 use crate::routing::{Route, Router, host_name, normalize_path};
 use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
@@ -63,6 +64,8 @@ pub struct ConnInfo {
     /// Whether the peer is a trusted proxy (its `X-Forwarded-*` headers are kept).
     trusted: bool,
     guard: ConnGuard,
+    /// The response timeout's timer, reused by the connection's requests.
+    timer: Arc<TimerSlot>,
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -141,6 +144,7 @@ impl Proxy {
             peer_header,
             trusted: self.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
             guard,
+            timer: Arc::default(),
         }
     }
 
@@ -208,7 +212,9 @@ impl Proxy {
 
         // send
         let sent_at = log.is_on().then(Instant::now);
-        let sent = send(pool, parts, path_and_query, body).await;
+        let mut timer = conn.timer.take();
+        let sent = send(pool, parts, path_and_query, body, &mut timer).await;
+        conn.timer.put(timer);
         let (mut resp, mut lease) = attempt!(sent.map_err(|source| ProxyError::Upstream {
             pool: pool.name.clone(),
             source,
@@ -280,6 +286,7 @@ async fn send(
     mut parts: Parts,
     path_and_query: PathAndQuery,
     (body, replay): (RequestBody, Replay),
+    timer: &mut LazyTimer,
 ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
     let idempotent = is_idempotent(&parts.method);
     // Headers are copied per attempt only when a second attempt is possible at all.
@@ -302,8 +309,13 @@ async fn send(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        let upstream_req = build_upstream_request(&parts.method, headers, &path_and_query, body);
-        let e = match pool.send(&backend, upstream_req).await {
+        let mut upstream_req = Some(build_upstream_request(
+            &parts.method,
+            headers,
+            &path_and_query,
+            body,
+        ));
+        let e = match pool.send(&backend, &mut upstream_req, timer).await {
             Ok(ok) => return Ok(ok),
             Err(e) => e,
         };

@@ -99,7 +99,7 @@ async fn check(pool: &Pool, backend: &Backend, cfg: &ActiveHealth) -> bool {
         return false;
     };
     let attempt = async {
-        let (resp, sender) = pool.exchange(backend, req).await.ok()?;
+        let (resp, sender) = pool.exchange(backend, &mut Some(req)).await.ok()?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
         // Read the (small) body to its end so the connection can be reused.
         if resp.into_body().collect().await.is_ok() {

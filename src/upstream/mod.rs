@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 pub use body::{BodyError, Replay, RequestBody, Sent};
 
 use crate::config::{ConfigError, PassiveHealth, UpstreamConfig};
+use crate::deadline::LazyTimer;
 use crate::idle::now_ms;
 use balance::{Balancer, Candidate};
 use connect::{Connector, IdleConns, Sender};
@@ -297,7 +298,8 @@ impl Pool {
     }
 
     /// Sends a request (origin-form URI, Host already set) to `backend` and waits for the
-    /// response head, within the response timeout. Connection failures and timeouts count
+    /// response head, within the response timeout. The request is taken from `req` once it is
+    /// handed to a connection (it is lent, not moved in, to keep this future small). Connection failures and timeouts count
     /// against the backend's passive health; any response counts for it.
     ///
     /// # Errors
@@ -305,29 +307,29 @@ impl Pool {
     pub async fn send(
         &self,
         backend: &Arc<Backend>,
-        req: Request<RequestBody>,
+        req: &mut Option<Request<RequestBody>>,
+        timer: &mut LazyTimer,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
-        let sent = req.body().sent();
+        let sent = req.as_ref().and_then(|r| r.body().sent());
         let mut lease = Lease {
             backend: backend.clone(),
             sender: None,
             sent: sent.clone(),
             read_timeout: self.response_timeout,
         };
-        let exchange = self.exchange(backend, req);
+        // Pinned once and only borrowed below: moving a future copies all of it, and the
+        // request path's futures are large.
+        let mut exchange = std::pin::pin!(self.exchange(backend, req));
         let result = match sent {
-            None => tokio::time::timeout(self.response_timeout, exchange).await,
+            None => timer.within(self.response_timeout, exchange).await,
             Some(sent) => {
                 // The response timeout runs from the end of the request body: an upload goes
                 // at the client's pace (bounded by the body read timeout), not the backend's.
-                tokio::pin!(exchange);
                 tokio::select! {
                     biased;
-                    r = &mut exchange => Ok(r),
-                    _ = sent.wait() => {
-                        tokio::time::timeout(self.response_timeout, exchange).await
-                    }
+                    r = exchange.as_mut() => Ok(r),
+                    _ = sent.wait() => timer.within(self.response_timeout, exchange).await,
                 }
             }
         };
@@ -360,7 +362,7 @@ impl Pool {
     async fn exchange(
         &self,
         backend: &Backend,
-        mut req: Request<RequestBody>,
+        req: &mut Option<Request<RequestBody>>,
     ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
         // An idle connection may have been closed by the backend since its last use. A request
         // that could not be written on one moves on to the next, then to a new connection:
@@ -391,10 +393,13 @@ impl Pool {
                 }
                 continue;
             }
-            match sender.try_send_request(req).await {
+            let Some(request) = req.take() else {
+                return Err(closed_before_sending(backend));
+            };
+            match sender.try_send_request(request).await {
                 Ok(resp) => return Ok((resp, sender)),
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => req = unsent,
+                    Some(unsent) if !fresh => *req = Some(unsent),
                     Some(_) => return Err(closed_before_sending(backend)),
                     None => return Err(classify(&backend.label, &e.into_error())),
                 },

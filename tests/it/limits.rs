@@ -26,6 +26,60 @@ async fn slow_header_sender_is_disconnected_after_the_header_timeout() {
     assert!(b.requests().is_empty());
 }
 
+/// One request on a raw keep-alive connection; returns the response head.
+async fn request_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: keep.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn keep_alive_connection_idle_past_the_header_timeout_is_closed() {
+    let b = Backend::named("b").await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "timeouts: { header_read: 300ms }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr("web")).await.unwrap();
+    // Requests within the limit keep the connection; the limit restarts after each response.
+    for _ in 0..3 {
+        assert!(request_on(&mut s).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let idle_from = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the idle connection stayed open")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected a close, got bytes");
+    assert!(idle_from.elapsed() >= Duration::from_millis(50));
+}
+
+#[tokio::test]
+async fn response_slower_than_the_header_timeout_is_not_cut() {
+    let slow = Backend::start(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        text(200, "worth the wait")
+    })
+    .await;
+    let gw = Gateway::start(&simple_config(
+        &[slow.addr],
+        "",
+        "timeouts: { header_read: 300ms }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.addr("web")).await.unwrap();
+    assert!(request_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The same connection still serves the next request.
+    assert!(request_on(&mut s).await.starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_wait_until_one_closes() {
     let b = Backend::named("b").await;
