@@ -143,9 +143,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             let conn = Arc::new((proxy.clone(), proxy.conn_info(peer, info.clone(), guard)));
             service_fn(move |req| {
                 let conn = conn.clone();
-                // Boxed: hyper moves the service future around, and the proxy's future is
-                // large; moving a pointer is cheaper than copying kilobytes per request.
-                Box::pin(async move { Ok::<_, Infallible>(conn.0.handle(req, &conn.1).await) })
+                // Not boxed: hyper's HTTP/1 connection keeps its in-flight future in a slot it
+                // allocated once; boxing here cost an allocation and ~1.4k instructions per
+                // request (callgrind).
+                async move { Ok::<_, Infallible>(conn.0.handle(req, &conn.1).await) }
             })
         };
         accept_loops.push(listener::spawn(

@@ -140,6 +140,15 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    // Fast path: without `%`, `/.` or `//` there is nothing to decode or collapse.
+    let b = path.as_bytes();
+    if !b.contains(&b'%')
+        && !b
+            .windows(2)
+            .any(|w| w[0] == b'/' && matches!(w[1], b'.' | b'/'))
+    {
+        return Ok(Cow::Borrowed(path));
+    }
     if path.split('/').any(|seg| {
         seg.contains('%') && is_dot_segment(&seg.to_ascii_lowercase().replace("%2e", "."))
     }) {

@@ -4,33 +4,39 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the RFC 2616 ones still seen in the wild). They
 /// describe one connection, so they never cross the proxy.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
 
 /// Client-address and original-request headers that only a trusted proxy may send. (From a
 /// trusted proxy they pass unchanged; `Forwarded` is not extended with this hop.)
-const UNTRUSTED_ONLY: [HeaderName; 6] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-server"),
-];
+fn is_untrusted_only(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-server"
+    )
+}
 
-/// Removes every header in `names` that is present. Most messages carry none of them, and one
-/// pass over the message's few names is cheaper than a hashed removal per name.
-fn remove_any(headers: &mut HeaderMap, names: &[HeaderName]) {
-    let mut present = headers.keys().filter(|k| names.contains(k));
+/// Removes every header whose name `pick` selects. Most messages carry none, so the common
+/// case is one pass over the names, matched as strings (no hashing).
+fn remove_where(headers: &mut HeaderMap, pick: fn(&str) -> bool) {
+    let mut present = headers.keys().filter(|k| pick(k.as_str()));
     let Some(first) = present.next().cloned() else {
         return;
     };
@@ -53,6 +59,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers and every header that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Without any hop-by-hop header there is no `Connection` either, so nothing is nominated.
+    if !headers.keys().any(|k| is_hop_by_hop(k.as_str())) {
+        return;
+    }
     // Collect first: the nominated names live in the Connection header we are about to remove.
     let nominated: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
@@ -62,7 +72,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in nominated {
         headers.remove(name);
     }
-    remove_any(headers, &HOP_BY_HOP);
+    remove_where(headers, is_hop_by_hop);
 }
 
 /// The protocol a client asks to upgrade to (`Connection: upgrade` + `Upgrade: x`), if any.
@@ -87,29 +97,34 @@ pub fn set_forwarded(
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let xff = match headers.get(&XFF) {
-        Some(_) if trusted => {
-            let mut joined: Vec<u8> = Vec::new();
-            for v in headers.get_all(&XFF) {
-                joined.extend_from_slice(v.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
-        }
-        _ => peer.clone(),
-    };
-    headers.insert(XFF, xff);
-    if !trusted || !headers.contains_key(&XFP) {
-        headers.insert(XFP, HeaderValue::from_static(proto));
-    }
-    if !trusted || !headers.contains_key(&XFH) {
-        headers.insert(XFH, host.clone());
-    }
+    // Room for what we add (and Host), so the map grows at most once.
+    headers.reserve(4);
     if !trusted {
         // Other headers that applications take as "what the proxy saw" are as forgeable as
         // X-Forwarded-For when they come from a client.
-        remove_any(headers, &UNTRUSTED_ONLY);
+        remove_where(headers, is_untrusted_only);
+        headers.insert(XFF, peer.clone());
+        headers.insert(XFP, HeaderValue::from_static(proto));
+        headers.insert(XFH, host.clone());
+        return;
+    }
+    let xff = if headers.contains_key(&XFF) {
+        let mut joined: Vec<u8> = Vec::new();
+        for v in headers.get_all(&XFF) {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone())
+    } else {
+        peer.clone()
+    };
+    headers.insert(XFF, xff);
+    if !headers.contains_key(&XFP) {
+        headers.insert(XFP, HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key(&XFH) {
+        headers.insert(XFH, host.clone());
     }
 }
 
@@ -183,6 +198,18 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["x-kept", "host"]);
+    }
+
+    #[test]
+    fn the_name_lists_match_header_names_as_http_spells_them() {
+        // HeaderName::as_str is lower case: the lists must be too.
+        for n in [header::CONNECTION, header::TE, header::PROXY_AUTHORIZATION] {
+            assert!(is_hop_by_hop(n.as_str()));
+        }
+        assert!(is_untrusted_only(header::FORWARDED.as_str()));
+        let h = map(&[("Keep-Alive", "1"), ("X-Real-IP", "1")]);
+        assert!(h.keys().any(|k| is_hop_by_hop(k.as_str())));
+        assert!(h.keys().any(|k| is_untrusted_only(k.as_str())));
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Proxy {
         // route
         let host = attempt!(self.check_head(&req));
         if let Some(port) = conn.listener.redirect_https {
-            return Ok(https_redirect(&host, req.uri(), port, log));
+            return Ok(https_redirect(host_str(&host), req.uri(), port, log));
         }
         let upgrade = match req.version() {
             Version::HTTP_11 | Version::HTTP_10 => headers::upgrade_request(req.headers()),
@@ -194,7 +194,7 @@ impl Proxy {
         };
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let (route, path_and_query) = attempt!(self.route(&parts, &host));
+        let (route, path_and_query) = attempt!(self.route(&parts, host_str(&host)));
         log.note(|l| l.route = Some(route.name.clone()));
         let pool = attempt!(self.pools.get(route.upstream).ok_or(ProxyError::NoRoute));
         log.note(|l| l.upstream = Some(pool.name.clone()));
@@ -252,7 +252,7 @@ impl Proxy {
     }
 
     /// Checks the request head: size limit, and a usable host (returned).
-    fn check_head(&self, req: &Request<Incoming>) -> Result<String, ProxyError> {
+    fn check_head(&self, req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
         if headers::head_size(req.uri(), req.headers()) > self.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge {
                 limit: self.max_header_bytes,
@@ -375,7 +375,7 @@ impl Tried {
 
 fn prepare_upstream_headers(
     parts: &mut Parts,
-    host: String,
+    host: HeaderValue,
     conn: &ConnInfo,
     upgrade: Option<HeaderValue>,
 ) {
@@ -392,8 +392,6 @@ fn prepare_upstream_headers(
         headers::join_cookies(headers);
     }
     let proto = if conn.listener.tls { "https" } else { "http" };
-    // `request_host` checked the characters; the fallback is never used.
-    let host = HeaderValue::try_from(host).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     headers::set_forwarded(headers, &conn.peer_header, conn.trusted, proto, &host);
     headers.insert(header::HOST, host);
     if let Some(protocol) = upgrade {
@@ -404,13 +402,20 @@ fn prepare_upstream_headers(
 
 /// The host the client addressed: the request target's authority (absolute-form, or HTTP/2
 /// `:authority`), else the `Host` header (RFC 9112 §3.2.2). `None` if missing or not a
-/// plausible `host[:port]`.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+/// plausible `host[:port]`. A value rather than a string: it goes upstream as the `Host`
+/// and `X-Forwarded-Host` headers, and a header's value is shared, not copied.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     let host = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
+        Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
+        None => req.headers().get(header::HOST)?.clone(),
     };
-    valid_host(host.as_bytes()).then(|| host.to_owned())
+    valid_host(host.as_bytes()).then_some(host)
+}
+
+/// A host checked by `request_host` as text (its characters are ASCII, so this never
+/// falls back to "").
+fn host_str(host: &HeaderValue) -> &str {
+    host.to_str().unwrap_or_default()
 }
 
 /// `host[:port]`: a reg-name, IPv4 or bracketed IPv6 literal; no userinfo, path or spaces.
