@@ -33,6 +33,33 @@ fn is_untrusted_only(name: &str) -> bool {
     )
 }
 
+/// Which headers the proxy must act on are present, found in one pass over the names.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Found {
+    /// A hop-by-hop header (so perhaps `Connection`, naming more).
+    pub hop_by_hop: bool,
+    /// A client-address header that only a trusted proxy may send.
+    pub untrusted_only: bool,
+    /// `Expect`.
+    pub expect: bool,
+}
+
+/// Looks at each header name once.
+pub fn scan(headers: &HeaderMap) -> Found {
+    let mut found = Found::default();
+    for name in headers.keys() {
+        let n = name.as_str();
+        if is_hop_by_hop(n) {
+            found.hop_by_hop = true;
+        } else if is_untrusted_only(n) {
+            found.untrusted_only = true;
+        } else if n == "expect" {
+            found.expect = true;
+        }
+    }
+    found
+}
+
 /// Removes every header whose name `pick` selects. Most messages carry none, so the common
 /// case is one pass over the names, matched as strings (no hashing).
 fn remove_where(headers: &mut HeaderMap, pick: fn(&str) -> bool) {
@@ -87,8 +114,10 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Sets `X-Forwarded-For/-Proto/-Host`. A trusted peer's values are kept (its client address
 /// extended with the peer); anyone else's are replaced, since a client can write anything there.
+/// `found` is the request's [`scan`].
 pub fn set_forwarded(
     headers: &mut HeaderMap,
+    found: Found,
     peer: &HeaderValue,
     trusted: bool,
     proto: &'static str,
@@ -102,7 +131,9 @@ pub fn set_forwarded(
     if !trusted {
         // Other headers that applications take as "what the proxy saw" are as forgeable as
         // X-Forwarded-For when they come from a client.
-        remove_where(headers, is_untrusted_only);
+        if found.untrusted_only {
+            remove_where(headers, is_untrusted_only);
+        }
         headers.insert(XFF, peer.clone());
         headers.insert(XFP, HeaderValue::from_static(proto));
         headers.insert(XFH, host.clone());
@@ -241,7 +272,8 @@ mod tests {
         ]);
         let host = HeaderValue::from_static("shop.example");
         let peer = HeaderValue::from_static("10.1.2.3");
-        set_forwarded(&mut h, &peer, false, "http", &host);
+        let found = scan(&h);
+        set_forwarded(&mut h, found, &peer, false, "http", &host);
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.example");
@@ -259,7 +291,8 @@ mod tests {
         ]);
         let host = HeaderValue::from_static("shop.example");
         let peer = HeaderValue::from_static("10.0.0.1");
-        set_forwarded(&mut h, &peer, true, "http", &host);
+        let found = scan(&h);
+        set_forwarded(&mut h, found, &peer, true, "http", &host);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "shop.example");

@@ -188,8 +188,12 @@ impl Proxy {
         if let Some(port) = conn.listener.redirect_https {
             return Ok(https_redirect(host_str(&host), req.uri(), port, log));
         }
+        let found = headers::scan(req.headers());
+        // An upgrade needs `Connection: upgrade`, and Connection is hop-by-hop.
         let upgrade = match req.version() {
-            Version::HTTP_11 | Version::HTTP_10 => headers::upgrade_request(req.headers()),
+            Version::HTTP_11 | Version::HTTP_10 if found.hop_by_hop => {
+                headers::upgrade_request(req.headers())
+            }
             _ => None,
         };
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -207,7 +211,7 @@ impl Proxy {
         // resolve, load: session phases (not part of the gateway core yet).
 
         // upstream_request
-        prepare_upstream_headers(&mut parts, host, conn, upgrade);
+        prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
         let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
 
         // send
@@ -375,6 +379,7 @@ impl Tried {
 
 fn prepare_upstream_headers(
     parts: &mut Parts,
+    found: headers::Found,
     host: HeaderValue,
     conn: &ConnInfo,
     upgrade: Option<HeaderValue>,
@@ -383,17 +388,29 @@ fn prepare_upstream_headers(
     let headers = &mut parts.headers;
     // Strip before setting: a client must not be able to smuggle hop-by-hop headers or forge
     // the ones we set below.
-    headers::remove_hop_by_hop(headers);
+    if found.hop_by_hop {
+        headers::remove_hop_by_hop(headers);
+    }
     // We do not relay 100-continue: hyper answers the client when the body is first read.
-    if headers.contains_key(header::EXPECT) {
+    if found.expect {
         headers.remove(header::EXPECT);
     }
     if h2 {
         headers::join_cookies(headers);
     }
     let proto = if conn.listener.tls { "https" } else { "http" };
-    headers::set_forwarded(headers, &conn.peer_header, conn.trusted, proto, &host);
-    headers.insert(header::HOST, host);
+    headers::set_forwarded(
+        headers,
+        found,
+        &conn.peer_header,
+        conn.trusted,
+        proto,
+        &host,
+    );
+    // Without an authority in the target, `host` is the request's one Host header already.
+    if parts.uri.authority().is_some() {
+        headers.insert(header::HOST, host);
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -407,7 +424,15 @@ fn prepare_upstream_headers(
 fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     let host = match req.uri().authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
-        None => req.headers().get(header::HOST)?.clone(),
+        None => {
+            // More than one Host is a bad request (RFC 9112 §3.2), not a choice to make.
+            let mut all = req.headers().get_all(header::HOST).iter();
+            let first = all.next()?;
+            if all.next().is_some() {
+                return None;
+            }
+            first.clone()
+        }
     };
     valid_host(host.as_bytes()).then_some(host)
 }

@@ -121,7 +121,9 @@ pub struct Backend {
 impl Backend {
     /// Not ejected and not failing active health checks.
     pub fn available(&self) -> bool {
-        self.health.is_up() && now_ms() >= self.ejected_until_ms.load(Ordering::Relaxed)
+        // Most backends were never ejected: no clock read for them.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        self.health.is_up() && (until == 0 || now_ms() >= until)
     }
 
     fn record_success(&self) {

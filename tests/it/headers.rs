@@ -94,3 +94,21 @@ async fn forwarded_headers_from_a_trusted_proxy_are_extended() {
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-forwarded-host"], "www.shop.test");
 }
+
+#[tokio::test]
+async fn two_host_headers_are_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::named("b").await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr("web"))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(b.requests().is_empty());
+}
