@@ -16,6 +16,7 @@ CONNS=${CONNS:-50}
 BACKEND_PORT=${BACKEND_PORT:-19001}
 NGINX_PORT=${NGINX_PORT:-19002}
 GW_PORT=${GW_PORT:-19003}
+FLOOR_PORT=${FLOOR_PORT:-19004}
 
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -30,7 +31,7 @@ if ((${#need[@]})); then
 fi
 [ "$(nproc)" -ge 2 ] || { echo "bench needs 2 CPUs (wrk on one, proxy + backend on the other)" >&2; exit 1; }
 
-cargo build --release --quiet --bin sessiongate --example bench_backend
+cargo build --release --quiet --bin sessiongate --example bench_backend --example bare_proxy
 target=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
@@ -48,7 +49,11 @@ nginx_pid=$!; pids+=("$nginx_pid")
 GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=warn \
     taskset -c 1 "$target/sessiongate" run --config bench/gateway.yaml >/dev/null &
 gw_pid=$!; pids+=("$gw_pid")
-wait_port "$BACKEND_PORT"; wait_port "$NGINX_PORT"; wait_port "$GW_PORT"
+# The floor of the stack: hyper server + hyper client with nothing in between (a reference
+# row only: it shows how much of the gap to nginx is the gateway's own work).
+taskset -c 1 "$target/examples/bare_proxy" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$BACKEND_PORT" &
+floor_pid=$!; pids+=("$floor_pid")
+wait_port "$BACKEND_PORT"; wait_port "$NGINX_PORT"; wait_port "$GW_PORT"; wait_port "$FLOOR_PORT"
 
 # CPU time (user + system, all threads) of a process and its children, in clock ticks.
 cpu_ticks() {
@@ -91,24 +96,29 @@ median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 echo "warming up..."
 run nginx "$NGINX_PORT" "$nginx_pid" "$CONNS" 2s >/dev/null
 run gateway "$GW_PORT" "$gw_pid" "$CONNS" 2s >/dev/null
+run floor "$FLOOR_PORT" "$floor_pid" "$CONNS" 2s >/dev/null
 
-: >"$work/nginx.txt"; : >"$work/gateway.txt"
+: >"$work/nginx.txt"; : >"$work/gateway.txt"; : >"$work/floor.txt"
 for r in $(seq "$ROUNDS"); do
     n=$(run nginx "$NGINX_PORT" "$nginx_pid" "$CONNS" "$DURATION"); echo "$n" >>"$work/nginx.txt"
     g=$(run gateway "$GW_PORT" "$gw_pid" "$CONNS" "$DURATION"); echo "$g" >>"$work/gateway.txt"
-    echo "round $r: nginx [rps p50us p99us cpu_us/req] $n | gateway $g"
+    f=$(run floor "$FLOOR_PORT" "$floor_pid" "$CONNS" "$DURATION"); echo "$f" >>"$work/floor.txt"
+    echo "round $r: nginx [rps p50us p99us cpu_us/req] $n | gateway $g | floor $f"
 done
 
 # Added latency at one connection: each proxy's p50 minus the backend's own.
 direct1=$(run backend "$BACKEND_PORT" - 1 5s)
 nginx1=$(run nginx "$NGINX_PORT" "$nginx_pid" 1 5s)
 gw1=$(run gateway "$GW_PORT" "$gw_pid" 1 5s)
+floor1=$(run floor "$FLOOR_PORT" "$floor_pid" 1 5s)
 
 col() { awk -v c="$1" '{print $c}' "$2" | median; }
 n_rps=$(col 1 "$work/nginx.txt"); g_rps=$(col 1 "$work/gateway.txt")
 n_p50=$(col 2 "$work/nginx.txt"); g_p50=$(col 2 "$work/gateway.txt")
 n_p99=$(col 3 "$work/nginx.txt"); g_p99=$(col 3 "$work/gateway.txt")
 n_cpu=$(col 4 "$work/nginx.txt"); g_cpu=$(col 4 "$work/gateway.txt")
+f_rps=$(col 1 "$work/floor.txt"); f_p50=$(col 2 "$work/floor.txt"); f_p99=$(col 3 "$work/floor.txt")
+f_cpu=$(col 4 "$work/floor.txt"); f1_p50=$(awk '{print $2}' <<<"$floor1")
 d_p50=$(awk '{print $2}' <<<"$direct1"); n1_p50=$(awk '{print $2}' <<<"$nginx1"); g1_p50=$(awk '{print $2}' <<<"$gw1")
 n_rss=$(peak_rss_kib "$nginx_pid"); g_rss=$(peak_rss_kib "$gw_pid")
 
@@ -119,6 +129,8 @@ printf '%-10s %12s %10s %10s %14s %14s %12s\n' nginx "$n_rps" "$n_p50" "$n_p99" 
     "$(awk -v a="$n1_p50" -v b="$d_p50" 'BEGIN{printf "%.1f", a-b}')" "$n_rss"
 printf '%-10s %12s %10s %10s %14s %14s %12s\n' gateway "$g_rps" "$g_p50" "$g_p99" "$g_cpu" \
     "$(awk -v a="$g1_p50" -v b="$d_p50" 'BEGIN{printf "%.1f", a-b}')" "$g_rss"
+printf '%-10s %12s %10s %10s %14s %14s %12s\n' "hyper floor" "$f_rps" "$f_p50" "$f_p99" "$f_cpu" \
+    "$(awk -v a="$f1_p50" -v b="$d_p50" 'BEGIN{printf "%.1f", a-b}')" "$(peak_rss_kib "$floor_pid")"
 echo
 awk -v gr="$g_rps" -v nr="$n_rps" -v gc="$g_cpu" -v nc="$n_cpu" -v g1="$g1_p50" -v n1="$n1_p50" -v d="$d_p50" 'BEGIN {
     printf "gateway / nginx: requests/s %.2fx (target >= 1.0), CPU per request %.2fx (target <= 1.0)\n", gr / nr, gc / nc
