@@ -73,14 +73,19 @@ impl Sent {
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
 enum State {
-    Empty,
     Waiting(Slot),
     Streaming(Incoming),
     Done,
 }
 
 /// A request body on its way upstream.
-pub struct RequestBody {
+///
+/// Most requests have no body; for them this is one null pointer. The request moves through
+/// several futures and hyper's dispatch channel on its way out, and every move copies it.
+pub struct RequestBody(Option<Box<Streamed>>);
+
+/// A client's non-empty body, streamed.
+struct Streamed {
     state: State,
     hint: SizeHint,
     limit: u64,
@@ -105,15 +110,7 @@ pub struct Replay {
 impl RequestBody {
     /// A body with no bytes (a `GET`, a health check).
     pub fn empty() -> Self {
-        RequestBody {
-            state: State::Empty,
-            hint: SizeHint::with_exact(0),
-            limit: u64::MAX,
-            seen: 0,
-            sent: None,
-            idle: Duration::MAX,
-            stall: None,
-        }
+        RequestBody(None)
     }
 
     /// Wraps the client's body, limited to `limit` bytes, failing if the client sends nothing
@@ -139,7 +136,7 @@ impl RequestBody {
             sent: Some(sent.clone()),
             idle,
         };
-        let body = RequestBody {
+        let body = Streamed {
             state: State::Waiting(slot),
             hint,
             limit,
@@ -148,14 +145,16 @@ impl RequestBody {
             idle,
             stall: None,
         };
-        (body, replay)
+        (RequestBody(Some(Box::new(body))), replay)
     }
 
     /// The signal of complete sending; `None` for an empty body.
     pub fn sent(&self) -> Option<Arc<Sent>> {
-        self.sent.clone()
+        self.0.as_ref().and_then(|b| b.sent.clone())
     }
+}
 
+impl Streamed {
     fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.state = State::Done;
         self.stall = None;
@@ -170,14 +169,16 @@ impl Replay {
             return Some(RequestBody::empty());
         };
         let still_there = slot.lock().map(|s| s.is_some()).unwrap_or(false);
-        still_there.then(|| RequestBody {
-            state: State::Waiting(slot.clone()),
-            hint: self.hint,
-            limit: self.limit,
-            seen: 0,
-            sent: self.sent.clone(),
-            idle: self.idle,
-            stall: None,
+        still_there.then(|| {
+            RequestBody(Some(Box::new(Streamed {
+                state: State::Waiting(slot.clone()),
+                hint: self.hint,
+                limit: self.limit,
+                seen: 0,
+                sent: self.sent.clone(),
+                idle: self.idle,
+                stall: None,
+            })))
         })
     }
 }
@@ -194,7 +195,29 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
+        match &mut self.0 {
+            None => Poll::Ready(None),
+            Some(body) => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Streamed {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         if let State::Waiting(slot) = &this.state {
             let taken = slot.lock().ok().and_then(|mut s| s.take());
             match taken {
@@ -247,7 +270,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
-            State::Empty | State::Done => true,
+            State::Done => true,
             State::Waiting(_) => false,
             State::Streaming(b) => b.is_end_stream(),
         }
@@ -257,7 +280,7 @@ impl Body for RequestBody {
         // Before the first read the wrapped body's hint is what hyper needs to choose between
         // Content-Length and chunked framing upstream.
         match &self.state {
-            State::Empty | State::Done => SizeHint::with_exact(0),
+            State::Done => SizeHint::with_exact(0),
             State::Waiting(_) => self.hint,
             State::Streaming(b) => b.size_hint(),
         }
