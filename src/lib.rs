@@ -8,6 +8,7 @@
 //! - [`listener`]: accepts connections, terminates TLS (SNI, ALPN), serves HTTP/1.1 and HTTP/2.
 //! - [`proxy`]: the life of a request, phase by phase; the one error → status mapping.
 //! - [`routing`]: host and path-prefix matching, path normalization.
+//! - [`session`]: session tokens (signed, rotated keys); stores and the header contract follow.
 //! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
 //! - [`gateway`]: start, serve, drain.
 //! - [`admin`]: `/healthz`, `/readyz`.
@@ -27,4 +28,5 @@ pub mod idle;
 pub mod listener;
 pub mod proxy;
 pub mod routing;
+pub mod session;
 pub mod upstream;

@@ -1,0 +1,289 @@
+//! Session tokens: the bearer credential a client carries (cookie or URL).
+//!
+//! A token is 256 random bits from the OS CSPRNG plus a 128-bit HMAC-SHA256 tag under the
+//! newest session key, base64url-encoded (64 characters). The tag lets the gateway reject a
+//! forged or mangled token before any store lookup, so guessing costs no store work and an
+//! unknown token is never adopted. Several keys may verify (key rotation: the newest signs,
+//! all verify). Stores see only [`Token::store_id`], a SHA-256 of the random part, so a dump
+//! of the store holds no usable credential. `Debug` and `Display` print a short hash, never
+//! the token, so a token cannot reach a log by accident.
+
+use aws_lc_rs::{constant_time, digest, hkdf, hmac, rand};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Random bytes in a token.
+const RANDOM_LEN: usize = 32;
+/// Bytes of the HMAC-SHA256 tag kept in a token.
+const TAG_LEN: usize = 16;
+/// Length of a token on the wire (base64url without padding).
+pub const TOKEN_CHARS: usize = (RANDOM_LEN + TAG_LEN) * 4 / 3;
+/// Shortest secret accepted as a session key (bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Why a presented token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Wrong length or not base64url.
+    #[error("malformed session token")]
+    Malformed,
+    /// Well-formed, but no configured key signed it.
+    #[error("session token with a bad signature")]
+    BadSignature,
+    /// A new token could not be made: the OS random source failed.
+    #[error("the OS random source failed")]
+    NoRandomness,
+}
+
+/// The keys that sign and verify tokens, newest first.
+pub struct SessionKeys {
+    keys: Vec<hmac::Key>,
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionKeys({} keys)", self.keys.len())
+    }
+}
+
+impl SessionKeys {
+    /// Keys from secrets, newest first (one per line of the secret file). The MAC key is
+    /// derived with HKDF, so the same secret can later key other things (sealed cookies)
+    /// without reusing key material.
+    ///
+    /// # Errors
+    /// No secret, or one shorter than [`MIN_SECRET_BYTES`] (a message for the user).
+    pub fn from_secrets<S: AsRef<[u8]>>(secrets: &[S]) -> Result<Self, String> {
+        if secrets.is_empty() {
+            return Err("no session secret".to_owned());
+        }
+        let mut keys = Vec::with_capacity(secrets.len());
+        for (i, secret) in secrets.iter().enumerate() {
+            let secret = secret.as_ref();
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "session secret {} is {} bytes; at least {MIN_SECRET_BYTES} are needed",
+                    i + 1,
+                    secret.len()
+                ));
+            }
+            keys.push(derive_mac_key(secret)?);
+        }
+        Ok(SessionKeys { keys })
+    }
+
+    /// One fresh random key, for a gateway started without a secret: its sessions do not
+    /// survive a restart and cannot be shared with other instances.
+    ///
+    /// # Errors
+    /// The OS random source failed.
+    pub fn generate() -> Result<Self, String> {
+        let mut secret = [0u8; 32];
+        rand::fill(&mut secret).map_err(|_| "the OS random source failed".to_owned())?;
+        Self::from_secrets(&[secret])
+    }
+
+    fn newest(&self) -> &hmac::Key {
+        // `from_secrets` refuses an empty list.
+        &self.keys[0]
+    }
+}
+
+fn derive_mac_key(secret: &[u8]) -> Result<hmac::Key, String> {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"sessiongate").extract(secret);
+    let okm = prk
+        .expand(&[b"session-token-mac/v1"], hmac::HMAC_SHA256)
+        .map_err(|_| "cannot derive the session key".to_owned())?;
+    Ok(hmac::Key::from(okm))
+}
+
+/// A session token that was made here or whose signature checked out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    random: [u8; RANDOM_LEN],
+    tag: [u8; TAG_LEN],
+}
+
+/// What a store keys a session by: a SHA-256 of the token's random part.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreId(pub [u8; 32]);
+
+impl std::fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreId({})", short_hex(&self.0))
+    }
+}
+
+impl Token {
+    /// A new random token signed with the newest key.
+    ///
+    /// # Errors
+    /// The OS random source failed.
+    pub fn generate(keys: &SessionKeys) -> Result<Token, TokenError> {
+        let mut random = [0u8; RANDOM_LEN];
+        rand::fill(&mut random).map_err(|_| TokenError::NoRandomness)?;
+        Ok(Token {
+            tag: tag(keys.newest(), &random),
+            random,
+        })
+    }
+
+    /// Checks a presented token: its form, then its signature under any configured key.
+    ///
+    /// # Errors
+    /// [`TokenError`]: the token must be treated as absent (never looked up, never adopted).
+    pub fn parse(text: &str, keys: &SessionKeys) -> Result<Token, TokenError> {
+        if text.len() != TOKEN_CHARS {
+            return Err(TokenError::Malformed);
+        }
+        let mut raw = [0u8; RANDOM_LEN + TAG_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(text, &mut raw) {
+            Ok(n) if n == raw.len() => {}
+            _ => return Err(TokenError::Malformed),
+        }
+        let (random, tag_bytes) = raw.split_at(RANDOM_LEN);
+        let mut token = Token {
+            random: [0; RANDOM_LEN],
+            tag: [0; TAG_LEN],
+        };
+        token.random.copy_from_slice(random);
+        token.tag.copy_from_slice(tag_bytes);
+        let signed = keys.keys.iter().any(|k| {
+            constant_time::verify_slices_are_equal(&tag(k, &token.random), &token.tag).is_ok()
+        });
+        if signed {
+            Ok(token)
+        } else {
+            Err(TokenError::BadSignature)
+        }
+    }
+
+    /// The token as the client carries it. Only for the `Set-Cookie` header or a URL: never
+    /// for a log line or a backend.
+    pub fn expose(&self) -> String {
+        let mut raw = [0u8; RANDOM_LEN + TAG_LEN];
+        raw[..RANDOM_LEN].copy_from_slice(&self.random);
+        raw[RANDOM_LEN..].copy_from_slice(&self.tag);
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The key a store files this token's session under.
+    pub fn store_id(&self) -> StoreId {
+        let d = digest::digest(&digest::SHA256, &self.random);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(d.as_ref());
+        StoreId(id)
+    }
+}
+
+fn tag(key: &hmac::Key, random: &[u8]) -> [u8; TAG_LEN] {
+    let full = hmac::sign(key, random);
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&full.as_ref()[..TAG_LEN]);
+    t
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A short hash for logs: enough to correlate lines, useless as a credential.
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tok:{}", short_hex(&self.store_id().0))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(secrets: &[&str]) -> SessionKeys {
+        SessionKeys::from_secrets(secrets).unwrap()
+    }
+    const A: &str = "key-a-0123456789abcdef0123456789abcdef";
+    const B: &str = "key-b-0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_generated_token_parses_back_to_itself() {
+        let k = keys(&[A]);
+        let t = Token::generate(&k).unwrap();
+        let text = t.expose();
+        assert_eq!(text.len(), TOKEN_CHARS);
+        assert_eq!(Token::parse(&text, &k).unwrap(), t);
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let k = keys(&[A]);
+        let a = Token::generate(&k).unwrap();
+        let b = Token::generate(&k).unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_ne!(a.store_id(), b.store_id());
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_is_refused() {
+        let t = Token::generate(&keys(&[A])).unwrap().expose();
+        assert_eq!(Token::parse(&t, &keys(&[B])), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn rotated_keys_still_verify_old_tokens_and_sign_with_the_newest() {
+        let old = Token::generate(&keys(&[A])).unwrap();
+        let rotated = keys(&[B, A]);
+        assert!(Token::parse(&old.expose(), &rotated).is_ok());
+        let new = Token::generate(&rotated).unwrap();
+        assert!(Token::parse(&new.expose(), &keys(&[B])).is_ok());
+        assert!(Token::parse(&new.expose(), &keys(&[A])).is_err());
+    }
+
+    #[test]
+    fn mangled_tokens_are_refused() {
+        let k = keys(&[A]);
+        let t = Token::generate(&k).unwrap().expose();
+        // One character changed anywhere breaks the signature (or the encoding).
+        for i in [0, 20, 42, TOKEN_CHARS - 1] {
+            let mut bytes = t.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let mangled = String::from_utf8(bytes).unwrap();
+            assert!(Token::parse(&mangled, &k).is_err(), "position {i}");
+        }
+        for bad in [
+            "",
+            "short",
+            &t[1..],
+            &format!("{t}A"),
+            &"=".repeat(TOKEN_CHARS),
+        ] {
+            assert_eq!(Token::parse(bad, &k), Err(TokenError::Malformed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn logs_see_a_short_hash_never_the_token() {
+        let t = Token::generate(&keys(&[A])).unwrap();
+        let exposed = t.expose();
+        for shown in [
+            format!("{t}"),
+            format!("{t:?}"),
+            format!("{:?}", t.store_id()),
+        ] {
+            assert!(!shown.contains(&exposed[..8]), "{shown}");
+            assert!(shown.len() < 24, "{shown}");
+        }
+    }
+
+    #[test]
+    fn short_or_missing_secrets_are_refused() {
+        assert!(SessionKeys::from_secrets::<&str>(&[]).is_err());
+        assert!(SessionKeys::from_secrets(&["too short"]).is_err());
+        assert!(SessionKeys::generate().is_ok());
+    }
+}
