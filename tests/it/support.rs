@@ -189,6 +189,14 @@ impl Backend {
     }
 }
 
+/// A port held but not listening: connections to it are refused, and no other test can take
+/// it meanwhile. `listen` brings it to life on the same address.
+pub fn reserved_port() -> tokio::net::TcpSocket {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    s
+}
+
 /// An address on which nothing listens (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -75,7 +75,9 @@ async fn least_connections_avoids_the_busy_server() {
 
 #[tokio::test]
 async fn failing_server_is_ejected_then_readmitted() {
-    let dead = dead_addr().await;
+    // Held, not released: the test revives this very address later.
+    let dead_socket = reserved_port();
+    let dead = dead_socket.local_addr().unwrap();
     let live = Backend::named("live").await;
     let gw = Gateway::start(&simple_config(
         &[dead, live.addr],
@@ -90,7 +92,7 @@ async fn failing_server_is_ejected_then_readmitted() {
     assert_eq!(attempts_before, 6);
 
     // Bring the dead address back to life after the ejection ends: it gets traffic again.
-    let revived = tokio::net::TcpListener::bind(dead).await.unwrap();
+    let revived = dead_socket.listen(1024).unwrap();
     let revived_backend = Backend::start_on(revived, "revived").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let got = bodies(&gw, 4).await;
