@@ -1,8 +1,15 @@
 //! Sessions: tokens, resolution, stores and the header contract with backends.
 //!
 //! Only this module knows a store exists; the proxy will hold a facade. Built so far:
-//! [`token`] (signed tokens, key rotation, store ids).
+//! [`token`] (signed tokens, key rotation, store ids), [`store`] (the store contract and the
+//! session record) and [`memory`] (the embedded store).
 
+pub mod memory;
+pub mod store;
 pub mod token;
 
+pub use memory::{MemoryOptions, MemoryStore};
+pub use store::{
+    Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,
+};
 pub use token::{SessionKeys, StoreId, Token, TokenError};

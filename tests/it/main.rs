@@ -8,6 +8,7 @@ mod limits;
 mod retry;
 mod routing;
 mod shutdown;
+mod store;
 mod streaming;
 mod support;
 mod timeouts;

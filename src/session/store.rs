@@ -1,0 +1,295 @@
+//! What every session store offers, and the session record they keep.
+//!
+//! A store files sessions under a [`StoreId`] (a hash of the token, never the token). Changes
+//! to one session are applied atomically, so two concurrent requests that set different
+//! attributes both survive. Expiry is judged by the gateway from the record's times
+//! ([`Session::expired`]); stores also drop idle and old sessions on their own.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::StoreId;
+
+/// A store failed (not "no such session"): unreachable, timed out, refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("session store: {0}")]
+pub struct StoreError(pub String);
+
+/// A session's stable, non-secret identifier (sent to backends as `X-Session-Key`); it stays
+/// the same when the token is regenerated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey(pub String);
+
+impl SessionKey {
+    /// A new random key (128 bits, base64url).
+    ///
+    /// # Errors
+    /// The OS random source failed.
+    pub fn generate() -> Result<SessionKey, StoreError> {
+        let mut b = [0u8; 16];
+        rand::fill(&mut b).map_err(|_| StoreError("the OS random source failed".to_owned()))?;
+        Ok(SessionKey(URL_SAFE_NO_PAD.encode(b)))
+    }
+}
+
+/// Size limits on what backends may store in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most attributes in one session.
+    pub max_attributes: usize,
+    /// Longest attribute value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most bytes of names and values in one session.
+    pub max_session_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_attributes: 64,
+            max_value_bytes: 4096,
+            max_session_bytes: 16384,
+        }
+    }
+}
+
+/// One change a backend asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Set attribute `.0` to `.1`.
+    Set(String, String),
+    /// Remove attribute `.0`.
+    Unset(String),
+}
+
+/// A change refused because it would break a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The attribute.
+    pub name: String,
+    /// Which limit.
+    pub reason: &'static str,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The stable key.
+    pub key: SessionKey,
+    /// Attributes, by name.
+    pub attrs: BTreeMap<String, String>,
+    /// When it was created (Unix ms): the absolute timeout counts from here.
+    pub created_ms: u64,
+    /// When it was last used (Unix ms, coalesced to [`TOUCH_EVERY_MS`]): the idle timeout
+    /// counts from here.
+    pub last_seen_ms: u64,
+}
+
+/// A use of a session is written back at most this often: reads stay cheap, and the idle
+/// timeout is judged at most this much early.
+pub const TOUCH_EVERY_MS: u64 = 1000;
+
+impl Session {
+    /// An empty session created now.
+    pub fn new(key: SessionKey, now_ms: u64) -> Session {
+        Session {
+            key,
+            attrs: BTreeMap::new(),
+            created_ms: now_ms,
+            last_seen_ms: now_ms,
+        }
+    }
+
+    /// Whether the session is past its idle or its absolute timeout at `now_ms`.
+    pub fn expired(&self, now_ms: u64, idle: Duration, absolute: Duration) -> bool {
+        let since = |t: u64| Duration::from_millis(now_ms.saturating_sub(t));
+        since(self.last_seen_ms) > idle || since(self.created_ms) > absolute
+    }
+
+    /// Bytes of names and values.
+    pub fn size(&self) -> usize {
+        self.attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
+    /// Applies changes in order, skipping those that would break `limits`.
+    pub fn apply(&mut self, changes: &[Change], limits: &Limits) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        let mut size = self.size();
+        for change in changes {
+            match change {
+                Change::Unset(name) => {
+                    if let Some(old) = self.attrs.remove(name) {
+                        size -= name.len() + old.len();
+                    }
+                }
+                Change::Set(name, value) => {
+                    let old = self.attrs.get(name).map(|v| name.len() + v.len());
+                    let new_size = size - old.unwrap_or(0) + name.len() + value.len();
+                    let reason = if value.len() > limits.max_value_bytes {
+                        Some("max_value_bytes")
+                    } else if old.is_none() && self.attrs.len() >= limits.max_attributes {
+                        Some("max_attributes")
+                    } else if new_size > limits.max_session_bytes {
+                        Some("max_session_bytes")
+                    } else {
+                        None
+                    };
+                    match reason {
+                        Some(reason) => rejected.push(Rejected {
+                            name: name.clone(),
+                            reason,
+                        }),
+                        None => {
+                            self.attrs.insert(name.clone(), value.clone());
+                            size = new_size;
+                        }
+                    }
+                }
+            }
+        }
+        rejected
+    }
+}
+
+/// The outcome of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The session after the changes.
+    pub session: Session,
+    /// Changes refused by the limits.
+    pub rejected: Vec<Rejected>,
+    /// The session was created by this update.
+    pub created: bool,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A session store. Every store must pass the conformance suite (`tests/it/store.rs`).
+pub trait SessionStore: Send + Sync {
+    /// The session under `id`, if any; notes the use (see [`TOUCH_EVERY_MS`]). A session
+    /// renamed by [`SessionStore::rename`] is still found under its old id during the grace
+    /// window. Expired sessions may be returned: the caller judges expiry.
+    fn load(
+        &self,
+        id: &StoreId,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
+
+    /// Applies `changes` to the session under `id` atomically with other updates of it, and
+    /// notes the use. Without a session there, one is created with key `create` if given;
+    /// otherwise nothing happens (`None`).
+    fn update(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Option<Applied>, StoreError>> + Send;
+
+    /// Deletes the session under `id` (no error if there is none).
+    fn delete(&self, id: &StoreId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves the session from `from` to `to` (a regenerated token), keeping its data and key;
+    /// `from` keeps finding it for `grace` (requests already in flight). `false` if there was
+    /// no session under `from`.
+    fn rename(
+        &self,
+        from: &StoreId,
+        to: &StoreId,
+        grace: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes every session whose attribute `name` equals `value` (log a user out
+    /// everywhere); returns how many.
+    fn delete_where(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// The session with stable key `key`, if any (admin API).
+    fn find_by_key(
+        &self,
+        key: &SessionKey,
+    ) -> impl Future<Output = Result<Option<(StoreId, Session)>, StoreError>> + Send;
+
+    /// Whether the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &str, v: &str) -> Change {
+        Change::Set(n.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn changes_over_the_limits_are_refused_one_by_one() {
+        let limits = Limits {
+            max_attributes: 2,
+            max_value_bytes: 5,
+            max_session_bytes: 11,
+        };
+        let mut s = Session::new(SessionKey("k".into()), 0);
+        let rejected = s.apply(
+            &[
+                set("a", "12345"),
+                set("b", "123456"),
+                set("c", "1"),
+                set("d", "1"),
+            ],
+            &limits,
+        );
+        let reasons: Vec<_> = rejected
+            .iter()
+            .map(|r| (r.name.as_str(), r.reason))
+            .collect();
+        assert_eq!(reasons, [("b", "max_value_bytes"), ("d", "max_attributes")]);
+        // Replacing a value within the total is fine; growing past it is not.
+        assert!(s.apply(&[set("a", "x")], &limits).is_empty());
+        assert_eq!(
+            s.apply(&[set("c", "12345"), set("a", "12345")], &limits)
+                .len(),
+            1
+        );
+        assert_eq!(s.size(), 8);
+    }
+
+    #[test]
+    fn unset_removes_and_frees_room() {
+        let limits = Limits {
+            max_attributes: 1,
+            ..Limits::default()
+        };
+        let mut s = Session::new(SessionKey("k".into()), 0);
+        assert!(s.apply(&[set("a", "1")], &limits).is_empty());
+        assert!(
+            s.apply(&[Change::Unset("a".into()), set("b", "2")], &limits)
+                .is_empty()
+        );
+        assert_eq!(s.attrs.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn expiry_counts_idle_from_last_use_and_absolute_from_creation() {
+        let mut s = Session::new(SessionKey("k".into()), 1_000);
+        let (idle, abs) = (Duration::from_secs(10), Duration::from_secs(60));
+        assert!(!s.expired(10_000, idle, abs));
+        assert!(s.expired(11_001, idle, abs));
+        s.last_seen_ms = 55_000;
+        assert!(!s.expired(61_000, idle, abs));
+        assert!(s.expired(61_001, idle, abs));
+    }
+}

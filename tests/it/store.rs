@@ -1,0 +1,342 @@
+//! The store conformance suite: every session store must pass each check here. A store joins
+//! with one `conformance!` line that says how to build it with given timeouts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessiongate::session::{
+    Change, Limits, MemoryOptions, MemoryStore, SessionKey, SessionKeys, SessionStore, StoreId,
+    Token, unix_ms,
+};
+
+const SECRET: &str = "conformance-secret-0123456789abcdef0123";
+
+fn new_id() -> StoreId {
+    let keys = SessionKeys::from_secrets(&[SECRET]).unwrap();
+    Token::generate(&keys).unwrap().store_id()
+}
+
+fn key() -> SessionKey {
+    SessionKey::generate().unwrap()
+}
+
+fn set(n: &str, v: &str) -> Change {
+    Change::Set(n.to_owned(), v.to_owned())
+}
+
+/// Timeouts and limits a check needs from the store it is given.
+#[derive(Clone, Copy)]
+struct Setup {
+    idle: Duration,
+    absolute: Duration,
+    limits: Limits,
+}
+
+const RELAXED: Setup = Setup {
+    idle: Duration::from_secs(60),
+    absolute: Duration::from_secs(600),
+    limits: Limits {
+        max_attributes: 128,
+        max_value_bytes: 4096,
+        max_session_bytes: 16384,
+    },
+};
+
+async fn nothing_is_created_without_a_create_key(s: impl SessionStore) {
+    let id = new_id();
+    let r = s
+        .update(&id, None, &[set("a", "1")], unix_ms())
+        .await
+        .unwrap();
+    assert!(r.is_none());
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
+}
+
+async fn first_update_creates_and_load_returns_it(s: impl SessionStore) {
+    let (id, k) = (new_id(), key());
+    let applied = s
+        .update(&id, Some(k.clone()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(applied.created);
+    let got = s.load(&id, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(got.key, k);
+    assert_eq!(got.attrs["user"], "alice");
+    // A second update with a create key does not replace the session.
+    let again = s
+        .update(&id, Some(key()), &[set("cart", "3")], unix_ms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.session.key, k);
+    assert_eq!(again.session.attrs.len(), 2);
+}
+
+async fn unset_and_last_write_wins(s: impl SessionStore) {
+    let id = new_id();
+    let now = unix_ms();
+    s.update(&id, Some(key()), &[set("a", "1"), set("b", "1")], now)
+        .await
+        .unwrap();
+    s.update(&id, None, &[set("a", "2")], now).await.unwrap();
+    s.update(&id, None, &[Change::Unset("b".into())], now)
+        .await
+        .unwrap();
+    let got = s.load(&id, now).await.unwrap().unwrap();
+    assert_eq!(got.attrs.len(), 1);
+    assert_eq!(got.attrs["a"], "2");
+}
+
+async fn concurrent_updates_of_different_attributes_all_survive(s: impl SessionStore + 'static) {
+    let s = Arc::new(s);
+    let id = new_id();
+    s.update(&id, Some(key()), &[], unix_ms()).await.unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.update(&id, None, &[set(&format!("a{i}"), "x")], unix_ms())
+                    .await
+                    .unwrap()
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = s.load(&id, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(got.attrs.len(), 100);
+}
+
+async fn changes_over_the_limits_are_refused_and_the_rest_applied(s: impl SessionStore) {
+    let id = new_id();
+    let big = "v".repeat(5000);
+    let applied = s
+        .update(
+            &id,
+            Some(key()),
+            &[set("big", &big), set("ok", "1")],
+            unix_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied.rejected.len(), 1);
+    assert_eq!(applied.rejected[0].name, "big");
+    assert_eq!(applied.session.attrs.keys().collect::<Vec<_>>(), ["ok"]);
+}
+
+async fn delete_removes_the_session(s: impl SessionStore) {
+    let id = new_id();
+    s.update(&id, Some(key()), &[set("a", "1")], unix_ms())
+        .await
+        .unwrap();
+    s.delete(&id).await.unwrap();
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
+    // Deleting nothing is fine.
+    s.delete(&new_id()).await.unwrap();
+}
+
+async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(s: impl SessionStore) {
+    let (old, new, k) = (new_id(), new_id(), key());
+    s.update(&old, Some(k.clone()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(
+        s.rename(&old, &new, Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    let moved = s.load(&new, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(
+        (moved.key.clone(), moved.attrs["user"].as_str()),
+        (k.clone(), "alice")
+    );
+    // In flight with the old token: same session, and its writes land there.
+    let via_old = s.load(&old, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(via_old.key, k);
+    s.update(&old, None, &[set("late", "1")], unix_ms())
+        .await
+        .unwrap();
+    assert!(
+        s.load(&new, unix_ms())
+            .await
+            .unwrap()
+            .unwrap()
+            .attrs
+            .contains_key("late")
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(s.load(&old, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&new, unix_ms()).await.unwrap().is_some());
+    assert!(
+        !s.rename(&new_id(), &new_id(), Duration::ZERO)
+            .await
+            .unwrap()
+    );
+}
+
+async fn delete_where_logs_a_user_out_everywhere(s: impl SessionStore) {
+    let (a1, a2, b) = (new_id(), new_id(), new_id());
+    for (id, user) in [(a1, "alice"), (a2, "alice"), (b, "bob")] {
+        s.update(&id, Some(key()), &[set("user", user)], unix_ms())
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.delete_where("user", "alice").await.unwrap(), 2);
+    assert!(s.load(&a1, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&a2, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&b, unix_ms()).await.unwrap().is_some());
+}
+
+async fn sessions_are_found_by_their_stable_key(s: impl SessionStore) {
+    let (id, k) = (new_id(), key());
+    s.update(&id, Some(k.clone()), &[set("a", "1")], unix_ms())
+        .await
+        .unwrap();
+    let (found_id, found) = s.find_by_key(&k).await.unwrap().unwrap();
+    assert_eq!((found_id, found.attrs["a"].as_str()), (id, "1"));
+    assert!(s.find_by_key(&key()).await.unwrap().is_none());
+}
+
+async fn an_idle_session_expires_and_a_used_one_does_not(s: impl SessionStore, setup: Setup) {
+    let (idle, used) = (new_id(), new_id());
+    for id in [idle, used] {
+        s.update(&id, Some(key()), &[set("a", "1")], unix_ms())
+            .await
+            .unwrap();
+    }
+    // Use one of them more often than the idle timeout, for longer than it.
+    for _ in 0..6 {
+        tokio::time::sleep(setup.idle / 3).await;
+        let got = s.load(&used, unix_ms()).await.unwrap().unwrap();
+        assert!(!got.expired(unix_ms(), setup.idle, setup.absolute));
+    }
+    let gone = s.load(&idle, unix_ms()).await.unwrap();
+    assert!(gone.is_none_or(|g| g.expired(unix_ms(), setup.idle, setup.absolute)));
+}
+
+async fn a_session_expires_at_the_absolute_timeout_even_when_used(
+    s: impl SessionStore,
+    setup: Setup,
+) {
+    let id = new_id();
+    s.update(&id, Some(key()), &[set("a", "1")], unix_ms())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + setup.absolute * 3;
+    loop {
+        tokio::time::sleep(setup.idle / 4).await;
+        match s.load(&id, unix_ms()).await.unwrap() {
+            None => break,
+            Some(g) if g.expired(unix_ms(), setup.idle, setup.absolute) => break,
+            Some(_) => assert!(tokio::time::Instant::now() < deadline, "never expired"),
+        }
+    }
+}
+
+async fn ping_answers(s: impl SessionStore) {
+    s.ping().await.unwrap();
+}
+
+macro_rules! conformance {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            use super::*;
+
+            fn make(setup: Setup) -> impl SessionStore + 'static {
+                ($make)(setup)
+            }
+
+            #[tokio::test]
+            async fn nothing_is_created_without_a_create_key() {
+                super::nothing_is_created_without_a_create_key(make(RELAXED)).await;
+            }
+            #[tokio::test]
+            async fn first_update_creates_and_load_returns_it() {
+                super::first_update_creates_and_load_returns_it(make(RELAXED)).await;
+            }
+            #[tokio::test]
+            async fn unset_and_last_write_wins() {
+                super::unset_and_last_write_wins(make(RELAXED)).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_updates_of_different_attributes_all_survive() {
+                super::concurrent_updates_of_different_attributes_all_survive(make(RELAXED)).await;
+            }
+            #[tokio::test]
+            async fn changes_over_the_limits_are_refused_and_the_rest_applied() {
+                super::changes_over_the_limits_are_refused_and_the_rest_applied(make(RELAXED))
+                    .await;
+            }
+            #[tokio::test]
+            async fn delete_removes_the_session() {
+                super::delete_removes_the_session(make(RELAXED)).await;
+            }
+            #[tokio::test]
+            async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace() {
+                super::rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(make(
+                    RELAXED,
+                ))
+                .await;
+            }
+            #[tokio::test]
+            async fn delete_where_logs_a_user_out_everywhere() {
+                super::delete_where_logs_a_user_out_everywhere(make(RELAXED)).await;
+            }
+            #[tokio::test]
+            async fn sessions_are_found_by_their_stable_key() {
+                super::sessions_are_found_by_their_stable_key(make(RELAXED)).await;
+            }
+            #[tokio::test]
+            async fn an_idle_session_expires_and_a_used_one_does_not() {
+                let setup = Setup {
+                    idle: Duration::from_millis(1200),
+                    ..RELAXED
+                };
+                super::an_idle_session_expires_and_a_used_one_does_not(make(setup), setup).await;
+            }
+            #[tokio::test]
+            async fn a_session_expires_at_the_absolute_timeout_even_when_used() {
+                let setup = Setup {
+                    idle: Duration::from_millis(400),
+                    absolute: Duration::from_millis(900),
+                    ..RELAXED
+                };
+                super::a_session_expires_at_the_absolute_timeout_even_when_used(make(setup), setup)
+                    .await;
+            }
+            #[tokio::test]
+            async fn ping_answers() {
+                super::ping_answers(make(RELAXED)).await;
+            }
+        }
+    };
+}
+
+conformance!(memory, |setup: Setup| MemoryStore::new(MemoryOptions {
+    max_sessions: 10_000,
+    idle_timeout: setup.idle,
+    absolute_timeout: setup.absolute,
+    limits: setup.limits,
+}));
+
+#[tokio::test]
+async fn memory_store_evicts_past_its_capacity() {
+    let s = MemoryStore::new(MemoryOptions {
+        max_sessions: 100,
+        idle_timeout: Duration::from_secs(60),
+        absolute_timeout: Duration::from_secs(600),
+        limits: Limits::default(),
+    });
+    for _ in 0..500 {
+        s.update(&new_id(), Some(key()), &[set("a", "1")], unix_ms())
+            .await
+            .unwrap();
+    }
+    s.run_pending_tasks().await;
+    assert!(s.entry_count() <= 100, "{} entries", s.entry_count());
+}
