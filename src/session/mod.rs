@@ -2,8 +2,10 @@
 //!
 //! Only this module knows a store exists; the proxy will hold a facade. Built so far:
 //! [`token`] (signed tokens, key rotation, store ids), [`store`] (the store contract and the
-//! session record) and [`memory`] (the embedded store).
+//! session record), [`memory`] (the embedded store) and [`contract`] (the headers exchanged
+//! with backends).
 
+pub mod contract;
 pub mod memory;
 pub mod store;
 pub mod token;

@@ -1,0 +1,322 @@
+//! The header contract with backends (ARCHITECTURE §4), as pure functions on header maps.
+//!
+//! Requests: every client-sent header with the prefix and every mapped header name is removed
+//! first (any case, repeated, with `_` for `-`), then the gateway's own are set. Responses:
+//! the backend's directives are read and always removed, whatever the status.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::store::{Change, Session};
+
+/// Longest attribute name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What the gateway tells a backend about the request's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No session (none presented, or the token was refused).
+    None,
+    /// A live session.
+    Active,
+    /// A valid token whose session is gone or past its timeouts.
+    Expired,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Active => "active",
+            Status::Expired => "expired",
+        }
+    }
+}
+
+/// The header names of one configuration: the prefix (lower case, e.g. `x-session-`) and the
+/// route's mapped headers (attribute → header).
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+    status: HeaderName,
+    key: HeaderName,
+    attr_prefix: String,
+    set: HeaderName,
+    unset: HeaderName,
+    action: HeaderName,
+}
+
+impl Names {
+    /// Names under `prefix` (any case; it should end with `-`).
+    ///
+    /// # Errors
+    /// The prefix does not make valid header names.
+    pub fn new(prefix: &str) -> Result<Names, String> {
+        let prefix = prefix.to_ascii_lowercase();
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .map_err(|_| format!("{prefix:?} does not make valid header names"))
+        };
+        Ok(Names {
+            status: name("status")?,
+            key: name("key")?,
+            set: name("set")?,
+            unset: name("unset")?,
+            action: name("action")?,
+            attr_prefix: format!("{prefix}attr-"),
+            prefix,
+        })
+    }
+}
+
+/// `x_session_key` and `X-Session-Key` are one name to many backends (CGI maps `-` to `_`).
+fn normalized(name: &str) -> String {
+    name.replace('_', "-")
+}
+
+/// Removes every header a client could use to pose as the gateway: those with the prefix and
+/// the mapped header names, in any spelling.
+pub fn strip_client_headers(headers: &mut HeaderMap, names: &Names, mapped: &[HeaderName]) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            let looks = |n: &str| n.starts_with(&names.prefix) || mapped.iter().any(|m| m == n);
+            looks(n) || (n.contains('_') && looks(&normalized(n)))
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+/// Sets the session headers for the backend (after [`strip_client_headers`]). `mapped` pairs
+/// an attribute with the header it is also sent as.
+pub fn set_session_headers(
+    headers: &mut HeaderMap,
+    names: &Names,
+    status: Status,
+    session: Option<&Session>,
+    mapped: &[(String, HeaderName)],
+) {
+    headers.insert(
+        names.status.clone(),
+        HeaderValue::from_static(status.as_str()),
+    );
+    let Some(session) = session else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(&session.key.0) {
+        headers.insert(names.key.clone(), v);
+    }
+    for (attr, value) in &session.attrs {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(format!("{}{attr}", names.attr_prefix).as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        headers.insert(name, value);
+    }
+    for (attr, header) in mapped {
+        if let Some(v) = session
+            .attrs
+            .get(attr)
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            headers.insert(header.clone(), v);
+        }
+    }
+}
+
+/// What a backend asked for in its response.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Directives {
+    /// Attribute changes, in order.
+    pub changes: Vec<Change>,
+    /// `X-Session-Action: regenerate`.
+    pub regenerate: bool,
+    /// `X-Session-Action: destroy` (wins over everything else).
+    pub destroy: bool,
+    /// Directives ignored, with why (for a warning; they never fail the request).
+    pub ignored: Vec<String>,
+}
+
+impl Directives {
+    /// Whether the backend asked for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty() && !self.regenerate && !self.destroy
+    }
+}
+
+/// A valid attribute name: `[a-z0-9-]{1,64}`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Takes the directives out of a backend's response headers. They are removed whatever
+/// happens next, so a client never sees them.
+pub fn take_directives(headers: &mut HeaderMap, names: &Names) -> Directives {
+    let mut d = Directives::default();
+    let sets: Vec<HeaderValue> = headers.get_all(&names.set).iter().cloned().collect();
+    for v in sets {
+        let Some((name, value)) = v.to_str().ok().and_then(|s| s.split_once('=')) else {
+            d.ignored
+                .push("a Set without name=value, or not text".to_owned());
+            continue;
+        };
+        let name = name.trim();
+        if !valid_name(name) {
+            d.ignored.push(format!("bad attribute name {name:?}"));
+            continue;
+        }
+        d.changes
+            .push(Change::Set(name.to_owned(), value.trim().to_owned()));
+    }
+    for v in headers.get_all(&names.unset) {
+        let Ok(list) = v.to_str() else {
+            d.ignored.push("an Unset that is not text".to_owned());
+            continue;
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if valid_name(name) {
+                d.changes.push(Change::Unset(name.to_owned()));
+            } else {
+                d.ignored.push(format!("bad attribute name {name:?}"));
+            }
+        }
+    }
+    for v in headers.get_all(&names.action) {
+        match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            Ok("regenerate") => d.regenerate = true,
+            Ok("destroy") => d.destroy = true,
+            _ => d.ignored.push(format!("unknown action {v:?}")),
+        }
+    }
+    // Anything else under the prefix is ours too (a typo, or a future directive): never let
+    // it reach the client.
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(&names.prefix))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::store::SessionKey;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn names() -> Names {
+        Names::new("X-Session-").unwrap()
+    }
+
+    #[test]
+    fn forged_session_headers_are_stripped_in_any_spelling() {
+        let mut h = map(&[
+            ("X-Session-Key", "forged"),
+            ("x-session-attr-user", "root"),
+            ("X-SESSION-STATUS", "active"),
+            ("x_session_attr_role", "admin"),
+            ("x-session-attr-user", "again"),
+            ("X-Remote-User", "root"),
+            ("x_remote_user", "root"),
+            ("x-kept", "1"),
+        ]);
+        let mapped = [HeaderName::from_static("x-remote-user")];
+        strip_client_headers(&mut h, &names(), &mapped);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn session_headers_carry_status_key_attributes_and_mapped_names() {
+        let mut s = Session::new(SessionKey("k1".into()), 0);
+        s.attrs.insert("user".into(), "alice".into());
+        s.attrs.insert("cart".into(), "3".into());
+        let mut h = HeaderMap::new();
+        let mapped = [("user".to_owned(), HeaderName::from_static("x-remote-user"))];
+        set_session_headers(&mut h, &names(), Status::Active, Some(&s), &mapped);
+        assert_eq!(h["x-session-status"], "active");
+        assert_eq!(h["x-session-key"], "k1");
+        assert_eq!(h["x-session-attr-user"], "alice");
+        assert_eq!(h["x-session-attr-cart"], "3");
+        assert_eq!(h["x-remote-user"], "alice");
+
+        let mut h = HeaderMap::new();
+        set_session_headers(&mut h, &names(), Status::Expired, None, &mapped);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-session-status"], "expired");
+    }
+
+    #[test]
+    fn directives_are_read_and_removed() {
+        let mut h = map(&[
+            ("X-Session-Set", "user=alice"),
+            ("x-session-set", "cart = 3 "),
+            ("X-Session-Unset", "a, b"),
+            ("X-Session-Action", "Regenerate"),
+            ("X-Session-Typo", "x"),
+            ("content-type", "text/html"),
+        ]);
+        let d = take_directives(&mut h, &names());
+        assert_eq!(
+            d.changes,
+            [
+                Change::Set("user".into(), "alice".into()),
+                Change::Set("cart".into(), "3".into()),
+                Change::Unset("a".into()),
+                Change::Unset("b".into()),
+            ]
+        );
+        assert!(d.regenerate && !d.destroy);
+        assert!(d.ignored.is_empty(), "{:?}", d.ignored);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["content-type"]
+        );
+    }
+
+    #[test]
+    fn bad_directives_are_ignored_not_fatal() {
+        let mut h = map(&[
+            ("X-Session-Set", "User=upper"),
+            ("X-Session-Set", "no_underscores=1"),
+            ("X-Session-Set", "novalue"),
+            ("X-Session-Set", &format!("{}=long", "a".repeat(65))),
+            ("X-Session-Set", "ok=1"),
+            ("X-Session-Action", "explode"),
+        ]);
+        let d = take_directives(&mut h, &names());
+        assert_eq!(d.changes, [Change::Set("ok".into(), "1".into())]);
+        assert_eq!(d.ignored.len(), 5, "{:?}", d.ignored);
+        assert!(!d.regenerate && !d.destroy);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn values_may_contain_equals_signs() {
+        let mut h = map(&[("X-Session-Set", "token=a=b==")]);
+        let d = take_directives(&mut h, &names());
+        assert_eq!(d.changes, [Change::Set("token".into(), "a=b==".into())]);
+    }
+}
