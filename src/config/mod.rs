@@ -8,6 +8,7 @@ mod error;
 mod node;
 mod parse;
 mod reader;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 pub use error::{ConfigError, Problem};
 pub use node::Pos;
+pub use sessions::{
+    CookieConfig, RouteSession, SameSite, Secure, SessionLimits, SessionsConfig, StoreConfig,
+};
 
 /// A complete, validated gateway configuration.
 #[derive(Debug, Clone)]
@@ -35,6 +39,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order (matching picks the most specific, not the first).
     pub routes: Vec<RouteConfig>,
+    /// Session settings; `None` when the file has no `sessions:` section (no sessions).
+    pub sessions: Option<SessionsConfig>,
 }
 
 impl Config {
@@ -307,6 +313,8 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Request body limit for this route (defaults to `limits.max_body_bytes`).
     pub max_body_bytes: u64,
+    /// The route's sessions: `None` when off (`session: off`, or no `sessions:` section).
+    pub session: Option<RouteSession>,
 }
 
 /// How a route matches the request's host.

@@ -10,6 +10,7 @@ use super::reader::{
     MapReader, boolean, duration, integer, interpolate_env, list, non_empty, one_of,
     positive_duration, size, socket_addr, string,
 };
+use super::sessions::{self, RouteSession};
 use super::{
     ActiveHealth, AdminConfig, Balance, CertificateConfig, Config, HostMatch, Hsts, HttpsRedirect,
     Limits, ListenerConfig, PassiveHealth, RouteConfig, ServerConfig, Timeouts, TlsConfig,
@@ -54,13 +55,16 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         .map(|n| read_upstreams(n, "upstreams", base, p))
         .unwrap_or_default();
     let routes_node = m.require("routes", root.pos, p);
+    let sessions = m
+        .get("sessions")
+        .and_then(|n| sessions::read_sessions(n, "sessions", base, p));
     m.finish(p);
 
     let listeners = listeners
         .map(|n| read_listeners(n, "listeners", base, p))
         .unwrap_or_default();
     let routes = routes_node
-        .map(|n| read_routes(n, "routes", &limits, &upstreams, p))
+        .map(|n| read_routes(n, "routes", &limits, &upstreams, sessions.is_some(), p))
         .unwrap_or_default();
     check_admin_bind(&admin, &listeners, root.pos, p);
 
@@ -73,6 +77,7 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         timeouts,
         upstreams,
         routes,
+        sessions,
     })
 }
 
@@ -655,6 +660,7 @@ fn read_routes(
     path: &str,
     limits: &Limits,
     upstreams: &[UpstreamConfig],
+    sessions_on: bool,
     p: &mut Problems,
 ) -> Vec<RouteConfig> {
     let Some(items) = list(node, path, p) else {
@@ -685,6 +691,21 @@ fn read_routes(
             .get("max_body_bytes")
             .and_then(|n| size(n, &m.child("max_body_bytes"), p))
             .unwrap_or(limits.max_body_bytes);
+        let session_node = m.get("session");
+        let session = match session_node {
+            None => sessions_on.then(RouteSession::default),
+            Some(n) => sessions::read_route_session(n, &m.child("session"), p).flatten(),
+        };
+        if let Some(n) = session_node
+            && session.is_some()
+            && !sessions_on
+        {
+            p.push(
+                n.pos,
+                &m.child("session"),
+                "a route session needs the top-level sessions: section",
+            );
+        }
         m.finish(p);
 
         if let (Some(u), Some(n)) = (&upstream, upstream_node)
@@ -722,6 +743,7 @@ fn read_routes(
             upstream,
             strip_prefix,
             max_body_bytes,
+            session,
         });
     }
     if items.is_empty() {
@@ -812,6 +834,7 @@ fn read_host(node: &Node, path: &str, p: &mut Problems) -> Option<HostMatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{SameSite, Secure, StoreConfig};
 
     const BASE: &str = "listeners:\n  - { name: http, bind: \"127.0.0.1:8080\" }\nupstreams:\n  app:\n    servers: [ { url: \"http://127.0.0.1:8081\" } ]\nroutes:\n  - { name: app, match: { path_prefix: / }, upstream: app }\n";
 
@@ -839,6 +862,89 @@ mod tests {
         let u = c.upstream("app").unwrap();
         assert_eq!(u.balance, Balance::RoundRobin);
         assert_eq!(u.servers[0].weight, 1);
+    }
+
+    #[test]
+    fn without_a_sessions_section_no_route_has_sessions() {
+        let c = load(BASE).unwrap();
+        assert!(c.sessions.is_none());
+        assert!(c.routes[0].session.is_none());
+    }
+
+    #[test]
+    fn sessions_section_turns_sessions_on_for_routes_with_defaults() {
+        let c = load(&format!("{BASE}sessions: {{}}\n")).unwrap();
+        let s = c.sessions.unwrap();
+        assert_eq!(s.cookie.name, "sg");
+        assert_eq!(s.cookie.secure, Secure::Auto);
+        assert_eq!(s.header_prefix, "x-session-");
+        assert_eq!(s.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(
+            s.store,
+            StoreConfig::Memory {
+                max_sessions: 1_000_000
+            }
+        );
+        assert_eq!(c.routes[0].session, Some(RouteSession::default()));
+    }
+
+    #[test]
+    fn session_settings_are_read() {
+        let text = BASE.replace(
+            "upstream: app }",
+            "upstream: app, session: { headers: { user: X-Remote-User } } }",
+        ) + "sessions:\n  secret_file: secrets/key\n  store: { kind: memory, memory: { max_sessions: 500 } }\n  cookie: { name: shop, same_site: strict, secure: true, max_age: 1h }\n  idle_timeout: 10m\n  header_prefix: X-Sess-\n  limits: { max_attributes: 8 }\n";
+        let c = load(&text).unwrap();
+        let s = c.sessions.unwrap();
+        assert_eq!(s.secret_file.unwrap(), Path::new("/etc/sg/secrets/key"));
+        assert_eq!(s.store, StoreConfig::Memory { max_sessions: 500 });
+        assert_eq!(s.cookie.same_site, SameSite::Strict);
+        assert_eq!(s.cookie.secure, Secure::Always);
+        assert_eq!(s.cookie.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(s.header_prefix, "x-sess-");
+        assert_eq!(s.limits.max_attributes, 8);
+        let headers = &c.routes[0].session.as_ref().unwrap().headers;
+        assert_eq!(headers, &[("user".to_owned(), "x-remote-user".to_owned())]);
+    }
+
+    #[test]
+    fn route_session_can_be_off() {
+        let text =
+            BASE.replace("upstream: app }", "upstream: app, session: off }") + "sessions: {}\n";
+        assert!(load(&text).unwrap().routes[0].session.is_none());
+    }
+
+    #[test]
+    fn bad_session_settings_are_all_reported() {
+        let text = BASE.replace(
+            "upstream: app }",
+            "upstream: app, session: { headers: { User_Name: X-User } } }",
+        ) + "sessions:\n  cookie: { name: \"__Host-x\", same_site: none, secure: false }\n  tracking: url\n  header_prefix: \"X Session\"\n  store: { kind: etcd }\n";
+        let errs = problems(&text);
+        let joined = errs.join("\n");
+        for needle in [
+            "routes[0].session.headers.User_Name",
+            "sessions.cookie.name",
+            "sessions.cookie: same_site: none needs a Secure cookie",
+            "sessions.tracking",
+            "sessions.header_prefix",
+            "sessions.store.kind",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing from {joined}");
+        }
+    }
+
+    #[test]
+    fn a_route_session_without_the_sessions_section_is_an_error() {
+        let text = BASE.replace(
+            "upstream: app }",
+            "upstream: app, session: { headers: {} } }",
+        );
+        let errs = problems(&text);
+        assert!(
+            errs[0].contains("routes[0].session: a route session needs"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -1,0 +1,396 @@
+//! The `sessions:` section and each route's `session:` setting.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::Problems;
+use super::node::{Node, Pos, Value};
+use super::reader::{MapReader, boolean, integer, non_empty, one_of, positive_duration, size};
+
+/// Session settings shared by all routes. With no `sessions:` section, no route has sessions.
+#[derive(Debug, Clone)]
+pub struct SessionsConfig {
+    /// File with one secret per line (at least 32 bytes), newest first. Without it the
+    /// gateway makes a key at start: sessions then die with the process.
+    pub secret_file: Option<PathBuf>,
+    /// Where `secret_file` was written, for errors found when it is read.
+    pub secret_pos: Pos,
+    /// The store.
+    pub store: StoreConfig,
+    /// The session cookie.
+    pub cookie: CookieConfig,
+    /// A session unused for this long expires.
+    pub idle_timeout: Duration,
+    /// A session older than this expires, used or not.
+    pub absolute_timeout: Duration,
+    /// After a regenerate, how long the old token still works (requests already in flight).
+    pub regenerate_grace: Duration,
+    /// Prefix of the headers exchanged with backends (lower case).
+    pub header_prefix: String,
+    /// Size limits on what backends store.
+    pub limits: SessionLimits,
+}
+
+/// Which store keeps sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process.
+    Memory {
+        /// Most sessions kept.
+        max_sessions: u64,
+    },
+}
+
+/// `SameSite` of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    /// `Lax`: sent on top-level navigation from other sites.
+    Lax,
+    /// `Strict`: never sent from other sites.
+    Strict,
+    /// `None`: always sent (needs `Secure`).
+    None,
+}
+
+/// When the session cookie is `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secure {
+    /// On TLS listeners (then the cookie is `__Host-` prefixed too).
+    Auto,
+    /// Always.
+    Always,
+    /// Never (development over plain HTTP only).
+    Never,
+}
+
+/// The session cookie's attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieConfig {
+    /// Name (`sg`); `__Host-` is prepended on TLS listeners with the default path and no domain.
+    pub name: String,
+    /// `SameSite`.
+    pub same_site: SameSite,
+    /// `HttpOnly`.
+    pub http_only: bool,
+    /// `Secure`.
+    pub secure: Secure,
+    /// `Path`.
+    pub path: String,
+    /// `Domain`, if any.
+    pub domain: Option<String>,
+    /// `Max-Age`; without it the cookie lasts until the browser closes.
+    pub max_age: Option<Duration>,
+}
+
+/// Limits on session data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Most attributes per session.
+    pub max_attributes: usize,
+    /// Longest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most bytes of names and values per session.
+    pub max_session_bytes: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            secret_file: None,
+            secret_pos: Pos::default(),
+            store: StoreConfig::Memory {
+                max_sessions: 1_000_000,
+            },
+            cookie: CookieConfig {
+                name: "sg".to_owned(),
+                same_site: SameSite::Lax,
+                http_only: true,
+                secure: Secure::Auto,
+                path: "/".to_owned(),
+                domain: None,
+                max_age: None,
+            },
+            idle_timeout: Duration::from_secs(30 * 60),
+            absolute_timeout: Duration::from_secs(12 * 3600),
+            regenerate_grace: Duration::from_secs(10),
+            header_prefix: "x-session-".to_owned(),
+            limits: SessionLimits {
+                max_attributes: 64,
+                max_value_bytes: 4096,
+                max_session_bytes: 16384,
+            },
+        }
+    }
+}
+
+/// A route's session setting: `session: off`, or a mapping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteSession {
+    /// Attributes also sent under a header name of their own: (attribute, header).
+    pub headers: Vec<(String, String)>,
+}
+
+pub(super) fn read_sessions(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<SessionsConfig> {
+    let mut m = MapReader::new(node, path, p)?;
+    let d = SessionsConfig::default();
+    let secret = m.get("secret_file");
+    let secret_file = secret
+        .and_then(|n| non_empty(n, &m.child("secret_file"), p))
+        .map(|s| base.join(s));
+    let store = m
+        .get("store")
+        .and_then(|n| read_store(n, &m.child("store"), p))
+        .unwrap_or(d.store.clone());
+    let cookie = m
+        .get("cookie")
+        .and_then(|n| read_cookie(n, &m.child("cookie"), p))
+        .unwrap_or(d.cookie.clone());
+    if let Some(t) = m.get("tracking") {
+        // URL tracking arrives with the HTML rewriter; until then only cookies are offered.
+        one_of(t, &m.child("tracking"), &["cookie"], p);
+    }
+    let idle_timeout = m
+        .get("idle_timeout")
+        .and_then(|n| positive_duration(n, &m.child("idle_timeout"), p))
+        .unwrap_or(d.idle_timeout);
+    let absolute_timeout = m
+        .get("absolute_timeout")
+        .and_then(|n| positive_duration(n, &m.child("absolute_timeout"), p))
+        .unwrap_or(d.absolute_timeout);
+    let regenerate_grace = m
+        .get("regenerate_grace")
+        .and_then(|n| super::reader::duration(n, &m.child("regenerate_grace"), p))
+        .unwrap_or(d.regenerate_grace);
+    let header_prefix = m
+        .get("header_prefix")
+        .and_then(|n| header_prefix(n, &m.child("header_prefix"), p))
+        .unwrap_or(d.header_prefix.clone());
+    let limits = m
+        .get("limits")
+        .and_then(|n| read_limits(n, &m.child("limits"), &d.limits, p))
+        .unwrap_or(d.limits);
+    m.finish(p);
+    Some(SessionsConfig {
+        secret_file,
+        secret_pos: secret.map_or(node.pos, |n| n.pos),
+        store,
+        cookie,
+        idle_timeout,
+        absolute_timeout,
+        regenerate_grace,
+        header_prefix,
+        limits,
+    })
+}
+
+fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> {
+    let mut m = MapReader::new(node, path, p)?;
+    // The only kind so far; redis and cookie join it with their stores.
+    if let Some(n) = m.get("kind") {
+        one_of(n, &m.child("kind"), &["memory"], p);
+    }
+    let memory = m.get("memory");
+    let mpath = m.child("memory");
+    m.finish(p);
+    let mut max_sessions = 1_000_000;
+    if let Some(n) = memory
+        && let Some(mut mm) = MapReader::new(n, &mpath, p)
+    {
+        if let Some(v) = mm
+            .get("max_sessions")
+            .and_then(|v| integer(v, &mm.child("max_sessions"), 1, 1 << 40, p))
+        {
+            max_sessions = v;
+        }
+        mm.finish(p);
+    }
+    Some(StoreConfig::Memory { max_sessions })
+}
+
+fn read_cookie(node: &Node, path: &str, p: &mut Problems) -> Option<CookieConfig> {
+    let mut m = MapReader::new(node, path, p)?;
+    let d = SessionsConfig::default().cookie;
+    let name = m
+        .get("name")
+        .and_then(|n| cookie_name(n, &m.child("name"), p))
+        .unwrap_or(d.name);
+    let same_site = m
+        .get("same_site")
+        .and_then(|n| one_of(n, &m.child("same_site"), &["lax", "strict", "none"], p))
+        .map_or(d.same_site, |v| match v {
+            "strict" => SameSite::Strict,
+            "none" => SameSite::None,
+            _ => SameSite::Lax,
+        });
+    let http_only = m
+        .get("http_only")
+        .and_then(|n| boolean(n, &m.child("http_only"), p))
+        .unwrap_or(d.http_only);
+    let secure = match m.get("secure").map(|n| (n, &n.value)) {
+        None => d.secure,
+        Some((_, Value::Bool(true))) => Secure::Always,
+        Some((_, Value::Bool(false))) => Secure::Never,
+        Some((n, _)) => match one_of(n, &m.child("secure"), &["auto"], p) {
+            Some(_) => Secure::Auto,
+            None => d.secure,
+        },
+    };
+    let path_value = m
+        .get("path")
+        .and_then(|n| non_empty(n, &m.child("path"), p))
+        .unwrap_or(d.path);
+    let domain = m
+        .get("domain")
+        .and_then(|n| non_empty(n, &m.child("domain"), p));
+    let max_age = m
+        .get("max_age")
+        .and_then(|n| positive_duration(n, &m.child("max_age"), p));
+    m.finish(p);
+    if same_site == SameSite::None && secure == Secure::Never {
+        p.push(
+            node.pos,
+            path,
+            "same_site: none needs a Secure cookie (browsers drop it otherwise)",
+        );
+    }
+    Some(CookieConfig {
+        name,
+        same_site,
+        http_only,
+        secure,
+        path: path_value,
+        domain,
+        max_age,
+    })
+}
+
+fn cookie_name(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
+    let s = non_empty(node, path, p)?;
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok || s.starts_with("__") {
+        p.push(
+            node.pos,
+            path,
+            format!(
+                "{s:?}: use letters, digits, '-', '_' or '.' (the __Host- prefix is added on TLS)"
+            ),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn header_prefix(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
+    let s = non_empty(node, path, p)?.to_ascii_lowercase();
+    if http::HeaderName::from_bytes(format!("{s}key").as_bytes()).is_err() || !s.ends_with('-') {
+        p.push(
+            node.pos,
+            path,
+            format!("{s:?} must be a header name prefix ending with '-', e.g. X-Session-"),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+fn read_limits(
+    node: &Node,
+    path: &str,
+    d: &SessionLimits,
+    p: &mut Problems,
+) -> Option<SessionLimits> {
+    let mut m = MapReader::new(node, path, p)?;
+    let max_attributes = m
+        .get("max_attributes")
+        .and_then(|n| integer(n, &m.child("max_attributes"), 1, 10_000, p))
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(d.max_attributes);
+    let max_value_bytes = m
+        .get("max_value_bytes")
+        .and_then(|n| size(n, &m.child("max_value_bytes"), p))
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(d.max_value_bytes);
+    let max_session_bytes = m
+        .get("max_session_bytes")
+        .and_then(|n| size(n, &m.child("max_session_bytes"), p))
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(d.max_session_bytes);
+    m.finish(p);
+    Some(SessionLimits {
+        max_attributes,
+        max_value_bytes,
+        max_session_bytes,
+    })
+}
+
+/// A route's `session:`: `off`, or `{ headers: { attr: Header-Name } }`. `None` means off.
+pub(super) fn read_route_session(
+    node: &Node,
+    path: &str,
+    p: &mut Problems,
+) -> Option<Option<RouteSession>> {
+    if let Value::Str(s) = &node.value {
+        if s == "off" {
+            return Some(None);
+        }
+        p.push(node.pos, path, format!("{s:?}: write off, or a mapping"));
+        return None;
+    }
+    if let Value::Bool(false) = node.value {
+        return Some(None);
+    }
+    let mut m = MapReader::new(node, path, p)?;
+    let headers_node = m.get("headers");
+    let hpath = m.child("headers");
+    m.finish(p);
+    let mut headers = Vec::new();
+    if let Some(h) = headers_node {
+        match &h.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let Value::Str(attr) = &k.value else {
+                        p.push(k.pos, &hpath, "attribute names are strings");
+                        continue;
+                    };
+                    let kpath = format!("{hpath}.{attr}");
+                    let Some(header) = non_empty(v, &kpath, p) else {
+                        continue;
+                    };
+                    if !valid_attribute(attr) {
+                        p.push(k.pos, &kpath, "attribute names are [a-z0-9-]{1,64}");
+                        continue;
+                    }
+                    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                        p.push(v.pos, &kpath, format!("{header:?} is not a header name"));
+                        continue;
+                    }
+                    headers.push((attr.clone(), header.to_ascii_lowercase()));
+                }
+            }
+            other => p.push(
+                h.pos,
+                &hpath,
+                format!(
+                    "expected a mapping of attribute: Header-Name, found {}",
+                    other.kind()
+                ),
+            ),
+        }
+    }
+    Some(Some(RouteSession { headers }))
+}
+
+/// `[a-z0-9-]{1,64}`, as ARCHITECTURE §4 names attributes.
+fn valid_attribute(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
