@@ -86,11 +86,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         force: CancellationToken::new(),
         tracker: TaskTracker::new(),
     };
-    if config.sessions.is_some() {
-        tracing::warn!(
-            "the sessions: section is checked but not yet applied to requests in this version"
-        );
-    }
     // Load everything that can fail before binding anything.
     let mut acceptors = Vec::new();
     for l in &config.listeners {

@@ -20,6 +20,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Request body limit.
     pub max_body_bytes: u64,
+    /// `Some` when the route has sessions: attributes also sent under a header of their own.
+    pub session: Option<Vec<(String, http::HeaderName)>>,
     host: HostMatch,
     prefix: String,
 }
@@ -90,6 +92,16 @@ impl Router {
                     upstream,
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes,
+                    // Header names were checked when the configuration was read.
+                    session: r.session.as_ref().map(|s| {
+                        s.headers
+                            .iter()
+                            .filter_map(|(a, h)| {
+                                let h = http::HeaderName::from_bytes(h.as_bytes()).ok()?;
+                                Some((a.clone(), h))
+                            })
+                            .collect()
+                    }),
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),
                 })

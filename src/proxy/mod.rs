@@ -30,6 +30,7 @@ pub use error::ProxyError;
 use crate::config::{Config, ConfigError};
 use crate::deadline::{LazyTimer, TimerSlot};
 use crate::routing::{Route, Router, host_name, normalize_path};
+use crate::session::Sessions;
 use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
 
@@ -81,6 +82,7 @@ impl std::fmt::Debug for ConnInfo {
 /// The request handler shared by all connections.
 pub struct Proxy {
     router: Router,
+    sessions: Option<Sessions>,
     pools: Vec<Arc<Pool>>,
     trusted_proxies: Vec<ipnet::IpNet>,
     max_header_bytes: usize,
@@ -115,8 +117,14 @@ impl Proxy {
             .iter()
             .map(|u| Pool::start(u, &config.source, stop))
             .collect::<Result<Vec<_>, _>>()?;
+        let sessions = config
+            .sessions
+            .as_ref()
+            .map(|s| load_sessions(s, &config.source))
+            .transpose()?;
         Ok(Proxy {
             router: Router::new(config),
+            sessions,
             pools,
             trusted_proxies: config.trusted_proxies.clone(),
             max_header_bytes: config.limits.max_header_bytes,
@@ -208,10 +216,16 @@ impl Proxy {
             }));
         }
 
-        // resolve, load: session phases (not part of the gateway core yet).
-
-        // upstream_request
+        // upstream_request (the client's headers made safe), then resolve and load: the
+        // session, if the route has them, in the headers the backend gets.
         prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
+        let session = match (&self.sessions, &route.session) {
+            (Some(s), Some(mapped)) => Some(
+                s.on_request(&mut parts.headers, conn.listener.tls, mapped)
+                    .await,
+            ),
+            _ => None,
+        };
         let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
 
         // send
@@ -245,7 +259,12 @@ impl Proxy {
         let (mut rparts, rbody) = resp.into_parts();
         clean_response_headers(&mut rparts.headers, switching);
 
-        // commit, rewrite: session and rewriting phases (not part of the gateway core yet).
+        // commit: the backend's session directives, always taken out of the response.
+        if let (Some(s), Some(rs)) = (&self.sessions, session) {
+            s.on_response(rs, rparts.status, &mut rparts.headers, conn.listener.tls)
+                .await;
+        }
+        // rewrite: URL rewriting (not built yet).
 
         // log: written when the body is done (see `body`).
         log.note(|l| l.status = rparts.status.as_u16());
@@ -341,6 +360,30 @@ async fn send(
         }
         last_error = Some(e);
     }
+}
+
+/// Sessions for the configuration, with the keys from its secret file.
+fn load_sessions(
+    config: &crate::config::SessionsConfig,
+    source: &str,
+) -> Result<Sessions, ConfigError> {
+    let fail =
+        |msg: String| ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg);
+    let secrets = match &config.secret_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let lines: Vec<Vec<u8>> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| l.as_bytes().to_vec())
+                .collect();
+            Some(lines)
+        }
+    };
+    Sessions::new(config, secrets).map_err(fail)
 }
 
 /// Hop-by-hop headers off the backend's response; a `101` keeps its upgrade headers.

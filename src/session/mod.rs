@@ -6,10 +6,12 @@
 //! with backends).
 
 pub mod contract;
+pub mod gate;
 pub mod memory;
 pub mod store;
 pub mod token;
 
+pub use gate::{RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,

@@ -7,6 +7,7 @@ mod headers;
 mod limits;
 mod retry;
 mod routing;
+mod sessions;
 mod shutdown;
 mod store;
 mod streaming;

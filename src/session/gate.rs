@@ -1,0 +1,355 @@
+//! The proxy's one entry into sessions: what happens to a request on the way in (`resolve`,
+//! `load`) and to its response on the way out (`commit`).
+//!
+//! In: the client's session cookie is taken out of `Cookie`, its token checked (a refused
+//! token counts as none and is never looked up), the session loaded and judged against its
+//! timeouts; forged session headers are stripped and the real ones set. Out: the backend's
+//! directives are taken out of the response whatever its status, and applied unless it is a
+//! 5xx: a session is created on its first `Set` (never for requests that write nothing),
+//! regenerated with a new token that keeps data and key, or destroyed.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use cookie::Cookie;
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::contract::{self, Names, Status};
+use super::memory::{MemoryOptions, MemoryStore};
+use super::store::{Change, Limits, Session, SessionKey, SessionStore, unix_ms};
+use super::token::{SessionKeys, Token};
+use crate::config::{CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig};
+
+/// Sessions as the proxy sees them.
+pub struct Sessions {
+    keys: SessionKeys,
+    store: MemoryStore,
+    names: Names,
+    cookie: CookieConfig,
+    idle: Duration,
+    absolute: Duration,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `on_request` found, for `on_response`.
+#[derive(Debug)]
+pub struct RequestSession {
+    token: Option<Token>,
+    session: Option<Session>,
+    status: Status,
+}
+
+impl RequestSession {
+    /// The session's status as sent to the backend.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+}
+
+impl Sessions {
+    /// Sessions for a configuration, with signing keys from its secrets (`None`: a key made
+    /// now, and a warning that sessions will not survive a restart or be shared).
+    ///
+    /// # Errors
+    /// A secret is too short, or the prefix makes no header names (a message for the user).
+    pub fn new(config: &SessionsConfig, secrets: Option<Vec<Vec<u8>>>) -> Result<Sessions, String> {
+        let keys = match secrets {
+            Some(s) => SessionKeys::from_secrets(&s)?,
+            None => {
+                tracing::warn!(
+                    "no sessions.secret_file: using a key made at start; sessions will not \
+                     survive a restart nor be shared with other gateways"
+                );
+                SessionKeys::generate()?
+            }
+        };
+        let StoreConfig::Memory { max_sessions } = config.store;
+        let store = MemoryStore::new(MemoryOptions {
+            max_sessions,
+            idle_timeout: config.idle_timeout,
+            absolute_timeout: config.absolute_timeout,
+            limits: Limits {
+                max_attributes: config.limits.max_attributes,
+                max_value_bytes: config.limits.max_value_bytes,
+                max_session_bytes: config.limits.max_session_bytes,
+            },
+        });
+        Ok(Sessions {
+            keys,
+            store,
+            names: Names::new(&config.header_prefix)?,
+            cookie: config.cookie.clone(),
+            idle: config.idle_timeout,
+            absolute: config.absolute_timeout,
+            grace: config.regenerate_grace,
+        })
+    }
+
+    /// The store (for the admin API).
+    pub fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    fn secure(&self, tls: bool) -> bool {
+        match self.cookie.secure {
+            Secure::Auto => tls,
+            Secure::Always => true,
+            Secure::Never => false,
+        }
+    }
+
+    /// The cookie's name on this listener: `__Host-` prefixed when the browser will accept
+    /// that (Secure, `Path=/`, no `Domain`), which pins the cookie to this exact host.
+    fn cookie_name(&self, tls: bool) -> Cow<'_, str> {
+        if self.secure(tls) && self.cookie.path == "/" && self.cookie.domain.is_none() {
+            Cow::Owned(format!("__Host-{}", self.cookie.name))
+        } else {
+            Cow::Borrowed(&self.cookie.name)
+        }
+    }
+
+    /// The `resolve` and `load` phases: the request's headers are rewritten for the backend.
+    /// `mapped` pairs attributes with the route's extra headers.
+    pub async fn on_request(
+        &self,
+        headers: &mut HeaderMap,
+        tls: bool,
+        mapped: &[(String, HeaderName)],
+    ) -> RequestSession {
+        let mapped_names: Vec<HeaderName> = mapped.iter().map(|(_, h)| h.clone()).collect();
+        contract::strip_client_headers(headers, &self.names, &mapped_names);
+        let presented = take_cookie(headers, &self.cookie_name(tls));
+        let token = presented.and_then(|t| match Token::parse(&t, &self.keys) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::debug!(error = %e, "session token refused");
+                None
+            }
+        });
+        let now = unix_ms();
+        let (status, session) = match &token {
+            None => (Status::None, None),
+            Some(t) => match self.store.load(&t.store_id(), now).await {
+                Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
+                    (Status::Active, Some(s))
+                }
+                Ok(_) => (Status::Expired, None),
+                Err(e) => {
+                    tracing::warn!(session = %t, error = %e, "session store failed");
+                    (Status::None, None)
+                }
+            },
+        };
+        contract::set_session_headers(headers, &self.names, status, session.as_ref(), mapped);
+        RequestSession {
+            token,
+            session,
+            status,
+        }
+    }
+
+    /// The `commit` phase: directives out of the response, applied unless it is a 5xx, and
+    /// the cookie set or expired when the token changes.
+    pub async fn on_response(
+        &self,
+        rs: RequestSession,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        tls: bool,
+    ) {
+        let d = contract::take_directives(headers, &self.names);
+        for why in &d.ignored {
+            tracing::warn!(reason = %why, "session directive ignored");
+        }
+        if d.is_empty() {
+            return;
+        }
+        if status.is_server_error() {
+            tracing::debug!(%status, "session directives of a 5xx response not applied");
+            return;
+        }
+        let now = unix_ms();
+        let live = rs.token.as_ref().filter(|_| rs.session.is_some());
+        if d.destroy {
+            if let Some(t) = &rs.token
+                && let Err(e) = self.store.delete(&t.store_id()).await
+            {
+                tracing::warn!(session = %t, error = %e, "session delete failed");
+            }
+            if rs.token.is_some() {
+                self.set_cookie(headers, None, tls);
+            }
+            return;
+        }
+        match live {
+            Some(token) => {
+                let id = token.store_id();
+                if !d.changes.is_empty() {
+                    self.update(&id, None, &d.changes, now, token).await;
+                }
+                if d.regenerate {
+                    let Ok(fresh) = Token::generate(&self.keys) else {
+                        tracing::warn!("no randomness: session not regenerated");
+                        return;
+                    };
+                    match self.store.rename(&id, &fresh.store_id(), self.grace).await {
+                        Ok(true) => self.set_cookie(headers, Some(&fresh), tls),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(session = %token, error = %e, "regenerate failed"),
+                    }
+                }
+            }
+            None => {
+                // No live session: only a write creates one (bots and health checks never do).
+                if !d.changes.iter().any(|c| matches!(c, Change::Set(..))) {
+                    return;
+                }
+                if let Some(old) = &rs.token {
+                    // Expired: clear what is left of it.
+                    let _ = self.store.delete(&old.store_id()).await;
+                }
+                let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate())
+                else {
+                    tracing::warn!("no randomness: session not created");
+                    return;
+                };
+                if self
+                    .update(&fresh.store_id(), Some(key), &d.changes, now, &fresh)
+                    .await
+                {
+                    self.set_cookie(headers, Some(&fresh), tls);
+                }
+            }
+        }
+    }
+
+    /// Applies changes; `true` if the session exists afterwards.
+    async fn update(
+        &self,
+        id: &super::StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now: u64,
+        token: &Token,
+    ) -> bool {
+        match self.store.update(id, create, changes, now).await {
+            Ok(Some(applied)) => {
+                for r in &applied.rejected {
+                    tracing::warn!(session = %token, attribute = %r.name, limit = r.reason, "session change over a limit ignored");
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(session = %token, error = %e, "session update failed");
+                false
+            }
+        }
+    }
+
+    /// Adds `Set-Cookie` for `token`, or one that expires the cookie when `None`.
+    fn set_cookie(&self, headers: &mut HeaderMap, token: Option<&Token>, tls: bool) {
+        let c = &self.cookie;
+        let value = token.map(Token::expose).unwrap_or_default();
+        let mut b = Cookie::build((self.cookie_name(tls).into_owned(), value))
+            .path(c.path.clone())
+            .http_only(c.http_only)
+            .secure(self.secure(tls))
+            .same_site(match c.same_site {
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if let Some(d) = &c.domain {
+            b = b.domain(d.clone());
+        }
+        let mut cookie = b.build();
+        match token {
+            None => cookie.make_removal(),
+            Some(_) => {
+                if let Some(age) = c.max_age {
+                    let secs = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+                    cookie.set_max_age(cookie::time::Duration::seconds(secs));
+                }
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
+            headers.append(header::SET_COOKIE, v);
+        }
+        // A response that hands out a credential must not be stored by shared caches.
+        headers
+            .entry(header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("private"));
+    }
+}
+
+/// Takes the cookie `name` out of the request's `Cookie` headers (the backend never sees it)
+/// and returns its value: the first one if a client sent several.
+fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
+    if !headers.contains_key(header::COOKIE) {
+        return None;
+    }
+    let mut found = None;
+    let mut kept: Vec<HeaderValue> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(text) = v.to_str() else {
+            kept.push(v.clone());
+            continue;
+        };
+        let mut others: Vec<&str> = Vec::new();
+        for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            match Cookie::parse(pair) {
+                Ok(c) if c.name() == name => {
+                    if found.is_none() {
+                        found = Some(c.value().to_owned());
+                    }
+                }
+                _ => others.push(pair),
+            }
+        }
+        if !others.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&others.join("; "))
+        {
+            kept.push(v);
+        }
+    }
+    if found.is_some() {
+        headers.remove(header::COOKIE);
+        for v in kept {
+            headers.append(header::COOKIE, v);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_cookie_is_taken_out_and_the_rest_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sg=TOKEN; b=2"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("sg=second"));
+        assert_eq!(take_cookie(&mut h, "sg").as_deref(), Some("TOKEN"));
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2"]);
+        // Not ours: untouched.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("sgx=1; xsg=2"));
+        assert_eq!(take_cookie(&mut h, "sg"), None);
+        assert_eq!(h[header::COOKIE], "sgx=1; xsg=2");
+    }
+}

@@ -1,0 +1,244 @@
+//! Sessions end to end over cookies: a small shop backend that keeps its state only in the
+//! session headers, and a client that carries the cookie by hand (so every cookie is seen).
+
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::support::*;
+
+/// A backend that knows nothing of cookies: it reads X-Session-* and answers with directives.
+async fn shop() -> Backend {
+    Backend::start(|req| async move {
+        let h = req.headers();
+        let get = |n: &str| {
+            h.get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let seen = format!(
+            "status={} user={} cart={} key={}",
+            get("x-session-status"),
+            get("x-session-attr-user"),
+            get("x-session-attr-cart"),
+            get("x-session-key")
+        );
+        let mut r = text(200, &seen);
+        let rh = r.headers_mut();
+        match req.uri().path() {
+            "/login" => {
+                rh.append("x-session-set", "user=alice".parse().unwrap());
+                rh.append("x-session-action", "regenerate".parse().unwrap());
+            }
+            "/cart" => {
+                let n: u32 = get("x-session-attr-cart").parse().unwrap_or(0);
+                rh.append("x-session-set", format!("cart={}", n + 1).parse().unwrap());
+            }
+            "/logout" => {
+                rh.append("x-session-action", "destroy".parse().unwrap());
+            }
+            "/crash" => {
+                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                r.headers_mut()
+                    .append("x-session-set", "user=mallory".parse().unwrap());
+            }
+            _ => {}
+        }
+        r
+    })
+    .await
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Client {
+    fn new(gw: &Gateway) -> Client {
+        Client {
+            http: client(),
+            base: gw.url("web", ""),
+            cookie: None,
+        }
+    }
+
+    /// GET `path` with the current cookie; keeps a new one if the response sets it.
+    async fn get(&mut self, path: &str) -> (String, HeaderMap) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("sg={c}; theme=dark"));
+        }
+        let resp = req.send().await.unwrap();
+        let headers = resp.headers().clone();
+        for sc in headers.get_all("set-cookie") {
+            let sc = sc.to_str().unwrap();
+            let value = sc.split(';').next().unwrap().strip_prefix("sg=").unwrap();
+            self.cookie =
+                (!value.is_empty() && !sc.contains("Max-Age=0")).then(|| value.to_owned());
+        }
+        (resp.text().await.unwrap(), headers)
+    }
+}
+
+fn config(b: &Backend) -> String {
+    simple_config(&[b.addr], "", "sessions: { regenerate_grace: 300ms }")
+}
+
+fn field<'a>(body: &'a str, name: &str) -> &'a str {
+    body.split(' ')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn login_regenerate_cart_logout_flow_over_cookies() {
+    let b = shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let mut c = Client::new(&gw);
+
+    // A first visit writes nothing: no session, no cookie.
+    let (body, h) = c.get("/").await;
+    assert_eq!(field(&body, "status"), "none");
+    assert!(h.get("set-cookie").is_none());
+
+    // Login creates the session (and regenerates: a fresh session needs nothing more).
+    let (_, h) = c.get("/login").await;
+    let sc = h["set-cookie"].to_str().unwrap();
+    assert!(
+        sc.contains("HttpOnly") && sc.contains("SameSite=Lax") && sc.contains("Path=/"),
+        "{sc}"
+    );
+    assert!(h.get("x-session-set").is_none() && h.get("x-session-action").is_none());
+    let first_token = c.cookie.clone().unwrap();
+
+    let (body, _) = c.get("/whoami").await;
+    assert_eq!(field(&body, "status"), "active");
+    assert_eq!(field(&body, "user"), "alice");
+    let key = field(&body, "key").to_owned();
+
+    // Logging in again regenerates: a new token, same data and key.
+    c.get("/login").await;
+    let second_token = c.cookie.clone().unwrap();
+    assert_ne!(first_token, second_token);
+    for _ in 0..3 {
+        c.get("/cart").await;
+    }
+    let (body, _) = c.get("/whoami").await;
+    assert_eq!((field(&body, "user"), field(&body, "cart")), ("alice", "3"));
+    assert_eq!(field(&body, "key"), key);
+
+    // The old token stops working after the grace window.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut old = Client::new(&gw);
+    old.cookie = Some(first_token);
+    let (body, _) = old.get("/whoami").await;
+    assert_eq!(field(&body, "user"), "-");
+
+    // Logout destroys the session and expires the cookie.
+    let (_, h) = c.get("/logout").await;
+    assert!(h["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let mut after = Client::new(&gw);
+    after.cookie = Some(second_token);
+    let (body, _) = after.get("/whoami").await;
+    assert_eq!(field(&body, "status"), "expired");
+    assert_eq!(field(&body, "user"), "-");
+
+    // The backend never saw our cookie; other cookies passed.
+    for seen in b.requests() {
+        let cookie = seen
+            .headers
+            .get("cookie")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert!(
+            cookie.as_deref().is_none_or(|c| !c.contains("sg=")),
+            "{cookie:?}"
+        );
+    }
+    assert!(
+        b.requests()
+            .iter()
+            .any(|s| s.headers.get("cookie").is_some_and(|c| c == "theme=dark"))
+    );
+}
+
+#[tokio::test]
+async fn forged_and_mangled_tokens_get_a_fresh_session_and_are_never_stored() {
+    let b = shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let mut real = Client::new(&gw);
+    real.get("/login").await;
+    let token = real.cookie.clone().unwrap();
+    let mut mangled = token.clone().into_bytes();
+    mangled[10] = if mangled[10] == b'A' { b'B' } else { b'A' };
+    for forged in [
+        "attacker-chosen-session-id".to_owned(),
+        String::from_utf8(mangled).unwrap(),
+        "A".repeat(64),
+    ] {
+        let mut c = Client::new(&gw);
+        c.cookie = Some(forged.clone());
+        let (body, _) = c.get("/whoami").await;
+        assert_eq!(field(&body, "status"), "none", "{forged}");
+        // Writing with a forged token creates a new session under a new token.
+        c.get("/cart").await;
+        let issued = c.cookie.clone().unwrap();
+        assert_ne!(issued, forged);
+        let (body, _) = c.get("/whoami").await;
+        assert_eq!(
+            (field(&body, "status"), field(&body, "cart")),
+            ("active", "1")
+        );
+        assert_eq!(field(&body, "user"), "-");
+    }
+}
+
+#[tokio::test]
+async fn spoofed_session_headers_never_reach_the_backend() {
+    let b = shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let resp = client()
+        .get(gw.url("web", "/whoami"))
+        .header("X-Session-Attr-User", "root")
+        .header("x-session-status", "active")
+        .header("X_Session_Key", "forged")
+        .header("X-SESSION-ATTR-ROLE", "admin")
+        .send()
+        .await
+        .unwrap();
+    let body = resp.text().await.unwrap();
+    assert_eq!(field(&body, "status"), "none");
+    assert_eq!(field(&body, "user"), "-");
+    let seen = &b.requests()[0].headers;
+    let ours: Vec<_> = seen
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-session") || k.as_str().starts_with("x_session"))
+        .collect();
+    assert_eq!(ours, ["x-session-status"], "{seen:?}");
+}
+
+#[tokio::test]
+async fn directives_of_a_5xx_are_removed_and_not_applied() {
+    let b = shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let mut c = Client::new(&gw);
+    let (_, h) = c.get("/crash").await;
+    assert!(h.get("x-session-set").is_none());
+    assert!(h.get("set-cookie").is_none());
+    c.get("/login").await;
+    c.get("/crash").await;
+    let (body, _) = c.get("/whoami").await;
+    assert_eq!(field(&body, "user"), "alice");
+}
+
+#[tokio::test]
+async fn routes_without_sessions_pass_session_headers_through_untouched() {
+    let b = shop().await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let resp = client().get(gw.url("web", "/login")).send().await.unwrap();
+    // No sessions configured: the gateway is a plain proxy and adds nothing.
+    assert!(resp.headers().get("set-cookie").is_none());
+    assert!(b.requests()[0].headers.get("x-session-status").is_none());
+}
