@@ -1,12 +1,14 @@
-//! The built-in sample backend of `sessiongate demo`: a small, unmodified-style web app that
-//! shows what reaches it through the gateway.
+//! The built-in sample backend of `sessiongate demo`: a small shop that keeps no state of its
+//! own. Who is logged in and what is in the cart live in the gateway's session: the shop reads
+//! them from `X-Session-*` request headers and changes them with response directives, as an
+//! unmodified application behind sessiongate would.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,6 +46,7 @@ async fn page(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         (&Method::GET | &Method::HEAD, "/" | "/about") => {
             (StatusCode::OK, "text/html; charset=utf-8", home(&req))
         }
+        (&Method::POST, "/login" | "/cart" | "/logout") => return Ok(action(req).await),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -57,13 +60,87 @@ async fn page(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
     Ok(resp)
 }
 
+/// A session attribute as the gateway sent it.
+fn attr<'r>(req: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get(format!("x-session-attr-{name}"))
+        .and_then(|v| v.to_str().ok())
+}
+
+/// The shop's actions: each answers with session directives and a redirect home.
+async fn action(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let cart: u32 = attr(&req, "cart").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let form = http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_static("/"));
+    let mut set = |v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.append("x-session-set", v);
+        }
+    };
+    match path.as_str() {
+        "/login" => {
+            let name: String = String::from_utf8_lossy(&form)
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("user="))
+                .unwrap_or("")
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(32)
+                .collect();
+            let name = if name.is_empty() {
+                "guest".to_owned()
+            } else {
+                name
+            };
+            set(format!("user={name}"));
+            // A new token after login: a session fixed before login is worth nothing.
+            h.append("x-session-action", HeaderValue::from_static("regenerate"));
+        }
+        "/cart" => set(format!("cart={}", cart.saturating_add(1))),
+        _ => {
+            h.append("x-session-action", HeaderValue::from_static("destroy"));
+        }
+    }
+    resp
+}
+
 fn home(req: &Request<Incoming>) -> String {
+    let status = req
+        .headers()
+        .get("x-session-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(no sessions on this route)");
+    let shop = match attr(req, "user") {
+        Some(user) => format!(
+            "<p>Logged in as <b>{}</b>. Cart: <b>{}</b> item(s).</p>\
+             <form method=\"post\" action=\"/cart\"><button>Add to cart</button></form>\
+             <form method=\"post\" action=\"/logout\"><button>Log out</button></form>",
+            escape(user),
+            escape(attr(req, "cart").unwrap_or("0"))
+        ),
+        None => "<form method=\"post\" action=\"/login\">\
+                 <label>Name <input name=\"user\" value=\"alice\"></label> <button>Log in</button></form>"
+            .to_owned(),
+    };
     let mut rows = String::new();
     for name in [
         "host",
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-session-status",
+        "x-session-key",
+        "x-session-attr-user",
+        "x-session-attr-cart",
+        "cookie",
         "user-agent",
     ] {
         let value = req
@@ -76,11 +153,13 @@ fn home(req: &Request<Incoming>) -> String {
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sessiongate demo</title>\
          <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}th{{text-align:left;padding-right:1em}}</style>\
-         </head><body><h1>sessiongate demo backend</h1>\
-         <p>This page is served by an unmodified sample app behind the gateway. \
-         Request path: <code>{}</code></p>\
+         </head><body><h1>sessiongate demo shop</h1>\
+         <p>Session: <b>{}</b></p>{shop}\
+         <p>This shop keeps no state: the gateway holds the session and sends it in the headers \
+         below (the session cookie itself never reaches the shop). Request path: <code>{}</code></p>\
          <table>{rows}</table>\
          <p><a href=\"/\">home</a> · <a href=\"/about\">about</a></p></body></html>",
+        escape(status),
         escape(req.uri().path())
     )
 }

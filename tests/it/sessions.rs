@@ -242,3 +242,46 @@ async fn routes_without_sessions_pass_session_headers_through_untouched() {
     assert!(resp.headers().get("set-cookie").is_none());
     assert!(b.requests()[0].headers.get("x-session-status").is_none());
 }
+
+#[tokio::test]
+async fn demo_shop_keeps_its_cart_in_the_session() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(sessiongate::demo::serve_backend(listener, stop.clone()));
+    let gw = Gateway::start(&simple_config(&[addr], "", "sessions: {}")).await;
+    let http = client();
+    let login = http
+        .post(gw.url("web", "/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("user=carol")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    for _ in 0..2 {
+        let r = http
+            .post(gw.url("web", "/cart"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+    }
+    let page = http
+        .get(gw.url("web", "/"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Logged in as <b>carol</b>. Cart: <b>2</b>"),
+        "{page}"
+    );
+    stop.cancel();
+}
