@@ -1,5 +1,11 @@
-//! The admin listener's endpoints: `/healthz` (the process is alive) and `/readyz` (it wants
-//! traffic: false while draining, so a load balancer stops sending new connections first).
+//! The admin listener's endpoints: `/healthz` (the process is alive), `/readyz` (it wants
+//! traffic: false while draining, so a load balancer stops sending new connections first) and,
+//! with a bearer token configured, the session API:
+//!
+//! - `GET /sessions/{key}`: a session by its stable key (as backends see it in `X-Session-Key`);
+//! - `DELETE /sessions/{key}`: end it;
+//! - `DELETE /sessions?attr=user:alice`: end every session whose attribute `user` is `alice`
+//!   (log a user out everywhere).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,17 +15,22 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
+use crate::session::{SessionKey, SessionStore, Sessions};
+
 /// State the admin endpoints report.
 #[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
+    /// The session API: the sessions and the bearer token that guards them.
+    session_api: Option<(Arc<Sessions>, String)>,
 }
 
 impl AdminState {
-    /// A new state: ready.
-    pub fn new() -> Arc<Self> {
+    /// A new state: ready. The session API is on when both sessions and a token are given.
+    pub fn new(sessions: Option<Arc<Sessions>>, token: Option<String>) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(true),
+            session_api: sessions.zip(token),
         })
     }
 
@@ -34,6 +45,10 @@ pub async fn handle<B>(
     state: Arc<AdminState>,
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/sessions" || req.uri().path().starts_with("/sessions/") {
+        let (status, body) = session_api(&state, &req).await;
+        return Ok(reply(status, "application/json", body));
+    }
     let (status, text) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
@@ -49,15 +64,102 @@ pub async fn handle<B>(
             "not found: try /healthz or /readyz\n",
         ),
     };
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    Ok(reply(status, "text/plain; charset=utf-8", text.to_owned()))
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        header::HeaderValue::from_static(ctype),
     );
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    Ok(resp)
+    resp
+}
+
+fn json_error(status: StatusCode, message: &str) -> (StatusCode, String) {
+    (status, serde_json::json!({ "error": message }).to_string())
+}
+
+/// The session API; every answer is JSON.
+async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
+    let Some((sessions, token)) = &state.session_api else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "the session API is off: configure sessions and admin.token_file",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
+        .is_err()
+    {
+        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    }
+    let store = sessions.store();
+    let failed =
+        |e: crate::session::StoreError| json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    let path = req.uri().path();
+    if let Some(key) = path.strip_prefix("/sessions/").filter(|k| !k.is_empty()) {
+        let key = SessionKey(key.to_owned());
+        let found = match store.find_by_key(&key).await {
+            Ok(f) => f,
+            Err(e) => return failed(e),
+        };
+        let Some((id, session)) = found else {
+            return json_error(StatusCode::NOT_FOUND, "no session with this key");
+        };
+        return match *req.method() {
+            Method::GET => (
+                StatusCode::OK,
+                serde_json::json!({
+                    "key": session.key.0,
+                    "attributes": session.attrs,
+                    "created_ms": session.created_ms,
+                    "last_seen_ms": session.last_seen_ms,
+                })
+                .to_string(),
+            ),
+            Method::DELETE => match store.delete(&id).await {
+                Ok(()) => (
+                    StatusCode::OK,
+                    serde_json::json!({ "deleted": 1 }).to_string(),
+                ),
+                Err(e) => failed(e),
+            },
+            _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET or DELETE"),
+        };
+    }
+    if path == "/sessions" && req.method() == Method::DELETE {
+        let attr = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("attr=")))
+            .and_then(|a| a.split_once(':'));
+        let Some((name, value)) = attr else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "write DELETE /sessions?attr=name:value",
+            );
+        };
+        return match store.delete_where(name, value).await {
+            Ok(n) => (
+                StatusCode::OK,
+                serde_json::json!({ "deleted": n }).to_string(),
+            ),
+            Err(e) => failed(e),
+        };
+    }
+    json_error(
+        StatusCode::NOT_FOUND,
+        "try GET or DELETE /sessions/{key}, or DELETE /sessions?attr=name:value",
+    )
 }

@@ -165,7 +165,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
-    let admin_state = AdminState::new();
+    let admin_token = match config
+        .admin
+        .as_ref()
+        .and_then(|a| a.token_file.as_ref().map(|f| (a, f)))
+    {
+        None => None,
+        Some((a, file)) => Some(read_admin_token(file).map_err(|msg| {
+            ConfigError::single(&config.source, a.token_pos, "admin.token_file", msg)
+        })?),
+    };
+    let admin_state = AdminState::new(proxy.sessions(), admin_token);
     let admin_drain = Drain {
         stop: CancellationToken::new(),
         force: CancellationToken::new(),
@@ -209,6 +219,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         drain_timeout: config.timeouts.drain,
         accept_loops,
     })
+}
+
+/// The admin API's bearer token: the file's first line, which must be long enough to guess.
+fn read_admin_token(file: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.len() < 16 {
+        return Err(format!(
+            "the token in {} must be at least 16 characters",
+            file.display()
+        ));
+    }
+    Ok(token)
 }
 
 impl Running {

@@ -164,6 +164,10 @@ impl Hsts {
 pub struct AdminConfig {
     /// Address to bind; keep it private (loopback or an internal network).
     pub bind: SocketAddr,
+    /// File holding the bearer token of the session admin API; without it the API is off.
+    pub token_file: Option<PathBuf>,
+    /// Where `token_file` was written, for errors found when it is read.
+    pub token_pos: Pos,
 }
 
 /// Limits on what clients may send.

@@ -82,7 +82,7 @@ impl std::fmt::Debug for ConnInfo {
 /// The request handler shared by all connections.
 pub struct Proxy {
     router: Router,
-    sessions: Option<Sessions>,
+    sessions: Option<Arc<Sessions>>,
     pools: Vec<Arc<Pool>>,
     trusted_proxies: Vec<ipnet::IpNet>,
     max_header_bytes: usize,
@@ -120,7 +120,7 @@ impl Proxy {
         let sessions = config
             .sessions
             .as_ref()
-            .map(|s| load_sessions(s, &config.source))
+            .map(|s| load_sessions(s, &config.source).map(Arc::new))
             .transpose()?;
         Ok(Proxy {
             router: Router::new(config),
@@ -133,6 +133,11 @@ impl Proxy {
             tunnels,
             force,
         })
+    }
+
+    /// The sessions, when configured (for the admin API).
+    pub fn sessions(&self) -> Option<Arc<Sessions>> {
+        self.sessions.clone()
     }
 
     /// Describes a new client connection (done once per connection, not per request).

@@ -285,3 +285,89 @@ async fn demo_shop_keeps_its_cart_in_the_session() {
     );
     stop.cancel();
 }
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+async fn gateway_with_admin(b: &Backend) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        "sessions: {}\nadmin: { bind: \"127.0.0.1:0\", token_file: admin.token }",
+    );
+    Gateway::start_in(&yaml, dir).await
+}
+
+#[tokio::test]
+async fn admin_api_reads_and_revokes_sessions_with_a_bearer_token() {
+    let b = shop().await;
+    let gw = gateway_with_admin(&b).await;
+    let admin = format!(
+        "http://{}",
+        gw.running.as_ref().unwrap().admin_addr().unwrap()
+    );
+    let http = client();
+
+    // Two sessions of alice (two browsers), one of bob.
+    let mut alice1 = Client::new(&gw);
+    let mut alice2 = Client::new(&gw);
+    let mut bob = Client::new(&gw);
+    alice1.get("/login").await;
+    alice2.get("/login").await;
+    bob.get("/cart").await;
+    let (body, _) = alice1.get("/whoami").await;
+    let key = field(&body, "key").to_owned();
+
+    // No token, a wrong token: refused.
+    let url = format!("{admin}/sessions/{key}");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let wrong = http.get(&url).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    let got = http
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let json: serde_json::Value = serde_json::from_str(&got.text().await.unwrap()).unwrap();
+    assert_eq!(json["attributes"]["user"], "alice");
+    assert_eq!(json["key"], key.as_str());
+
+    // Log alice out everywhere; bob keeps his session.
+    let del = http
+        .delete(format!("{admin}/sessions?attr=user:alice"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&del.text().await.unwrap()).unwrap();
+    assert_eq!(json["deleted"], 2);
+    for c in [&mut alice1, &mut alice2] {
+        let (body, _) = c.get("/whoami").await;
+        assert_eq!(field(&body, "status"), "expired");
+    }
+    let (body, _) = bob.get("/whoami").await;
+    assert_eq!(
+        (field(&body, "status"), field(&body, "cart")),
+        ("active", "1")
+    );
+
+    // One session by key.
+    let bob_key = field(&body, "key").to_owned();
+    let del = http
+        .delete(format!("{admin}/sessions/{bob_key}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    let (body, _) = bob.get("/whoami").await;
+    assert_eq!(field(&body, "status"), "expired");
+    let gone = http
+        .get(format!("{admin}/sessions/{bob_key}"))
+        .bearer_auth(ADMIN_TOKEN);
+    assert_eq!(gone.send().await.unwrap().status(), 404);
+}
