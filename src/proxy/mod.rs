@@ -225,10 +225,12 @@ impl Proxy {
         // session, if the route has them, in the headers the backend gets.
         prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
         let session = match (&self.sessions, &route.session) {
-            (Some(s), Some(mapped)) => Some(
+            // Boxed: it lives across the upstream exchange, and inline it would grow (and so
+            // copy) the request future of every route, with sessions or without.
+            (Some(s), Some(mapped)) => Some(Box::new(
                 s.on_request(&mut parts.headers, conn.listener.tls, mapped)
                     .await,
-            ),
+            )),
             _ => None,
         };
         let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
@@ -266,7 +268,7 @@ impl Proxy {
 
         // commit: the backend's session directives, always taken out of the response.
         if let (Some(s), Some(rs)) = (&self.sessions, session) {
-            s.on_response(rs, rparts.status, &mut rparts.headers, conn.listener.tls)
+            s.on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
                 .await;
         }
         // rewrite: URL rewriting (not built yet).
