@@ -35,6 +35,19 @@ async fn shop() -> Backend {
                 let n: u32 = get("x-session-attr-cart").parse().unwrap_or(0);
                 rh.append("x-session-set", format!("cart={}", n + 1).parse().unwrap());
             }
+            p if p.starts_with("/set/") => {
+                // /set/NAME/VALUE
+                let mut parts = p["/set/".len()..].splitn(2, '/');
+                let (name, value) = (parts.next().unwrap(), parts.next().unwrap_or("1"));
+                rh.append("x-session-set", format!("{name}={value}").parse().unwrap());
+            }
+            "/attrs" => {
+                let n = h
+                    .keys()
+                    .filter(|k| k.as_str().starts_with("x-session-attr-"))
+                    .count();
+                *r.body_mut() = full(format!("{seen} attrs={n}"));
+            }
             "/logout" => {
                 rh.append("x-session-action", "destroy".parse().unwrap());
             }
@@ -370,4 +383,130 @@ async fn admin_api_reads_and_revokes_sessions_with_a_bearer_token() {
         .get(format!("{admin}/sessions/{bob_key}"))
         .bearer_auth(ADMIN_TOKEN);
     assert_eq!(gone.send().await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_requests_setting_different_attributes_all_survive() {
+    let b = shop().await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "sessions: { limits: { max_attributes: 200 } }",
+    ))
+    .await;
+    let mut c = Client::new(&gw);
+    c.get("/login").await;
+    let cookie = format!("sg={}", c.cookie.clone().unwrap());
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let (http, url, cookie) = (
+                client(),
+                gw.url("web", &format!("/set/a{i}/x")),
+                cookie.clone(),
+            );
+            tokio::spawn(async move {
+                let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                // The token did not change: nobody got a second session.
+                assert!(r.headers().get("set-cookie").is_none());
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (body, _) = c.get("/attrs").await;
+    // 100 set in parallel, plus `user` from the login.
+    assert_eq!(field(&body, "attrs"), "101", "{body}");
+}
+
+#[tokio::test]
+async fn a_directive_over_the_limits_is_ignored_and_the_request_served() {
+    let b = shop().await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "sessions: { limits: { max_value_bytes: 8 } }",
+    ))
+    .await;
+    let mut c = Client::new(&gw);
+    c.get("/login").await;
+    let (body, _) = c.get("/set/cart/123456789").await;
+    assert_eq!(field(&body, "status"), "active");
+    let (body, _) = c.get("/set/cart/12345678").await;
+    assert_eq!(field(&body, "cart"), "-");
+    let (body, _) = c.get("/whoami").await;
+    assert_eq!(
+        (field(&body, "user"), field(&body, "cart")),
+        ("alice", "12345678")
+    );
+}
+
+#[tokio::test]
+async fn an_idle_session_is_expired_and_a_used_one_lives_on() {
+    let b = shop().await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "sessions: { idle_timeout: 1500ms }",
+    ))
+    .await;
+    let (mut idle, mut used) = (Client::new(&gw), Client::new(&gw));
+    idle.get("/login").await;
+    used.get("/login").await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (body, _) = used.get("/whoami").await;
+        assert_eq!(field(&body, "status"), "active");
+    }
+    let (body, _) = idle.get("/whoami").await;
+    assert_eq!(
+        (field(&body, "status"), field(&body, "user")),
+        ("expired", "-")
+    );
+}
+
+#[tokio::test]
+async fn a_session_ends_at_the_absolute_timeout_even_when_used() {
+    let b = shop().await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "sessions: { idle_timeout: 10s, absolute_timeout: 1s }",
+    ))
+    .await;
+    let mut c = Client::new(&gw);
+    c.get("/login").await;
+    let (body, _) = c.get("/whoami").await;
+    assert_eq!(field(&body, "status"), "active");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (body, _) = c.get("/whoami").await;
+    assert_eq!(field(&body, "status"), "expired");
+}
+
+#[tokio::test]
+async fn the_memory_store_evicts_past_max_sessions() {
+    let b = shop().await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "",
+        "sessions: { store: { memory: { max_sessions: 20 } } }",
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut c = Client::new(&gw);
+        c.get("/login").await;
+        clients.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut active = 0;
+    for c in &mut clients {
+        let (body, _) = c.get("/whoami").await;
+        if field(&body, "status") == "active" {
+            active += 1;
+        }
+    }
+    // moka bounds the count (approximately, as it admits by frequency); far below 200.
+    assert!(active <= 40, "{active} sessions still active");
 }

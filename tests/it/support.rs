@@ -145,7 +145,9 @@ impl Backend {
                     builder
                         .http1()
                         .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(1));
+                        .header_read_timeout(Duration::from_secs(1))
+                        // Sessions with many attributes arrive as many headers.
+                        .max_headers(512);
                     match tls {
                         None => {
                             let _ = builder
