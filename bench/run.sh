@@ -7,6 +7,7 @@
 #
 #   bench/run.sh                 # defaults: 3 rounds of 10 s at 50 connections
 #   ROUNDS=5 DURATION=15s CONNS=100 bench/run.sh
+#   SESSIONS=1 bench/run.sh      # every request with a valid session cookie (bench/gateway-sessions.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,9 @@ BACKEND_PORT=${BACKEND_PORT:-19001}
 NGINX_PORT=${NGINX_PORT:-19002}
 GW_PORT=${GW_PORT:-19003}
 FLOOR_PORT=${FLOOR_PORT:-19004}
+SESSIONS=${SESSIONS:-0}
+GW_CONFIG=bench/gateway.yaml
+[ "$SESSIONS" = 1 ] && GW_CONFIG=bench/gateway-sessions.yaml
 
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
@@ -47,13 +51,22 @@ sed -e "s#@DIR@#$work#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" -e "s#@NGINX_PORT
 taskset -c 1 nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 nginx_pid=$!; pids+=("$nginx_pid")
 GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=warn \
-    taskset -c 1 "$target/sessiongate" run --config bench/gateway.yaml >/dev/null &
+    taskset -c 1 "$target/sessiongate" run --config "$GW_CONFIG" >/dev/null &
 gw_pid=$!; pids+=("$gw_pid")
 # The floor of the stack: hyper server + hyper client with nothing in between (a reference
 # row only: it shows how much of the gap to nginx is the gateway's own work).
 taskset -c 1 "$target/examples/bare_proxy" "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$BACKEND_PORT" &
 floor_pid=$!; pids+=("$floor_pid")
 wait_port "$BACKEND_PORT"; wait_port "$NGINX_PORT"; wait_port "$GW_PORT"; wait_port "$FLOOR_PORT"
+
+# With SESSIONS=1 every request carries the session cookie of one login (the same header goes
+# to nginx and the floor, which pass it through).
+WRK_HEADER=()
+if [ "$SESSIONS" = 1 ]; then
+    cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW_PORT/login" | awk -F'[ ;]' 'tolower($1) == "set-cookie:" {print $2}')
+    [ -n "$cookie" ] || { echo "no session cookie from the gateway" >&2; exit 1; }
+    WRK_HEADER=(-H "Cookie: $cookie")
+fi
 
 # CPU time (user + system, all threads) of a process and its children, in clock ticks.
 cpu_ticks() {
@@ -79,7 +92,7 @@ hz=$(getconf CLK_TCK)
 run() {
     local port=$2 pid=$3 conns=$4 dur=$5 before after out reqs
     before=$([ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
-    out=$(taskset -c 0 wrk -t1 -c"$conns" -d"$dur" --latency "http://127.0.0.1:$port/")
+    out=$(taskset -c 0 wrk -t1 -c"$conns" -d"$dur" --latency "${WRK_HEADER[@]}" "http://127.0.0.1:$port/")
     after=$([ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     local rps p50 p99 errors
@@ -123,6 +136,7 @@ d_p50=$(awk '{print $2}' <<<"$direct1"); n1_p50=$(awk '{print $2}' <<<"$nginx1")
 n_rss=$(peak_rss_kib "$nginx_pid"); g_rss=$(peak_rss_kib "$gw_pid")
 
 echo
+[ "$SESSIONS" = 1 ] && echo "sessions: every request with a valid session cookie (5 attributes to the backend); issue 3's targets: >= 1.0x requests/s, CPU per request <= 1.1x"
 echo "100-byte responses, keep-alive, $CONNS connections, median of $ROUNDS rounds of $DURATION:"
 printf '%-10s %12s %10s %10s %14s %14s %12s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "added p50@1" "peak RSS KiB"
 printf '%-10s %12s %10s %10s %14s %14s %12s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_cpu" \

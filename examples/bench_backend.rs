@@ -32,12 +32,26 @@ fn main() {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let mut r = Response::new(Full::new(Bytes::from_static(BODY)));
-                    r.headers_mut().insert(
+                    let h = r.headers_mut();
+                    h.insert(
                         header::CONTENT_TYPE,
                         header::HeaderValue::from_static("text/plain"),
                     );
+                    // For the session benchmark: a login that fills a session with five small
+                    // attributes, as bench/run.sh SESSIONS=1 expects.
+                    if req.uri().path() == "/login" {
+                        for kv in [
+                            "user=bench",
+                            "cart=3",
+                            "role=customer",
+                            "lang=en",
+                            "theme=dark",
+                        ] {
+                            h.append("x-session-set", header::HeaderValue::from_static(kv));
+                        }
+                    }
                     Ok::<_, Infallible>(r)
                 });
                 let _ = http1::Builder::new()
