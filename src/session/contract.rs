@@ -74,13 +74,18 @@ fn normalized(name: &str) -> String {
 }
 
 /// Removes every header a client could use to pose as the gateway: those with the prefix and
-/// the mapped header names, in any spelling.
-pub fn strip_client_headers(headers: &mut HeaderMap, names: &Names, mapped: &[HeaderName]) {
+/// the route's mapped header names (attribute, header), in any spelling.
+pub fn strip_client_headers(
+    headers: &mut HeaderMap,
+    names: &Names,
+    mapped: &[(String, HeaderName)],
+) {
     let forged: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             let n = k.as_str();
-            let looks = |n: &str| n.starts_with(&names.prefix) || mapped.iter().any(|m| m == n);
+            let looks =
+                |n: &str| n.starts_with(&names.prefix) || mapped.iter().any(|(_, m)| m == n);
             looks(n) || (n.contains('_') && looks(&normalized(n)))
         })
         .cloned()
@@ -242,7 +247,7 @@ mod tests {
             ("x_remote_user", "root"),
             ("x-kept", "1"),
         ]);
-        let mapped = [HeaderName::from_static("x-remote-user")];
+        let mapped = [("user".to_owned(), HeaderName::from_static("x-remote-user"))];
         strip_client_headers(&mut h, &names(), &mapped);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);

@@ -125,8 +125,7 @@ impl Sessions {
         tls: bool,
         mapped: &[(String, HeaderName)],
     ) -> RequestSession {
-        let mapped_names: Vec<HeaderName> = mapped.iter().map(|(_, h)| h.clone()).collect();
-        contract::strip_client_headers(headers, &self.names, &mapped_names);
+        contract::strip_client_headers(headers, &self.names, mapped);
         let presented = take_cookie(headers, &self.cookie_name(tls));
         let token = presented.and_then(|t| match Token::parse(&t, &self.keys) {
             Ok(token) => Some(token),
