@@ -59,7 +59,8 @@ pub struct Running {
     admin_loop: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Checks what `start` would load but does not bind: certificates, keys and CA files.
+/// Checks what `start` would load but does not bind: certificates, keys, CA files, the
+/// session secrets and the admin token.
 ///
 /// # Errors
 /// The first file that does not load.
@@ -71,6 +72,16 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     }
     for u in &config.upstreams {
         crate::upstream::Pool::check(u, &config.source)?;
+    }
+    if let Some(s) = &config.sessions {
+        crate::proxy::load_sessions(s, &config.source)?;
+    }
+    if let Some(a) = &config.admin
+        && let Some(file) = &a.token_file
+    {
+        read_admin_token(file).map_err(|msg| {
+            ConfigError::single(&config.source, a.token_pos, "admin.token_file", msg)
+        })?;
     }
     Ok(())
 }

@@ -370,7 +370,10 @@ async fn send(
 }
 
 /// Sessions for the configuration, with the keys from its secret file.
-fn load_sessions(
+///
+/// # Errors
+/// The secret file cannot be read or holds an unusable secret (with its position).
+pub fn load_sessions(
     config: &crate::config::SessionsConfig,
     source: &str,
 ) -> Result<Sessions, ConfigError> {

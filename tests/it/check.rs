@@ -129,3 +129,52 @@ fn gen_cert_writes_a_certificate_and_a_private_key() {
         0o600
     );
 }
+
+#[test]
+fn check_reads_the_session_secret_file_and_reports_a_short_secret() {
+    let yaml = "listeners:
+  - { name: web, bind: \"127.0.0.1:0\" }
+upstreams:
+  app:
+    servers: [ { url: \"http://127.0.0.1:8081\" } ]
+routes:
+  - { match: { path_prefix: / }, upstream: app }
+sessions:
+  secret_file: session.keys
+";
+    let (out, path, _dir) = run_with("check", yaml);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = path.display().to_string();
+    assert!(stderr.starts_with(&format!("{file}:9:")), "{stderr}");
+    assert!(
+        stderr.contains("sessions.secret_file: cannot read"),
+        "{stderr}"
+    );
+
+    // A secret that is too short is refused too; a good one passes.
+    let dir = path.parent().unwrap();
+    std::fs::write(dir.join("session.keys"), "short\n").unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("at least 32")
+    );
+    std::fs::write(
+        dir.join("session.keys"),
+        "# newest first\nnew-secret-0123456789abcdef0123456789\nold-secret-0123456789abcdef0123456789\n",
+    )
+    .unwrap();
+    let out = cargo_bin_cmd!("sessiongate")
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
