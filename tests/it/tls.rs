@@ -326,3 +326,44 @@ async fn http2_request_bodies_reach_an_http11_backend() {
         .unwrap();
     assert_eq!(resp.text().await.unwrap(), "chunked 3000");
 }
+
+#[tokio::test]
+async fn over_http2_spoofed_session_headers_are_stripped_and_the_cookie_is_host_prefixed() {
+    init();
+    let backend = Backend::start(|_req| async {
+        let mut r = text(200, "ok");
+        r.headers_mut()
+            .append("x-session-set", "user=alice".parse().unwrap());
+        r
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let alpha = make_cert(dir.path(), "alpha", &["alpha.test", "127.0.0.1"]);
+    let yaml = tls_yaml(&["alpha"], "", &backend) + "sessions: {}\n";
+    let gw = Gateway::start_in(&yaml, dir).await;
+    let addr = gw.addr("tls");
+    let resp = tls_client(&[&alpha], "alpha.test", addr)
+        .get(format!("https://alpha.test:{}/", addr.port()))
+        .header("X-Session-Attr-User", "root")
+        .header("x_session_key", "forged")
+        .header("X-SESSION-STATUS", "active")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("__Host-sg="), "{cookie}");
+    assert!(
+        cookie.contains("Secure") && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Domain"), "{cookie}");
+    assert!(resp.headers().get("x-session-set").is_none());
+    let seen = backend.last().headers;
+    let ours: Vec<_> = seen
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-session") || k.as_str().starts_with("x_session"))
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+        .collect();
+    assert_eq!(ours, ["x-session-status: none"]);
+}
