@@ -4,6 +4,9 @@
 //! first (any case, repeated, with `_` for `-`), then the gateway's own are set. Responses:
 //! the backend's directives are read and always removed, whatever the status.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::store::{Change, Session};
@@ -36,6 +39,9 @@ impl Status {
 /// route's mapped headers (attribute → header).
 #[derive(Debug, Clone)]
 pub struct Names {
+    /// `X-Session-Attr-<name>` by attribute name: building a header name (format, validate,
+    /// allocate) for every attribute of every request showed up in profiles.
+    attr_names: Arc<RwLock<HashMap<String, HeaderName>>>,
     prefix: String,
     status: HeaderName,
     key: HeaderName,
@@ -63,8 +69,25 @@ impl Names {
             unset: name("unset")?,
             action: name("action")?,
             attr_prefix: format!("{prefix}attr-"),
+            attr_names: Arc::default(),
             prefix,
         })
+    }
+
+    /// The header an attribute is sent as. Names are remembered, up to a bound: backends
+    /// choose them, and a backend that makes up a new one per request must not grow memory.
+    fn attr_header(&self, attr: &str) -> Option<HeaderName> {
+        const MAX_REMEMBERED: usize = 1024;
+        if let Some(n) = self.attr_names.read().ok()?.get(attr) {
+            return Some(n.clone());
+        }
+        let name = HeaderName::from_bytes(format!("{}{attr}", self.attr_prefix).as_bytes()).ok()?;
+        if let Ok(mut names) = self.attr_names.write()
+            && names.len() < MAX_REMEMBERED
+        {
+            names.insert(attr.to_owned(), name.clone());
+        }
+        Some(name)
     }
 }
 
@@ -114,14 +137,14 @@ pub fn set_session_headers(
     if let Ok(v) = HeaderValue::from_str(&session.key.0) {
         headers.insert(names.key.clone(), v);
     }
+    headers.reserve(session.attrs.len() + mapped.len());
     for (attr, value) in &session.attrs {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(format!("{}{attr}", names.attr_prefix).as_bytes()),
-            HeaderValue::from_str(value),
-        ) else {
+        let (Some(name), Ok(value)) = (names.attr_header(attr), HeaderValue::from_str(value))
+        else {
             continue;
         };
-        headers.insert(name, value);
+        // Every header with the prefix was stripped first: nothing to replace.
+        headers.append(name, value);
     }
     for (attr, header) in mapped {
         if let Some(v) = session
