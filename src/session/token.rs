@@ -4,11 +4,12 @@
 //! newest session key, base64url-encoded (64 characters). The tag lets the gateway reject a
 //! forged or mangled token before any store lookup, so guessing costs no store work and an
 //! unknown token is never adopted. Several keys may verify (key rotation: the newest signs,
-//! all verify). Stores see only [`Token::store_id`], a SHA-256 of the random part, so a dump
-//! of the store holds no usable credential. `Debug` and `Display` print a short hash, never
+//! all verify). Stores see only [`Token::store_id`]: the other half of the same HMAC output
+//! (so the one MAC computation that checks a token also names its session), from which neither
+//! the token nor its tag can be recovered; a dump of the store holds no usable credential. `Debug` and `Display` print a short hash, never
 //! the token, so a token cannot reach a log by accident.
 
-use aws_lc_rs::{constant_time, digest, hkdf, hmac, rand};
+use aws_lc_rs::{constant_time, hkdf, hmac, rand};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -102,11 +103,15 @@ fn derive_mac_key(secret: &[u8]) -> Result<hmac::Key, String> {
 pub struct Token {
     random: [u8; RANDOM_LEN],
     tag: [u8; TAG_LEN],
+    id: [u8; ID_LEN],
 }
 
-/// What a store keys a session by: a SHA-256 of the token's random part.
+/// Bytes of a store id.
+const ID_LEN: usize = 16;
+
+/// What a store keys a session by: the second half of the token's HMAC, 128 bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StoreId(pub [u8; 32]);
+pub struct StoreId(pub [u8; ID_LEN]);
 
 impl std::fmt::Debug for StoreId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,10 +127,8 @@ impl Token {
     pub fn generate(keys: &SessionKeys) -> Result<Token, TokenError> {
         let mut random = [0u8; RANDOM_LEN];
         rand::fill(&mut random).map_err(|_| TokenError::NoRandomness)?;
-        Ok(Token {
-            tag: tag(keys.newest(), &random),
-            random,
-        })
+        let (tag, id) = mac(keys.newest(), &random);
+        Ok(Token { random, tag, id })
     }
 
     /// Checks a presented token: its form, then its signature under any configured key.
@@ -141,21 +144,22 @@ impl Token {
             Ok(n) if n == raw.len() => {}
             _ => return Err(TokenError::Malformed),
         }
-        let (random, tag_bytes) = raw.split_at(RANDOM_LEN);
+        let (random, presented) = raw.split_at(RANDOM_LEN);
         let mut token = Token {
             random: [0; RANDOM_LEN],
             tag: [0; TAG_LEN],
+            id: [0; ID_LEN],
         };
         token.random.copy_from_slice(random);
-        token.tag.copy_from_slice(tag_bytes);
-        let signed = keys.keys.iter().any(|k| {
-            constant_time::verify_slices_are_equal(&tag(k, &token.random), &token.tag).is_ok()
-        });
-        if signed {
-            Ok(token)
-        } else {
-            Err(TokenError::BadSignature)
+        token.tag.copy_from_slice(presented);
+        for key in &keys.keys {
+            let (tag, id) = mac(key, &token.random);
+            if constant_time::verify_slices_are_equal(&tag, &token.tag).is_ok() {
+                token.id = id;
+                return Ok(token);
+            }
         }
+        Err(TokenError::BadSignature)
     }
 
     /// The token as the client carries it. Only for the `Set-Cookie` header or a URL: never
@@ -169,18 +173,17 @@ impl Token {
 
     /// The key a store files this token's session under.
     pub fn store_id(&self) -> StoreId {
-        let d = digest::digest(&digest::SHA256, &self.random);
-        let mut id = [0u8; 32];
-        id.copy_from_slice(d.as_ref());
-        StoreId(id)
+        StoreId(self.id)
     }
 }
 
-fn tag(key: &hmac::Key, random: &[u8]) -> [u8; TAG_LEN] {
+/// HMAC-SHA256 of the random part: the first half is the token's tag, the second its store id.
+fn mac(key: &hmac::Key, random: &[u8]) -> ([u8; TAG_LEN], [u8; ID_LEN]) {
     let full = hmac::sign(key, random);
-    let mut t = [0u8; TAG_LEN];
-    t.copy_from_slice(&full.as_ref()[..TAG_LEN]);
-    t
+    let (mut tag, mut id) = ([0u8; TAG_LEN], [0u8; ID_LEN]);
+    tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
+    id.copy_from_slice(&full.as_ref()[TAG_LEN..TAG_LEN + ID_LEN]);
+    (tag, id)
 }
 
 fn short_hex(bytes: &[u8]) -> String {
@@ -217,6 +220,15 @@ mod tests {
         let text = t.expose();
         assert_eq!(text.len(), TOKEN_CHARS);
         assert_eq!(Token::parse(&text, &k).unwrap(), t);
+    }
+
+    #[test]
+    fn a_token_has_the_same_store_id_before_and_after_a_key_rotation() {
+        let t = Token::generate(&keys(&[A])).unwrap();
+        let parsed = Token::parse(&t.expose(), &keys(&[B, A])).unwrap();
+        assert_eq!(parsed.store_id(), t.store_id());
+        // The id is not the tag: the store never holds what the client sends.
+        assert!(!t.expose().contains(&URL_SAFE_NO_PAD.encode(t.store_id().0)));
     }
 
     #[test]
