@@ -74,15 +74,9 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
         crate::upstream::Pool::check(u, &config.source)?;
     }
     if let Some(s) = &config.sessions {
-        crate::proxy::load_sessions(s, &config.source)?;
+        crate::session::Sessions::load(s, &config.source)?;
     }
-    if let Some(a) = &config.admin
-        && let Some(file) = &a.token_file
-    {
-        read_admin_token(file).map_err(|msg| {
-            ConfigError::single(&config.source, a.token_pos, "admin.token_file", msg)
-        })?;
-    }
+    admin_token(config)?;
     Ok(())
 }
 
@@ -176,17 +170,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
-    let admin_token = match config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token_file.as_ref().map(|f| (a, f)))
-    {
-        None => None,
-        Some((a, file)) => Some(read_admin_token(file).map_err(|msg| {
-            ConfigError::single(&config.source, a.token_pos, "admin.token_file", msg)
-        })?),
-    };
-    let admin_state = AdminState::new(proxy.sessions(), admin_token);
+    let admin_state = AdminState::new(proxy.sessions(), admin_token(config)?);
     let admin_drain = Drain {
         stop: CancellationToken::new(),
         force: CancellationToken::new(),
@@ -232,18 +216,27 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     })
 }
 
-/// The admin API's bearer token: the file's first line, which must be long enough to guess.
-fn read_admin_token(file: &std::path::Path) -> Result<String, String> {
+/// The admin API's bearer token, if `admin.token_file` is set: the file's first line, which
+/// must be too long to guess.
+fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let Some(file) = &admin.token_file else {
+        return Ok(None);
+    };
+    let fail =
+        |msg: String| ConfigError::single(&config.source, admin.token_pos, "admin.token_file", msg);
     let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
     let token = text.lines().next().unwrap_or("").trim().to_owned();
     if token.len() < 16 {
-        return Err(format!(
+        return Err(fail(format!(
             "the token in {} must be at least 16 characters",
             file.display()
-        ));
+        )));
     }
-    Ok(token)
+    Ok(Some(token))
 }
 
 impl Running {

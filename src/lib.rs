@@ -29,4 +29,6 @@ pub mod listener;
 pub mod proxy;
 pub mod routing;
 pub mod session;
+#[cfg(test)]
+mod test_util;
 pub mod upstream;

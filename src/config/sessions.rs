@@ -93,6 +93,16 @@ pub struct SessionLimits {
     pub max_session_bytes: usize,
 }
 
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_attributes: 64,
+            max_value_bytes: 4096,
+            max_session_bytes: 16384,
+        }
+    }
+}
+
 impl Default for SessionsConfig {
     fn default() -> Self {
         SessionsConfig {
@@ -114,11 +124,7 @@ impl Default for SessionsConfig {
             absolute_timeout: Duration::from_secs(12 * 3600),
             regenerate_grace: Duration::from_secs(10),
             header_prefix: "x-session-".to_owned(),
-            limits: SessionLimits {
-                max_attributes: 64,
-                max_value_bytes: 4096,
-                max_session_bytes: 16384,
-            },
+            limits: SessionLimits::default(),
         }
     }
 }
@@ -363,7 +369,7 @@ pub(super) fn read_route_session(
                     let Some(header) = non_empty(v, &kpath, p) else {
                         continue;
                     };
-                    if !valid_attribute(attr) {
+                    if !valid_attribute_name(attr) {
                         p.push(k.pos, &kpath, "attribute names are [a-z0-9-]{1,64}");
                         continue;
                     }
@@ -387,8 +393,9 @@ pub(super) fn read_route_session(
     Some(Some(RouteSession { headers }))
 }
 
-/// `[a-z0-9-]{1,64}`, as ARCHITECTURE §4 names attributes.
-fn valid_attribute(name: &str) -> bool {
+/// A session attribute name: `[a-z0-9-]{1,64}`, as ARCHITECTURE §4 names attributes (no
+/// `_`: many proxies drop such headers, and CGI maps `-` to `_`).
+pub fn valid_attribute_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

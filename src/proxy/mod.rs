@@ -120,7 +120,7 @@ impl Proxy {
         let sessions = config
             .sessions
             .as_ref()
-            .map(|s| load_sessions(s, &config.source).map(Arc::new))
+            .map(|s| Sessions::load(s, &config.source).map(Arc::new))
             .transpose()?;
         Ok(Proxy {
             router: Router::new(config),
@@ -367,33 +367,6 @@ async fn send(
         }
         last_error = Some(e);
     }
-}
-
-/// Sessions for the configuration, with the keys from its secret file.
-///
-/// # Errors
-/// The secret file cannot be read or holds an unusable secret (with its position).
-pub fn load_sessions(
-    config: &crate::config::SessionsConfig,
-    source: &str,
-) -> Result<Sessions, ConfigError> {
-    let fail =
-        |msg: String| ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg);
-    let secrets = match &config.secret_file {
-        None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-            let lines: Vec<Vec<u8>> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(|l| l.as_bytes().to_vec())
-                .collect();
-            Some(lines)
-        }
-    };
-    Sessions::new(config, secrets).map_err(fail)
 }
 
 /// Hop-by-hop headers off the backend's response; a `101` keeps its upgrade headers.

@@ -11,9 +11,6 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::store::{Change, Session};
 
-/// Longest attribute name.
-pub const MAX_NAME_LEN: usize = 64;
-
 /// What the gateway tells a backend about the request's session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -177,14 +174,8 @@ impl Directives {
     }
 }
 
-/// A valid attribute name: `[a-z0-9-]{1,64}`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
+/// A valid attribute name: `[a-z0-9-]{1,64}` (the rule the configuration checks too).
+pub use crate::config::valid_attribute_name as valid_name;
 
 /// Takes the directives out of a backend's response headers. They are removed whatever
 /// happens next, so a client never sees them.
@@ -242,17 +233,7 @@ pub fn take_directives(headers: &mut HeaderMap, names: &Names) -> Directives {
 mod tests {
     use super::*;
     use crate::session::store::SessionKey;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_util::header_map as map;
 
     fn names() -> Names {
         Names::new("X-Session-").unwrap()

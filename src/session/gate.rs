@@ -17,9 +17,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::contract::{self, Names, Status};
 use super::memory::{MemoryOptions, MemoryStore};
-use super::store::{Change, Limits, Session, SessionKey, SessionStore, unix_ms};
+use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::token::{SessionKeys, Token};
-use crate::config::{CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig};
+use crate::config::{ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig};
 
 /// Sessions as the proxy sees them.
 pub struct Sessions {
@@ -56,12 +56,35 @@ impl RequestSession {
 }
 
 impl Sessions {
-    /// Sessions for a configuration, with signing keys from its secrets (`None`: a key made
-    /// now, and a warning that sessions will not survive a restart or be shared).
+    /// Sessions for a configuration, with the keys from its secret file (`source` names the
+    /// configuration in errors).
     ///
     /// # Errors
-    /// A secret is too short, or the prefix makes no header names (a message for the user).
-    pub fn new(config: &SessionsConfig, secrets: Option<Vec<Vec<u8>>>) -> Result<Sessions, String> {
+    /// The secret file cannot be read or holds an unusable secret (with its position).
+    pub fn load(config: &SessionsConfig, source: &str) -> Result<Sessions, ConfigError> {
+        let fail = |msg: String| {
+            ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg)
+        };
+        let secrets = match &config.secret_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                let lines: Vec<Vec<u8>> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| l.as_bytes().to_vec())
+                    .collect();
+                Some(lines)
+            }
+        };
+        Self::new(config, secrets).map_err(fail)
+    }
+
+    /// Sessions with signing keys from `secrets` (`None`: a key made now, and a warning that
+    /// sessions will not survive a restart or be shared).
+    fn new(config: &SessionsConfig, secrets: Option<Vec<Vec<u8>>>) -> Result<Sessions, String> {
         let keys = match secrets {
             Some(s) => SessionKeys::from_secrets(&s)?,
             None => {
@@ -77,11 +100,7 @@ impl Sessions {
             max_sessions,
             idle_timeout: config.idle_timeout,
             absolute_timeout: config.absolute_timeout,
-            limits: Limits {
-                max_attributes: config.limits.max_attributes,
-                max_value_bytes: config.limits.max_value_bytes,
-                max_session_bytes: config.limits.max_session_bytes,
-            },
+            limits: config.limits,
         });
         Ok(Sessions {
             keys,

@@ -37,26 +37,9 @@ impl SessionKey {
     }
 }
 
-/// Size limits on what backends may store in a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Most attributes in one session.
-    pub max_attributes: usize,
-    /// Longest attribute value, in bytes.
-    pub max_value_bytes: usize,
-    /// Most bytes of names and values in one session.
-    pub max_session_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_attributes: 64,
-            max_value_bytes: 4096,
-            max_session_bytes: 16384,
-        }
-    }
-}
+/// Size limits on what backends may store in a session: the configuration's own type, so
+/// its defaults live in one place.
+pub use crate::config::SessionLimits as Limits;
 
 /// One change a backend asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
