@@ -901,7 +901,7 @@ mod tests {
         let text = BASE.replace(
             "upstream: app }",
             "upstream: app, session: { headers: { user: X-Remote-User } } }",
-        ) + "sessions:\n  secret_file: secrets/key\n  store: { kind: memory, memory: { max_sessions: 500 } }\n  cookie: { name: shop, same_site: strict, secure: true, max_age: 1h }\n  idle_timeout: 10m\n  header_prefix: X-Sess-\n  limits: { max_attributes: 8 }\n";
+        ) + "sessions:\n  secret_file: secrets/key\n  store: { kind: memory, memory: { max_sessions: 500 } }\n  cookie: { name: shop, same_site: strict, secure: true, max_age: 1h }\n  idle_timeout: 10m\n  header_prefix: X-Sess-\n  url_parameter: sid\n  limits: { max_attributes: 8 }\n";
         let c = load(&text).unwrap();
         let s = c.sessions.unwrap();
         assert_eq!(s.secret_file.unwrap(), Path::new("/etc/sg/secrets/key"));
@@ -910,6 +910,7 @@ mod tests {
         assert_eq!(s.cookie.secure, Secure::Always);
         assert_eq!(s.cookie.max_age, Some(Duration::from_secs(3600)));
         assert_eq!(s.header_prefix, "x-sess-");
+        assert_eq!(s.url_parameter, "sid");
         assert_eq!(s.limits.max_attributes, 8);
         let headers = &c.routes[0].session.as_ref().unwrap().headers;
         assert_eq!(headers, &[("user".to_owned(), "x-remote-user".to_owned())]);
@@ -927,7 +928,7 @@ mod tests {
         let text = BASE.replace(
             "upstream: app }",
             "upstream: app, session: { headers: { User_Name: X-User } } }",
-        ) + "sessions:\n  cookie: { name: \"__Host-x\", same_site: none, secure: false }\n  tracking: url\n  header_prefix: \"X Session\"\n  store: { kind: etcd }\n";
+        ) + "sessions:\n  cookie: { name: \"__Host-x\", same_site: none, secure: false }\n  tracking: url\n  header_prefix: \"X Session\"\n  url_parameter: \"s id\"\n  store: { kind: etcd }\n";
         let errs = problems(&text);
         let joined = errs.join("\n");
         for needle in [
@@ -936,6 +937,7 @@ mod tests {
             "sessions.cookie: same_site: none needs a Secure cookie",
             "sessions.tracking",
             "sessions.header_prefix",
+            "sessions.url_parameter",
             "sessions.store.kind",
         ] {
             assert!(joined.contains(needle), "{needle} missing from {joined}");

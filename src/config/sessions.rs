@@ -27,6 +27,8 @@ pub struct SessionsConfig {
     pub regenerate_grace: Duration,
     /// Prefix of the headers exchanged with backends (lower case).
     pub header_prefix: String,
+    /// Name of the URL parameter that carries a token (`/path;sgsid=TOKEN`, `?sgsid=TOKEN`).
+    pub url_parameter: String,
     /// Size limits on what backends store.
     pub limits: SessionLimits,
 }
@@ -124,6 +126,7 @@ impl Default for SessionsConfig {
             absolute_timeout: Duration::from_secs(12 * 3600),
             regenerate_grace: Duration::from_secs(10),
             header_prefix: "x-session-".to_owned(),
+            url_parameter: "sgsid".to_owned(),
             limits: SessionLimits::default(),
         }
     }
@@ -176,6 +179,10 @@ pub(super) fn read_sessions(
         .get("header_prefix")
         .and_then(|n| header_prefix(n, &m.child("header_prefix"), p))
         .unwrap_or(d.header_prefix.clone());
+    let url_parameter = m
+        .get("url_parameter")
+        .and_then(|n| url_parameter(n, &m.child("url_parameter"), p))
+        .unwrap_or(d.url_parameter.clone());
     let limits = m
         .get("limits")
         .and_then(|n| read_limits(n, &m.child("limits"), &d.limits, p))
@@ -190,6 +197,7 @@ pub(super) fn read_sessions(
         absolute_timeout,
         regenerate_grace,
         header_prefix,
+        url_parameter,
         limits,
     })
 }
@@ -300,6 +308,23 @@ fn header_prefix(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
             node.pos,
             path,
             format!("{s:?} must be a header name prefix ending with '-', e.g. X-Session-"),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// A name that needs no escaping in a path or a query: `[A-Za-z0-9_-]{1,32}`.
+fn url_parameter(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
+    let s = non_empty(node, path, p)?;
+    let ok = s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !ok {
+        p.push(
+            node.pos,
+            path,
+            format!("{s:?} must be 1 to 32 letters, digits, '_' or '-', e.g. sgsid"),
         );
         return None;
     }

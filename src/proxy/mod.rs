@@ -31,6 +31,7 @@ use crate::config::{Config, ConfigError};
 use crate::deadline::{LazyTimer, TimerSlot};
 use crate::routing::{Route, Router, host_name, normalize_path};
 use crate::session::Sessions;
+use crate::session::url::UrlTokens;
 use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
 
@@ -162,16 +163,34 @@ impl Proxy {
     }
 
     /// Handles one request; never fails: errors become short plain-text responses.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
+        // resolve, its first part: a session token in the URL comes out before anything logs,
+        // routes or forwards the URL.
+        let url_tokens = match &self.sessions {
+            Some(s) => {
+                let mut uri = std::mem::take(req.uri_mut());
+                let taken = s.take_url_tokens(&mut uri, req.headers_mut());
+                *req.uri_mut() = uri;
+                taken
+            }
+            None => Ok(None),
+        };
         let log = LogSlot::begin(
             req.method(),
             req.uri().path(),
             &conn.listener.name,
             conn.peer_ip,
         );
-        let mut resp = match self.forward(req, conn, log).await {
-            Ok(resp) => resp,
-            Err((e, log)) => error_response(&e, log),
+        let mut resp = match url_tokens {
+            Err(_) => error_response(&ProxyError::BadRequest("invalid request target"), log),
+            Ok(url_tokens) => match self.forward(req, conn, log, url_tokens).await {
+                Ok(resp) => resp,
+                Err((e, log)) => error_response(&e, log),
+            },
         };
         if let Some(hsts) = &conn.listener.hsts {
             resp.headers_mut()
@@ -187,6 +206,7 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         mut log: LogSlot,
+        url_tokens: Option<Box<UrlTokens>>,
     ) -> Result<Response<ResponseBody>, (ProxyError, LogSlot)> {
         macro_rules! attempt {
             ($e:expr) => {
@@ -228,7 +248,7 @@ impl Proxy {
             // Boxed: it lives across the upstream exchange, and inline it would grow (and so
             // copy) the request future of every route, with sessions or without.
             (Some(s), Some(mapped)) => Some(Box::new(
-                s.on_request(&mut parts.headers, conn.listener.tls, mapped)
+                s.on_request(&mut parts.headers, conn.listener.tls, mapped, url_tokens)
                     .await,
             )),
             _ => None,

@@ -12,13 +12,15 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use cookie::Cookie;
-use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{StatusCode, Uri};
 
 use super::contract::{self, Names, Status};
 use super::memory::{MemoryOptions, MemoryStore};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::token::{SessionKeys, Token};
+use super::url::{self, UrlTokens};
 use crate::config::{ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig};
 
 /// Sessions as the proxy sees them.
@@ -27,6 +29,7 @@ pub struct Sessions {
     store: MemoryStore,
     names: Names,
     cookie: CookieConfig,
+    url_parameter: String,
     idle: Duration,
     absolute: Duration,
     grace: Duration,
@@ -107,6 +110,7 @@ impl Sessions {
             store,
             names: Names::new(&config.header_prefix)?,
             cookie: config.cookie.clone(),
+            url_parameter: config.url_parameter.clone(),
             idle: config.idle_timeout,
             absolute: config.absolute_timeout,
             grace: config.regenerate_grace,
@@ -136,23 +140,67 @@ impl Sessions {
         }
     }
 
-    /// The `resolve` and `load` phases: the request's headers are rewritten for the backend.
-    /// `mapped` pairs attributes with the route's extra headers.
+    /// The first part of `resolve`, done for every request before it is logged or routed: a
+    /// token in the URL (path or query parameter) is taken out of the request target, and out
+    /// of a `Referer` that carries one, so that no backend and no log sees it.
+    ///
+    /// # Errors
+    /// The target without its token is no longer a valid URI (it cannot happen for a target
+    /// that parsed); the target is then replaced by `/` and the request must be refused.
+    pub fn take_url_tokens(
+        &self,
+        uri: &mut Uri,
+        headers: &mut HeaderMap,
+    ) -> Result<Option<Box<UrlTokens>>, url::BadTarget> {
+        if let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok())
+            && let Some((clean, _)) = url::take_tokens(referer, &self.url_parameter)
+        {
+            match HeaderValue::from_str(&clean) {
+                Ok(v) => headers.insert(header::REFERER, v),
+                Err(_) => headers.remove(header::REFERER),
+            };
+        }
+        let Some(pq) = uri.path_and_query() else {
+            return Ok(None);
+        };
+        let Some((clean, tokens)) = url::take_tokens(pq.as_str(), &self.url_parameter) else {
+            return Ok(None);
+        };
+        let mut parts = std::mem::take(uri).into_parts();
+        parts.path_and_query = PathAndQuery::try_from(clean).ok();
+        match Uri::from_parts(parts) {
+            Ok(clean) if clean.path_and_query().is_some() => {
+                *uri = clean;
+                Ok(Some(Box::new(tokens)))
+            }
+            _ => Err(url::BadTarget),
+        }
+    }
+
+    /// The rest of `resolve`, then `load`: the request's headers are rewritten for the backend.
+    /// `mapped` pairs attributes with the route's extra headers; `url` holds the tokens taken
+    /// out of the URL. A token counts from the cookie, else the path parameter, else the
+    /// query: the first of them that is correctly signed.
     pub async fn on_request(
         &self,
         headers: &mut HeaderMap,
         tls: bool,
         mapped: &[(String, HeaderName)],
+        url: Option<Box<UrlTokens>>,
     ) -> RequestSession {
         contract::strip_client_headers(headers, &self.names, mapped);
-        let presented = take_cookie(headers, &self.cookie_name(tls));
-        let token = presented.and_then(|t| match Token::parse(&t, &self.keys) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                tracing::debug!(error = %e, "session token refused");
-                None
-            }
-        });
+        let from_cookie = take_cookie(headers, &self.cookie_name(tls));
+        let (from_path, from_query) = url.map_or((None, None), |u| (u.path, u.query));
+        let token = [from_cookie, from_path, from_query]
+            .into_iter()
+            .flatten()
+            .find_map(|t| match Token::parse(&t, &self.keys) {
+                Ok(token) => Some(token),
+                Err(e) => {
+                    tracing::debug!(error = %e, "session token refused");
+                    None
+                }
+            });
         let now = unix_ms();
         let (status, session) = match &token {
             None => (Status::None, None),

@@ -1,7 +1,7 @@
 //! Sessions: tokens, resolution, stores and the header contract with backends.
 //!
 //! Only this module knows a store exists; the proxy will hold a facade. Built so far:
-//! [`token`] (signed tokens, key rotation, store ids), [`store`] (the store contract and the
+//! [`token`] (signed tokens, key rotation, store ids), [`url`] (tokens in URLs), [`store`] (the store contract and the
 //! session record), [`memory`] (the embedded store) and [`contract`] (the headers exchanged
 //! with backends).
 
@@ -10,6 +10,7 @@ pub mod gate;
 pub mod memory;
 pub mod store;
 pub mod token;
+pub mod url;
 
 pub use gate::{RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};

@@ -510,3 +510,77 @@ async fn the_memory_store_evicts_past_max_sessions() {
     // moka bounds the count (approximately, as it admits by frequency); far below 200.
     assert!(active <= 40, "{active} sessions still active");
 }
+
+/// A client that refuses cookies: it sends the token in the URL, and the backend must see the
+/// session with a clean URL, and never the token.
+#[tokio::test]
+async fn a_token_in_the_path_or_query_resumes_the_session_and_never_reaches_the_backend() {
+    let b = shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let mut c = Client::new(&gw);
+    c.get("/login").await;
+    let token = c.cookie.clone().unwrap();
+    for (target, seen_target) in [
+        (format!("/cart;sgsid={token}?item=7"), "/cart?item=7"),
+        (format!("/cart?a=%2F&sgsid={token}&b=2"), "/cart?a=%2F&b=2"),
+        (format!("/cart?sgsid={token}"), "/cart"),
+    ] {
+        let resp = client()
+            .get(gw.url("web", &target))
+            .header("referer", gw.url("web", &format!("/list;sgsid={token}")))
+            .send()
+            .await
+            .unwrap();
+        let body = resp.text().await.unwrap();
+        assert_eq!(
+            (field(&body, "status"), field(&body, "user")),
+            ("active", "alice"),
+            "{target}"
+        );
+        let seen = b.last();
+        assert_eq!(seen.uri, seen_target);
+        assert_eq!(seen.headers["referer"], gw.url("web", "/list"));
+        let everything = format!("{} {:?}", seen.uri, seen.headers);
+        assert!(!everything.contains(&token), "{everything}");
+    }
+    // A forged token in the URL is refused (and still taken out).
+    let resp = client()
+        .get(gw.url("web", "/whoami;sgsid=forged-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(field(&resp.text().await.unwrap(), "status"), "none");
+    assert_eq!(b.last().uri, "/whoami");
+}
+
+#[tokio::test]
+async fn the_cookie_counts_before_the_path_parameter_and_that_before_the_query() {
+    let b = shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    // Three sessions, told apart by their cart.
+    let mut tokens = Vec::new();
+    for n in 1..=3 {
+        let mut c = Client::new(&gw);
+        c.get(&format!("/set/cart/{n}")).await;
+        tokens.push(c.cookie.clone().unwrap());
+    }
+    let cart = |cookie: Option<&str>, target: String| {
+        let mut req = client().get(gw.url("web", &target));
+        if let Some(c) = cookie {
+            req = req.header("cookie", format!("sg={c}"));
+        }
+        async move { field(&req.send().await.unwrap().text().await.unwrap(), "cart").to_owned() }
+    };
+    let (one, two, three) = (&tokens[0], &tokens[1], &tokens[2]);
+    assert_eq!(
+        cart(Some(one), format!("/w;sgsid={two}?sgsid={three}")).await,
+        "1"
+    );
+    assert_eq!(
+        cart(None, format!("/w;sgsid={two}?sgsid={three}")).await,
+        "2"
+    );
+    assert_eq!(cart(None, format!("/w?sgsid={three}")).await, "3");
+    // A forged cookie does not hide a good token in the URL.
+    assert_eq!(cart(Some("forged"), format!("/w;sgsid={two}")).await, "2");
+}

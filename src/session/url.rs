@@ -1,0 +1,167 @@
+//! The token in a URL, for clients that do not return cookies: as a path parameter
+//! (`/cart;sgsid=TOKEN?item=7`, which survives a GET form's submission) or as a query
+//! parameter (`/cart?sgsid=TOKEN`). Both are found and taken out, so that neither the backend
+//! nor the access log ever sees a token.
+//!
+//! The text around the token is kept byte for byte: other parameters are not decoded and
+//! re-encoded (a backend may sign or compare its own URLs).
+
+/// A request target that is no longer valid once its token is taken out.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid request target")]
+pub struct BadTarget;
+
+/// The tokens a URL carried, in the order they count: the path parameter before the query.
+#[derive(Default, PartialEq, Eq)]
+pub struct UrlTokens {
+    /// The first `;NAME=` path parameter's value.
+    pub path: Option<String>,
+    /// The first `NAME=` query parameter's value.
+    pub query: Option<String>,
+}
+
+// Never print a token, not even in a debug dump.
+impl std::fmt::Debug for UrlTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UrlTokens")
+            .field("path", &self.path.as_ref().map(|_| "…"))
+            .field("query", &self.query.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// Takes every `NAME` parameter out of `url` (a request target, or an absolute URL such as a
+/// `Referer`). `None` when there is none, which is the common case and allocates nothing;
+/// otherwise the URL without them, and the first value of each kind.
+pub fn take_tokens(url: &str, name: &str) -> Option<(String, UrlTokens)> {
+    if name.is_empty() || !url.contains(name) {
+        return None;
+    }
+    let (before_query, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let mut tokens = UrlTokens::default();
+    let mut found = false;
+
+    // Path parameters: `;NAME=VALUE` runs to the next `;`, `/` or the end of the path.
+    let mut path = String::with_capacity(before_query.len());
+    let mut rest = before_query;
+    while let Some(at) = rest.find(';') {
+        path.push_str(&rest[..at]);
+        let param = &rest[at + 1..];
+        let end = param.find([';', '/']).unwrap_or(param.len());
+        match param[..end]
+            .strip_prefix(name)
+            .and_then(|v| v.strip_prefix('='))
+        {
+            Some(value) => {
+                found = true;
+                if tokens.path.is_none() {
+                    tokens.path = Some(value.to_owned());
+                }
+            }
+            None => {
+                path.push(';');
+                path.push_str(&param[..end]);
+            }
+        }
+        rest = &param[end..];
+    }
+    path.push_str(rest);
+
+    // Query parameters: `&`-separated; `NAME` alone or `NAME=VALUE`.
+    let mut kept: Vec<&str> = Vec::new();
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == name {
+                found = true;
+                if tokens.query.is_none() && !value.is_empty() {
+                    tokens.query = Some(value.to_owned());
+                }
+            } else {
+                kept.push(pair);
+            }
+        }
+    }
+    if !found {
+        return None;
+    }
+    if query.is_some() && !kept.is_empty() {
+        path.push('?');
+        path.push_str(&kept.join("&"));
+    }
+    Some((path, tokens))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn take(url: &str) -> Option<(String, Option<String>, Option<String>)> {
+        take_tokens(url, "sgsid").map(|(u, t)| (u, t.path, t.query))
+    }
+
+    #[test]
+    fn a_url_without_the_parameter_is_left_alone() {
+        assert_eq!(take("/cart?item=7"), None);
+        assert_eq!(take("/cart;jsessionid=1?sgsidx=2&xsgsid=3"), None);
+        assert_eq!(take("/sgsid/page"), None);
+    }
+
+    #[test]
+    fn the_path_parameter_is_taken_out_with_the_rest_kept() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            take("/cart;sgsid=TOK?item=7"),
+            Some(("/cart?item=7".into(), s("TOK"), None))
+        );
+        assert_eq!(take("/;sgsid=TOK"), Some(("/".into(), s("TOK"), None)));
+        assert_eq!(
+            take("/a;v=1;sgsid=TOK;w=2/b"),
+            Some(("/a;v=1;w=2/b".into(), s("TOK"), None))
+        );
+        // A second one is removed too; the first counts.
+        assert_eq!(
+            take("/a;sgsid=ONE/b;sgsid=TWO"),
+            Some(("/a/b".into(), s("ONE"), None))
+        );
+    }
+
+    #[test]
+    fn the_query_parameter_is_taken_out_with_the_others_kept_verbatim() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            take("/cart?a=%2F&sgsid=TOK&b=c+d"),
+            Some(("/cart?a=%2F&b=c+d".into(), None, s("TOK")))
+        );
+        assert_eq!(
+            take("/cart?sgsid=TOK"),
+            Some(("/cart".into(), None, s("TOK")))
+        );
+        assert_eq!(take("/cart?sgsid"), Some(("/cart".into(), None, None)));
+        assert_eq!(
+            take("/p;sgsid=P?sgsid=Q"),
+            Some(("/p".into(), s("P"), s("Q")))
+        );
+    }
+
+    #[test]
+    fn an_absolute_url_such_as_a_referer_is_cleaned_too() {
+        assert_eq!(
+            take("https://shop.example/cart;sgsid=TOK?x=1"),
+            Some((
+                "https://shop.example/cart?x=1".into(),
+                Some("TOK".into()),
+                None
+            ))
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let (_, t) = take_tokens("/a;sgsid=SECRET", "sgsid").unwrap();
+        assert!(!format!("{t:?}").contains("SECRET"));
+    }
+}
