@@ -121,8 +121,8 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
             Method::GET => (
                 StatusCode::OK,
                 serde_json::json!({
-                    "key": session.key.0,
-                    "attributes": session.attrs,
+                    "key": session.key(),
+                    "attributes": session.attrs().collect::<std::collections::BTreeMap<_, _>>(),
                     "created_ms": session.created_ms,
                     "last_seen_ms": session.last_seen_ms,
                 })

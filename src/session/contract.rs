@@ -131,13 +131,16 @@ pub fn set_session_headers(
     let Some(session) = session else {
         return;
     };
-    if let Ok(v) = HeaderValue::from_str(&session.key.0) {
+    // Values share the session's buffer: no copy per header.
+    if let Ok(v) = HeaderValue::from_maybe_shared(session.key_bytes()) {
         headers.insert(names.key.clone(), v);
     }
-    headers.reserve(session.attrs.len() + mapped.len());
-    for (attr, value) in &session.attrs {
-        let (Some(name), Ok(value)) = (names.attr_header(attr), HeaderValue::from_str(value))
-        else {
+    headers.reserve(session.attr_count() + mapped.len());
+    for (attr, value) in session.attr_bytes() {
+        let (Some(name), Ok(value)) = (
+            names.attr_header(attr),
+            HeaderValue::from_maybe_shared(value),
+        ) else {
             continue;
         };
         // Every header with the prefix was stripped first: nothing to replace.
@@ -145,9 +148,9 @@ pub fn set_session_headers(
     }
     for (attr, header) in mapped {
         if let Some(v) = session
-            .attrs
-            .get(attr)
-            .and_then(|v| HeaderValue::from_str(v).ok())
+            .attr_bytes()
+            .find(|(n, _)| n == attr)
+            .and_then(|(_, v)| HeaderValue::from_maybe_shared(v).ok())
         {
             headers.insert(header.clone(), v);
         }
@@ -232,7 +235,6 @@ pub fn take_directives(headers: &mut HeaderMap, names: &Names) -> Directives {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::store::SessionKey;
     use crate::test_util::header_map as map;
 
     fn names() -> Names {
@@ -259,9 +261,7 @@ mod tests {
 
     #[test]
     fn session_headers_carry_status_key_attributes_and_mapped_names() {
-        let mut s = Session::new(SessionKey("k1".into()), 0);
-        s.attrs.insert("user".into(), "alice".into());
-        s.attrs.insert("cart".into(), "3".into());
+        let s = Session::from_parts("k1", [("user", "alice"), ("cart", "3")], 0, 0);
         let mut h = HeaderMap::new();
         let mapped = [("user".to_owned(), HeaderName::from_static("x-remote-user"))];
         set_session_headers(&mut h, &names(), Status::Active, Some(&s), &mapped);

@@ -361,8 +361,20 @@ impl Sessions {
 /// Takes the cookie `name` out of the request's `Cookie` headers (the backend never sees it)
 /// and returns its value: the first one if a client sent several.
 fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
-    if !headers.contains_key(header::COOKIE) {
-        return None;
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let first = all.next()?;
+    // The common case: one `Cookie` header that holds our cookie alone.
+    if all.next().is_none()
+        && let Ok(text) = first.to_str()
+        && let Some(value) = text
+            .trim()
+            .strip_prefix(name)
+            .and_then(|v| v.strip_prefix('='))
+        && !value.contains(';')
+    {
+        let value = value.to_owned();
+        headers.remove(header::COOKIE);
+        return Some(value);
     }
     let mut found = None;
     let mut kept: Vec<HeaderValue> = Vec::new();
@@ -417,5 +429,14 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("sgx=1; xsg=2"));
         assert_eq!(take_cookie(&mut h, "sg"), None);
         assert_eq!(h[header::COOKIE], "sgx=1; xsg=2");
+        // Ours alone: the header goes.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("sg=TOKEN"));
+        assert_eq!(take_cookie(&mut h, "sg").as_deref(), Some("TOKEN"));
+        assert!(h.is_empty());
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("sgx=TOKEN"));
+        assert_eq!(take_cookie(&mut h, "sg"), None);
+        assert_eq!(h.len(), 1);
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 
@@ -29,15 +30,13 @@ pub struct MemoryOptions {
     pub limits: Limits,
 }
 
-/// A session packed into one allocation: its key and attributes as length-prefixed bytes.
-/// A million sessions of a few small attributes are a million small maps of small strings
-/// otherwise (measured with `examples/session_memory`: 1,376 MiB per million unpacked).
+/// A session as kept: [`Session::packed`]'s bytes in one allocation. A million sessions of a
+/// few small attributes are a million small maps of small strings otherwise (measured with
+/// `examples/session_memory`: 1,376 MiB per million unpacked).
 #[derive(Debug, Clone)]
 struct Packed {
     created_ms: u64,
     last_seen_ms: u64,
-    /// key length (u8), key, then per attribute: name length (u8), name, value length (u32
-    /// little-endian), value.
     /// Shared, not boxed: the cache clones entries on every read, and an `Arc<[u8]>` keeps
     /// its counts and bytes in one allocation.
     bytes: Arc<[u8]>,
@@ -45,63 +44,21 @@ struct Packed {
 
 impl Packed {
     fn pack(s: &Session) -> Packed {
-        let mut b = Vec::with_capacity(1 + s.key.0.len() + s.size() + s.attrs.len() * 5);
-        push_short(&mut b, &s.key.0);
-        for (name, value) in &s.attrs {
-            push_short(&mut b, name);
-            let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-            b.extend_from_slice(&len.to_le_bytes());
-            b.extend_from_slice(&value.as_bytes()[..len as usize]);
-        }
         Packed {
             created_ms: s.created_ms,
             last_seen_ms: s.last_seen_ms,
-            bytes: Arc::from(b),
+            bytes: Arc::from(&s.packed()[..]),
         }
     }
 
-    /// The key, then (name, value) pairs; stops at anything malformed (never written so).
-    fn fields(&self) -> (&str, impl Iterator<Item = (&str, &str)>) {
-        let mut rest: &[u8] = &self.bytes;
-        let key = take_short(&mut rest).unwrap_or("");
-        let pairs = std::iter::from_fn(move || {
-            let name = take_short(&mut rest)?;
-            let (len, tail) = rest.split_first_chunk::<4>()?;
-            let len = u32::from_le_bytes(*len) as usize;
-            let value = std::str::from_utf8(tail.get(..len)?).ok()?;
-            rest = tail.get(len..)?;
-            Some((name, value))
-        });
-        (key, pairs)
+    /// The session, sharing these bytes (one small allocation, whatever its size).
+    fn session(&self) -> Option<Session> {
+        Session::from_packed(
+            Bytes::from_owner(self.bytes.clone()),
+            self.created_ms,
+            self.last_seen_ms,
+        )
     }
-
-    fn attr(&self, name: &str) -> Option<&str> {
-        self.fields().1.find(|(n, _)| *n == name).map(|(_, v)| v)
-    }
-
-    fn unpack(&self) -> Session {
-        let (key, pairs) = self.fields();
-        Session {
-            key: SessionKey(key.to_owned()),
-            attrs: pairs.map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
-            created_ms: self.created_ms,
-            last_seen_ms: self.last_seen_ms,
-        }
-    }
-}
-
-/// Names and keys are short (attribute names are at most 64 bytes).
-fn push_short(b: &mut Vec<u8>, s: &str) {
-    let len = s.len().min(255);
-    b.push(len as u8);
-    b.extend_from_slice(&s.as_bytes()[..len]);
-}
-
-fn take_short<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
-    let (&len, tail) = rest.split_first()?;
-    let s = std::str::from_utf8(tail.get(..usize::from(len))?).ok()?;
-    *rest = tail.get(usize::from(len)..)?;
-    Some(s)
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +156,7 @@ impl SessionStore for MemoryStore {
             let touched = self.update(&id, None, &[], now_ms).await?;
             return Ok(touched.map(|a| a.session));
         }
-        Ok(Some(session.unpack()))
+        Ok(session.session())
     }
 
     async fn update(
@@ -218,7 +175,9 @@ impl SessionStore for MemoryStore {
             .and_compute_with(|current| {
                 let op = match current.map(moka::Entry::into_value) {
                     Some(Entry::Live(s)) => {
-                        let mut s = s.unpack();
+                        let Some(mut s) = s.session() else {
+                            return std::future::ready(Op::Nop);
+                        };
                         rejected = s.apply(changes, &limits);
                         s.last_seen_ms = s.last_seen_ms.max(now_ms);
                         Op::Put(Entry::Live(Packed::pack(&s)))
@@ -243,8 +202,8 @@ impl SessionStore for MemoryStore {
             _ => return Ok(None),
         };
         match entry.into_value() {
-            Entry::Live(s) => Ok(Some(Applied {
-                session: s.unpack(),
+            Entry::Live(s) => Ok(s.session().map(|session| Applied {
+                session,
                 rejected,
                 created,
             })),
@@ -282,7 +241,7 @@ impl SessionStore for MemoryStore {
             .cache
             .iter()
             .filter_map(|(id, e)| match e {
-                Entry::Live(s) if s.attr(name) == Some(value) => Some(*id),
+                Entry::Live(s) if s.session()?.attr(name) == Some(value) => Some(*id),
                 _ => None,
             })
             .collect();
@@ -297,8 +256,8 @@ impl SessionStore for MemoryStore {
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         Ok(self.cache.iter().find_map(|(id, e)| match e {
-            Entry::Live(s) if s.fields().0 == key.0 => Some((*id, s.unpack())),
-            _ => None,
+            Entry::Live(s) => s.session().filter(|s| s.key() == key.0).map(|s| (*id, s)),
+            Entry::Moved { .. } => None,
         }))
     }
 
@@ -313,22 +272,24 @@ mod tests {
 
     #[test]
     fn a_packed_session_unpacks_to_itself() {
-        let mut s = Session::new(SessionKey("k3y_-AZ".into()), 7);
-        s.last_seen_ms = 9;
-        s.attrs.insert("user".into(), "alice".into());
-        s.attrs.insert("empty".into(), String::new());
-        s.attrs.insert("utf8".into(), "grüße ✓".into());
-        s.attrs.insert("long".into(), "x".repeat(70_000));
-        let p = Packed::pack(&s);
-        assert_eq!(p.unpack(), s);
-        assert_eq!(p.attr("utf8"), Some("grüße ✓"));
-        assert_eq!(p.attr("missing"), None);
-        assert_eq!(
-            Packed::pack(&Session::new(SessionKey("k".into()), 0))
-                .unpack()
-                .attrs
-                .len(),
-            0
+        let mut s = Session::from_parts(
+            "k3y_-AZ",
+            [
+                ("user", "alice"),
+                ("empty", ""),
+                ("utf8", "grüße ✓"),
+                ("long", &"x".repeat(70_000)),
+            ],
+            7,
+            9,
         );
+        let p = Packed::pack(&s);
+        assert_eq!(p.session(), Some(s.clone()));
+        let back = p.session().unwrap();
+        assert_eq!(back.attr("utf8"), Some("grüße ✓"));
+        assert_eq!(back.attr("missing"), None);
+        assert_eq!(back.key(), "k3y_-AZ");
+        s = Session::new(SessionKey("k".into()), 0);
+        assert_eq!(Packed::pack(&s).session().unwrap().attr_count(), 0);
     }
 }

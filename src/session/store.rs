@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::rand;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
 
 use super::StoreId;
 
@@ -59,18 +60,33 @@ pub struct Rejected {
     pub reason: &'static str,
 }
 
-/// A session as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A session as stored: its key and attributes packed into one shared buffer, and its times.
+///
+/// Packed because sessions are read on every request and written rarely: a read hands out
+/// the key and every value as header values that share this buffer (no copy, no allocation
+/// per attribute), and a million sessions are a million buffers rather than a million small
+/// maps of small strings. Changes unpack, apply and pack again.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
-    /// The stable key.
-    pub key: SessionKey,
-    /// Attributes, by name.
-    pub attrs: BTreeMap<String, String>,
+    /// Key length (u8) and key, then per attribute, by name: name length (u8), name, value
+    /// length (u32 little-endian), value. Built only by [`pack`]; checked by `from_packed`.
+    packed: Bytes,
     /// When it was created (Unix ms): the absolute timeout counts from here.
     pub created_ms: u64,
     /// When it was last used (Unix ms, coalesced to [`TOUCH_EVERY_MS`]): the idle timeout
     /// counts from here.
     pub last_seen_ms: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("key", &self.key())
+            .field("attrs", &self.attrs().collect::<BTreeMap<_, _>>())
+            .field("created_ms", &self.created_ms)
+            .field("last_seen_ms", &self.last_seen_ms)
+            .finish()
+    }
 }
 
 /// A use of a session is written back at most this often: reads stay cheap, and the idle
@@ -81,11 +97,82 @@ impl Session {
     /// An empty session created now.
     pub fn new(key: SessionKey, now_ms: u64) -> Session {
         Session {
-            key,
-            attrs: BTreeMap::new(),
+            packed: pack(&key.0, std::iter::empty()),
             created_ms: now_ms,
             last_seen_ms: now_ms,
         }
+    }
+
+    /// A session from its parts (stores that keep attributes apart, e.g. in a hash).
+    pub fn from_parts<'a>(
+        key: &str,
+        attrs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        created_ms: u64,
+        last_seen_ms: u64,
+    ) -> Session {
+        let sorted: BTreeMap<&str, &str> = attrs.into_iter().collect();
+        Session {
+            packed: pack(key, sorted.into_iter()),
+            created_ms,
+            last_seen_ms,
+        }
+    }
+
+    /// A session from the bytes of [`Session::packed`]; `None` if they are not such bytes.
+    pub fn from_packed(packed: Bytes, created_ms: u64, last_seen_ms: u64) -> Option<Session> {
+        let mut rest: &[u8] = &packed;
+        take_short(&mut rest)?;
+        while !rest.is_empty() {
+            take_pair(&mut rest)?;
+        }
+        Some(Session {
+            packed,
+            created_ms,
+            last_seen_ms,
+        })
+    }
+
+    /// The packed key and attributes, for stores that keep them as one value.
+    pub fn packed(&self) -> &Bytes {
+        &self.packed
+    }
+
+    /// The stable key.
+    pub fn key(&self) -> &str {
+        let mut rest: &[u8] = &self.packed;
+        take_short(&mut rest).unwrap_or("")
+    }
+
+    /// The stable key, owned.
+    pub fn session_key(&self) -> SessionKey {
+        SessionKey(self.key().to_owned())
+    }
+
+    /// The key's bytes, sharing this session's buffer (for a header value).
+    pub fn key_bytes(&self) -> Bytes {
+        self.share(self.key().as_bytes())
+    }
+
+    /// Attributes `(name, value)`, by name.
+    pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest: &[u8] = &self.packed;
+        let _key = take_short(&mut rest);
+        std::iter::from_fn(move || take_pair(&mut rest))
+    }
+
+    /// Attributes `(name, value)`, by name, each value sharing this session's buffer.
+    pub fn attr_bytes(&self) -> impl Iterator<Item = (&str, Bytes)> {
+        self.attrs().map(|(n, v)| (n, self.share(v.as_bytes())))
+    }
+
+    /// One attribute's value.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// How many attributes.
+    pub fn attr_count(&self) -> usize {
+        self.attrs().count()
     }
 
     /// Whether the session is past its idle or its absolute timeout at `now_ms`.
@@ -96,26 +183,27 @@ impl Session {
 
     /// Bytes of names and values.
     pub fn size(&self) -> usize {
-        self.attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.attrs().map(|(k, v)| k.len() + v.len()).sum()
     }
 
     /// Applies changes in order, skipping those that would break `limits`.
     pub fn apply(&mut self, changes: &[Change], limits: &Limits) -> Vec<Rejected> {
+        let mut attrs: BTreeMap<&str, &str> = self.attrs().collect();
         let mut rejected = Vec::new();
         let mut size = self.size();
         for change in changes {
             match change {
                 Change::Unset(name) => {
-                    if let Some(old) = self.attrs.remove(name) {
+                    if let Some(old) = attrs.remove(name.as_str()) {
                         size -= name.len() + old.len();
                     }
                 }
                 Change::Set(name, value) => {
-                    let old = self.attrs.get(name).map(|v| name.len() + v.len());
+                    let old = attrs.get(name.as_str()).map(|v| name.len() + v.len());
                     let new_size = size - old.unwrap_or(0) + name.len() + value.len();
                     let reason = if value.len() > limits.max_value_bytes {
                         Some("max_value_bytes")
-                    } else if old.is_none() && self.attrs.len() >= limits.max_attributes {
+                    } else if old.is_none() && attrs.len() >= limits.max_attributes {
                         Some("max_attributes")
                     } else if new_size > limits.max_session_bytes {
                         Some("max_session_bytes")
@@ -128,15 +216,67 @@ impl Session {
                             reason,
                         }),
                         None => {
-                            self.attrs.insert(name.clone(), value.clone());
+                            attrs.insert(name, value);
                             size = new_size;
                         }
                     }
                 }
             }
         }
+        let packed = pack(self.key(), attrs.into_iter());
+        self.packed = packed;
         rejected
     }
+
+    /// `part` (a slice of this session's buffer) as bytes that share the buffer.
+    fn share(&self, part: &[u8]) -> Bytes {
+        let base = self.packed.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        if at >= base && at + part.len() <= base + self.packed.len() {
+            self.packed.slice(at - base..at - base + part.len())
+        } else {
+            Bytes::copy_from_slice(part)
+        }
+    }
+}
+
+/// Packs a key and attributes (in the order given: callers pass them sorted by name). Names
+/// and keys longer than 255 bytes and values longer than 4 GiB are cut (never accepted so).
+fn pack<'a>(key: &str, attrs: impl Iterator<Item = (&'a str, &'a str)>) -> Bytes {
+    let mut b = Vec::with_capacity(64);
+    push_short(&mut b, key);
+    for (name, value) in attrs {
+        push_short(&mut b, name);
+        let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(&value.as_bytes()[..len as usize]);
+    }
+    Bytes::from(b)
+}
+
+fn push_short(b: &mut Vec<u8>, s: &str) {
+    let mut len = s.len().min(255);
+    while !s.is_char_boundary(len) {
+        len -= 1;
+    }
+    b.push(len as u8);
+    b.extend_from_slice(&s.as_bytes()[..len]);
+}
+
+fn take_short<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+    let (&len, tail) = rest.split_first()?;
+    let s = std::str::from_utf8(tail.get(..usize::from(len))?).ok()?;
+    *rest = tail.get(usize::from(len)..)?;
+    Some(s)
+}
+
+fn take_pair<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
+    let name = take_short(rest)?;
+    let (len, tail) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let value = std::str::from_utf8(tail.get(..len)?).ok()?;
+    *rest = tail.get(len..)?;
+    Some((name, value))
 }
 
 /// The outcome of an update.
@@ -262,7 +402,7 @@ mod tests {
             s.apply(&[Change::Unset("a".into()), set("b", "2")], &limits)
                 .is_empty()
         );
-        assert_eq!(s.attrs.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(s.attrs().collect::<Vec<_>>(), [("b", "2")]);
     }
 
     #[test]
