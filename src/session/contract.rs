@@ -4,7 +4,7 @@
 //! first (any case, repeated, with `_` for `-`), then the gateway's own are set. Responses:
 //! the backend's directives are read and always removed, whatever the status.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, RwLock};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -37,8 +37,10 @@ impl Status {
 #[derive(Debug, Clone)]
 pub struct Names {
     /// `X-Session-Attr-<name>` by attribute name: building a header name (format, validate,
-    /// allocate) for every attribute of every request showed up in profiles.
-    attr_names: Arc<RwLock<HashMap<String, HeaderName>>>,
+    /// allocate) for every attribute of every request showed up in profiles, and so did
+    /// SipHash on the lookup. Fx is enough here: the names are few (bounded) and come from
+    /// backends, not clients.
+    attr_names: Arc<RwLock<FxHashMap<Box<[u8]>, HeaderName>>>,
     prefix: String,
     status: HeaderName,
     key: HeaderName,
@@ -73,16 +75,16 @@ impl Names {
 
     /// The header an attribute is sent as. Names are remembered, up to a bound: backends
     /// choose them, and a backend that makes up a new one per request must not grow memory.
-    fn attr_header(&self, attr: &str) -> Option<HeaderName> {
+    fn attr_header(&self, attr: &[u8]) -> Option<HeaderName> {
         const MAX_REMEMBERED: usize = 1024;
         if let Some(n) = self.attr_names.read().ok()?.get(attr) {
             return Some(n.clone());
         }
-        let name = HeaderName::from_bytes(format!("{}{attr}", self.attr_prefix).as_bytes()).ok()?;
+        let name = HeaderName::from_bytes(&[self.attr_prefix.as_bytes(), attr].concat()).ok()?;
         if let Ok(mut names) = self.attr_names.write()
             && names.len() < MAX_REMEMBERED
         {
-            names.insert(attr.to_owned(), name.clone());
+            names.insert(Box::from(attr), name.clone());
         }
         Some(name)
     }
@@ -149,7 +151,7 @@ pub fn set_session_headers(
     for (attr, header) in mapped {
         if let Some(v) = session
             .attr_bytes()
-            .find(|(n, _)| n == attr)
+            .find(|(n, _)| *n == attr.as_bytes())
             .and_then(|(_, v)| HeaderValue::from_maybe_shared(v).ok())
         {
             headers.insert(header.clone(), v);

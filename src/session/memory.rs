@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
+use rustc_hash::FxBuildHasher;
 
 use super::StoreId;
 use super::store::{
@@ -74,7 +75,8 @@ enum Entry {
 /// Sessions kept in this process.
 #[derive(Clone)]
 pub struct MemoryStore {
-    cache: Cache<StoreId, Entry>,
+    /// Fx, not SipHash: ids are HMAC outputs, which no client can choose.
+    cache: Cache<StoreId, Entry, FxBuildHasher>,
     limits: Limits,
     absolute: Duration,
 }
@@ -97,7 +99,7 @@ impl MemoryStore {
             // of five small attributes). The absolute timeout is checked when a session is
             // read, and old sessions that nobody reads leave by the idle timeout.
             .time_to_idle(options.idle_timeout)
-            .build();
+            .build_with_hasher(FxBuildHasher);
         MemoryStore {
             cache,
             limits: options.limits,

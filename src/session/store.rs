@@ -118,7 +118,8 @@ impl Session {
         }
     }
 
-    /// A session from the bytes of [`Session::packed`]; `None` if they are not such bytes.
+    /// A session from the bytes of [`Session::packed`]; `None` if they are not laid out so.
+    /// Only the layout is checked here: text is checked where it is read as text.
     pub fn from_packed(packed: Bytes, created_ms: u64, last_seen_ms: u64) -> Option<Session> {
         let mut rest: &[u8] = &packed;
         take_short(&mut rest)?;
@@ -140,7 +141,9 @@ impl Session {
     /// The stable key.
     pub fn key(&self) -> &str {
         let mut rest: &[u8] = &self.packed;
-        take_short(&mut rest).unwrap_or("")
+        take_short(&mut rest)
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or("")
     }
 
     /// The stable key, owned.
@@ -150,19 +153,27 @@ impl Session {
 
     /// The key's bytes, sharing this session's buffer (for a header value).
     pub fn key_bytes(&self) -> Bytes {
-        self.share(self.key().as_bytes())
+        let mut rest: &[u8] = &self.packed;
+        self.share(take_short(&mut rest).unwrap_or_default())
     }
 
-    /// Attributes `(name, value)`, by name.
-    pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
+    /// Attributes `(name, value)` as bytes, by name, without a text check (the request path:
+    /// names and values become header names and values, which check them anyway).
+    fn raw_attrs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut rest: &[u8] = &self.packed;
         let _key = take_short(&mut rest);
         std::iter::from_fn(move || take_pair(&mut rest))
     }
 
+    /// Attributes `(name, value)`, by name.
+    pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.raw_attrs()
+            .map_while(|(n, v)| Some((std::str::from_utf8(n).ok()?, std::str::from_utf8(v).ok()?)))
+    }
+
     /// Attributes `(name, value)`, by name, each value sharing this session's buffer.
-    pub fn attr_bytes(&self) -> impl Iterator<Item = (&str, Bytes)> {
-        self.attrs().map(|(n, v)| (n, self.share(v.as_bytes())))
+    pub fn attr_bytes(&self) -> impl Iterator<Item = (&[u8], Bytes)> {
+        self.raw_attrs().map(|(n, v)| (n, self.share(v)))
     }
 
     /// One attribute's value.
@@ -172,7 +183,7 @@ impl Session {
 
     /// How many attributes.
     pub fn attr_count(&self) -> usize {
-        self.attrs().count()
+        self.raw_attrs().count()
     }
 
     /// Whether the session is past its idle or its absolute timeout at `now_ms`.
@@ -263,18 +274,18 @@ fn push_short(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(&s.as_bytes()[..len]);
 }
 
-fn take_short<'a>(rest: &mut &'a [u8]) -> Option<&'a str> {
+fn take_short<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
     let (&len, tail) = rest.split_first()?;
-    let s = std::str::from_utf8(tail.get(..usize::from(len))?).ok()?;
+    let s = tail.get(..usize::from(len))?;
     *rest = tail.get(usize::from(len)..)?;
     Some(s)
 }
 
-fn take_pair<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
+fn take_pair<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
     let name = take_short(rest)?;
     let (len, tail) = rest.split_first_chunk::<4>()?;
     let len = u32::from_le_bytes(*len) as usize;
-    let value = std::str::from_utf8(tail.get(..len)?).ok()?;
+    let value = tail.get(..len)?;
     *rest = tail.get(len..)?;
     Some((name, value))
 }
