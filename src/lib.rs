@@ -27,6 +27,7 @@ pub mod gateway;
 pub mod idle;
 pub mod listener;
 pub mod proxy;
+pub mod rewrite;
 pub mod routing;
 pub mod session;
 #[cfg(test)]

@@ -1,0 +1,10 @@
+//! URL rewriting for clients that refuse cookies: the session token is added to the
+//! same-origin URLs of a response — links, forms and frames in HTML (streaming, with
+//! lol_html) and the redirect headers. This module knows nothing of sessions: it is given a
+//! parameter name and a token, and never logs the token.
+
+mod html;
+mod link;
+
+pub use html::{Html, html_charset};
+pub use link::{Tagger, rewrite_headers, tag_refresh};
