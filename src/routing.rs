@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::{Config, HostMatch, RouteConfig};
+use crate::config::{Config, HostMatch, RouteConfig, Tracking};
 
 /// A route, ready for matching.
 #[derive(Debug)]
@@ -20,10 +20,19 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Request body limit.
     pub max_body_bytes: u64,
-    /// `Some` when the route has sessions: attributes also sent under a header of their own.
-    pub session: Option<Vec<(String, http::HeaderName)>>,
+    /// `Some` when the route has sessions.
+    pub session: Option<RouteSessions>,
     host: HostMatch,
     prefix: String,
+}
+
+/// A route's session settings, resolved against the `sessions:` section.
+#[derive(Debug, Clone)]
+pub struct RouteSessions {
+    /// Attributes also sent under a header of their own: (attribute, header).
+    pub mapped: Vec<(String, http::HeaderName)>,
+    /// How clients carry the token here.
+    pub tracking: Tracking,
 }
 
 impl Route {
@@ -93,14 +102,22 @@ impl Router {
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes,
                     // Header names were checked when the configuration was read.
-                    session: r.session.as_ref().map(|s| {
-                        s.headers
+                    session: r.session.as_ref().map(|s| RouteSessions {
+                        mapped: s
+                            .headers
                             .iter()
                             .filter_map(|(a, h)| {
                                 let h = http::HeaderName::from_bytes(h.as_bytes()).ok()?;
                                 Some((a.clone(), h))
                             })
-                            .collect()
+                            .collect(),
+                        tracking: s.tracking.unwrap_or_else(|| {
+                            config
+                                .sessions
+                                .as_ref()
+                                .map(|c| c.tracking)
+                                .unwrap_or_default()
+                        }),
                     }),
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),

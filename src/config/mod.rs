@@ -18,7 +18,7 @@ pub use error::{ConfigError, Problem};
 pub use node::Pos;
 pub use sessions::{
     CookieConfig, RouteSession, SameSite, Secure, SessionLimits, SessionsConfig, StoreConfig,
-    valid_attribute_name,
+    Tracking, valid_attribute_name,
 };
 
 /// A complete, validated gateway configuration.

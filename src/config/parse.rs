@@ -842,7 +842,7 @@ fn read_host(node: &Node, path: &str, p: &mut Problems) -> Option<HostMatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SameSite, Secure, StoreConfig};
+    use crate::config::{SameSite, Secure, StoreConfig, Tracking};
 
     const BASE: &str = "listeners:\n  - { name: http, bind: \"127.0.0.1:8080\" }\nupstreams:\n  app:\n    servers: [ { url: \"http://127.0.0.1:8081\" } ]\nroutes:\n  - { name: app, match: { path_prefix: / }, upstream: app }\n";
 
@@ -900,7 +900,7 @@ mod tests {
     fn session_settings_are_read() {
         let text = BASE.replace(
             "upstream: app }",
-            "upstream: app, session: { headers: { user: X-Remote-User } } }",
+            "upstream: app, session: { headers: { user: X-Remote-User }, tracking: url } }",
         ) + "sessions:\n  secret_file: secrets/key\n  store: { kind: memory, memory: { max_sessions: 500 } }\n  cookie: { name: shop, same_site: strict, secure: true, max_age: 1h }\n  idle_timeout: 10m\n  header_prefix: X-Sess-\n  url_parameter: sid\n  limits: { max_attributes: 8 }\n";
         let c = load(&text).unwrap();
         let s = c.sessions.unwrap();
@@ -912,8 +912,13 @@ mod tests {
         assert_eq!(s.header_prefix, "x-sess-");
         assert_eq!(s.url_parameter, "sid");
         assert_eq!(s.limits.max_attributes, 8);
-        let headers = &c.routes[0].session.as_ref().unwrap().headers;
-        assert_eq!(headers, &[("user".to_owned(), "x-remote-user".to_owned())]);
+        let route = c.routes[0].session.as_ref().unwrap();
+        assert_eq!(
+            route.headers,
+            [("user".to_owned(), "x-remote-user".to_owned())]
+        );
+        assert_eq!(route.tracking, Some(Tracking::Url));
+        assert_eq!(s.tracking, Tracking::Cookie);
     }
 
     #[test]
@@ -928,7 +933,7 @@ mod tests {
         let text = BASE.replace(
             "upstream: app }",
             "upstream: app, session: { headers: { User_Name: X-User } } }",
-        ) + "sessions:\n  cookie: { name: \"__Host-x\", same_site: none, secure: false }\n  tracking: url\n  header_prefix: \"X Session\"\n  url_parameter: \"s id\"\n  store: { kind: etcd }\n";
+        ) + "sessions:\n  cookie: { name: \"__Host-x\", same_site: none, secure: false }\n  tracking: sometimes\n  header_prefix: \"X Session\"\n  url_parameter: \"s id\"\n  store: { kind: etcd }\n";
         let errs = problems(&text);
         let joined = errs.join("\n");
         for needle in [

@@ -27,10 +27,33 @@ pub struct SessionsConfig {
     pub regenerate_grace: Duration,
     /// Prefix of the headers exchanged with backends (lower case).
     pub header_prefix: String,
+    /// How clients carry the token, unless a route says otherwise.
+    pub tracking: Tracking,
     /// Name of the URL parameter that carries a token (`/path;sgsid=TOKEN`, `?sgsid=TOKEN`).
     pub url_parameter: String,
     /// Size limits on what backends store.
     pub limits: SessionLimits,
+}
+
+/// How a client carries its session token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tracking {
+    /// In the session cookie.
+    #[default]
+    Cookie,
+    /// In the URL (`/path;sgsid=TOKEN`): the gateway adds it to the same-origin links,
+    /// forms and redirects of every response, and never sets a cookie.
+    Url,
+}
+
+impl Tracking {
+    fn read(node: &Node, path: &str, p: &mut Problems) -> Option<Tracking> {
+        // `auto` (cookie for clients that take cookies, URL for the others) comes next.
+        match one_of(node, path, &["cookie", "url"], p)? {
+            "url" => Some(Tracking::Url),
+            _ => Some(Tracking::Cookie),
+        }
+    }
 }
 
 /// Which store keeps sessions.
@@ -126,6 +149,7 @@ impl Default for SessionsConfig {
             absolute_timeout: Duration::from_secs(12 * 3600),
             regenerate_grace: Duration::from_secs(10),
             header_prefix: "x-session-".to_owned(),
+            tracking: Tracking::Cookie,
             url_parameter: "sgsid".to_owned(),
             limits: SessionLimits::default(),
         }
@@ -137,6 +161,8 @@ impl Default for SessionsConfig {
 pub struct RouteSession {
     /// Attributes also sent under a header name of their own: (attribute, header).
     pub headers: Vec<(String, String)>,
+    /// How clients carry the token on this route (`None`: as `sessions.tracking` says).
+    pub tracking: Option<Tracking>,
 }
 
 pub(super) fn read_sessions(
@@ -159,10 +185,10 @@ pub(super) fn read_sessions(
         .get("cookie")
         .and_then(|n| read_cookie(n, &m.child("cookie"), p))
         .unwrap_or(d.cookie.clone());
-    if let Some(t) = m.get("tracking") {
-        // URL tracking arrives with the HTML rewriter; until then only cookies are offered.
-        one_of(t, &m.child("tracking"), &["cookie"], p);
-    }
+    let tracking = m
+        .get("tracking")
+        .and_then(|n| Tracking::read(n, &m.child("tracking"), p))
+        .unwrap_or_default();
     let idle_timeout = m
         .get("idle_timeout")
         .and_then(|n| positive_duration(n, &m.child("idle_timeout"), p))
@@ -197,6 +223,7 @@ pub(super) fn read_sessions(
         absolute_timeout,
         regenerate_grace,
         header_prefix,
+        tracking,
         url_parameter,
         limits,
     })
@@ -380,6 +407,9 @@ pub(super) fn read_route_session(
     let mut m = MapReader::new(node, path, p)?;
     let headers_node = m.get("headers");
     let hpath = m.child("headers");
+    let tracking = m
+        .get("tracking")
+        .and_then(|n| Tracking::read(n, &m.child("tracking"), p));
     m.finish(p);
     let mut headers = Vec::new();
     if let Some(h) = headers_node {
@@ -415,7 +445,7 @@ pub(super) fn read_route_session(
             ),
         }
     }
-    Some(Some(RouteSession { headers }))
+    Some(Some(RouteSession { headers, tracking }))
 }
 
 /// A session attribute name: `[a-z0-9-]{1,64}`, as ARCHITECTURE §4 names attributes (no

@@ -15,6 +15,7 @@ use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::rewrite::Html;
 use crate::upstream::Lease;
 
 /// The access-log record of one request. Empty when access logging is off, so that a disabled
@@ -118,6 +119,8 @@ pub struct ResponseBody {
     /// Armed only while the backend keeps us waiting, so bodies that arrive with the head
     /// cost no timer.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The page's rewriter, for URL-tracked HTML responses.
+    html: Option<Box<Html>>,
     bytes: u64,
     complete: bool,
 }
@@ -129,6 +132,7 @@ impl ResponseBody {
             log,
             lease: None,
             stall: None,
+            html: None,
             bytes: 0,
             complete: false,
         }
@@ -140,8 +144,52 @@ impl ResponseBody {
             log,
             lease: Some(lease),
             stall: None,
+            html: None,
             bytes: 0,
             complete: false,
+        }
+    }
+}
+
+impl ResponseBody {
+    /// The body goes through `html` on its way to the client.
+    pub(crate) fn rewritten(mut self, html: Html) -> Self {
+        self.html = Some(Box::new(html));
+        self
+    }
+
+    /// The next frame, rewritten if the body is a page being rewritten: a chunk that yields no
+    /// output yet (a tag cut in two) is not sent as an empty frame; the rewriter's last output
+    /// goes before the end.
+    fn poll_rewritten(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        loop {
+            let polled = self.poll_inner(cx);
+            let Some(html) = &mut self.html else {
+                return polled;
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = html.feed(&data);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(None) => {
+                    let out = html.finish();
+                    self.html = None;
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    return Poll::Ready(None);
+                }
+                other => return other,
+            }
         }
     }
 }
@@ -155,6 +203,51 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
+        let polled = if this.html.is_some() {
+            this.poll_rewritten(cx)
+        } else {
+            this.poll_inner(cx)
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.html.is_some() {
+            return false;
+        }
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            _ if self.html.is_some() => SizeHint::default(),
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl ResponseBody {
+    /// The next frame of the body as the backend sent it; releases the backend connection at
+    /// the end, and cuts a backend that stalls past its read timeout.
+    fn poll_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self;
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
@@ -179,38 +272,14 @@ impl Body for ResponseBody {
                 }
             },
         };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    this.bytes += d.len() as u64;
-                }
+        if let Poll::Ready(None) = &polled {
+            // The response was read to its end: the connection can serve the next request
+            // at once, rather than when the client has taken the last byte.
+            if let Some(lease) = this.lease.take() {
+                lease.release();
             }
-            Poll::Ready(None) => {
-                this.complete = true;
-                // The response was read to its end: the connection can serve the next request
-                // at once, rather than when the client has taken the last byte.
-                if let Some(lease) = this.lease.take() {
-                    lease.release();
-                }
-            }
-            _ => {}
         }
         polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Full(b) => b.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Upstream(body) => body.size_hint(),
-        }
     }
 }
 

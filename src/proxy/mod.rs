@@ -9,6 +9,7 @@ mod body;
 mod error;
 mod headers;
 mod upgrade;
+mod url_tracking;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 pub use body::ResponseBody;
 pub use error::ProxyError;
 
+use crate::config::Tracking;
 use crate::config::{Config, ConfigError};
 use crate::deadline::{LazyTimer, TimerSlot};
 use crate::routing::{Route, Router, host_name, normalize_path};
@@ -34,6 +36,7 @@ use crate::session::Sessions;
 use crate::session::url::UrlTokens;
 use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
+use url_tracking::ClientUrl;
 
 /// What the proxy knows about the listener a connection arrived on.
 #[derive(Debug, Clone)]
@@ -243,13 +246,38 @@ impl Proxy {
 
         // upstream_request (the client's headers made safe), then resolve and load: the
         // session, if the route has them, in the headers the backend gets.
+        // With URL tracking, the client's own URL is what its links resolve against.
+        let client_url = match &route.session {
+            Some(rs) if rs.tracking == Tracking::Url => Some(Box::new(ClientUrl {
+                scheme: if conn.listener.tls { "https" } else { "http" },
+                host: host_str(&host).to_owned(),
+                target: parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            })),
+            _ => None,
+        };
         prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
+        if client_url.is_some() {
+            // Pages are rewritten as they stream: ask for them uncompressed.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         let session = match (&self.sessions, &route.session) {
             // Boxed: it lives across the upstream exchange, and inline it would grow (and so
             // copy) the request future of every route, with sessions or without.
-            (Some(s), Some(mapped)) => Some(Box::new(
-                s.on_request(&mut parts.headers, conn.listener.tls, mapped, url_tokens)
-                    .await,
+            (Some(s), Some(rs)) => Some(Box::new(
+                s.on_request(
+                    &mut parts.headers,
+                    conn.listener.tls,
+                    &rs.mapped,
+                    rs.tracking,
+                    url_tokens,
+                )
+                .await,
             )),
             _ => None,
         };
@@ -287,18 +315,31 @@ impl Proxy {
         clean_response_headers(&mut rparts.headers, switching);
 
         // commit: the backend's session directives, always taken out of the response.
+        let mut held = None;
         if let (Some(s), Some(rs)) = (&self.sessions, session) {
-            s.on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
+            held = s
+                .on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
                 .await;
         }
-        // rewrite: URL rewriting (not built yet).
+        // rewrite: with URL tracking, the token the client now holds goes into the response.
+        let html = match (&self.sessions, held, &client_url) {
+            (Some(s), Some(token), Some(client)) => url_tracking::apply(
+                s.url_parameter(),
+                &token.expose(),
+                client,
+                &mut rparts.headers,
+            ),
+            _ => None,
+        };
 
         // log: written when the body is done (see `body`).
         log.note(|l| l.status = rparts.status.as_u16());
-        Ok(Response::from_parts(
-            rparts,
-            ResponseBody::upstream(rbody, log, lease),
-        ))
+        let body = ResponseBody::upstream(rbody, log, lease);
+        let body = match html {
+            Some(html) => body.rewritten(html),
+            None => body,
+        };
+        Ok(Response::from_parts(rparts, body))
     }
 
     /// Checks the request head: size limit, and a usable host (returned).

@@ -21,7 +21,9 @@ use super::memory::{MemoryOptions, MemoryStore};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::token::{SessionKeys, Token};
 use super::url::{self, UrlTokens};
-use crate::config::{ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig};
+use crate::config::{
+    ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
+};
 
 /// Sessions as the proxy sees them.
 pub struct Sessions {
@@ -49,6 +51,7 @@ pub struct RequestSession {
     token: Option<Token>,
     session: Option<Session>,
     status: Status,
+    tracking: Tracking,
 }
 
 impl RequestSession {
@@ -186,6 +189,7 @@ impl Sessions {
         headers: &mut HeaderMap,
         tls: bool,
         mapped: &[(String, HeaderName)],
+        tracking: Tracking,
         url: Option<Box<UrlTokens>>,
     ) -> RequestSession {
         contract::strip_client_headers(headers, &self.names, mapped);
@@ -220,82 +224,122 @@ impl Sessions {
             token,
             session,
             status,
+            tracking,
         }
     }
 
     /// The `commit` phase: directives out of the response, applied unless it is a 5xx, and
-    /// the cookie set or expired when the token changes.
+    /// the cookie set or expired when the token changes. With URL tracking no cookie is set:
+    /// the token the client holds after this response is returned instead, for the proxy to
+    /// put into the response's URLs.
     pub async fn on_response(
         &self,
         rs: RequestSession,
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
-    ) {
+    ) -> Option<Token> {
+        let by_url = rs.tracking == Tracking::Url;
+        let held = self.commit(rs, status, headers, tls, by_url).await;
+        if by_url { held } else { None }
+    }
+
+    /// Applies the directives; returns the token of the session the client holds afterwards.
+    async fn commit(
+        &self,
+        rs: RequestSession,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        tls: bool,
+        by_url: bool,
+    ) -> Option<Token> {
         let d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
             tracing::warn!(reason = %why, "session directive ignored");
         }
+        // The token of a live session, or one whose session has expired.
+        let (live, expired) = match (rs.token, rs.session.is_some()) {
+            (Some(t), true) => (Some(t), None),
+            (t, _) => (None, t),
+        };
         if d.is_empty() {
-            return;
+            return live;
         }
         if status.is_server_error() {
             tracing::debug!(%status, "session directives of a 5xx response not applied");
-            return;
+            return live;
         }
         let now = unix_ms();
-        let live = rs.token.as_ref().filter(|_| rs.session.is_some());
         if d.destroy {
-            if let Some(t) = &rs.token
+            let presented = live.as_ref().or(expired.as_ref());
+            if let Some(t) = presented
                 && let Err(e) = self.store.delete(&t.store_id()).await
             {
                 tracing::warn!(session = %t, error = %e, "session delete failed");
             }
-            if rs.token.is_some() {
+            if presented.is_some() && !by_url {
                 self.set_cookie(headers, None, tls);
             }
-            return;
+            return None;
         }
         match live {
             Some(token) => {
                 let id = token.store_id();
                 if !d.changes.is_empty() {
-                    self.update(&id, None, &d.changes, now, token).await;
+                    self.update(&id, None, &d.changes, now, &token).await;
                 }
-                if d.regenerate {
-                    let Ok(fresh) = Token::generate(&self.keys) else {
-                        tracing::warn!("no randomness: session not regenerated");
-                        return;
-                    };
-                    match self.store.rename(&id, &fresh.store_id(), self.grace).await {
-                        Ok(true) => self.set_cookie(headers, Some(&fresh), tls),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(session = %token, error = %e, "regenerate failed"),
+                if !d.regenerate {
+                    return Some(token);
+                }
+                let Ok(fresh) = Token::generate(&self.keys) else {
+                    tracing::warn!("no randomness: session not regenerated");
+                    return Some(token);
+                };
+                match self.store.rename(&id, &fresh.store_id(), self.grace).await {
+                    Ok(true) => {
+                        if !by_url {
+                            self.set_cookie(headers, Some(&fresh), tls);
+                        }
+                        Some(fresh)
+                    }
+                    Ok(false) => None,
+                    Err(e) => {
+                        tracing::warn!(session = %token, error = %e, "regenerate failed");
+                        Some(token)
                     }
                 }
             }
             None => {
                 // No live session: only a write creates one (bots and health checks never do).
                 if !d.changes.iter().any(|c| matches!(c, Change::Set(..))) {
-                    return;
+                    return None;
                 }
-                if let Some(old) = &rs.token {
+                if let Some(old) = &expired {
                     // Expired: clear what is left of it.
                     let _ = self.store.delete(&old.store_id()).await;
                 }
                 let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate())
                 else {
                     tracing::warn!("no randomness: session not created");
-                    return;
+                    return None;
                 };
-                if self
+                if !self
                     .update(&fresh.store_id(), Some(key), &d.changes, now, &fresh)
                     .await
                 {
+                    return None;
+                }
+                if !by_url {
                     self.set_cookie(headers, Some(&fresh), tls);
                 }
+                Some(fresh)
             }
         }
+    }
+
+    /// The name of the URL parameter that carries tokens.
+    pub fn url_parameter(&self) -> &str {
+        &self.url_parameter
     }
 
     /// Applies changes; `true` if the session exists afterwards.

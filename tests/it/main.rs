@@ -15,4 +15,5 @@ mod support;
 mod timeouts;
 mod tls;
 mod upstreams;
+mod url_tracking;
 mod websocket;

@@ -1,0 +1,87 @@
+//! The `rewrite` phase for URL-tracked sessions: the token the client holds goes into the
+//! response's redirect headers and, for an HTML page, into its same-origin links as the page
+//! streams through; and the response is kept out of shared caches and referrers.
+
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+
+use crate::rewrite::{Html, Tagger, html_charset, rewrite_headers};
+
+/// The URL the client asked for, as it sees it (without the token): what the page's relative
+/// links resolve against, and the origin a link must have to get the token.
+#[derive(Debug)]
+pub(super) struct ClientUrl {
+    pub scheme: &'static str,
+    pub host: String,
+    pub target: String,
+}
+
+/// Tags the response's headers with `token`; for an HTML page it can rewrite, returns the
+/// rewriter its body must go through (with `Content-Length` dropped and `ETag` weakened, as
+/// the body changes).
+pub(super) fn apply(
+    param: &str,
+    token: &str,
+    client: &ClientUrl,
+    headers: &mut HeaderMap,
+) -> Option<Html> {
+    let tagger = Tagger::new(param, token, client.scheme, &client.host, &client.target)?;
+    rewrite_headers(&tagger, headers);
+    // Leak guards: a URL with a token must not travel in a Referer to another site, nor
+    // be kept by a shared cache.
+    let referrer_ok = headers
+        .get(header::REFERRER_POLICY)
+        .is_some_and(|v| v == "no-referrer" || v == "same-origin");
+    if !referrer_ok {
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+    }
+    let cache = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    match cache {
+        Some(c) if c.contains("private") || c.contains("no-store") => {}
+        Some(c) => {
+            let kept: Vec<&str> = c
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty() && *d != "public" && !d.starts_with("s-maxage"))
+                .collect();
+            let value = std::iter::once("private")
+                .chain(kept)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(header::CACHE_CONTROL, v);
+            }
+        }
+        None => {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
+
+    let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // We asked for identity; a backend that compresses anyway is passed through.
+        tracing::debug!("compressed HTML not rewritten");
+        return None;
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(etag) = headers.get(header::ETAG).cloned()
+        && !etag.as_bytes().starts_with(b"W/")
+    {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(etag.as_bytes());
+        match HeaderValue::from_bytes(&weak) {
+            Ok(v) => headers.insert(header::ETAG, v),
+            Err(_) => headers.remove(header::ETAG),
+        };
+    }
+    Some(Html::new(tagger, charset.as_deref()))
+}

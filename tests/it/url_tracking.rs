@@ -1,0 +1,189 @@
+//! URL tracking end to end: a client that never sends a cookie keeps its session through the
+//! token the gateway puts into redirects, links and forms; the backend never sees the token.
+
+use http::{HeaderMap, Response};
+
+use crate::support::*;
+
+/// A shop that writes HTML with plain links and knows nothing of tokens.
+async fn html_shop() -> Backend {
+    Backend::start(|req| async move {
+        let h = req.headers();
+        let get = |n: &str| {
+            h.get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let me = format!(
+            "status={} user={} cart={} encoding={}",
+            get("x-session-status"),
+            get("x-session-attr-user"),
+            get("x-session-attr-cart"),
+            get("accept-encoding")
+        );
+        let page = |body: String| {
+            let mut r = Response::new(full(format!(
+                "<!doctype html><html><body><p id=me>{me}</p>{body}</body></html>"
+            )));
+            r.headers_mut()
+                .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+            r.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+            r
+        };
+        let links = r##"<a id=cart href="/cart">cart</a>
+<form id=buy method="post" action="/cart"><button>buy</button></form>
+<form id=search method="get" action="search"><input name="q"></form>
+<a id=out href="https://elsewhere.example/x">elsewhere</a> <a id=top href="#top">top</a>"##;
+        let path = req.uri().path().to_owned();
+        let mut r = match path.as_str() {
+            "/login" => {
+                let mut r = page(String::new());
+                *r.status_mut() = http::StatusCode::SEE_OTHER;
+                r.headers_mut().insert("location", "/home".parse().unwrap());
+                r.headers_mut()
+                    .append("x-session-set", "user=alice".parse().unwrap());
+                r.headers_mut()
+                    .append("x-session-action", "regenerate".parse().unwrap());
+                r
+            }
+            "/cart" => {
+                let n: u32 = get("x-session-attr-cart").parse().unwrap_or(0);
+                let mut r = page(links.to_owned());
+                r.headers_mut()
+                    .append("x-session-set", format!("cart={}", n + 1).parse().unwrap());
+                r
+            }
+            "/logout" => {
+                let mut r = page(links.to_owned());
+                r.headers_mut()
+                    .append("x-session-action", "destroy".parse().unwrap());
+                r
+            }
+            _ => page(links.to_owned()),
+        };
+        r.headers_mut()
+            .insert("x-path", req.uri().to_string().parse().unwrap());
+        r
+    })
+    .await
+}
+
+fn config(b: &Backend) -> String {
+    simple_config(&[b.addr], "", "sessions: { tracking: url }")
+}
+
+/// The value of attribute `attr` of the element with `id` in `page`.
+fn attr(page: &str, id: &str, attr: &str) -> String {
+    let start = page
+        .find(&format!("id={id} "))
+        .unwrap_or_else(|| panic!("no #{id} in {page}"));
+    let rest = &page[start..];
+    let at = rest.find(&format!("{attr}=\"")).unwrap() + attr.len() + 2;
+    rest[at..at + rest[at..].find('"').unwrap()].to_owned()
+}
+
+fn me(page: &str) -> &str {
+    let start = page.find("<p id=me>").unwrap() + "<p id=me>".len();
+    &page[start..start + page[start..].find('<').unwrap()]
+}
+
+async fn page(resp: reqwest::Response) -> (HeaderMap, String) {
+    let headers = resp.headers().clone();
+    (headers, resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn cookieless_client_keeps_session_across_redirect_links_and_forms() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+
+    // Login: a redirect whose Location carries the new token; no cookie.
+    let resp = http.post(format!("{base}/login")).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let (h, _) = page(resp).await;
+    assert!(h.get("set-cookie").is_none(), "{h:?}");
+    let location = h["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/home;sgsid="), "{location}");
+    let token = location.trim_start_matches("/home;sgsid=").to_owned();
+    assert_eq!(h["referrer-policy"], "same-origin");
+    assert_eq!(h["cache-control"], "private");
+
+    // The page: same-origin links and forms carry the token, others do not.
+    let (h, home) = page(http.get(format!("{base}{location}")).send().await.unwrap()).await;
+    assert!(me(&home).contains("status=active user=alice"), "{home}");
+    assert!(me(&home).contains("encoding=identity"), "{home}");
+    assert_eq!(b.last().uri, "/home");
+    assert!(h.get("content-length").is_none());
+    assert_eq!(h["etag"], "W/\"v1\"");
+    assert_eq!(attr(&home, "cart", "href"), format!("/cart;sgsid={token}"));
+    assert_eq!(attr(&home, "out", "href"), "https://elsewhere.example/x");
+    assert_eq!(attr(&home, "top", "href"), "#top");
+
+    // A link, a POST form, then a GET form (its query replaces the link's, the token stays).
+    let (_, cart) = page(
+        http.get(format!("{base}{}", attr(&home, "cart", "href")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&cart).contains("user=alice cart=-"), "{cart}");
+    let (_, bought) = page(
+        http.post(format!("{base}{}", attr(&cart, "buy", "action")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&bought).contains("user=alice cart=1"), "{bought}");
+    assert_eq!(b.last().uri, "/cart");
+    let search = attr(&bought, "search", "action");
+    assert_eq!(search, format!("search;sgsid={token}"));
+    let (_, found) = page(
+        http.get(format!("{base}/{search}?q=shoes"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&found).contains("user=alice cart=2"), "{found}");
+    assert_eq!(b.last().uri, "/search?q=shoes");
+
+    // Every request the backend saw was clean.
+    for seen in b.requests() {
+        let all = format!("{} {:?}", seen.uri, seen.headers);
+        assert!(!all.contains(&token), "{all}");
+    }
+
+    // Logout: the session ends, and the page's links are no longer tagged.
+    let (_, out) = page(
+        http.get(format!("{base}/logout;sgsid={token}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(attr(&out, "cart", "href"), "/cart");
+    let (_, after) = page(
+        http.get(format!("{base}/home;sgsid={token}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&after).contains("status=expired"), "{after}");
+}
+
+#[tokio::test]
+async fn a_client_without_a_session_gets_clean_pages() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let (h, home) = page(client().get(gw.url("web", "/home")).send().await.unwrap()).await;
+    assert_eq!(attr(&home, "cart", "href"), "/cart");
+    // Nothing was rewritten: the page keeps its length and strong validator.
+    assert!(h.get("content-length").is_some());
+    assert_eq!(h["etag"], "\"v1\"");
+}
