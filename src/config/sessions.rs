@@ -29,11 +29,35 @@ pub struct SessionsConfig {
     pub header_prefix: String,
     /// How clients carry the token, unless a route says otherwise.
     pub tracking: Tracking,
+    /// User-Agent substrings (lower case) of crawlers, which never get a token in a URL.
+    pub crawlers: Vec<String>,
     /// Name of the URL parameter that carries a token (`/path;sgsid=TOKEN`, `?sgsid=TOKEN`).
     pub url_parameter: String,
     /// Size limits on what backends store.
     pub limits: SessionLimits,
 }
+
+/// User-Agent substrings of well-known crawlers: a URL token in a search index would hand a
+/// session to anyone who follows the link.
+pub const DEFAULT_CRAWLERS: &[&str] = &[
+    "googlebot",
+    "bingbot",
+    "slurp",
+    "duckduckbot",
+    "baiduspider",
+    "yandexbot",
+    "applebot",
+    "facebookexternalhit",
+    "twitterbot",
+    "linkedinbot",
+    "ahrefsbot",
+    "semrushbot",
+    "petalbot",
+    "gptbot",
+    "ccbot",
+    "crawler",
+    "spider",
+];
 
 /// How a client carries its session token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,13 +68,16 @@ pub enum Tracking {
     /// In the URL (`/path;sgsid=TOKEN`): the gateway adds it to the same-origin links,
     /// forms and redirects of every response, and never sets a cookie.
     Url,
+    /// In the cookie for clients that take cookies, in the URL for those that do not (told
+    /// apart by a small probe cookie; see the README).
+    Auto,
 }
 
 impl Tracking {
     fn read(node: &Node, path: &str, p: &mut Problems) -> Option<Tracking> {
-        // `auto` (cookie for clients that take cookies, URL for the others) comes next.
-        match one_of(node, path, &["cookie", "url"], p)? {
+        match one_of(node, path, &["cookie", "url", "auto"], p)? {
             "url" => Some(Tracking::Url),
+            "auto" => Some(Tracking::Auto),
             _ => Some(Tracking::Cookie),
         }
     }
@@ -150,6 +177,7 @@ impl Default for SessionsConfig {
             regenerate_grace: Duration::from_secs(10),
             header_prefix: "x-session-".to_owned(),
             tracking: Tracking::Cookie,
+            crawlers: DEFAULT_CRAWLERS.iter().map(|s| (*s).to_owned()).collect(),
             url_parameter: "sgsid".to_owned(),
             limits: SessionLimits::default(),
         }
@@ -205,6 +233,10 @@ pub(super) fn read_sessions(
         .get("header_prefix")
         .and_then(|n| header_prefix(n, &m.child("header_prefix"), p))
         .unwrap_or(d.header_prefix.clone());
+    let crawlers = m
+        .get("crawlers")
+        .map(|n| read_crawlers(n, &m.child("crawlers"), p))
+        .unwrap_or(d.crawlers.clone());
     let url_parameter = m
         .get("url_parameter")
         .and_then(|n| url_parameter(n, &m.child("url_parameter"), p))
@@ -224,6 +256,7 @@ pub(super) fn read_sessions(
         regenerate_grace,
         header_prefix,
         tracking,
+        crawlers,
         url_parameter,
         limits,
     })
@@ -339,6 +372,18 @@ fn header_prefix(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
         return None;
     }
     Some(s)
+}
+
+fn read_crawlers(node: &Node, path: &str, p: &mut Problems) -> Vec<String> {
+    let Some(items) = super::reader::list(node, path, p) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| non_empty(n, &format!("{path}[{i}]"), p))
+        .map(|s| s.to_ascii_lowercase())
+        .collect()
 }
 
 /// A name that needs no escaping in a path or a query: `[A-Za-z0-9_-]{1,32}`.

@@ -32,8 +32,8 @@ use crate::config::Tracking;
 use crate::config::{Config, ConfigError};
 use crate::deadline::{LazyTimer, TimerSlot};
 use crate::routing::{Route, Router, host_name, normalize_path};
-use crate::session::Sessions;
 use crate::session::url::UrlTokens;
+use crate::session::{RequestInfo, Sessions};
 use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
 use url_tracking::ClientUrl;
@@ -248,7 +248,7 @@ impl Proxy {
         // session, if the route has them, in the headers the backend gets.
         // With URL tracking, the client's own URL is what its links resolve against.
         let client_url = match &route.session {
-            Some(rs) if rs.tracking == Tracking::Url => Some(Box::new(ClientUrl {
+            Some(rs) if rs.tracking != Tracking::Cookie => Some(Box::new(ClientUrl {
                 scheme: if conn.listener.tls { "https" } else { "http" },
                 host: host_str(&host).to_owned(),
                 target: parts
@@ -259,28 +259,34 @@ impl Proxy {
             _ => None,
         };
         prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
-        if client_url.is_some() {
-            // Pages are rewritten as they stream: ask for them uncompressed.
-            parts.headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-        }
         let session = match (&self.sessions, &route.session) {
             // Boxed: it lives across the upstream exchange, and inline it would grow (and so
             // copy) the request future of every route, with sessions or without.
-            (Some(s), Some(rs)) => Some(Box::new(
-                s.on_request(
-                    &mut parts.headers,
-                    conn.listener.tls,
-                    &rs.mapped,
-                    rs.tracking,
-                    url_tokens,
-                )
-                .await,
-            )),
+            (Some(s), Some(rs)) => {
+                let info = RequestInfo {
+                    tls: conn.listener.tls,
+                    host: client_url.as_ref().map_or("", |c| c.host.as_str()),
+                    method: &parts.method,
+                    mapped: &rs.mapped,
+                    tracking: rs.tracking,
+                    url: url_tokens,
+                };
+                Some(Box::new(s.on_request(&mut parts.headers, info).await))
+            }
             _ => None,
         };
+        if let (Some(rs), Some(client)) = (&session, &client_url) {
+            if rs.clean_redirect() {
+                return Ok(url_tracking::clean_redirect(client, log));
+            }
+            if rs.may_rewrite() {
+                // Pages are rewritten as they stream: ask for them uncompressed.
+                parts.headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+            }
+        }
         let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
 
         // send

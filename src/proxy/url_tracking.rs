@@ -5,6 +5,10 @@
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
+use bytes::Bytes;
+use http::{Response, StatusCode};
+
+use super::body::{LogSlot, ResponseBody};
 use crate::rewrite::{Html, Tagger, html_charset, rewrite_headers};
 
 /// The URL the client asked for, as it sees it (without the token): what the page's relative
@@ -84,4 +88,18 @@ pub(super) fn apply(
         };
     }
     Some(Html::new(tagger, charset.as_deref()))
+}
+
+/// A redirect to the URL the client asked for, without its token (it was taken out already):
+/// the client keeps the cookie, so the address bar can come clean.
+pub(super) fn clean_redirect(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
+    log.note(|l| l.status = 302);
+    let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(location) = HeaderValue::from_str(&client.target) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }

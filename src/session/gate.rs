@@ -14,12 +14,14 @@ use std::time::Duration;
 use cookie::Cookie;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{StatusCode, Uri};
+use http::{Method, StatusCode, Uri};
 
 use super::contract::{self, Names, Status};
+use super::cookie::take as take_cookies;
 use super::memory::{MemoryOptions, MemoryStore};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::token::{SessionKeys, Token};
+use super::tracking::{self, Carry, Evidence, Source};
 use super::url::{self, UrlTokens};
 use crate::config::{
     ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
@@ -32,6 +34,7 @@ pub struct Sessions {
     names: Names,
     cookie: CookieConfig,
     url_parameter: String,
+    crawlers: Vec<String>,
     idle: Duration,
     absolute: Duration,
     grace: Duration,
@@ -45,6 +48,23 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// What the proxy tells `on_request` about a request.
+#[derive(Debug)]
+pub struct RequestInfo<'a> {
+    /// It came over TLS.
+    pub tls: bool,
+    /// The host the client addressed (`host[:port]`).
+    pub host: &'a str,
+    /// Its method.
+    pub method: &'a Method,
+    /// The route's attributes also sent under a header of their own.
+    pub mapped: &'a [(String, HeaderName)],
+    /// How clients carry the token on the route.
+    pub tracking: Tracking,
+    /// The tokens taken out of the URL by [`Sessions::take_url_tokens`].
+    pub url: Option<Box<UrlTokens>>,
+}
+
 /// What `on_request` found, for `on_response`.
 #[derive(Debug)]
 pub struct RequestSession {
@@ -52,12 +72,28 @@ pub struct RequestSession {
     session: Option<Session>,
     status: Status,
     tracking: Tracking,
+    source: Source,
+    evidence: Evidence,
+    clean_redirect: bool,
 }
 
 impl RequestSession {
     /// The session's status as sent to the backend.
     pub fn status(&self) -> Status {
         self.status
+    }
+
+    /// The client keeps its cookie but the URL carried a token too (`auto`, after the first
+    /// response went both ways): a GET or HEAD is answered with a redirect to the same URL
+    /// without the token, so the address bar comes clean, and the backend is not asked.
+    pub fn clean_redirect(&self) -> bool {
+        self.clean_redirect
+    }
+
+    /// The response may have to carry the token in its URLs (then the proxy asks the
+    /// backend for an uncompressed body it can rewrite).
+    pub fn may_rewrite(&self) -> bool {
+        tracking::carry(self.tracking, self.source, self.evidence).url()
     }
 }
 
@@ -114,6 +150,7 @@ impl Sessions {
             names: Names::new(&config.header_prefix)?,
             cookie: config.cookie.clone(),
             url_parameter: config.url_parameter.clone(),
+            crawlers: config.crawlers.clone(),
             idle: config.idle_timeout,
             absolute: config.absolute_timeout,
             grace: config.regenerate_grace,
@@ -140,6 +177,24 @@ impl Sessions {
             Cow::Owned(format!("__Host-{}", self.cookie.name))
         } else {
             Cow::Borrowed(&self.cookie.name)
+        }
+    }
+
+    /// The probe cookie's name on this listener (see `tracking`).
+    fn probe_name(&self, tls: bool) -> String {
+        format!("{}_probe", self.cookie_name(tls))
+    }
+
+    /// Adds the probe cookie: not a credential, it only shows that the client keeps cookies.
+    fn set_probe(&self, headers: &mut HeaderMap, tls: bool) {
+        let probe = Cookie::build((self.probe_name(tls), "1"))
+            .path("/")
+            .http_only(true)
+            .secure(self.secure(tls))
+            .same_site(cookie::SameSite::Lax)
+            .build();
+        if let Ok(v) = HeaderValue::from_str(&probe.to_string()) {
+            headers.append(header::SET_COOKIE, v);
         }
     }
 
@@ -181,30 +236,55 @@ impl Sessions {
     }
 
     /// The rest of `resolve`, then `load`: the request's headers are rewritten for the backend.
-    /// `mapped` pairs attributes with the route's extra headers; `url` holds the tokens taken
-    /// out of the URL. A token counts from the cookie, else the path parameter, else the
-    /// query: the first of them that is correctly signed.
+    /// A token counts from the cookie, else the path parameter, else the query: the first of
+    /// them that is correctly signed.
     pub async fn on_request(
         &self,
         headers: &mut HeaderMap,
-        tls: bool,
-        mapped: &[(String, HeaderName)],
-        tracking: Tracking,
-        url: Option<Box<UrlTokens>>,
+        info: RequestInfo<'_>,
     ) -> RequestSession {
-        contract::strip_client_headers(headers, &self.names, mapped);
-        let from_cookie = take_cookie(headers, &self.cookie_name(tls));
-        let (from_path, from_query) = url.map_or((None, None), |u| (u.path, u.query));
-        let token = [from_cookie, from_path, from_query]
+        contract::strip_client_headers(headers, &self.names, info.mapped);
+        let taken = take_cookies(
+            headers,
+            &self.cookie_name(info.tls),
+            &self.probe_name(info.tls),
+        );
+        let mut evidence = Evidence {
+            takes_cookies: taken.probe || taken.session.is_some(),
+            ..Evidence::default()
+        };
+        if info.tracking != Tracking::Cookie {
+            evidence.crawler = headers
+                .get(header::USER_AGENT)
+                .is_some_and(|ua| tracking::is_crawler(ua.as_bytes(), &self.crawlers));
+            evidence.from_here = headers
+                .get(header::REFERER)
+                .and_then(|r| r.to_str().ok())
+                .is_some_and(|r| tracking::from_here(r, info.host));
+        }
+        let (from_path, from_query) = info.url.map_or((None, None), |u| (u.path, u.query));
+        let in_url = from_path.is_some() || from_query.is_some();
+        let candidates = [
+            (Source::Cookie, taken.session),
+            (Source::Url, from_path),
+            (Source::Url, from_query),
+        ];
+        let (source, token) = candidates
             .into_iter()
-            .flatten()
-            .find_map(|t| match Token::parse(&t, &self.keys) {
-                Ok(token) => Some(token),
+            .filter_map(|(src, t)| Some((src, t?)))
+            .find_map(|(src, t)| match Token::parse(&t, &self.keys) {
+                Ok(token) => Some((src, Some(token))),
                 Err(e) => {
                     tracing::debug!(error = %e, "session token refused");
                     None
                 }
-            });
+            })
+            .unwrap_or((Source::None, None));
+        let clean_redirect = info.tracking == Tracking::Auto
+            && source == Source::Cookie
+            && in_url
+            && matches!(*info.method, Method::GET | Method::HEAD);
+        let tracking = info.tracking;
         let now = unix_ms();
         let (status, session) = match &token {
             None => (Status::None, None),
@@ -219,12 +299,15 @@ impl Sessions {
                 }
             },
         };
-        contract::set_session_headers(headers, &self.names, status, session.as_ref(), mapped);
+        contract::set_session_headers(headers, &self.names, status, session.as_ref(), info.mapped);
         RequestSession {
             token,
             session,
             status,
             tracking,
+            source,
+            evidence,
+            clean_redirect,
         }
     }
 
@@ -239,9 +322,15 @@ impl Sessions {
         headers: &mut HeaderMap,
         tls: bool,
     ) -> Option<Token> {
-        let by_url = rs.tracking == Tracking::Url;
-        let held = self.commit(rs, status, headers, tls, by_url).await;
-        if by_url { held } else { None }
+        let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
+        let probe =
+            rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
+        let held = self.commit(rs, status, headers, tls, carry).await;
+        if probe && !(held.is_some() && carry.cookie()) {
+            // No cookie of ours went out: the probe asks whether the client keeps one.
+            self.set_probe(headers, tls);
+        }
+        held.filter(|_| carry.url())
     }
 
     /// Applies the directives; returns the token of the session the client holds afterwards.
@@ -251,8 +340,9 @@ impl Sessions {
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
-        by_url: bool,
+        carry: Carry,
     ) -> Option<Token> {
+        let by_url = !carry.cookie();
         let d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
             tracing::warn!(reason = %why, "session directive ignored");
@@ -399,88 +489,5 @@ impl Sessions {
         headers
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("private"));
-    }
-}
-
-/// Takes the cookie `name` out of the request's `Cookie` headers (the backend never sees it)
-/// and returns its value: the first one if a client sent several.
-fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
-    let mut all = headers.get_all(header::COOKIE).iter();
-    let first = all.next()?;
-    // The common case: one `Cookie` header that holds our cookie alone.
-    if all.next().is_none()
-        && let Ok(text) = first.to_str()
-        && let Some(value) = text
-            .trim()
-            .strip_prefix(name)
-            .and_then(|v| v.strip_prefix('='))
-        && !value.contains(';')
-    {
-        let value = value.to_owned();
-        headers.remove(header::COOKIE);
-        return Some(value);
-    }
-    let mut found = None;
-    let mut kept: Vec<HeaderValue> = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        let Ok(text) = v.to_str() else {
-            kept.push(v.clone());
-            continue;
-        };
-        let mut others: Vec<&str> = Vec::new();
-        for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            match Cookie::parse(pair) {
-                Ok(c) if c.name() == name => {
-                    if found.is_none() {
-                        found = Some(c.value().to_owned());
-                    }
-                }
-                _ => others.push(pair),
-            }
-        }
-        if !others.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&others.join("; "))
-        {
-            kept.push(v);
-        }
-    }
-    if found.is_some() {
-        headers.remove(header::COOKIE);
-        for v in kept {
-            headers.append(header::COOKIE, v);
-        }
-    }
-    found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn our_cookie_is_taken_out_and_the_rest_kept() {
-        let mut h = HeaderMap::new();
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; sg=TOKEN; b=2"),
-        );
-        h.append(header::COOKIE, HeaderValue::from_static("sg=second"));
-        assert_eq!(take_cookie(&mut h, "sg").as_deref(), Some("TOKEN"));
-        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
-        assert_eq!(left, ["a=1; b=2"]);
-        // Not ours: untouched.
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("sgx=1; xsg=2"));
-        assert_eq!(take_cookie(&mut h, "sg"), None);
-        assert_eq!(h[header::COOKIE], "sgx=1; xsg=2");
-        // Ours alone: the header goes.
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("sg=TOKEN"));
-        assert_eq!(take_cookie(&mut h, "sg").as_deref(), Some("TOKEN"));
-        assert!(h.is_empty());
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("sgx=TOKEN"));
-        assert_eq!(take_cookie(&mut h, "sg"), None);
-        assert_eq!(h.len(), 1);
     }
 }

@@ -6,13 +6,15 @@
 //! with backends).
 
 pub mod contract;
+pub mod cookie;
 pub mod gate;
 pub mod memory;
 pub mod store;
 pub mod token;
+pub mod tracking;
 pub mod url;
 
-pub use gate::{RequestSession, Sessions};
+pub use gate::{RequestInfo, RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,

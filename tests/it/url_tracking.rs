@@ -187,3 +187,135 @@ async fn a_client_without_a_session_gets_clean_pages() {
     assert!(h.get("content-length").is_some());
     assert_eq!(h["etag"], "\"v1\"");
 }
+
+fn auto_config(b: &Backend) -> String {
+    simple_config(&[b.addr], "", "sessions: { tracking: auto }")
+}
+
+/// The `name=value` of each `Set-Cookie`.
+fn set_cookies(h: &HeaderMap) -> Vec<String> {
+    h.get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn auto_keeps_urls_clean_for_a_client_that_returns_the_probe_cookie() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&auto_config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    // A first page: no session, links clean, and the probe cookie offered.
+    let (h, home) = page(http.get(format!("{base}/home")).send().await.unwrap()).await;
+    assert_eq!(attr(&home, "cart", "href"), "/cart");
+    assert_eq!(set_cookies(&h), ["sg_probe=1"]);
+    // It comes back with the probe (and a cookie of the site's own): the session is in the
+    // cookie alone, and the redirect is clean.
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("cookie", "sg_probe=1; theme=dark")
+        .header("referer", format!("{base}/home"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b.last().headers["cookie"], "theme=dark");
+    let (h, _) = page(resp).await;
+    assert_eq!(h["location"], "/home");
+    let cookie = set_cookies(&h)
+        .into_iter()
+        .find(|c| c.starts_with("sg="))
+        .unwrap();
+    let (h, home) = page(
+        http.get(format!("{base}/home"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&home).contains("status=active user=alice"), "{home}");
+    assert_eq!(attr(&home, "cart", "href"), "/cart");
+    assert!(h.get("set-cookie").is_none(), "{h:?}");
+    assert!(h.get("referrer-policy").is_none());
+}
+
+#[tokio::test]
+async fn auto_tracks_by_url_a_client_that_drops_cookies() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&auto_config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    page(http.get(format!("{base}/home")).send().await.unwrap()).await;
+    // No probe returned, but it comes from our page: it refuses cookies.
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("referer", format!("{base}/home"))
+        .send()
+        .await
+        .unwrap();
+    let (h, _) = page(resp).await;
+    let location = h["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/home;sgsid="), "{location}");
+    assert!(
+        !set_cookies(&h).iter().any(|c| c.starts_with("sg=")),
+        "{h:?}"
+    );
+    let (_, home) = page(http.get(format!("{base}{location}")).send().await.unwrap()).await;
+    assert!(me(&home).contains("user=alice"), "{home}");
+    assert!(attr(&home, "cart", "href").starts_with("/cart;sgsid="));
+}
+
+#[tokio::test]
+async fn auto_without_evidence_goes_both_ways_then_cleans_the_address_bar() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&auto_config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    // A deep link that creates a session at once: cookie and URL both.
+    let (h, _) = page(http.post(format!("{base}/login")).send().await.unwrap()).await;
+    let location = h["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/home;sgsid="), "{location}");
+    let cookie = set_cookies(&h)
+        .into_iter()
+        .find(|c| c.starts_with("sg="))
+        .unwrap();
+    // The client kept the cookie: the tagged URL is answered with a redirect to the clean
+    // one, without asking the backend.
+    let seen = b.requests().len();
+    let resp = http
+        .get(format!("{base}{location}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers()["location"], "/home");
+    assert_eq!(b.requests().len(), seen);
+    let (_, home) = page(
+        http.get(format!("{base}/home"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&home).contains("user=alice"), "{home}");
+    assert_eq!(attr(&home, "cart", "href"), "/cart");
+}
+
+#[tokio::test]
+async fn crawlers_never_get_a_token_in_a_url() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let resp = client()
+        .post(gw.url("web", "/login"))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["location"], "/home");
+}
