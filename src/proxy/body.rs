@@ -15,7 +15,7 @@ use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::rewrite::Html;
+use crate::rewrite::{Html, RewriteError};
 use crate::upstream::Lease;
 
 /// The access-log record of one request. Empty when access logging is off, so that a disabled
@@ -108,6 +108,9 @@ pub enum ResponseBodyError {
     /// The backend sent nothing more of the body for too long.
     #[error("upstream sent no response body data for {0:?}")]
     Stalled(Duration),
+    /// A page being rewritten could not be (a corrupt compressed stream).
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
 }
 
 /// The body of a response on its way to the client.
@@ -173,7 +176,13 @@ impl ResponseBody {
             match polled {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = html.feed(&data);
+                        let out = match html.feed(&data) {
+                            Ok(out) => out,
+                            Err(e) => {
+                                self.html = None;
+                                return Poll::Ready(Some(Err(e.into())));
+                            }
+                        };
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
@@ -183,6 +192,10 @@ impl ResponseBody {
                 Poll::Ready(None) => {
                     let out = html.finish();
                     self.html = None;
+                    let out = match out {
+                        Ok(out) => out,
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    };
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }

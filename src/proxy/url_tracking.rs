@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::body::{LogSlot, ResponseBody};
-use crate::rewrite::{Html, Tagger, html_charset, rewrite_headers};
+use crate::rewrite::{Coding, Html, Tagger, html_charset, rewrite_headers};
 
 /// The URL the client asked for, as it sees it (without the token): what the page's relative
 /// links resolve against, and the origin a link must have to get the token.
@@ -18,6 +18,26 @@ pub(super) struct ClientUrl {
     pub scheme: &'static str,
     pub host: String,
     pub target: String,
+    /// The client takes gzip (its own `Accept-Encoding`: the backend is asked for identity).
+    pub accepts_gzip: bool,
+}
+
+/// Whether an `Accept-Encoding` value takes gzip (`gzip` or `*`, without `q=0`).
+pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
 }
 
 /// Tags the response's headers with `token`; for an HTML page it can rewrite, returns the
@@ -68,13 +88,24 @@ pub(super) fn apply(
     }
 
     let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        // We asked for identity; a backend that compresses anyway is passed through.
-        tracing::debug!("compressed HTML not rewritten");
+    // We asked for identity; a backend that compresses anyway is decoded, and the page
+    // re-compressed with gzip for a client that takes it. A coding we cannot decode passes.
+    let coding = Coding::from_header(
+        headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?")),
+    );
+    let Some(coding) = coding else {
+        tracing::warn!("HTML in an unknown content coding passed without rewriting");
         return None;
+    };
+    let gzip_out = coding != Coding::Identity && client.accepts_gzip;
+    if coding != Coding::Identity {
+        headers.remove(header::CONTENT_ENCODING);
+        if gzip_out {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        headers.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
     headers.remove(header::CONTENT_LENGTH);
     if let Some(etag) = headers.get(header::ETAG).cloned()
@@ -87,7 +118,7 @@ pub(super) fn apply(
             Err(_) => headers.remove(header::ETAG),
         };
     }
-    Some(Html::new(tagger, charset.as_deref()))
+    Some(Html::new(tagger, charset.as_deref(), coding, gzip_out))
 }
 
 /// A redirect to the URL the client asked for, without its token (it was taken out already):
@@ -102,4 +133,24 @@ pub(super) fn clean_redirect(client: &ClientUrl, mut log: LogSlot) -> Response<R
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_encoding_is_read_with_its_weights() {
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(v));
+            m
+        };
+        assert!(accepts_gzip(&h("gzip, deflate, br")));
+        assert!(accepts_gzip(&h("br;q=1.0, GZIP;q=0.5")));
+        assert!(accepts_gzip(&h("*")));
+        assert!(!accepts_gzip(&h("gzip;q=0, br")));
+        assert!(!accepts_gzip(&h("identity")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 }

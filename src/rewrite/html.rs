@@ -2,9 +2,12 @@
 //! out with the token added to its same-origin links; the page is never held whole, and the
 //! rewriter's memory is bounded (past the bound it passes the rest through unchanged).
 
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::{GzDecoder, GzEncoder, ZlibDecoder};
 use lol_html::html_content::Element;
 use lol_html::send::{HtmlRewriter, Settings};
 use lol_html::{AsciiCompatibleEncoding, MemorySettings, OutputSink, element};
@@ -49,125 +52,245 @@ impl OutputSink for Collect {
     }
 }
 
+/// How a page arrives: as it is, or compressed (`Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    /// Not compressed.
+    Identity,
+    /// `gzip`.
+    Gzip,
+    /// `deflate` (zlib).
+    Deflate,
+    /// `br`.
+    Brotli,
+}
+
+impl Coding {
+    /// The coding a `Content-Encoding` value names; `None` for one we cannot decode.
+    pub fn from_header(value: Option<&str>) -> Option<Coding> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("" | "identity") => Some(Coding::Identity),
+            Some("gzip" | "x-gzip") => Some(Coding::Gzip),
+            Some("deflate") => Some(Coding::Deflate),
+            Some("br") => Some(Coding::Brotli),
+            Some(_) => None,
+        }
+    }
+}
+
+/// The rewriter as a `Write`, so that a decoder in write mode can feed it.
+struct Feed(HtmlRewriter<'static, Collect>);
+
+impl Write for Feed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where the page's bytes go: straight into the rewriter, or through a decoder first.
+enum Input {
+    Plain(Feed),
+    Gzip(GzDecoder<Feed>),
+    Deflate(ZlibDecoder<Feed>),
+    Brotli(Box<brotli::DecompressorWriter<Feed>>),
+}
+
+impl Input {
+    fn write_all(&mut self, chunk: &[u8]) -> io::Result<()> {
+        match self {
+            Input::Plain(f) => f.write_all(chunk),
+            Input::Gzip(d) => d.write_all(chunk),
+            Input::Deflate(d) => d.write_all(chunk),
+            Input::Brotli(d) => d.write_all(chunk),
+        }
+    }
+
+    /// The end of the input: the decoder's last bytes go in, then the rewriter ends.
+    fn end(self) -> io::Result<()> {
+        let feed = match self {
+            Input::Plain(f) => f,
+            Input::Gzip(d) => d.finish()?,
+            Input::Deflate(d) => d.finish()?,
+            Input::Brotli(d) => d
+                .into_inner()
+                .map_err(|_| io::Error::other("truncated brotli stream"))?,
+        };
+        feed.0.end().map_err(io::Error::other)
+    }
+}
+
+/// Why a page could not be rewritten to its end.
+#[derive(Debug, thiserror::Error)]
+#[error("rewriting the page failed: {0}")]
+pub struct RewriteError(#[from] io::Error);
+
 /// One page being rewritten.
 pub struct Html {
-    /// `None` once ended, or after an error (the rest then passes through unchanged).
-    rewriter: Option<HtmlRewriter<'static, Collect>>,
+    /// `None` once ended, or after a rewriter error on a plain page (the rest then passes
+    /// through unchanged).
+    input: Option<Input>,
+    /// Output compression, when the client takes gzip and the page came compressed.
+    gzip: Option<GzEncoder<Vec<u8>>>,
     out: Arc<Mutex<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Html {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Html")
-            .field("active", &self.rewriter.is_some())
+            .field("active", &self.input.is_some())
+            .field("gzip", &self.gzip.is_some())
             .finish()
     }
 }
 
 impl Html {
     /// A rewriter for a page in `charset` (from `Content-Type`; without one, UTF-8 unless a
-    /// `<meta charset>` says otherwise).
-    pub fn new(tagger: Tagger, charset: Option<&str>) -> Html {
-        let encoding = charset
-            .and_then(|c| encoding_rs::Encoding::for_label(c.as_bytes()))
-            .and_then(AsciiCompatibleEncoding::new)
-            .unwrap_or_else(AsciiCompatibleEncoding::utf_8);
-        let tagger = Arc::new(Mutex::new(tagger));
-        let link = |attr: &'static str, tagger: Arc<Mutex<Tagger>>| {
-            move |el: &mut Element<'_, '_, _>| {
-                if let Some(value) = el.get_attribute(attr) {
-                    let tagged = lock(&tagger).tag(&value);
-                    if let Some(tagged) = tagged {
-                        el.set_attribute(attr, &tagged)?;
-                    }
-                }
-                Ok(())
-            }
-        };
-        let base_seen = std::sync::atomic::AtomicBool::new(false);
-        let base_tagger = tagger.clone();
-        let meta_tagger = tagger.clone();
-        let settings = Settings::new_send()
-            .with_encoding(encoding)
-            .with_adjust_charset_on_meta_tag(charset.is_none())
-            .with_strict(false)
-            .with_memory_settings(
-                MemorySettings::new()
-                    .with_max_allowed_memory_usage(MAX_MEMORY)
-                    .with_graceful_bail_out_on_memory_limit_exceeded(true),
-            )
-            .append_element_content_handler(element!("base[href]", move |el| {
-                // Only the first <base href> counts (HTML spec).
-                if !base_seen.swap(true, std::sync::atomic::Ordering::Relaxed)
-                    && let Some(href) = el.get_attribute("href")
-                {
-                    lock(&base_tagger).set_base(&href);
-                }
-                Ok(())
-            }))
-            .append_element_content_handler(element!(
-                "a[href], area[href]",
-                link("href", tagger.clone())
-            ))
-            .append_element_content_handler(element!(
-                "form[action]",
-                link("action", tagger.clone())
-            ))
-            .append_element_content_handler(element!(
-                "frame[src], iframe[src]",
-                link("src", tagger.clone())
-            ))
-            .append_element_content_handler(element!("meta[http-equiv][content]", move |el| {
-                let refresh = el
-                    .get_attribute("http-equiv")
-                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("refresh"));
-                if refresh
-                    && let Some(content) = el.get_attribute("content")
-                    && let Some(tagged) = tag_refresh(&lock(&meta_tagger), &content)
-                {
-                    el.set_attribute("content", &tagged)?;
-                }
-                Ok(())
-            }));
+    /// `<meta charset>` says otherwise), arriving in `coding`, and sent on gzipped if
+    /// `gzip_out`.
+    pub fn new(tagger: Tagger, charset: Option<&str>, coding: Coding, gzip_out: bool) -> Html {
         let out = Arc::new(Mutex::new(Vec::new()));
-        let rewriter = HtmlRewriter::new(settings, Collect(out.clone()));
+        let feed = Feed(HtmlRewriter::new(
+            settings(tagger, charset),
+            Collect(out.clone()),
+        ));
+        let input = match coding {
+            Coding::Identity => Input::Plain(feed),
+            Coding::Gzip => Input::Gzip(GzDecoder::new(feed)),
+            Coding::Deflate => Input::Deflate(ZlibDecoder::new(feed)),
+            Coding::Brotli => Input::Brotli(Box::new(brotli::DecompressorWriter::new(feed, 4096))),
+        };
         Html {
-            rewriter: Some(rewriter),
+            input: Some(input),
+            gzip: gzip_out.then(|| GzEncoder::new(Vec::new(), Compression::fast())),
             out,
         }
     }
 
     /// Rewrites the next chunk of the page; returns what is ready to send (possibly nothing
     /// yet: a tag cut by the chunk boundary waits for the next one).
-    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        match &mut self.rewriter {
-            None => return Bytes::copy_from_slice(chunk),
-            Some(rw) => {
-                if let Err(e) = rw.write(chunk) {
-                    tracing::warn!(error = %e, "HTML rewriting failed; the rest of the page passes unchanged");
-                    self.rewriter = None;
-                    let mut out = self.take();
-                    out.extend_from_slice(chunk);
-                    return Bytes::from(out);
-                }
+    ///
+    /// # Errors
+    /// A compressed page is corrupt, or its output cannot be compressed.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, RewriteError> {
+        let Some(input) = &mut self.input else {
+            return Ok(Bytes::copy_from_slice(chunk));
+        };
+        if let Err(e) = input.write_all(chunk) {
+            if !matches!(input, Input::Plain(_)) {
+                return Err(e.into());
             }
+            // A plain page: what could not be rewritten passes unchanged.
+            tracing::warn!(error = %e, "HTML rewriting failed; the rest of the page passes unchanged");
+            self.input = None;
+            let mut out = self.take();
+            out.extend_from_slice(chunk);
+            return self.encode(&out, false);
         }
-        Bytes::from(self.take())
+        let out = self.take();
+        self.encode(&out, false)
     }
 
-    /// The end of the page: whatever the rewriter still held.
-    pub fn finish(&mut self) -> Bytes {
-        if let Some(rw) = self.rewriter.take()
-            && let Err(e) = rw.end()
+    /// The end of the page: whatever the decoder and rewriter still held.
+    ///
+    /// # Errors
+    /// As for [`Html::feed`]: a compressed page that ends early.
+    pub fn finish(&mut self) -> Result<Bytes, RewriteError> {
+        if let Some(input) = self.input.take()
+            && let Err(e) = input.end()
         {
             tracing::warn!(error = %e, "HTML rewriting failed at the end of the page");
         }
-        Bytes::from(self.take())
+        let out = self.take();
+        self.encode(&out, true)
+    }
+
+    /// Compresses output if the client gets gzip: each chunk flushed (a sync flush), so that
+    /// the page keeps streaming.
+    fn encode(&mut self, out: &[u8], last: bool) -> Result<Bytes, RewriteError> {
+        let Some(gz) = &mut self.gzip else {
+            return Ok(Bytes::copy_from_slice(out));
+        };
+        if !out.is_empty() {
+            gz.write_all(out)?;
+            gz.flush()?;
+        }
+        if last {
+            let gz = self.gzip.take().map(GzEncoder::finish).transpose()?;
+            return Ok(Bytes::from(gz.unwrap_or_default()));
+        }
+        Ok(Bytes::from(std::mem::take(gz.get_mut())))
     }
 
     fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.out.lock().unwrap_or_else(PoisonError::into_inner))
     }
+}
+
+/// The rewriter's settings: the charset, bounded memory, and a handler per element that
+/// carries a URL.
+fn settings(tagger: Tagger, charset: Option<&str>) -> Settings<'static, 'static> {
+    let encoding = charset
+        .and_then(|c| encoding_rs::Encoding::for_label(c.as_bytes()))
+        .and_then(AsciiCompatibleEncoding::new)
+        .unwrap_or_else(AsciiCompatibleEncoding::utf_8);
+    let tagger = Arc::new(Mutex::new(tagger));
+    let link = |attr: &'static str, tagger: Arc<Mutex<Tagger>>| {
+        move |el: &mut Element<'_, '_, _>| {
+            if let Some(value) = el.get_attribute(attr) {
+                let tagged = lock(&tagger).tag(&value);
+                if let Some(tagged) = tagged {
+                    el.set_attribute(attr, &tagged)?;
+                }
+            }
+            Ok(())
+        }
+    };
+    let base_seen = std::sync::atomic::AtomicBool::new(false);
+    let base_tagger = tagger.clone();
+    let meta_tagger = tagger.clone();
+    Settings::new_send()
+        .with_encoding(encoding)
+        .with_adjust_charset_on_meta_tag(charset.is_none())
+        .with_strict(false)
+        .with_memory_settings(
+            MemorySettings::new()
+                .with_max_allowed_memory_usage(MAX_MEMORY)
+                .with_graceful_bail_out_on_memory_limit_exceeded(true),
+        )
+        .append_element_content_handler(element!("base[href]", move |el| {
+            // Only the first <base href> counts (HTML spec).
+            if !base_seen.swap(true, std::sync::atomic::Ordering::Relaxed)
+                && let Some(href) = el.get_attribute("href")
+            {
+                lock(&base_tagger).set_base(&href);
+            }
+            Ok(())
+        }))
+        .append_element_content_handler(element!(
+            "a[href], area[href]",
+            link("href", tagger.clone())
+        ))
+        .append_element_content_handler(element!("form[action]", link("action", tagger.clone())))
+        .append_element_content_handler(element!(
+            "frame[src], iframe[src]",
+            link("src", tagger.clone())
+        ))
+        .append_element_content_handler(element!("meta[http-equiv][content]", move |el| {
+            let refresh = el
+                .get_attribute("http-equiv")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("refresh"));
+            if refresh
+                && let Some(content) = el.get_attribute("content")
+                && let Some(tagged) = tag_refresh(&lock(&meta_tagger), &content)
+            {
+                el.set_attribute("content", &tagged)?;
+            }
+            Ok(())
+        }))
 }
 
 fn lock(t: &Mutex<Tagger>) -> std::sync::MutexGuard<'_, Tagger> {
@@ -180,12 +303,12 @@ mod tests {
 
     fn rewrite_in_chunks(page: &str, chunk: usize) -> String {
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/dir/").unwrap();
-        let mut html = Html::new(tagger, None);
+        let mut html = Html::new(tagger, None, Coding::Identity, false);
         let mut out = Vec::new();
         for c in page.as_bytes().chunks(chunk.max(1)) {
-            out.extend_from_slice(&html.feed(c));
+            out.extend_from_slice(&html.feed(c).unwrap());
         }
-        out.extend_from_slice(&html.finish());
+        out.extend_from_slice(&html.finish().unwrap());
         String::from_utf8(out).unwrap()
     }
 
@@ -246,6 +369,67 @@ mod tests {
         assert!(out.contains(r#"href="/abs""#), "{out}");
     }
 
+    fn through(coding: Coding, compressed: &[u8], gzip_out: bool, chunk: usize) -> Vec<u8> {
+        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
+        let mut html = Html::new(tagger, None, coding, gzip_out);
+        let mut out = Vec::new();
+        for c in compressed.chunks(chunk) {
+            out.extend_from_slice(&html.feed(c).unwrap());
+        }
+        out.extend_from_slice(&html.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn gzip_deflate_and_brotli_pages_are_decoded_rewritten_and_regzipped() {
+        use std::io::Read;
+        let page = PAGE.repeat(50);
+        let want = rewrite_in_chunks(&page, 1 << 16);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(page.as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), Compression::default());
+        zl.write_all(page.as_bytes()).unwrap();
+        let zl = zl.finish().unwrap();
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(page.as_bytes()).unwrap();
+        }
+        for (coding, body) in [
+            (Coding::Gzip, &gz),
+            (Coding::Deflate, &zl),
+            (Coding::Brotli, &br),
+        ] {
+            for chunk in [7, 1000] {
+                let plain = through(coding, body, false, chunk);
+                assert_eq!(
+                    String::from_utf8(plain).unwrap(),
+                    want,
+                    "{coding:?} {chunk}"
+                );
+                let regz = through(coding, body, true, chunk);
+                let mut back = String::new();
+                flate2::read::GzDecoder::new(&regz[..])
+                    .read_to_string(&mut back)
+                    .unwrap();
+                assert_eq!(back, want, "{coding:?} {chunk} regzipped");
+            }
+        }
+        // A corrupt stream is an error, not a silently wrong page.
+        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
+        let mut html = Html::new(tagger, None, Coding::Gzip, false);
+        assert!(html.feed(b"not gzip at all, not at all").is_err());
+    }
+
+    #[test]
+    fn content_encodings_we_can_decode() {
+        assert_eq!(Coding::from_header(None), Some(Coding::Identity));
+        assert_eq!(Coding::from_header(Some("GZIP")), Some(Coding::Gzip));
+        assert_eq!(Coding::from_header(Some("br")), Some(Coding::Brotli));
+        assert_eq!(Coding::from_header(Some("zstd")), None);
+    }
+
     #[test]
     fn only_html_in_an_ascii_compatible_charset_is_rewritten() {
         assert_eq!(html_charset("text/html"), Some(None));
@@ -261,10 +445,10 @@ mod tests {
     #[test]
     fn a_latin1_page_keeps_its_bytes() {
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
-        let mut html = Html::new(tagger, Some("iso-8859-1"));
+        let mut html = Html::new(tagger, Some("iso-8859-1"), Coding::Identity, false);
         let page = b"<p>caf\xe9</p><a href=\"/x\">\xe9</a>";
-        let mut out = html.feed(page).to_vec();
-        out.extend_from_slice(&html.finish());
+        let mut out = html.feed(page).unwrap().to_vec();
+        out.extend_from_slice(&html.finish().unwrap());
         assert_eq!(out, b"<p>caf\xe9</p><a href=\"/x;sgsid=T\">\xe9</a>");
     }
 }

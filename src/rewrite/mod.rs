@@ -6,5 +6,5 @@
 mod html;
 mod link;
 
-pub use html::{Html, html_charset};
+pub use html::{Coding, Html, RewriteError, html_charset};
 pub use link::{Tagger, rewrite_headers, tag_refresh};

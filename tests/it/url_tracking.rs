@@ -60,6 +60,38 @@ async fn html_shop() -> Backend {
                     .append("x-session-action", "destroy".parse().unwrap());
                 r
             }
+            "/gz" | "/br" => {
+                let mut r = page(links.to_owned());
+                let plain = http_body_util::BodyExt::collect(r.body_mut())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let (coding, packed) = if path == "/gz" {
+                    let mut gz =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    std::io::Write::write_all(&mut gz, &plain).unwrap();
+                    ("gzip", gz.finish().unwrap())
+                } else {
+                    let mut br = Vec::new();
+                    {
+                        let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+                        std::io::Write::write_all(&mut w, &plain).unwrap();
+                    }
+                    ("br", br)
+                };
+                // Compressed although the gateway asked for identity.
+                r.headers_mut()
+                    .insert("content-encoding", coding.parse().unwrap());
+                *r.body_mut() = full(packed);
+                r
+            }
+            p if p.starts_with("/redirect/") => {
+                let mut r = page(String::new());
+                *r.status_mut() = http::StatusCode::from_u16(p[10..].parse().unwrap()).unwrap();
+                r.headers_mut()
+                    .insert("location", "/target?from=redirect".parse().unwrap());
+                r
+            }
             _ => page(links.to_owned()),
         };
         r.headers_mut()
@@ -318,4 +350,73 @@ async fn crawlers_never_get_a_token_in_a_url() {
         .await
         .unwrap();
     assert_eq!(resp.headers()["location"], "/home");
+}
+
+/// A session for a cookieless client: its token.
+async fn url_session(http: &reqwest::Client, base: &str) -> String {
+    let resp = http.post(format!("{base}/login")).send().await.unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    location.trim_start_matches("/home;sgsid=").to_owned()
+}
+
+#[tokio::test]
+async fn redirects_of_every_kind_carry_the_token() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let token = url_session(&http, &base).await;
+    for status in [301, 302, 303, 307, 308] {
+        let resp = http
+            .get(format!("{base}/redirect/{status};sgsid={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(
+            resp.headers()["location"],
+            format!("/target;sgsid={token}?from=redirect").as_str()
+        );
+    }
+}
+
+#[tokio::test]
+async fn compressed_pages_are_decoded_rewritten_and_gzipped_for_clients_that_take_gzip() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let token = url_session(&http, &base).await;
+    for path in ["gz", "br"] {
+        // A client that takes gzip gets the rewritten page gzipped.
+        let resp = http
+            .get(format!("{base}/{path};sgsid={token}"))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-encoding"], "gzip", "{path}");
+        let zipped = resp.bytes().await.unwrap();
+        let mut html = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut html)
+            .unwrap();
+        assert_eq!(
+            attr(&html, "cart", "href"),
+            format!("/cart;sgsid={token}"),
+            "{path}"
+        );
+        // One that does not gets it plain.
+        let resp = http
+            .get(format!("{base}/{path};sgsid={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.headers().get("content-encoding").is_none(), "{path}");
+        let html = resp.text().await.unwrap();
+        assert_eq!(
+            attr(&html, "cart", "href"),
+            format!("/cart;sgsid={token}"),
+            "{path}"
+        );
+    }
 }
