@@ -43,7 +43,7 @@ pub async fn serve_backend(listener: TcpListener, stop: CancellationToken) {
 async fn page(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET | &Method::HEAD, "/" | "/about") => {
+        (&Method::GET | &Method::HEAD, "/" | "/about" | "/search") => {
             (StatusCode::OK, "text/html; charset=utf-8", home(&req))
         }
         (&Method::POST, "/login" | "/cart" | "/logout") => return Ok(action(req).await),
@@ -122,14 +122,28 @@ fn home(req: &Request<Incoming>) -> String {
         Some(user) => format!(
             "<p>Logged in as <b>{}</b>. Cart: <b>{}</b> item(s).</p>\
              <form method=\"post\" action=\"/cart\"><button>Add to cart</button></form>\
-             <form method=\"post\" action=\"/logout\"><button>Log out</button></form>",
+             <form method=\"get\" action=\"/search\"><input name=\"q\" placeholder=\"shoes\"> \
+             <button id=\"search\">Search</button></form>\
+             <form method=\"post\" action=\"/logout\"><button id=\"logout\">Log out</button></form>",
             escape(user),
             escape(attr(req, "cart").unwrap_or("0"))
         ),
         None => "<form method=\"post\" action=\"/login\">\
-                 <label>Name <input name=\"user\" value=\"alice\"></label> <button>Log in</button></form>"
+                 <label>Name <input name=\"user\" value=\"alice\"></label> <button id=\"login\">Log in</button></form>"
             .to_owned(),
     };
+    // What the search form asked for (the shop has nothing to sell but sessions).
+    let searched = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("q=")))
+        .map(|q| {
+            format!(
+                "<p id=\"searched\">No results for <b>{}</b>.</p>",
+                escape(q)
+            )
+        })
+        .unwrap_or_default();
     let mut rows = String::new();
     for name in [
         "host",
@@ -154,11 +168,11 @@ fn home(req: &Request<Incoming>) -> String {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sessiongate demo</title>\
          <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}th{{text-align:left;padding-right:1em}}</style>\
          </head><body><h1>sessiongate demo shop</h1>\
-         <p>Session: <b>{}</b></p>{shop}\
+         <p>Session: <b id=\"status\">{}</b></p>{shop}{searched}\
          <p>This shop keeps no state: the gateway holds the session and sends it in the headers \
          below (the session cookie itself never reaches the shop). Request path: <code>{}</code></p>\
          <table>{rows}</table>\
-         <p><a href=\"/\">home</a> · <a href=\"/about\">about</a></p></body></html>",
+         <p><a href=\"/\">home</a> · <a id=\"about\" href=\"/about\">about</a></p></body></html>",
         escape(status),
         escape(req.uri().path())
     )

@@ -1,0 +1,184 @@
+//! A real browser through the demo shop: headless Chromium (Debian's `chromium`, driven
+//! through `chromedriver`), once with cookies blocked and once with cookies allowed, on a
+//! route with `tracking: auto`. Screenshots of each journey's last page are saved under
+//! `CARGO_TARGET_TMPDIR/browser/`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+/// A chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn driver() -> Driver {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian's chromium-driver; scripts/test installs it)");
+    let url = format!("http://127.0.0.1:{port}");
+    let up = eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "chromedriver did not start");
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver, block_cookies: bool) -> Client {
+    let mut options = serde_json::json!({
+        "binary": "/usr/bin/chromium",
+        "args": [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--window-size=1000,900",
+        ],
+    });
+    if block_cookies {
+        options["prefs"] =
+            serde_json::json!({ "profile.default_content_setting_values.cookies": 2 });
+    }
+    let mut caps = serde_json::Map::new();
+    caps.insert("goog:chromeOptions".to_owned(), options);
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .unwrap()
+}
+
+/// The demo shop behind a gateway with `tracking: auto`; returns the gateway and its URL.
+async fn demo_gateway(stop: &CancellationToken) -> (Gateway, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sessiongate::demo::serve_backend(listener, stop.clone()));
+    let gw = Gateway::start(&simple_config(&[addr], "", "sessions: { tracking: auto }")).await;
+    let base = gw.url("web", "");
+    (gw, base)
+}
+
+/// Log in, follow a link, search with the GET form, log out. Returns every URL the address
+/// bar showed after logging in, and every page's source, in order.
+async fn journey(c: &Client, base: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let (mut urls, mut pages) = (Vec::new(), Vec::new());
+    let status = |c: &Client| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Id("status"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert_eq!(status(c).await, "none");
+    c.find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let mut step = async |what: &str| {
+        let page = c.source().await.unwrap();
+        assert!(page.contains("Logged in as <b>alice</b>"), "{what}: {page}");
+        assert_eq!(status(c).await, "active", "{what}");
+        urls.push(c.current_url().await.unwrap().to_string());
+        pages.push(page);
+    };
+    step("after login").await;
+    c.find(Locator::Id("about"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    step("after a link").await;
+    let q = c.find(Locator::Css("input[name=q]")).await.unwrap();
+    q.send_keys("shoes").await.unwrap();
+    c.find(Locator::Id("search"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    step("after the GET form").await;
+    let searched = c
+        .find(Locator::Id("searched"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(searched.contains("shoes"), "{searched}");
+    c.find(Locator::Id("logout"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    urls.push(c.current_url().await.unwrap().to_string());
+    let page = c.source().await.unwrap();
+    assert!(page.contains("id=\"login\""), "after logout: {page}");
+    pages.push(page);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    (urls, pages)
+}
+
+#[tokio::test]
+async fn browser_with_cookies_blocked_keeps_its_session_through_urls() {
+    let stop = CancellationToken::new();
+    let (_gw, base) = demo_gateway(&stop).await;
+    let driver = driver().await;
+    let c = browser(&driver, true).await;
+    let (urls, _) = journey(&c, &base, "cookies-blocked").await;
+    c.close().await.unwrap();
+    stop.cancel();
+    // Logged in, through a link and a GET form: the address bar carried the token.
+    for url in &urls[..3] {
+        assert!(url.contains(";sgsid="), "{urls:?}");
+    }
+}
+
+#[tokio::test]
+async fn browser_with_cookies_never_sees_a_token_in_a_url() {
+    let stop = CancellationToken::new();
+    let (_gw, base) = demo_gateway(&stop).await;
+    let driver = driver().await;
+    let c = browser(&driver, false).await;
+    let (urls, pages) = journey(&c, &base, "cookies-allowed").await;
+    c.close().await.unwrap();
+    stop.cancel();
+    for url in &urls {
+        assert!(!url.contains("sgsid"), "{urls:?}");
+    }
+    for page in &pages {
+        assert!(!page.contains("sgsid"), "{page}");
+    }
+}
