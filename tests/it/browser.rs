@@ -79,6 +79,29 @@ async fn demo_gateway(stop: &CancellationToken) -> (Gateway, String) {
     (gw, base)
 }
 
+/// Clicks the element `id` and waits for the page it leads to: the old document gone (its
+/// root element stale), the new one loaded far enough to show the session status.
+async fn click_and_wait(c: &Client, id: &str) {
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(10), || {
+        let old = old.clone();
+        async move { old.text().await.is_err() }
+    })
+    .await;
+    assert!(gone, "clicking #{id} led nowhere");
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("status"))
+        .await
+        .unwrap();
+}
+
 /// Log in, follow a link, search with the GET form, log out. Returns every URL the address
 /// bar showed after logging in, and every page's source, in order.
 async fn journey(c: &Client, base: &str, name: &str) -> (Vec<String>, Vec<String>) {
@@ -96,12 +119,7 @@ async fn journey(c: &Client, base: &str, name: &str) -> (Vec<String>, Vec<String
     };
     c.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(status(c).await, "none");
-    c.find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(c, "login").await;
     let mut step = async |what: &str| {
         let page = c.source().await.unwrap();
         assert!(page.contains("Logged in as <b>alice</b>"), "{what}: {page}");
@@ -110,21 +128,11 @@ async fn journey(c: &Client, base: &str, name: &str) -> (Vec<String>, Vec<String
         pages.push(page);
     };
     step("after login").await;
-    c.find(Locator::Id("about"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(c, "about").await;
     step("after a link").await;
     let q = c.find(Locator::Css("input[name=q]")).await.unwrap();
     q.send_keys("shoes").await.unwrap();
-    c.find(Locator::Id("search"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(c, "search").await;
     step("after the GET form").await;
     let searched = c
         .find(Locator::Id("searched"))
@@ -134,12 +142,7 @@ async fn journey(c: &Client, base: &str, name: &str) -> (Vec<String>, Vec<String
         .await
         .unwrap();
     assert!(searched.contains("shoes"), "{searched}");
-    c.find(Locator::Id("logout"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_wait(c, "logout").await;
     urls.push(c.current_url().await.unwrap().to_string());
     let page = c.source().await.unwrap();
     assert!(page.contains("id=\"login\""), "after logout: {page}");
