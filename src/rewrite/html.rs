@@ -359,6 +359,21 @@ mod tests {
     }
 
     #[test]
+    fn malformed_html_passes_through_unbroken() {
+        let page = "<p>unclosed <b>bold <a href=/x>x<div <<>> 1 < 2 && 3 > 2 \
+                    <a href='y' title=\"q\"uote\">y</a></table></p></p><!-- never closed <a href=/z>";
+        let out = rewrite_in_chunks(page, 5);
+        assert_eq!(out, rewrite_in_chunks(page, 1 << 16));
+        // Only the tags whose links change are written anew, the way a browser parses them
+        // (`title="q"uote"` is `title="q"` and an attribute `uote"`); the rest is untouched.
+        let expected = page.replace("href=/x>", "href=\"/x;sgsid=T\">").replace(
+            "href='y' title=\"q\"uote",
+            "href=\"y;sgsid=T\" title=\"q\" uote",
+        );
+        assert_eq!(out, expected);
+    }
+
+    #[test]
     fn a_base_elsewhere_keeps_relative_links_clean() {
         let out = rewrite_in_chunks(
             r#"<base href="https://cdn.example/"><a href="x">x</a><base href="/y/"><a href="/abs">a</a>"#,

@@ -1,6 +1,8 @@
 //! URL tracking end to end: a client that never sends a cookie keeps its session through the
 //! token the gateway puts into redirects, links and forms; the backend never sees the token.
 
+use std::time::Duration;
+
 use http::{HeaderMap, Response};
 
 use crate::support::*;
@@ -419,4 +421,97 @@ async fn compressed_pages_are_decoded_rewritten_and_gzipped_for_clients_that_tak
             "{path}"
         );
     }
+}
+
+/// A 20 MB page with 10 links per 4 KB, streamed by the backend in 64 KB chunks; its last chunk
+/// is held back until the test has read rewritten bytes, so a gateway that buffered the page
+/// would never answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_megabyte_page_streams_through_the_rewriter_with_flat_memory() {
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 20 * 1024 * 1024 / CHUNK;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let b = Backend::start(move |req| {
+        let gate = gate.clone();
+        async move {
+            if req.uri().path() == "/login" {
+                let mut r = text(303, "");
+                r.headers_mut().insert("location", "/big".parse().unwrap());
+                r.headers_mut()
+                    .insert("x-session-set", "user=alice".parse().unwrap());
+                return r;
+            }
+            // 64 KB of markup: 16 blocks of 10 links, each padded to 4 KB.
+            let block: String = (0..10)
+                .map(|i| format!("<a href=\"/item/{i}\">item {i}</a>\n"))
+                .collect();
+            let block = format!("{block}{}\n", "x".repeat(4096 - block.len() - 1));
+            let chunk = bytes::Bytes::from(block.repeat(CHUNK / 4096));
+            let stream = futures_util::stream::iter(0..CHUNKS).then(move |k| {
+                let (chunk, gate) = (chunk.clone(), gate.clone());
+                async move {
+                    if k == CHUNKS - 1 {
+                        gate.notified().await;
+                    }
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(chunk))
+                }
+            });
+            let mut r = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut()
+                .insert("content-type", "text/html".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let yaml = simple_config(&[b.addr], "", "sessions: { tracking: url }");
+    let gw = tokio::task::spawn_blocking(move || GatewayProcess::start(&yaml))
+        .await
+        .unwrap();
+    let base = format!("http://{}", gw.http);
+    let http = client();
+    let location = http
+        .post(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap()
+        .headers()["location"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let token = location.trim_start_matches("/big;sgsid=").to_owned();
+    let resp = http.get(format!("{base}{location}")).send().await.unwrap();
+    let mut stream = resp.bytes_stream();
+    let (mut received, mut tagged, mut released) = (0usize, 0usize, false);
+    let mut tail = String::new();
+    while let Some(got) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("the page stalled: was it buffered?")
+    {
+        let got = got.unwrap();
+        received += got.len();
+        // Count tagged links across chunk boundaries.
+        tail.push_str(std::str::from_utf8(&got).unwrap());
+        let keep_from = tail.len().saturating_sub(200);
+        let cut = tail[..keep_from].rfind('\n').map_or(0, |i| i + 1);
+        tagged += tail[..cut].matches(&format!(";sgsid={token}\"")).count();
+        tail.drain(..cut);
+        if !released && received > CHUNK {
+            // Rewritten bytes arrived before the backend sent its last chunk.
+            release.notify_one();
+            released = true;
+        }
+    }
+    tagged += tail.matches(&format!(";sgsid={token}\"")).count();
+    assert_eq!(tagged, CHUNKS * (CHUNK / 4096) * 10);
+    assert!(received > CHUNKS * CHUNK);
+    let peak_kib = gw.peak_rss_kib();
+    eprintln!("gateway peak RSS after a 20 MB rewritten page: {peak_kib} KiB");
+    assert!(
+        peak_kib < 64 * 1024,
+        "gateway peak RSS {peak_kib} KiB: the page was buffered"
+    );
 }
