@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::{Config, HostMatch, RouteConfig, Tracking};
+use crate::config::{Config, DEFAULT_LINKS, HostMatch, RouteConfig, Tracking};
 
 /// A route, ready for matching.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub struct RouteSessions {
     pub mapped: Vec<(String, http::HeaderName)>,
     /// How clients carry the token here.
     pub tracking: Tracking,
+    /// With URL tracking, the (element, attribute) pairs whose URLs get the token.
+    pub links: Arc<[(String, String)]>,
 }
 
 impl Route {
@@ -118,6 +120,13 @@ impl Router {
                                 .map(|c| c.tracking)
                                 .unwrap_or_default()
                         }),
+                        links: match &s.links {
+                            Some(l) => l.clone().into(),
+                            None => DEFAULT_LINKS
+                                .iter()
+                                .map(|(e, a)| ((*e).to_owned(), (*a).to_owned()))
+                                .collect(),
+                        },
                     }),
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),

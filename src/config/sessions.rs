@@ -191,6 +191,48 @@ pub struct RouteSession {
     pub headers: Vec<(String, String)>,
     /// How clients carry the token on this route (`None`: as `sessions.tracking` says).
     pub tracking: Option<Tracking>,
+    /// With URL tracking, the (element, attribute) pairs whose URLs get the token (`None`:
+    /// [`DEFAULT_LINKS`]).
+    pub links: Option<Vec<(String, String)>>,
+}
+
+/// The elements and attributes whose URLs get the token by default.
+pub const DEFAULT_LINKS: &[(&str, &str)] = &[
+    ("a", "href"),
+    ("area", "href"),
+    ("form", "action"),
+    ("frame", "src"),
+    ("iframe", "src"),
+];
+
+/// `element[attribute]`, both `[a-z][a-z0-9-]*`.
+fn read_links(node: &Node, path: &str, p: &mut Problems) -> Option<Vec<(String, String)>> {
+    let items = super::reader::list(node, path, p)?;
+    let name = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let mut links = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let Some(s) = non_empty(n, &ipath, p) else {
+            continue;
+        };
+        let parsed = s
+            .strip_suffix(']')
+            .and_then(|s| s.split_once('['))
+            .filter(|(e, a)| name(e) && name(a));
+        match parsed {
+            Some((e, a)) => links.push((e.to_owned(), a.to_owned())),
+            None => p.push(
+                n.pos,
+                &ipath,
+                format!("{s:?}: write element[attribute], e.g. a[href]"),
+            ),
+        }
+    }
+    Some(links)
 }
 
 pub(super) fn read_sessions(
@@ -455,6 +497,9 @@ pub(super) fn read_route_session(
     let tracking = m
         .get("tracking")
         .and_then(|n| Tracking::read(n, &m.child("tracking"), p));
+    let links = m
+        .get("rewrite")
+        .and_then(|n| read_links(n, &m.child("rewrite"), p));
     m.finish(p);
     let mut headers = Vec::new();
     if let Some(h) = headers_node {
@@ -490,7 +535,11 @@ pub(super) fn read_route_session(
             ),
         }
     }
-    Some(Some(RouteSession { headers, tracking }))
+    Some(Some(RouteSession {
+        headers,
+        tracking,
+        links,
+    }))
 }
 
 /// A session attribute name: `[a-z0-9-]{1,64}`, as ARCHITECTURE §4 names attributes (no

@@ -256,6 +256,7 @@ impl Proxy {
                     .path_and_query()
                     .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
                 accepts_gzip: url_tracking::accepts_gzip(&parts.headers),
+                links: rs.links.clone(),
             })),
             _ => None,
         };

@@ -20,6 +20,8 @@ pub(super) struct ClientUrl {
     pub target: String,
     /// The client takes gzip (its own `Accept-Encoding`: the backend is asked for identity).
     pub accepts_gzip: bool,
+    /// The route's (element, attribute) pairs whose URLs get the token.
+    pub links: std::sync::Arc<[(String, String)]>,
 }
 
 /// Whether an `Accept-Encoding` value takes gzip (`gzip` or `*`, without `q=0`).
@@ -118,7 +120,13 @@ pub(super) fn apply(
             Err(_) => headers.remove(header::ETAG),
         };
     }
-    Some(Html::new(tagger, charset.as_deref(), coding, gzip_out))
+    Some(Html::new(
+        tagger,
+        charset.as_deref(),
+        &client.links,
+        coding,
+        gzip_out,
+    ))
 }
 
 /// A redirect to the URL the client asked for, without its token (it was taken out already):

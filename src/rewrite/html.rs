@@ -10,7 +10,10 @@ use flate2::Compression;
 use flate2::write::{GzDecoder, GzEncoder, ZlibDecoder};
 use lol_html::html_content::Element;
 use lol_html::send::{HtmlRewriter, Settings};
-use lol_html::{AsciiCompatibleEncoding, MemorySettings, OutputSink, element};
+use lol_html::{
+    AsciiCompatibleEncoding, ElementContentHandlers, MemorySettings, OutputSink, Selector, element,
+};
+use std::borrow::Cow;
 
 use super::link::{Tagger, tag_refresh};
 
@@ -149,12 +152,19 @@ impl std::fmt::Debug for Html {
 
 impl Html {
     /// A rewriter for a page in `charset` (from `Content-Type`; without one, UTF-8 unless a
-    /// `<meta charset>` says otherwise), arriving in `coding`, and sent on gzipped if
-    /// `gzip_out`.
-    pub fn new(tagger: Tagger, charset: Option<&str>, coding: Coding, gzip_out: bool) -> Html {
+    /// `<meta charset>` says otherwise) that tags the URLs in the (element, attribute) pairs
+    /// `links` (meta refresh and `<base href>` are always handled), arriving in `coding`, and
+    /// sent on gzipped if `gzip_out`.
+    pub fn new(
+        tagger: Tagger,
+        charset: Option<&str>,
+        links: &[(String, String)],
+        coding: Coding,
+        gzip_out: bool,
+    ) -> Html {
         let out = Arc::new(Mutex::new(Vec::new()));
         let feed = Feed(HtmlRewriter::new(
-            settings(tagger, charset),
+            settings(tagger, charset, links),
             Collect(out.clone()),
         ));
         let input = match coding {
@@ -232,18 +242,22 @@ impl Html {
 
 /// The rewriter's settings: the charset, bounded memory, and a handler per element that
 /// carries a URL.
-fn settings(tagger: Tagger, charset: Option<&str>) -> Settings<'static, 'static> {
+fn settings(
+    tagger: Tagger,
+    charset: Option<&str>,
+    links: &[(String, String)],
+) -> Settings<'static, 'static> {
     let encoding = charset
         .and_then(|c| encoding_rs::Encoding::for_label(c.as_bytes()))
         .and_then(AsciiCompatibleEncoding::new)
         .unwrap_or_else(AsciiCompatibleEncoding::utf_8);
     let tagger = Arc::new(Mutex::new(tagger));
-    let link = |attr: &'static str, tagger: Arc<Mutex<Tagger>>| {
+    let link = |attr: String, tagger: Arc<Mutex<Tagger>>| {
         move |el: &mut Element<'_, '_, _>| {
-            if let Some(value) = el.get_attribute(attr) {
+            if let Some(value) = el.get_attribute(&attr) {
                 let tagged = lock(&tagger).tag(&value);
                 if let Some(tagged) = tagged {
-                    el.set_attribute(attr, &tagged)?;
+                    el.set_attribute(&attr, &tagged)?;
                 }
             }
             Ok(())
@@ -252,7 +266,7 @@ fn settings(tagger: Tagger, charset: Option<&str>) -> Settings<'static, 'static>
     let base_seen = std::sync::atomic::AtomicBool::new(false);
     let base_tagger = tagger.clone();
     let meta_tagger = tagger.clone();
-    Settings::new_send()
+    let mut settings = Settings::new_send()
         .with_encoding(encoding)
         .with_adjust_charset_on_meta_tag(charset.is_none())
         .with_strict(false)
@@ -270,15 +284,6 @@ fn settings(tagger: Tagger, charset: Option<&str>) -> Settings<'static, 'static>
             }
             Ok(())
         }))
-        .append_element_content_handler(element!(
-            "a[href], area[href]",
-            link("href", tagger.clone())
-        ))
-        .append_element_content_handler(element!("form[action]", link("action", tagger.clone())))
-        .append_element_content_handler(element!(
-            "frame[src], iframe[src]",
-            link("src", tagger.clone())
-        ))
         .append_element_content_handler(element!("meta[http-equiv][content]", move |el| {
             let refresh = el
                 .get_attribute("http-equiv")
@@ -290,7 +295,19 @@ fn settings(tagger: Tagger, charset: Option<&str>) -> Settings<'static, 'static>
                 el.set_attribute("content", &tagged)?;
             }
             Ok(())
-        }))
+        }));
+    for (element, attr) in links {
+        // The pairs were checked when the configuration was read; one that does not parse
+        // anyway is skipped rather than failing the response.
+        let Ok(selector) = format!("{element}[{attr}]").parse::<Selector>() else {
+            continue;
+        };
+        settings = settings.append_element_content_handler((
+            Cow::Owned(selector),
+            ElementContentHandlers::default().element(link(attr.clone(), tagger.clone())),
+        ));
+    }
+    settings
 }
 
 fn lock(t: &Mutex<Tagger>) -> std::sync::MutexGuard<'_, Tagger> {
@@ -301,9 +318,16 @@ fn lock(t: &Mutex<Tagger>) -> std::sync::MutexGuard<'_, Tagger> {
 mod tests {
     use super::*;
 
+    fn links() -> Vec<(String, String)> {
+        crate::config::DEFAULT_LINKS
+            .iter()
+            .map(|(e, a)| ((*e).to_owned(), (*a).to_owned()))
+            .collect()
+    }
+
     fn rewrite_in_chunks(page: &str, chunk: usize) -> String {
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/dir/").unwrap();
-        let mut html = Html::new(tagger, None, Coding::Identity, false);
+        let mut html = Html::new(tagger, None, &links(), Coding::Identity, false);
         let mut out = Vec::new();
         for c in page.as_bytes().chunks(chunk.max(1)) {
             out.extend_from_slice(&html.feed(c).unwrap());
@@ -359,6 +383,22 @@ mod tests {
     }
 
     #[test]
+    fn the_element_set_is_the_routes_choice() {
+        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
+        let only_img = [("img".to_owned(), "src".to_owned())];
+        let mut html = Html::new(tagger, None, &only_img, Coding::Identity, false);
+        let mut out = html
+            .feed(br#"<a href="/a">a</a><img src="/i.png"><form action="/f"></form>"#)
+            .unwrap()
+            .to_vec();
+        out.extend_from_slice(&html.finish().unwrap());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"<a href="/a">a</a><img src="/i.png;sgsid=T"><form action="/f"></form>"#
+        );
+    }
+
+    #[test]
     fn malformed_html_passes_through_unbroken() {
         let page = "<p>unclosed <b>bold <a href=/x>x<div <<>> 1 < 2 && 3 > 2 \
                     <a href='y' title=\"q\"uote\">y</a></table></p></p><!-- never closed <a href=/z>";
@@ -386,7 +426,7 @@ mod tests {
 
     fn through(coding: Coding, compressed: &[u8], gzip_out: bool, chunk: usize) -> Vec<u8> {
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
-        let mut html = Html::new(tagger, None, coding, gzip_out);
+        let mut html = Html::new(tagger, None, &links(), coding, gzip_out);
         let mut out = Vec::new();
         for c in compressed.chunks(chunk) {
             out.extend_from_slice(&html.feed(c).unwrap());
@@ -433,7 +473,7 @@ mod tests {
         }
         // A corrupt stream is an error, not a silently wrong page.
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
-        let mut html = Html::new(tagger, None, Coding::Gzip, false);
+        let mut html = Html::new(tagger, None, &links(), Coding::Gzip, false);
         assert!(html.feed(b"not gzip at all, not at all").is_err());
     }
 
@@ -460,7 +500,13 @@ mod tests {
     #[test]
     fn a_latin1_page_keeps_its_bytes() {
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
-        let mut html = Html::new(tagger, Some("iso-8859-1"), Coding::Identity, false);
+        let mut html = Html::new(
+            tagger,
+            Some("iso-8859-1"),
+            &links(),
+            Coding::Identity,
+            false,
+        );
         let page = b"<p>caf\xe9</p><a href=\"/x\">\xe9</a>";
         let mut out = html.feed(page).unwrap().to_vec();
         out.extend_from_slice(&html.finish().unwrap());
