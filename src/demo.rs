@@ -184,3 +184,24 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// The page of the rewriting benchmark (`bench/rewrite.sh`): about 50 KB of HTML with 500
+/// same-origin links, as a catalogue page might be.
+pub fn benchmark_page() -> String {
+    let mut page = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>catalogue</title></head>\
+         <body><h1>Catalogue</h1><ul>\n",
+    );
+    for i in 0..500 {
+        let _ = writeln!(
+            page,
+            "<li><a href=\"/item/{i}?ref=list\">Item {i}</a> in stock, ships in two days.</li>"
+        );
+    }
+    page.push_str("</ul><form method=\"get\" action=\"/search\"><input name=\"q\"></form>");
+    while page.len() < 50_000 {
+        page.push_str("<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p>\n");
+    }
+    page.push_str("</body></html>\n");
+    page
+}
