@@ -35,6 +35,8 @@ pub struct RouteSessions {
     pub tracking: Tracking,
     /// With URL tracking, the (element, attribute) pairs whose URLs get the token.
     pub links: Arc<[(String, String)]>,
+    /// Sibling hosts sharing the sessions (`host[:port]`, lower case).
+    pub share_with: Arc<[String]>,
 }
 
 impl Route {
@@ -127,6 +129,7 @@ impl Router {
                                 .map(|(e, a)| ((*e).to_owned(), (*a).to_owned()))
                                 .collect(),
                         },
+                        share_with: s.share_with.clone().into(),
                     }),
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),

@@ -900,7 +900,7 @@ mod tests {
     fn session_settings_are_read() {
         let text = BASE.replace(
             "upstream: app }",
-            "upstream: app, session: { headers: { user: X-Remote-User }, tracking: url, rewrite: [\"a[href]\", \"img[src]\"] } }",
+            "upstream: app, session: { headers: { user: X-Remote-User }, tracking: url, rewrite: [\"a[href]\", \"img[src]\"], share_with: [Account.example, \"b.example:8443\"] } }",
         ) + "sessions:\n  secret_file: secrets/key\n  store: { kind: memory, memory: { max_sessions: 500 } }\n  cookie: { name: shop, same_site: strict, secure: true, max_age: 1h }\n  idle_timeout: 10m\n  header_prefix: X-Sess-\n  url_parameter: sid\n  limits: { max_attributes: 8 }\n";
         let c = load(&text).unwrap();
         let s = c.sessions.unwrap();
@@ -920,6 +920,7 @@ mod tests {
         assert_eq!(route.tracking, Some(Tracking::Url));
         let links = route.links.clone().unwrap();
         assert_eq!(links[1], ("img".to_owned(), "src".to_owned()));
+        assert_eq!(route.share_with, ["account.example", "b.example:8443"]);
         assert_eq!(s.tracking, Tracking::Cookie);
     }
 
@@ -934,13 +935,14 @@ mod tests {
     fn bad_session_settings_are_all_reported() {
         let text = BASE.replace(
             "upstream: app }",
-            "upstream: app, session: { headers: { User_Name: X-User }, rewrite: [\"a.href\"] } }",
+            "upstream: app, session: { headers: { User_Name: X-User }, rewrite: [\"a.href\"], share_with: [\"a b\"] } }",
         ) + "sessions:\n  cookie: { name: \"__Host-x\", same_site: none, secure: false }\n  tracking: sometimes\n  header_prefix: \"X Session\"\n  url_parameter: \"s id\"\n  store: { kind: etcd }\n";
         let errs = problems(&text);
         let joined = errs.join("\n");
         for needle in [
             "routes[0].session.headers.User_Name",
             "routes[0].session.rewrite[0]",
+            "routes[0].session.share_with[0]",
             "sessions.cookie.name",
             "sessions.cookie: same_site: none needs a Secure cookie",
             "sessions.tracking",

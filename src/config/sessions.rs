@@ -194,6 +194,9 @@ pub struct RouteSession {
     /// With URL tracking, the (element, attribute) pairs whose URLs get the token (`None`:
     /// [`DEFAULT_LINKS`]).
     pub links: Option<Vec<(String, String)>>,
+    /// Sibling hosts (`host[:port]`, lower case) that share this route's sessions: links to
+    /// them carry a one-time handoff code.
+    pub share_with: Vec<String>,
 }
 
 /// The elements and attributes whose URLs get the token by default.
@@ -204,6 +207,25 @@ pub const DEFAULT_LINKS: &[(&str, &str)] = &[
     ("frame", "src"),
     ("iframe", "src"),
 ];
+
+/// `host` or `host:port`, as a client addresses the sibling.
+fn read_hosts(node: &Node, path: &str, p: &mut Problems) -> Vec<String> {
+    let Some(items) = super::reader::list(node, path, p) else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let Some(s) = non_empty(n, &ipath, p) else {
+            continue;
+        };
+        match s.parse::<http::uri::Authority>() {
+            Ok(a) if !s.contains('@') => hosts.push(a.as_str().to_ascii_lowercase()),
+            _ => p.push(n.pos, &ipath, format!("{s:?} is not a host or host:port")),
+        }
+    }
+    hosts
+}
 
 /// `element[attribute]`, both `[a-z][a-z0-9-]*`.
 fn read_links(node: &Node, path: &str, p: &mut Problems) -> Option<Vec<(String, String)>> {
@@ -500,6 +522,10 @@ pub(super) fn read_route_session(
     let links = m
         .get("rewrite")
         .and_then(|n| read_links(n, &m.child("rewrite"), p));
+    let share_with = m
+        .get("share_with")
+        .map(|n| read_hosts(n, &m.child("share_with"), p))
+        .unwrap_or_default();
     m.finish(p);
     let mut headers = Vec::new();
     if let Some(h) = headers_node {
@@ -539,6 +565,7 @@ pub(super) fn read_route_session(
         headers,
         tracking,
         links,
+        share_with,
     }))
 }
 

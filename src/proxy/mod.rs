@@ -246,22 +246,30 @@ impl Proxy {
 
         // upstream_request (the client's headers made safe), then resolve and load: the
         // session, if the route has them, in the headers the backend gets.
-        // With URL tracking, the client's own URL is what its links resolve against.
+        // With URL tracking, sibling hosts or a handoff code in the URL, the client's own URL
+        // is what its links (and redirects) resolve against.
         let client_url = match &route.session {
-            Some(rs) if rs.tracking != Tracking::Cookie => Some(Box::new(ClientUrl {
-                scheme: if conn.listener.tls { "https" } else { "http" },
-                host: host_str(&host).to_owned(),
-                target: parts
-                    .uri
-                    .path_and_query()
-                    .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-                accepts_gzip: url_tracking::accepts_gzip(&parts.headers),
-                links: rs.links.clone(),
-            })),
+            Some(rs)
+                if rs.tracking != Tracking::Cookie
+                    || !rs.share_with.is_empty()
+                    || url_tokens.is_some() =>
+            {
+                Some(Box::new(ClientUrl {
+                    scheme: if conn.listener.tls { "https" } else { "http" },
+                    host: host_str(&host).to_owned(),
+                    target: parts
+                        .uri
+                        .path_and_query()
+                        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+                    accepts_gzip: url_tracking::accepts_gzip(&parts.headers),
+                    links: rs.links.clone(),
+                    share_with: rs.share_with.clone(),
+                }))
+            }
             _ => None,
         };
         prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
-        let session = match (&self.sessions, &route.session) {
+        let mut session = match (&self.sessions, &route.session) {
             // Boxed: it lives across the upstream exchange, and inline it would grow (and so
             // copy) the request future of every route, with sessions or without.
             (Some(s), Some(rs)) => {
@@ -277,7 +285,16 @@ impl Proxy {
             }
             _ => None,
         };
-        if let (Some(rs), Some(client)) = (&session, &client_url) {
+        if let (Some(s), Some(rs), Some(client)) = (&self.sessions, &mut session, &client_url) {
+            if let Some(arrival) = rs.take_arrival() {
+                return Ok(url_tracking::arrival_redirect(
+                    s,
+                    arrival,
+                    client,
+                    conn.listener.tls,
+                    log,
+                ));
+            }
             if rs.clean_redirect() {
                 return Ok(url_tracking::clean_redirect(client, log));
             }
@@ -329,14 +346,12 @@ impl Proxy {
                 .on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
                 .await;
         }
-        // rewrite: with URL tracking, the token the client now holds goes into the response.
+        // rewrite: with URL tracking, the token the client now holds goes into the response;
+        // links to sibling hosts get handoff codes.
         let html = match (&self.sessions, held, &client_url) {
-            (Some(s), Some(token), Some(client)) => url_tracking::apply(
-                s.url_parameter(),
-                &token.expose(),
-                client,
-                &mut rparts.headers,
-            ),
+            (Some(s), Some(held), Some(client)) if held.by_url || !client.share_with.is_empty() => {
+                url_tracking::apply(s, held, client, &mut rparts.headers)
+            }
             _ => None,
         };
 

@@ -2,6 +2,8 @@
 //! response's redirect headers and, for an HTML page, into its same-origin links as the page
 //! streams through; and the response is kept out of shared caches and referrers.
 
+use std::sync::Arc;
+
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
@@ -9,7 +11,9 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 
 use super::body::{LogSlot, ResponseBody};
-use crate::rewrite::{Coding, Html, Tagger, html_charset, rewrite_headers};
+use crate::rewrite::{Coding, Html, Issuer, Tagger, html_charset, rewrite_headers};
+use crate::session::handoff::HANDOFF_PARAMETER;
+use crate::session::{Arrival, Held, Sessions};
 
 /// The URL the client asked for, as it sees it (without the token): what the page's relative
 /// links resolve against, and the origin a link must have to get the token.
@@ -21,7 +25,9 @@ pub(super) struct ClientUrl {
     /// The client takes gzip (its own `Accept-Encoding`: the backend is asked for identity).
     pub accepts_gzip: bool,
     /// The route's (element, attribute) pairs whose URLs get the token.
-    pub links: std::sync::Arc<[(String, String)]>,
+    pub links: Arc<[(String, String)]>,
+    /// Sibling hosts sharing the route's sessions.
+    pub share_with: Arc<[String]>,
 }
 
 /// Whether an `Accept-Encoding` value takes gzip (`gzip` or `*`, without `q=0`).
@@ -42,53 +48,45 @@ pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Tags the response's headers with `token`; for an HTML page it can rewrite, returns the
+/// Tags the response's headers with the token the client holds (if it carries it in URLs)
+/// and handoff codes for links to sibling hosts; for an HTML page it can rewrite, returns the
 /// rewriter its body must go through (with `Content-Length` dropped and `ETag` weakened, as
 /// the body changes).
 pub(super) fn apply(
-    param: &str,
-    token: &str,
+    sessions: &Arc<Sessions>,
+    held: Held,
     client: &ClientUrl,
     headers: &mut HeaderMap,
 ) -> Option<Html> {
-    let tagger = Tagger::new(param, token, client.scheme, &client.host, &client.target)?;
+    let tagger = Tagger::new(
+        sessions.url_parameter(),
+        &held.token.expose(),
+        client.scheme,
+        &client.host,
+        &client.target,
+    )?;
+    let tagger = if held.by_url {
+        tagger
+    } else {
+        tagger.without_token()
+    };
+    let (by_url, token) = (held.by_url, held.token);
+    let s = sessions.clone();
+    let issue: Issuer = Arc::new(move || s.issue_handoff(&token, by_url));
+    let tagger = tagger.with_siblings(client.share_with.clone(), HANDOFF_PARAMETER, issue);
     rewrite_headers(&tagger, headers);
     // Leak guards: a URL with a token must not travel in a Referer to another site, nor
-    // be kept by a shared cache.
+    // be kept by a shared cache (nor a page with handoff codes).
     let referrer_ok = headers
         .get(header::REFERRER_POLICY)
         .is_some_and(|v| v == "no-referrer" || v == "same-origin");
-    if !referrer_ok {
+    if by_url && !referrer_ok {
         headers.insert(
             header::REFERRER_POLICY,
             HeaderValue::from_static("same-origin"),
         );
     }
-    let cache = headers
-        .get(header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    match cache {
-        Some(c) if c.contains("private") || c.contains("no-store") => {}
-        Some(c) => {
-            let kept: Vec<&str> = c
-                .split(',')
-                .map(str::trim)
-                .filter(|d| !d.is_empty() && *d != "public" && !d.starts_with("s-maxage"))
-                .collect();
-            let value = std::iter::once("private")
-                .chain(kept)
-                .collect::<Vec<_>>()
-                .join(", ");
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(header::CACHE_CONTROL, v);
-            }
-        }
-        None => {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-        }
-    }
-
+    keep_private(headers);
     let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
     // We asked for identity; a backend that compresses anyway is decoded, and the page
     // re-compressed with gzip for a client that takes it. A coding we cannot decode passes.
@@ -127,6 +125,74 @@ pub(super) fn apply(
         coding,
         gzip_out,
     ))
+}
+
+/// `Cache-Control: private` added (a `public` and `s-maxage` dropped), unless the response
+/// is already private or not stored at all.
+fn keep_private(headers: &mut HeaderMap) {
+    let cache = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    match cache {
+        Some(c) if c.contains("private") || c.contains("no-store") => {}
+        Some(c) => {
+            let kept: Vec<&str> = c
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty() && *d != "public" && !d.starts_with("s-maxage"))
+                .collect();
+            let value = std::iter::once("private")
+                .chain(kept)
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(header::CACHE_CONTROL, v);
+            }
+        }
+        None => {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
+}
+
+/// The answer to a client arriving from a sibling host with a handoff code: a redirect to the
+/// URL it asked for (without the code), with its token for this host in a cookie, or in the
+/// `Location` for a client that refuses cookies.
+pub(super) fn arrival_redirect(
+    sessions: &Sessions,
+    arrival: Arrival,
+    client: &ClientUrl,
+    tls: bool,
+    mut log: LogSlot,
+) -> Response<ResponseBody> {
+    log.note(|l| l.status = 303);
+    let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let headers = resp.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&client.target) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if arrival.by_url {
+        let token = arrival.token.expose();
+        if let Some(tagger) = Tagger::new(
+            sessions.url_parameter(),
+            &token,
+            client.scheme,
+            &client.host,
+            &client.target,
+        ) {
+            rewrite_headers(&tagger, headers);
+        }
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+    } else {
+        sessions.arrival_cookie(headers, &arrival.token, tls);
+    }
+    resp
 }
 
 /// A redirect to the URL the client asked for, without its token (it was taken out already):

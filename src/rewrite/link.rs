@@ -3,14 +3,30 @@
 //! with no path of its own (`?page=2`) gets it in the query. Everything else is left as it is:
 //! other hosts and schemes, `mailto:`, `javascript:`, `data:`, fragment-only links.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use url::Url;
 
-/// Adds one token to the same-origin URLs of one response.
-#[derive(Debug, Clone)]
+/// Makes a one-time handoff code for a link to a sibling host.
+pub type Issuer = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Links to sibling hosts that share the session: each gets a one-time code of its own.
+#[derive(Clone)]
+struct Siblings {
+    hosts: Arc<[String]>,
+    param: String,
+    issue: Issuer,
+}
+
+/// Adds one token to the same-origin URLs of one response, and handoff codes to its links
+/// to sibling hosts.
+#[derive(Clone)]
 pub struct Tagger {
     param: String,
-    token: String,
+    /// `None`: same-origin URLs stay as they are (the client keeps its token in a cookie).
+    token: Option<String>,
+    siblings: Option<Siblings>,
     /// The request's own URL: what relative URLs resolve against, and the origin that counts.
     origin: Url,
     /// What relative URLs in the document resolve against (`<base href>`, else `origin`).
@@ -30,10 +46,32 @@ impl Tagger {
         let origin = Url::parse(&format!("{scheme}://{host}{path_and_query}")).ok()?;
         Some(Tagger {
             param: param.to_owned(),
-            token: token.to_owned(),
+            token: Some(token.to_owned()),
+            siblings: None,
             base: origin.clone(),
             origin,
         })
+    }
+
+    /// Same-origin URLs keep no token (the client has it in a cookie): only sibling links
+    /// are tagged.
+    #[must_use]
+    pub fn without_token(mut self) -> Tagger {
+        self.token = None;
+        self
+    }
+
+    /// Links to `hosts` (`host[:port]`, lower case) get a code from `issue` in `param`.
+    #[must_use]
+    pub fn with_siblings(mut self, hosts: Arc<[String]>, param: &str, issue: Issuer) -> Tagger {
+        if !hosts.is_empty() {
+            self.siblings = Some(Siblings {
+                hosts,
+                param: param.to_owned(),
+                issue,
+            });
+        }
+        self
     }
 
     /// The document's `<base href>`: later relative URLs resolve against it.
@@ -43,43 +81,71 @@ impl Tagger {
         }
     }
 
-    /// `link` with the token, or `None` when it must stay as it is.
+    /// `link` with the token (or, to a sibling host, a handoff code), or `None` when it must
+    /// stay as it is.
     pub fn tag(&self, link: &str) -> Option<String> {
         let link = link.trim();
         if link.is_empty() || link.starts_with('#') {
             return None;
         }
         let target = self.base.join(link).ok()?;
-        if !matches!(target.scheme(), "http" | "https") || target.origin() != self.origin.origin() {
+        if !matches!(target.scheme(), "http" | "https") {
             return None;
         }
-        Some(self.insert(link))
-    }
-
-    /// The token put into `link`'s text, keeping it relative if it was.
-    fn insert(&self, link: &str) -> String {
-        let (before_fragment, fragment) = split_at_first(link, '#');
-        let (path, query) = split_at_first(before_fragment, '?');
-        let path = strip_param(path, &self.param);
-        let (param, token) = (&self.param, &self.token);
-        // After the scheme and authority of an absolute or network-path URL, the path starts.
-        let path_start = match path.find("//") {
-            Some(i) if i == 0 || is_scheme(&path[..i]) => {
-                path[i + 2..].find('/').map_or(path.len(), |j| i + 2 + j)
-            }
-            _ => 0,
-        };
-        if path.len() == path_start && path_start == 0 {
-            // `?query` alone: no path to carry a parameter, so the query does.
-            let query = match query.strip_prefix('?') {
-                Some(q) if !q.is_empty() => format!("?{q}&{param}={token}"),
-                _ => format!("?{param}={token}"),
-            };
-            return format!("{query}{fragment}");
+        if target.origin() == self.origin.origin() {
+            let token = self.token.as_deref()?;
+            return Some(insert(link, &self.param, token));
         }
-        let slash = if path.len() == path_start { "/" } else { "" };
-        format!("{path}{slash};{param}={token}{query}{fragment}")
+        let siblings = self.siblings.as_ref()?;
+        let host = target.host_str()?;
+        let authority = match target.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        if !siblings
+            .hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&authority))
+        {
+            return None;
+        }
+        let code = (siblings.issue)()?;
+        Some(insert(link, &siblings.param, &code))
     }
+}
+
+impl std::fmt::Debug for Tagger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tagger")
+            .field("origin", &self.origin.as_str())
+            .field("tags_same_origin", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// `param=value` put into `link`'s text, keeping it relative if it was: at the end of the
+/// path, or in the query when the link has no path of its own.
+fn insert(link: &str, param: &str, value: &str) -> String {
+    let (before_fragment, fragment) = split_at_first(link, '#');
+    let (path, query) = split_at_first(before_fragment, '?');
+    let path = strip_param(path, param);
+    // After the scheme and authority of an absolute or network-path URL, the path starts.
+    let path_start = match path.find("//") {
+        Some(i) if i == 0 || is_scheme(&path[..i]) => {
+            path[i + 2..].find('/').map_or(path.len(), |j| i + 2 + j)
+        }
+        _ => 0,
+    };
+    if path.len() == path_start && path_start == 0 {
+        // `?query` alone: no path to carry a parameter, so the query does.
+        let query = match query.strip_prefix('?') {
+            Some(q) if !q.is_empty() => format!("?{q}&{param}={value}"),
+            _ => format!("?{param}={value}"),
+        };
+        return format!("{query}{fragment}");
+    }
+    let slash = if path.len() == path_start { "/" } else { "" };
+    format!("{path}{slash};{param}={value}{query}{fragment}")
 }
 
 /// `http:`, `https:`: a scheme and its colon.
@@ -201,6 +267,36 @@ mod tests {
         ] {
             assert_eq!(t.tag(link), None, "{link}");
         }
+    }
+
+    #[test]
+    fn sibling_links_get_a_fresh_code_each_and_others_none() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = n.clone();
+        let issue: Issuer = Arc::new(move || {
+            let k = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(format!("C{k}"))
+        });
+        let hosts: Arc<[String]> = vec!["account.example".to_owned()].into();
+        let t = tagger().with_siblings(hosts, "sghandoff", issue);
+        assert_eq!(
+            t.tag("https://account.example/me").as_deref(),
+            Some("https://account.example/me;sghandoff=C0")
+        );
+        assert_eq!(
+            t.tag("//ACCOUNT.example/x?y=1").as_deref(),
+            Some("//ACCOUNT.example/x;sghandoff=C1?y=1")
+        );
+        assert_eq!(t.tag("https://other.example/"), None);
+        assert_eq!(t.tag("https://account.example:8443/"), None);
+        // Same-origin links still get the token, unless the client keeps it in a cookie.
+        assert_eq!(t.tag("/cart").as_deref(), Some("/cart;sgsid=T"));
+        let cookie_client = t.without_token();
+        assert_eq!(cookie_client.tag("/cart"), None);
+        assert_eq!(
+            cookie_client.tag("http://account.example/").as_deref(),
+            Some("http://account.example/;sghandoff=C2")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use http::{Method, StatusCode, Uri};
 
 use super::contract::{self, Names, Status};
 use super::cookie::take as take_cookies;
+use super::handoff::{HANDOFF_PARAMETER, HANDOFF_TTL, Handoff, Handoffs};
 use super::memory::{MemoryOptions, MemoryStore};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::token::{SessionKeys, Token};
@@ -35,6 +36,7 @@ pub struct Sessions {
     cookie: CookieConfig,
     url_parameter: String,
     crawlers: Vec<String>,
+    handoffs: Handoffs,
     idle: Duration,
     absolute: Duration,
     grace: Duration,
@@ -75,6 +77,25 @@ pub struct RequestSession {
     source: Source,
     evidence: Evidence,
     clean_redirect: bool,
+    arrival: Option<Arrival>,
+}
+
+/// A client arriving from a sibling host with a handoff code: its new token for the session.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The token this host gives it.
+    pub token: Token,
+    /// It carries tokens in URLs (it refuses cookies).
+    pub by_url: bool,
+}
+
+/// The token a client holds after a response, and how it carries it.
+#[derive(Debug)]
+pub struct Held {
+    /// The token.
+    pub token: Token,
+    /// It goes into the response's URLs (else it is in the cookie).
+    pub by_url: bool,
 }
 
 impl RequestSession {
@@ -88,6 +109,12 @@ impl RequestSession {
     /// without the token, so the address bar comes clean, and the backend is not asked.
     pub fn clean_redirect(&self) -> bool {
         self.clean_redirect
+    }
+
+    /// The client arrived with a sibling's handoff code: the proxy answers with a redirect to
+    /// the clean URL that hands it its token for this host, without asking the backend.
+    pub fn take_arrival(&mut self) -> Option<Arrival> {
+        self.arrival.take()
     }
 
     /// The response may have to carry the token in its URLs (then the proxy asks the
@@ -151,6 +178,7 @@ impl Sessions {
             cookie: config.cookie.clone(),
             url_parameter: config.url_parameter.clone(),
             crawlers: config.crawlers.clone(),
+            handoffs: Handoffs::new(HANDOFF_TTL, 100_000),
             idle: config.idle_timeout,
             absolute: config.absolute_timeout,
             grace: config.regenerate_grace,
@@ -221,8 +249,20 @@ impl Sessions {
         let Some(pq) = uri.path_and_query() else {
             return Ok(None);
         };
-        let Some((clean, tokens)) = url::take_tokens(pq.as_str(), &self.url_parameter) else {
-            return Ok(None);
+        // The common case, a URL with neither parameter, allocates nothing.
+        let first = url::take_tokens(pq.as_str(), &self.url_parameter);
+        let rest = first
+            .as_ref()
+            .map_or(pq.as_str(), |(clean, _)| clean.as_str());
+        let second = url::take_tokens(rest, HANDOFF_PARAMETER);
+        let (clean, tokens) = match (first, second) {
+            (None, None) => return Ok(None),
+            (Some((clean, tokens)), None) => (clean, tokens),
+            (first, Some((clean, code))) => {
+                let mut tokens = first.map(|(_, t)| t).unwrap_or_default();
+                tokens.handoff = code.path.or(code.query);
+                (clean, tokens)
+            }
         };
         let mut parts = std::mem::take(uri).into_parts();
         parts.path_and_query = PathAndQuery::try_from(clean).ok();
@@ -262,7 +302,28 @@ impl Sessions {
                 .and_then(|r| r.to_str().ok())
                 .is_some_and(|r| tracking::from_here(r, info.host));
         }
-        let (from_path, from_query) = info.url.map_or((None, None), |u| (u.path, u.query));
+        let (from_path, from_query, handoff) = match info.url {
+            Some(u) => {
+                let u = *u;
+                (u.path, u.query, u.handoff)
+            }
+            None => (None, None, None),
+        };
+        // A sibling host's handoff: this client gets a token of its own for that session.
+        if let Some(h) = handoff.and_then(|code| self.handoffs.redeem(&code))
+            && let Some(arrival) = self.arrive(h).await
+        {
+            return RequestSession {
+                token: None,
+                session: None,
+                status: Status::None,
+                tracking: info.tracking,
+                source: Source::None,
+                evidence,
+                clean_redirect: false,
+                arrival: Some(arrival),
+            };
+        }
         let in_url = from_path.is_some() || from_query.is_some();
         let candidates = [
             (Source::Cookie, taken.session),
@@ -308,6 +369,7 @@ impl Sessions {
             source,
             evidence,
             clean_redirect,
+            arrival: None,
         }
     }
 
@@ -321,7 +383,7 @@ impl Sessions {
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
-    ) -> Option<Token> {
+    ) -> Option<Held> {
         let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
         let probe =
             rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
@@ -330,7 +392,43 @@ impl Sessions {
             // No cookie of ours went out: the probe asks whether the client keeps one.
             self.set_probe(headers, tls);
         }
-        held.filter(|_| carry.url())
+        held.map(|token| Held {
+            token,
+            by_url: carry.url(),
+        })
+    }
+
+    /// A new token for the session of handoff `h`, filed as an alias of it.
+    async fn arrive(&self, h: Handoff) -> Option<Arrival> {
+        let fresh = Token::generate(&self.keys).ok()?;
+        match self
+            .store
+            .alias(&fresh.store_id(), &h.id, self.absolute)
+            .await
+        {
+            Ok(true) => Some(Arrival {
+                token: fresh,
+                by_url: h.by_url,
+            }),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "session handoff failed");
+                None
+            }
+        }
+    }
+
+    /// A one-time code that hands the session of `token` to a sibling host (see `handoff`).
+    pub fn issue_handoff(&self, token: &Token, by_url: bool) -> Option<String> {
+        self.handoffs.issue(Handoff {
+            id: token.store_id(),
+            by_url,
+        })
+    }
+
+    /// Sets the cookie of an arriving client (see [`RequestSession::take_arrival`]).
+    pub fn arrival_cookie(&self, headers: &mut HeaderMap, token: &Token, tls: bool) {
+        self.set_cookie(headers, Some(token), tls);
     }
 
     /// Applies the directives; returns the token of the session the client holds afterwards.

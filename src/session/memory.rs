@@ -65,7 +65,8 @@ impl Packed {
 #[derive(Debug, Clone)]
 enum Entry {
     Live(Packed),
-    /// A regenerated session's old id, still answering until `until`.
+    /// Another id of a session: a regenerated session's old id (until the grace window
+    /// ends), or a sibling host's alias (until the absolute timeout).
     Moved {
         to: StoreId,
         until: Instant,
@@ -233,6 +234,23 @@ impl SessionStore for MemoryStore {
         let until = Instant::now() + grace;
         self.cache
             .insert(*from, Entry::Moved { to: *to, until })
+            .await;
+        Ok(true)
+    }
+
+    async fn alias(
+        &self,
+        alias: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let live = self.live_id(to).await;
+        let Some(Entry::Live(_)) = self.current(&live).await else {
+            return Ok(false);
+        };
+        let until = Instant::now() + ttl;
+        self.cache
+            .insert(*alias, Entry::Moved { to: live, until })
             .await;
         Ok(true)
     }

@@ -8,13 +8,14 @@
 pub mod contract;
 pub mod cookie;
 pub mod gate;
+pub mod handoff;
 pub mod memory;
 pub mod store;
 pub mod token;
 pub mod tracking;
 pub mod url;
 
-pub use gate::{RequestInfo, RequestSession, Sessions};
+pub use gate::{Arrival, Held, RequestInfo, RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,

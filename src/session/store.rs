@@ -343,6 +343,16 @@ pub trait SessionStore: Send + Sync {
         grace: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Files the session under `to` under `alias` too, for at most `ttl`: a second token for
+    /// one session (a sibling host's, after a handoff). Loads, updates and deletes through
+    /// `alias` reach the same session. `false` if there is no session under `to`.
+    fn alias(
+        &self,
+        alias: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Deletes every session whose attribute `name` equals `value` (log a user out
     /// everywhere); returns how many.
     fn delete_where(

@@ -18,6 +18,8 @@ pub struct UrlTokens {
     pub path: Option<String>,
     /// The first `NAME=` query parameter's value.
     pub query: Option<String>,
+    /// A sibling host's handoff code (see `handoff`), from the path or the query.
+    pub handoff: Option<String>,
 }
 
 // Never print a token, not even in a debug dump.
@@ -26,6 +28,7 @@ impl std::fmt::Debug for UrlTokens {
         f.debug_struct("UrlTokens")
             .field("path", &self.path.as_ref().map(|_| "…"))
             .field("query", &self.query.as_ref().map(|_| "…"))
+            .field("handoff", &self.handoff.as_ref().map(|_| "…"))
             .finish()
     }
 }

@@ -241,6 +241,29 @@ async fn a_session_expires_at_the_absolute_timeout_even_when_used(
     }
 }
 
+async fn an_alias_reaches_the_same_session(s: impl SessionStore) {
+    let (id, alias, k) = (new_id(), new_id(), key());
+    assert!(
+        !s.alias(&alias, &id, Duration::from_secs(60)).await.unwrap(),
+        "an alias of nothing"
+    );
+    s.update(&id, Some(k.clone()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(s.alias(&alias, &id, Duration::from_secs(60)).await.unwrap());
+    let via = s.load(&alias, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(via.session_key(), k);
+    s.update(&alias, None, &[set("cart", "2")], unix_ms())
+        .await
+        .unwrap();
+    let direct = s.load(&id, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(direct.attr("cart"), Some("2"));
+    // Logging out through the alias ends the one session.
+    s.delete(&alias).await.unwrap();
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
+}
+
 async fn ping_answers(s: impl SessionStore) {
     s.ping().await.unwrap();
 }
@@ -311,6 +334,10 @@ macro_rules! conformance {
                 };
                 super::a_session_expires_at_the_absolute_timeout_even_when_used(make(setup), setup)
                     .await;
+            }
+            #[tokio::test]
+            async fn an_alias_reaches_the_same_session() {
+                super::an_alias_reaches_the_same_session(make(RELAXED)).await;
             }
             #[tokio::test]
             async fn ping_answers() {

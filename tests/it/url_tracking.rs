@@ -36,7 +36,8 @@ async fn html_shop() -> Backend {
         let links = r##"<a id=cart href="/cart">cart</a>
 <form id=buy method="post" action="/cart"><button>buy</button></form>
 <form id=search method="get" action="search"><input name="q"></form>
-<a id=out href="https://elsewhere.example/x">elsewhere</a> <a id=top href="#top">top</a>"##;
+<a id=out href="https://elsewhere.example/x">elsewhere</a> <a id=top href="#top">top</a>
+<a id=acct href="http://account.example/me">account</a>"##;
         let path = req.uri().path().to_owned();
         let mut r = match path.as_str() {
             "/login" => {
@@ -514,4 +515,153 @@ async fn a_twenty_megabyte_page_streams_through_the_rewriter_with_flat_memory() 
         peak_kib < 64 * 1024,
         "gateway peak RSS {peak_kib} KiB: the page was buffered"
     );
+}
+
+/// Two hosts of one gateway that share their sessions.
+fn siblings_config(b: &Backend) -> String {
+    format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\" }}\nupstreams:\n  app:\n    servers: [ {{ url: \"http://{}\" }} ]\nroutes:\n  - {{ name: shop, match: {{ host: shop.example }}, upstream: app, session: {{ share_with: [account.example] }} }}\n  - {{ name: account, match: {{ host: account.example }}, upstream: app, session: {{ share_with: [shop.example] }} }}\nsessions: {{}}\n",
+        b.addr
+    )
+}
+
+#[tokio::test]
+async fn a_sibling_host_gets_the_session_through_a_one_time_code() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&siblings_config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let on = |host: &'static str, path: &str, cookie: Option<&str>| {
+        let mut req = http.get(format!("{base}{path}")).header("host", host);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c.to_owned());
+        }
+        req
+    };
+    // Logged in on the shop (cookie tracking).
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .unwrap();
+    let shop_cookie = set_cookies(resp.headers()).pop().unwrap();
+    let (_, home) = page(
+        on("shop.example", "/home", Some(&shop_cookie))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Same-origin links stay clean for a cookie client; the sibling link carries a code,
+    // never the token; other hosts get nothing.
+    assert_eq!(attr(&home, "cart", "href"), "/cart");
+    assert_eq!(attr(&home, "out", "href"), "https://elsewhere.example/x");
+    let acct = attr(&home, "acct", "href");
+    let code = acct
+        .strip_prefix("http://account.example/me;sghandoff=")
+        .unwrap_or_else(|| panic!("{acct}"))
+        .to_owned();
+    assert!(!home.contains(shop_cookie.trim_start_matches("sg=")));
+
+    // On the sibling: the code becomes a cookie of its own and a redirect to the clean URL,
+    // without the backend being asked.
+    let seen = b.requests().len();
+    let resp = on("account.example", &format!("/me;sghandoff={code}"), None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/me");
+    assert_eq!(b.requests().len(), seen);
+    let acct_cookie = set_cookies(resp.headers()).pop().unwrap();
+    assert_ne!(acct_cookie, shop_cookie);
+    let (_, me_page) = page(
+        on("account.example", "/me", Some(&acct_cookie))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        me(&me_page).contains("status=active user=alice"),
+        "{me_page}"
+    );
+
+    // A code works once.
+    let (_, again) = page(
+        on("account.example", &format!("/me;sghandoff={code}"), None)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&again).contains("status=none"), "{again}");
+    assert_eq!(b.last().uri, "/me");
+
+    // One session: logging out on the sibling logs out on the shop too.
+    page(
+        on("account.example", "/logout", Some(&acct_cookie))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let (_, after) = page(
+        on("shop.example", "/home", Some(&shop_cookie))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!me(&after).contains("status=active"), "{after}");
+}
+
+#[tokio::test]
+async fn a_cookieless_client_keeps_url_tracking_on_the_sibling() {
+    let b = html_shop().await;
+    let yaml = siblings_config(&b).replace("sessions: {}", "sessions: { tracking: url }");
+    let gw = Gateway::start(&yaml).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let token = location.trim_start_matches("/home;sgsid=").to_owned();
+    let (_, home) = page(
+        http.get(format!("{base}{location}"))
+            .header("host", "shop.example")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let acct = attr(&home, "acct", "href");
+    assert!(acct.contains(";sghandoff="), "{acct}");
+    assert!(!acct.contains(&token), "{acct}");
+    let path = acct.trim_start_matches("http://account.example");
+    let resp = http
+        .get(format!("{base}{path}"))
+        .header("host", "account.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp.headers().get("set-cookie").is_none());
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/me;sgsid="), "{location}");
+    assert!(!location.contains(&token), "a token of its own: {location}");
+    let (_, me_page) = page(
+        http.get(format!("{base}{location}"))
+            .header("host", "account.example")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(me(&me_page).contains("user=alice"), "{me_page}");
 }
