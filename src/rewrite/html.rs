@@ -3,6 +3,7 @@
 //! rewriter's memory is bounded (past the bound it passes the rest through unchanged).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -16,6 +17,15 @@ use lol_html::{
 use std::borrow::Cow;
 
 use super::link::{Tagger, tag_refresh};
+
+/// Pages whose rewriting failed (the rest passed unchanged, or a corrupt compressed page was
+/// cut): a counter for the metrics.
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// How many pages failed to rewrite since the process started.
+pub fn rewrite_errors() -> u64 {
+    ERRORS.load(Ordering::Relaxed)
+}
 
 /// Most memory the rewriter may buffer (an element's start tag, mostly).
 const MAX_MEMORY: usize = 1 << 20;
@@ -190,6 +200,7 @@ impl Html {
             return Ok(Bytes::copy_from_slice(chunk));
         };
         if let Err(e) = input.write_all(chunk) {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
             if !matches!(input, Input::Plain(_)) {
                 return Err(e.into());
             }
@@ -212,6 +223,7 @@ impl Html {
         if let Some(input) = self.input.take()
             && let Err(e) = input.end()
         {
+            ERRORS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "HTML rewriting failed at the end of the page");
         }
         let out = self.take();
@@ -341,6 +353,7 @@ mod tests {
 </head><body>
 <a href="cart">cart</a> <a href="https://elsewhere.example/">out</a> <a href="#top">top</a>
 <a href="mailto:a@shop.example">mail</a> <area href="/map"> <iframe src="frame.html"></iframe>
+<frame src="left.html">
 <form action="/search" method="get"><input name="q"></form>
 <form method="post" action="/login"></form>
 <script>var s = '<a href="/not-a-link">';</script>
@@ -357,6 +370,7 @@ mod tests {
             r#"href="mailto:a@shop.example""#,
             r#"area href="/map;sgsid=T""#,
             r#"src="frame.html;sgsid=T""#,
+            r#"src="left.html;sgsid=T""#,
             r#"action="/search;sgsid=T""#,
             r#"action="/login;sgsid=T""#,
             r#"'<a href="/not-a-link">'"#,
@@ -365,19 +379,39 @@ mod tests {
         }
     }
 
+    /// The page cut at random places (xorshift; `SG_CHUNK_SEED` replays a failing run).
+    fn rewrite_at_random_cuts(page: &str, seed: u64) -> String {
+        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/dir/").unwrap();
+        let mut html = Html::new(tagger, None, &links(), Coding::Identity, false);
+        let (mut x, mut rest, mut out) = (seed | 1, page.as_bytes(), Vec::new());
+        while !rest.is_empty() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 97 + 1) as usize;
+            let (chunk, tail) = rest.split_at(n.min(rest.len()));
+            out.extend_from_slice(&html.feed(chunk).unwrap());
+            rest = tail;
+        }
+        out.extend_from_slice(&html.finish().unwrap());
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn any_chunking_gives_the_same_page() {
         let whole = rewrite_in_chunks(PAGE, 1 << 16);
-        // A seed from the environment reproduces a failing run; the default covers sizes 1-64.
-        let seed: usize = std::env::var("SG_CHUNK_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
         for size in 1..=64 {
+            assert_eq!(rewrite_in_chunks(PAGE, size), whole, "chunk size {size}");
+        }
+        let seeds: Vec<u64> = match std::env::var("SG_CHUNK_SEED") {
+            Ok(s) => vec![s.parse().expect("SG_CHUNK_SEED is a number")],
+            Err(_) => (1..=200).map(|i| i * 7919).collect(),
+        };
+        for seed in seeds {
             assert_eq!(
-                rewrite_in_chunks(PAGE, size + seed),
+                rewrite_at_random_cuts(PAGE, seed),
                 whole,
-                "chunk size {size}"
+                "random cuts, SG_CHUNK_SEED={seed}"
             );
         }
     }
@@ -474,7 +508,9 @@ mod tests {
         // A corrupt stream is an error, not a silently wrong page.
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
         let mut html = Html::new(tagger, None, &links(), Coding::Gzip, false);
+        let before = rewrite_errors();
         assert!(html.feed(b"not gzip at all, not at all").is_err());
+        assert!(rewrite_errors() > before, "the failure is counted");
     }
 
     #[test]

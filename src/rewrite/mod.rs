@@ -6,5 +6,5 @@
 mod html;
 mod link;
 
-pub use html::{Coding, Html, RewriteError, html_charset};
+pub use html::{Coding, Html, RewriteError, html_charset, rewrite_errors};
 pub use link::{Issuer, Tagger, rewrite_headers, tag_refresh};

@@ -387,7 +387,19 @@ impl Sessions {
         let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
         let probe =
             rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
+        // A URL-tracked client that now keeps cookies: its token moves into the cookie.
+        let to_cookie = rs.tracking == Tracking::Auto && rs.source == Source::Url && carry.cookie();
         let held = self.commit(rs, status, headers, tls, carry).await;
+        if to_cookie && let Some(token) = &held {
+            let name = self.cookie_name(tls);
+            let already = headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .any(|v| v.as_bytes().starts_with(format!("{name}=").as_bytes()));
+            if !already {
+                self.set_cookie(headers, Some(token), tls);
+            }
+        }
         if probe && !(held.is_some() && carry.cookie()) {
             // No cookie of ours went out: the probe asks whether the client keeps one.
             self.set_probe(headers, tls);

@@ -67,6 +67,9 @@ pub fn carry(tracking: Tracking, source: Source, ev: Evidence) -> Carry {
         (Tracking::Cookie, _) => Carry::Cookie,
         (Tracking::Url, _) => Carry::Url,
         (Tracking::Auto, Source::Cookie) => Carry::Cookie,
+        // A URL-tracked client that now returns a cookie of ours takes cookies after all:
+        // its token moves to the cookie and its URLs come clean.
+        (Tracking::Auto, Source::Url) if ev.takes_cookies => Carry::Cookie,
         (Tracking::Auto, Source::Url) => Carry::Url,
         (Tracking::Auto, Source::None) if ev.takes_cookies => Carry::Cookie,
         (Tracking::Auto, Source::None) if ev.from_here => Carry::Url,
@@ -116,6 +119,7 @@ mod tests {
         let auto = Tracking::Auto;
         assert_eq!(carry(auto, Source::Cookie, here), Carry::Cookie);
         assert_eq!(carry(auto, Source::Url, none), Carry::Url);
+        assert_eq!(carry(auto, Source::Url, cookies), Carry::Cookie);
         assert_eq!(carry(auto, Source::None, cookies), Carry::Cookie);
         assert_eq!(carry(auto, Source::None, here), Carry::Url);
         assert_eq!(carry(auto, Source::None, none), Carry::Both);

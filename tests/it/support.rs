@@ -329,6 +329,16 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(yaml: &str) -> GatewayProcess {
+        Self::start_with(yaml, "warn", std::process::Stdio::inherit())
+    }
+
+    /// The gateway with access logs on (`RUST_LOG=info`), its stderr written to `log`.
+    pub fn start_logged(yaml: &str, log: &Path) -> GatewayProcess {
+        let file = std::fs::File::create(log).unwrap();
+        Self::start_with(yaml, "info", std::process::Stdio::from(file))
+    }
+
+    fn start_with(yaml: &str, rust_log: &str, stderr: std::process::Stdio) -> GatewayProcess {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.yaml");
@@ -336,9 +346,10 @@ impl GatewayProcess {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

@@ -665,3 +665,72 @@ async fn a_cookieless_client_keeps_url_tracking_on_the_sibling() {
     .await;
     assert!(me(&me_page).contains("user=alice"), "{me_page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_logs_never_carry_a_token() {
+    let b = html_shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let yaml = config(&b);
+    let path = log.clone();
+    let gw = tokio::task::spawn_blocking(move || GatewayProcess::start_logged(&yaml, &path))
+        .await
+        .unwrap();
+    let base = format!("http://{}", gw.http);
+    let http = client();
+    let token = url_session(&http, &base).await;
+    for target in [
+        format!("/cart;sgsid={token}?x=1"),
+        format!("/cart?sgsid={token}"),
+        format!("/nowhere;sgsid={token}"),
+    ] {
+        http.get(format!("{base}{target}"))
+            .header("referer", format!("{base}/home;sgsid={token}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let logged =
+        eventually(Duration::from_secs(5), || {
+            let log = log.clone();
+            async move {
+                std::fs::read_to_string(&log).is_ok_and(|t| t.matches("path=/cart").count() >= 2)
+            }
+        })
+        .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(logged, "no access lines: {text}");
+    assert!(!text.contains(&token), "{text}");
+    assert!(!text.contains(&token[..16]), "{text}");
+}
+
+#[tokio::test]
+async fn a_url_tracked_client_that_starts_keeping_cookies_moves_to_the_cookie() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&auto_config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("referer", format!("{base}/home"))
+        .send()
+        .await
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let token = location.trim_start_matches("/home;sgsid=").to_owned();
+    // Now it returns the probe: the token goes into a cookie and the page's links are clean.
+    let resp = http
+        .get(format!("{base}/cart;sgsid={token}"))
+        .header("cookie", "sg_probe=1")
+        .send()
+        .await
+        .unwrap();
+    let cookies = set_cookies(resp.headers());
+    assert!(cookies.contains(&format!("sg={token}")), "{cookies:?}");
+    let (_, cart) = page(resp).await;
+    assert!(me(&cart).contains("user=alice"), "{cart}");
+    assert_eq!(attr(&cart, "cart", "href"), "/cart");
+}
