@@ -88,6 +88,12 @@ async fn html_shop() -> Backend {
                 *r.body_mut() = full(packed);
                 r
             }
+            "/plain" => {
+                let mut r = text(200, r#"<a href="/cart">not a page</a>"#);
+                r.headers_mut()
+                    .insert("content-length", "30".parse().unwrap());
+                r
+            }
             p if p.starts_with("/redirect/") => {
                 let mut r = page(String::new());
                 *r.status_mut() = http::StatusCode::from_u16(p[10..].parse().unwrap()).unwrap();
@@ -733,4 +739,23 @@ async fn a_url_tracked_client_that_starts_keeping_cookies_moves_to_the_cookie() 
     let (_, cart) = page(resp).await;
     assert!(me(&cart).contains("user=alice"), "{cart}");
     assert_eq!(attr(&cart, "cart", "href"), "/cart");
+}
+
+#[tokio::test]
+async fn non_html_bodies_are_untouched() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let token = url_session(&http, &base).await;
+    let resp = http
+        .get(format!("{base}/plain;sgsid={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-length"], "30");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        r#"<a href="/cart">not a page</a>"#
+    );
 }
