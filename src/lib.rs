@@ -2,16 +2,20 @@
 //!
 //! # Layout
 //! Arrows point one way: `gateway` wires `listener` to `proxy` (and `admin`); `proxy` uses
-//! `routing` and `upstream`, which never import each other; only `config` reads YAML.
+//! `routing`, `upstream`, `session` and `rewrite`, which never import each other; only
+//! `config` reads YAML.
 //!
 //! - [`config`]: reads and validates `gateway.yaml`, reporting every problem with its position.
 //! - [`listener`]: accepts connections, terminates TLS (SNI, ALPN), serves HTTP/1.1 and HTTP/2.
 //! - [`proxy`]: the life of a request, phase by phase; the one error → status mapping.
 //! - [`routing`]: host and path-prefix matching, path normalization.
-//! - [`session`]: session tokens (signed, rotated keys); stores and the header contract follow.
+//! - [`session`]: tokens (signed, rotated keys), resolution from cookie or URL, the memory
+//!   store, the header contract with backends, tracking modes, handoffs to sibling hosts.
+//! - [`rewrite`]: URL rewriting for cookieless clients: streaming HTML, redirect headers.
+//! - [`path_param`]: `;NAME=VALUE` path parameters, read alike by `session` and `rewrite`.
 //! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
 //! - [`gateway`]: start, serve, drain.
-//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`admin`]: `/healthz`, `/readyz`, the session API.
 //! - [`deadline`]: per-request timeouts that cost no timer registration when met.
 //! - [`idle`]: silence detection for HTTP/2 connections and WebSocket tunnels.
 //! - [`demo`]: the sample backend of `sessiongate demo`.
@@ -26,6 +30,7 @@ pub mod demo;
 pub mod gateway;
 pub mod idle;
 pub mod listener;
+pub mod path_param;
 pub mod proxy;
 pub mod rewrite;
 pub mod routing;

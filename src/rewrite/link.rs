@@ -128,7 +128,8 @@ impl std::fmt::Debug for Tagger {
 fn insert(link: &str, param: &str, value: &str) -> String {
     let (before_fragment, fragment) = split_at_first(link, '#');
     let (path, query) = split_at_first(before_fragment, '?');
-    let path = strip_param(path, param);
+    // An older value of the parameter (a token from before a regenerate) goes.
+    let (path, _, _) = crate::path_param::remove(path, param);
     // After the scheme and authority of an absolute or network-path URL, the path starts.
     let path_start = match path.find("//") {
         Some(i) if i == 0 || is_scheme(&path[..i]) => {
@@ -161,27 +162,6 @@ fn is_scheme(s: &str) -> bool {
 /// `s` split before the first `c` (the second part keeps `c`).
 fn split_at_first(s: &str, c: char) -> (&str, &str) {
     s.find(c).map_or((s, ""), |i| s.split_at(i))
-}
-
-/// `path` without a `;NAME=...` parameter it already has (an older token).
-fn strip_param(path: &str, name: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    let mut rest = path;
-    while let Some(at) = rest.find(';') {
-        out.push_str(&rest[..at]);
-        let param = &rest[at + 1..];
-        let end = param.find([';', '/']).unwrap_or(param.len());
-        let ours = param[..end]
-            .strip_prefix(name)
-            .is_some_and(|v| v.starts_with('='));
-        if !ours {
-            out.push(';');
-            out.push_str(&param[..end]);
-        }
-        rest = &param[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The URL in a refresh instruction (`5; url=/next`), with the token; `None` if there is none

@@ -45,33 +45,9 @@ pub fn take_tokens(url: &str, name: &str) -> Option<(String, UrlTokens)> {
         None => (url, None),
     };
     let mut tokens = UrlTokens::default();
-    let mut found = false;
-
     // Path parameters: `;NAME=VALUE` runs to the next `;`, `/` or the end of the path.
-    let mut path = String::with_capacity(before_query.len());
-    let mut rest = before_query;
-    while let Some(at) = rest.find(';') {
-        path.push_str(&rest[..at]);
-        let param = &rest[at + 1..];
-        let end = param.find([';', '/']).unwrap_or(param.len());
-        match param[..end]
-            .strip_prefix(name)
-            .and_then(|v| v.strip_prefix('='))
-        {
-            Some(value) => {
-                found = true;
-                if tokens.path.is_none() {
-                    tokens.path = Some(value.to_owned());
-                }
-            }
-            None => {
-                path.push(';');
-                path.push_str(&param[..end]);
-            }
-        }
-        rest = &param[end..];
-    }
-    path.push_str(rest);
+    let (mut path, first, mut found) = crate::path_param::remove(before_query, name);
+    tokens.path = first.map(str::to_owned);
 
     // Query parameters: `&`-separated; `NAME` alone or `NAME=VALUE`.
     let mut kept: Vec<&str> = Vec::new();
