@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Response};
+use http::{HeaderMap, Method, Response};
 
 use crate::support::*;
 
@@ -129,6 +129,20 @@ fn me(page: &str) -> &str {
     &page[start..start + page[start..].find('<').unwrap()]
 }
 
+/// Sends `method url` with `headers`; the response's headers and text.
+async fn fetch(
+    http: &reqwest::Client,
+    method: Method,
+    url: String,
+    headers: &[(&str, &str)],
+) -> (HeaderMap, String) {
+    let mut req = http.request(method, url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    page(req.send().await.unwrap()).await
+}
+
 async fn page(resp: reqwest::Response) -> (HeaderMap, String) {
     let headers = resp.headers().clone();
     (headers, resp.text().await.unwrap())
@@ -164,32 +178,26 @@ async fn cookieless_client_keeps_session_across_redirect_links_and_forms() {
     assert_eq!(attr(&home, "top", "href"), "#top");
 
     // A link, a POST form, then a GET form (its query replaces the link's, the token stays).
-    let (_, cart) = page(
-        http.get(format!("{base}{}", attr(&home, "cart", "href")))
-            .send()
-            .await
-            .unwrap(),
+    let (_, cart) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}{}", attr(&home, "cart", "href")),
+        &[],
     )
     .await;
     assert!(me(&cart).contains("user=alice cart=-"), "{cart}");
-    let (_, bought) = page(
-        http.post(format!("{base}{}", attr(&cart, "buy", "action")))
-            .send()
-            .await
-            .unwrap(),
+    let (_, bought) = fetch(
+        &http,
+        Method::POST,
+        format!("{base}{}", attr(&cart, "buy", "action")),
+        &[],
     )
     .await;
     assert!(me(&bought).contains("user=alice cart=1"), "{bought}");
     assert_eq!(b.last().uri, "/cart");
     let search = attr(&bought, "search", "action");
     assert_eq!(search, format!("search;sgsid={token}"));
-    let (_, found) = page(
-        http.get(format!("{base}/{search}?q=shoes"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, found) = fetch(&http, Method::GET, format!("{base}/{search}?q=shoes"), &[]).await;
     assert!(me(&found).contains("user=alice cart=2"), "{found}");
     assert_eq!(b.last().uri, "/search?q=shoes");
 
@@ -200,19 +208,19 @@ async fn cookieless_client_keeps_session_across_redirect_links_and_forms() {
     }
 
     // Logout: the session ends, and the page's links are no longer tagged.
-    let (_, out) = page(
-        http.get(format!("{base}/logout;sgsid={token}"))
-            .send()
-            .await
-            .unwrap(),
+    let (_, out) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}/logout;sgsid={token}"),
+        &[],
     )
     .await;
     assert_eq!(attr(&out, "cart", "href"), "/cart");
-    let (_, after) = page(
-        http.get(format!("{base}/home;sgsid={token}"))
-            .send()
-            .await
-            .unwrap(),
+    let (_, after) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}/home;sgsid={token}"),
+        &[],
     )
     .await;
     assert!(me(&after).contains("status=expired"), "{after}");
@@ -267,12 +275,11 @@ async fn auto_keeps_urls_clean_for_a_client_that_returns_the_probe_cookie() {
         .into_iter()
         .find(|c| c.starts_with("sg="))
         .unwrap();
-    let (h, home) = page(
-        http.get(format!("{base}/home"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap(),
+    let (h, home) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}/home"),
+        &[("cookie", cookie.as_str())],
     )
     .await;
     assert!(me(&home).contains("status=active user=alice"), "{home}");
@@ -333,12 +340,11 @@ async fn auto_without_evidence_goes_both_ways_then_cleans_the_address_bar() {
     assert_eq!(resp.status(), 302);
     assert_eq!(resp.headers()["location"], "/home");
     assert_eq!(b.requests().len(), seen);
-    let (_, home) = page(
-        http.get(format!("{base}/home"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap(),
+    let (_, home) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}/home"),
+        &[("cookie", cookie.as_str())],
     )
     .await;
     assert!(me(&home).contains("user=alice"), "{home}");
@@ -638,12 +644,11 @@ async fn a_cookieless_client_keeps_url_tracking_on_the_sibling() {
         .unwrap();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     let token = location.trim_start_matches("/home;sgsid=").to_owned();
-    let (_, home) = page(
-        http.get(format!("{base}{location}"))
-            .header("host", "shop.example")
-            .send()
-            .await
-            .unwrap(),
+    let (_, home) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}{location}"),
+        &[("host", "shop.example")],
     )
     .await;
     let acct = attr(&home, "acct", "href");
@@ -661,12 +666,11 @@ async fn a_cookieless_client_keeps_url_tracking_on_the_sibling() {
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with("/me;sgsid="), "{location}");
     assert!(!location.contains(&token), "a token of its own: {location}");
-    let (_, me_page) = page(
-        http.get(format!("{base}{location}"))
-            .header("host", "account.example")
-            .send()
-            .await
-            .unwrap(),
+    let (_, me_page) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}{location}"),
+        &[("host", "account.example")],
     )
     .await;
     assert!(me(&me_page).contains("user=alice"), "{me_page}");
