@@ -8,7 +8,6 @@
 //! 5xx: a session is created on its first `Set` (never for requests that write nothing),
 //! regenerated with a new token that keeps data and key, or destroyed.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use cookie::Cookie;
@@ -28,6 +27,28 @@ use crate::config::{
     ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
 };
 
+/// The session and probe cookies' names on a plain or TLS listener: `__Host-` prefixed when
+/// the browser will accept that (Secure, `Path=/`, no `Domain`), which pins the cookie to this
+/// exact host.
+fn cookie_names(cookie: &CookieConfig, tls: bool) -> (String, String) {
+    let name = if is_secure(cookie, tls) && cookie.path == "/" && cookie.domain.is_none() {
+        format!("__Host-{}", cookie.name)
+    } else {
+        cookie.name.clone()
+    };
+    let probe = format!("{name}_probe");
+    (name, probe)
+}
+
+/// Whether the cookies are `Secure` on a plain or TLS listener.
+fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
+    match cookie.secure {
+        Secure::Auto => tls,
+        Secure::Always => true,
+        Secure::Never => false,
+    }
+}
+
 /// Sessions as the proxy sees them.
 pub struct Sessions {
     keys: SessionKeys,
@@ -37,6 +58,8 @@ pub struct Sessions {
     url_parameter: String,
     crawlers: Vec<String>,
     handoffs: Handoffs,
+    /// The session and probe cookies' names on plain [0] and TLS [1] listeners.
+    names_by_listener: [(String, String); 2],
     idle: Duration,
     absolute: Duration,
     grace: Duration,
@@ -179,6 +202,7 @@ impl Sessions {
             url_parameter: config.url_parameter.clone(),
             crawlers: config.crawlers.clone(),
             handoffs: Handoffs::new(HANDOFF_TTL, 100_000),
+            names_by_listener: [false, true].map(|tls| cookie_names(&config.cookie, tls)),
             idle: config.idle_timeout,
             absolute: config.absolute_timeout,
             grace: config.regenerate_grace,
@@ -191,31 +215,22 @@ impl Sessions {
     }
 
     fn secure(&self, tls: bool) -> bool {
-        match self.cookie.secure {
-            Secure::Auto => tls,
-            Secure::Always => true,
-            Secure::Never => false,
-        }
+        is_secure(&self.cookie, tls)
     }
 
-    /// The cookie's name on this listener: `__Host-` prefixed when the browser will accept
-    /// that (Secure, `Path=/`, no `Domain`), which pins the cookie to this exact host.
-    fn cookie_name(&self, tls: bool) -> Cow<'_, str> {
-        if self.secure(tls) && self.cookie.path == "/" && self.cookie.domain.is_none() {
-            Cow::Owned(format!("__Host-{}", self.cookie.name))
-        } else {
-            Cow::Borrowed(&self.cookie.name)
-        }
+    /// The cookie's name on this listener (worked out once: it is read on every request).
+    fn cookie_name(&self, tls: bool) -> &str {
+        &self.names_by_listener[usize::from(tls)].0
     }
 
     /// The probe cookie's name on this listener (see `tracking`).
-    fn probe_name(&self, tls: bool) -> String {
-        format!("{}_probe", self.cookie_name(tls))
+    fn probe_name(&self, tls: bool) -> &str {
+        &self.names_by_listener[usize::from(tls)].1
     }
 
     /// Adds the probe cookie: not a credential, it only shows that the client keeps cookies.
     fn set_probe(&self, headers: &mut HeaderMap, tls: bool) {
-        let probe = Cookie::build((self.probe_name(tls), "1"))
+        let probe = Cookie::build((self.probe_name(tls).to_owned(), "1"))
             .path("/")
             .http_only(true)
             .secure(self.secure(tls))
@@ -286,8 +301,8 @@ impl Sessions {
         contract::strip_client_headers(headers, &self.names, info.mapped);
         let taken = take_cookies(
             headers,
-            &self.cookie_name(info.tls),
-            &self.probe_name(info.tls),
+            self.cookie_name(info.tls),
+            self.probe_name(info.tls),
         );
         let mut evidence = Evidence {
             takes_cookies: taken.probe || taken.session.is_some(),
@@ -570,7 +585,7 @@ impl Sessions {
     fn set_cookie(&self, headers: &mut HeaderMap, token: Option<&Token>, tls: bool) {
         let c = &self.cookie;
         let value = token.map(Token::expose).unwrap_or_default();
-        let mut b = Cookie::build((self.cookie_name(tls).into_owned(), value))
+        let mut b = Cookie::build((self.cookie_name(tls).to_owned(), value))
             .path(c.path.clone())
             .http_only(c.http_only)
             .secure(self.secure(tls))
