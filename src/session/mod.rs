@@ -10,6 +10,7 @@ pub mod cookie;
 pub mod gate;
 pub mod handoff;
 pub mod memory;
+pub mod redis;
 pub mod store;
 pub mod token;
 pub mod tracking;
@@ -17,6 +18,7 @@ pub mod url;
 
 pub use gate::{Arrival, Held, RequestInfo, RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
+pub use redis::{RedisOptions, RedisStore};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,
 };

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessiongate::session::{
-    Change, Limits, MemoryOptions, MemoryStore, SessionKey, SessionKeys, SessionStore, StoreId,
-    Token, unix_ms,
+    Change, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SessionKey, SessionKeys,
+    SessionStore, StoreId, Token, unix_ms,
 };
 
 const SECRET: &str = "conformance-secret-0123456789abcdef0123";
@@ -273,49 +273,52 @@ macro_rules! conformance {
         mod $name {
             use super::*;
 
-            fn make(setup: Setup) -> impl SessionStore + 'static {
-                ($make)(setup)
+            async fn make(setup: Setup) -> impl SessionStore + 'static {
+                ($make)(setup).await
             }
 
             #[tokio::test]
             async fn nothing_is_created_without_a_create_key() {
-                super::nothing_is_created_without_a_create_key(make(RELAXED)).await;
+                super::nothing_is_created_without_a_create_key(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn first_update_creates_and_load_returns_it() {
-                super::first_update_creates_and_load_returns_it(make(RELAXED)).await;
+                super::first_update_creates_and_load_returns_it(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn unset_and_last_write_wins() {
-                super::unset_and_last_write_wins(make(RELAXED)).await;
+                super::unset_and_last_write_wins(make(RELAXED).await).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_updates_of_different_attributes_all_survive() {
-                super::concurrent_updates_of_different_attributes_all_survive(make(RELAXED)).await;
-            }
-            #[tokio::test]
-            async fn changes_over_the_limits_are_refused_and_the_rest_applied() {
-                super::changes_over_the_limits_are_refused_and_the_rest_applied(make(RELAXED))
+                super::concurrent_updates_of_different_attributes_all_survive(make(RELAXED).await)
                     .await;
             }
             #[tokio::test]
+            async fn changes_over_the_limits_are_refused_and_the_rest_applied() {
+                super::changes_over_the_limits_are_refused_and_the_rest_applied(
+                    make(RELAXED).await,
+                )
+                .await;
+            }
+            #[tokio::test]
             async fn delete_removes_the_session() {
-                super::delete_removes_the_session(make(RELAXED)).await;
+                super::delete_removes_the_session(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace() {
-                super::rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(make(
-                    RELAXED,
-                ))
+                super::rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(
+                    make(RELAXED).await,
+                )
                 .await;
             }
             #[tokio::test]
             async fn delete_where_logs_a_user_out_everywhere() {
-                super::delete_where_logs_a_user_out_everywhere(make(RELAXED)).await;
+                super::delete_where_logs_a_user_out_everywhere(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn sessions_are_found_by_their_stable_key() {
-                super::sessions_are_found_by_their_stable_key(make(RELAXED)).await;
+                super::sessions_are_found_by_their_stable_key(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn an_idle_session_expires_and_a_used_one_does_not() {
@@ -323,7 +326,8 @@ macro_rules! conformance {
                     idle: Duration::from_millis(1200),
                     ..RELAXED
                 };
-                super::an_idle_session_expires_and_a_used_one_does_not(make(setup), setup).await;
+                super::an_idle_session_expires_and_a_used_one_does_not(make(setup).await, setup)
+                    .await;
             }
             #[tokio::test]
             async fn a_session_expires_at_the_absolute_timeout_even_when_used() {
@@ -332,27 +336,53 @@ macro_rules! conformance {
                     absolute: Duration::from_millis(900),
                     ..RELAXED
                 };
-                super::a_session_expires_at_the_absolute_timeout_even_when_used(make(setup), setup)
-                    .await;
+                super::a_session_expires_at_the_absolute_timeout_even_when_used(
+                    make(setup).await,
+                    setup,
+                )
+                .await;
             }
             #[tokio::test]
             async fn an_alias_reaches_the_same_session() {
-                super::an_alias_reaches_the_same_session(make(RELAXED)).await;
+                super::an_alias_reaches_the_same_session(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn ping_answers() {
-                super::ping_answers(make(RELAXED)).await;
+                super::ping_answers(make(RELAXED).await).await;
             }
         }
     };
 }
 
-conformance!(memory, |setup: Setup| MemoryStore::new(MemoryOptions {
-    max_sessions: 10_000,
-    idle_timeout: setup.idle,
-    absolute_timeout: setup.absolute,
-    limits: setup.limits,
-}));
+conformance!(memory, |setup: Setup| async move {
+    MemoryStore::new(MemoryOptions {
+        max_sessions: 10_000,
+        idle_timeout: setup.idle,
+        absolute_timeout: setup.absolute,
+        limits: setup.limits,
+    })
+});
+
+// The machine's Redis (127.0.0.1:6379, started by scripts/test when it is not running); each
+// test has a key prefix of its own, and its keys expire with the idle timeout.
+conformance!(redis, |setup: Setup| async move {
+    let mut tag = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut tag).unwrap();
+    let prefix = format!(
+        "sgtest:{}:",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    RedisStore::connect(RedisOptions {
+        url: "redis://127.0.0.1:6379".to_owned(),
+        key_prefix: prefix,
+        idle_timeout: setup.idle,
+        absolute_timeout: setup.absolute,
+        limits: setup.limits,
+        op_timeout: Duration::from_secs(2),
+    })
+    .await
+    .expect("redis-server on 127.0.0.1:6379 (scripts/test starts one)")
+});
 
 #[tokio::test]
 async fn memory_store_evicts_past_its_capacity() {

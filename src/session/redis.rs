@@ -1,0 +1,475 @@
+//! The shared store: sessions in Redis, so that several gateways serve one set of sessions.
+//! Redis is the distributed engine; this module only lays sessions out in it.
+//!
+//! Layout, under a key prefix (`sg:` by default):
+//! - `PREFIX s:ID` — a hash per session: `k` (its stable key), `c` (created, Unix ms),
+//!   `l` (last used, Unix ms), and `a:NAME` per attribute. It expires (`PEXPIRE`) after the
+//!   idle timeout since its last write; the absolute timeout is judged from `c`.
+//! - `PREFIX m:ID` — another id of a session (a regenerated token's predecessor during the
+//!   grace window, a sibling host's alias): the session's id, with its own expiry.
+//!
+//! Every change runs as one Lua script, so a session's changes and its expiry refresh are
+//! atomic: two gateways setting different attributes of one session both keep theirs.
+//! The scripts name keys they derive from their arguments, which a standalone Redis
+//! allows (Cluster support will pass them as KEYS with a hash tag).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script, Value};
+
+use super::StoreId;
+use super::store::{
+    Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
+    TOUCH_EVERY_MS,
+};
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// A session unused for this long is dropped by Redis.
+    pub idle_timeout: Duration,
+    /// A session older than this is dropped when read.
+    pub absolute_timeout: Duration,
+    /// Size limits on session data.
+    pub limits: Limits,
+    /// Longest wait for one operation.
+    pub op_timeout: Duration,
+}
+
+/// Finds the hash of `ARGV[2]`, directly or through an alias; `false` if there is none.
+const RESOLVE: &str = r"
+local function resolve(p, id)
+  local key = p .. 's:' .. id
+  if redis.call('EXISTS', key) == 1 then return key, id end
+  local to = redis.call('GET', p .. 'm:' .. id)
+  if to and redis.call('EXISTS', p .. 's:' .. to) == 1 then return p .. 's:' .. to, to end
+  return false, false
+end
+";
+
+/// ARGV: prefix, id, now, idle ms, touch ms. A use is written back (last use, expiry) only
+/// when the last one is older than `touch`, or less than half the idle timeout is left.
+const LOAD: &str = r"
+local key = resolve(ARGV[1], ARGV[2])
+if not key then return false end
+local now, idle, touch = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local last = tonumber(redis.call('HGET', key, 'l') or '0')
+if now - last >= touch or redis.call('PTTL', key) < idle / 2 then
+  if now > last then redis.call('HSET', key, 'l', now) end
+  redis.call('PEXPIRE', key, idle)
+end
+return redis.call('HGETALL', key)
+";
+
+/// ARGV: prefix, id, now, idle ms, create key ('' for none), max attributes, max value
+/// bytes, max session bytes, then (op 'S'/'U', name, value) per change.
+/// Returns {created, {rejected name, reason, ...}, HGETALL} or false.
+const UPDATE: &str = r"
+local p, id, now, idle = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local create = ARGV[5]
+local max_attrs, max_value, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local key = resolve(p, id)
+local created = 0
+if not key then
+  if create == '' or redis.call('EXISTS', p .. 'm:' .. id) == 1 then return false end
+  key = p .. 's:' .. id
+  redis.call('HSET', key, 'k', create, 'c', now, 'l', now)
+  created = 1
+end
+local h = redis.call('HGETALL', key)
+local attrs, count, size = {}, 0, 0
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) == 'a:' then
+    local n = string.sub(h[i], 3)
+    attrs[n] = h[i + 1]
+    count = count + 1
+    size = size + #n + #h[i + 1]
+  end
+end
+local rejected = {}
+for i = 9, #ARGV, 3 do
+  local op, name, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = attrs[name]
+  if op == 'U' then
+    if old then
+      size = size - #name - #old
+      count = count - 1
+      attrs[name] = nil
+      redis.call('HDEL', key, 'a:' .. name)
+    end
+  else
+    local new_size = size + #name + #value
+    if old then new_size = new_size - #name - #old end
+    local reason = nil
+    if #value > max_value then reason = 'max_value_bytes'
+    elseif (not old) and count >= max_attrs then reason = 'max_attributes'
+    elseif new_size > max_bytes then reason = 'max_session_bytes' end
+    if reason then
+      table.insert(rejected, name)
+      table.insert(rejected, reason)
+    else
+      if not old then count = count + 1 end
+      attrs[name] = value
+      size = new_size
+      redis.call('HSET', key, 'a:' .. name, value)
+    end
+  end
+end
+local last = tonumber(redis.call('HGET', key, 'l') or '0')
+if now > last then redis.call('HSET', key, 'l', now) end
+redis.call('PEXPIRE', key, idle)
+return {created, rejected, redis.call('HGETALL', key)}
+";
+
+/// ARGV: prefix, id. Deletes the session and the alias `id` if it is one.
+const DELETE: &str = r"
+local key = resolve(ARGV[1], ARGV[2])
+if key then redis.call('DEL', key) end
+redis.call('DEL', ARGV[1] .. 'm:' .. ARGV[2])
+return 1
+";
+
+/// ARGV: prefix, from, to, grace ms. The session moves to `to`; `from` answers for `grace`.
+const RENAME: &str = r"
+local p = ARGV[1]
+local key = resolve(p, ARGV[2])
+if not key then return 0 end
+local to = p .. 's:' .. ARGV[3]
+redis.call('RENAME', key, to)
+local grace = tonumber(ARGV[4])
+if grace > 0 then redis.call('SET', p .. 'm:' .. ARGV[2], ARGV[3], 'PX', grace)
+else redis.call('DEL', p .. 'm:' .. ARGV[2]) end
+return 1
+";
+
+/// ARGV: prefix, alias, to, ttl ms.
+const ALIAS: &str = r"
+local p = ARGV[1]
+local key, id = resolve(p, ARGV[3])
+if not key then return 0 end
+redis.call('SET', p .. 'm:' .. ARGV[2], id, 'PX', math.max(1, tonumber(ARGV[4])))
+return 1
+";
+
+/// Sessions kept in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    idle: Duration,
+    absolute: Duration,
+    limits: Limits,
+    op_timeout: Duration,
+    load: Script,
+    update: Script,
+    delete: Script,
+    rename: Script,
+    alias: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("redis: {e}"))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex(id: &StoreId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl RedisStore {
+    /// Connects (within the operation timeout). The connection reconnects by itself later.
+    ///
+    /// # Errors
+    /// A bad URL, or no Redis answering.
+    pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(options.url.as_str()).map_err(failed)?;
+        let conn = tokio::time::timeout(options.op_timeout, ConnectionManager::new(client))
+            .await
+            .map_err(|_| failed("no connection within the operation timeout"))?
+            .map_err(failed)?;
+        let script = |body: &str| Script::new(&format!("{RESOLVE}\n{body}"));
+        Ok(RedisStore {
+            conn,
+            prefix: options.key_prefix,
+            idle: options.idle_timeout,
+            absolute: options.absolute_timeout,
+            limits: options.limits,
+            op_timeout: options.op_timeout,
+            load: script(LOAD),
+            update: script(UPDATE),
+            delete: script(DELETE),
+            rename: script(RENAME),
+            alias: script(ALIAS),
+        })
+    }
+
+    /// Runs `f` within the operation timeout.
+    async fn timed<T>(
+        &self,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.op_timeout, f)
+            .await
+            .map_err(|_| failed(format!("no answer within {:?}", self.op_timeout)))?
+            .map_err(failed)
+    }
+
+    /// Every session hash key (a scan: the admin API's, not a request path's).
+    async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}s:*", self.prefix);
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .timed(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
+    fn session(&self, hash: &[Value]) -> Option<Session> {
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+            Value::SimpleString(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        };
+        let (mut key, mut created, mut last) = (None, None, None);
+        let mut attrs = Vec::new();
+        for pair in hash.chunks_exact(2) {
+            let (field, value) = (text(&pair[0])?, text(&pair[1])?);
+            match field.as_str() {
+                "k" => key = Some(value),
+                "c" => created = value.parse::<u64>().ok(),
+                "l" => last = value.parse::<u64>().ok(),
+                f => {
+                    if let Some(name) = f.strip_prefix("a:") {
+                        attrs.push((name.to_owned(), value));
+                    }
+                }
+            }
+        }
+        let (key, created, last) = (key?, created?, last?);
+        let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
+        if age > self.absolute {
+            return None;
+        }
+        Some(Session::from_parts(
+            &key,
+            attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            created,
+            last,
+        ))
+    }
+}
+
+fn reason(text: &str) -> &'static str {
+    match text {
+        "max_value_bytes" => "max_value_bytes",
+        "max_attributes" => "max_attributes",
+        _ => "max_session_bytes",
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
+        let mut conn = self.conn.clone();
+        let found: Option<Vec<Value>> = self
+            .timed(
+                self.load
+                    .arg(&self.prefix)
+                    .arg(hex(id))
+                    .arg(now_ms)
+                    .arg(ms(self.idle).max(1))
+                    .arg(TOUCH_EVERY_MS)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(found.and_then(|h| self.session(&h)))
+    }
+
+    async fn update(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+    ) -> Result<Option<Applied>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut call = self.update.prepare_invoke();
+        call.arg(&self.prefix)
+            .arg(hex(id))
+            .arg(now_ms)
+            .arg(ms(self.idle).max(1))
+            .arg(create.as_ref().map_or("", |k| k.0.as_str()))
+            .arg(self.limits.max_attributes)
+            .arg(self.limits.max_value_bytes)
+            .arg(self.limits.max_session_bytes);
+        for change in changes {
+            match change {
+                Change::Set(n, v) => call.arg("S").arg(n).arg(v),
+                Change::Unset(n) => call.arg("U").arg(n).arg(""),
+            };
+        }
+        let result: Option<(i64, Vec<String>, Vec<Value>)> =
+            self.timed(call.invoke_async(&mut conn)).await?;
+        let Some((created, rejected, hash)) = result else {
+            return Ok(None);
+        };
+        let Some(session) = self.session(&hash) else {
+            return Ok(None);
+        };
+        let rejected = rejected
+            .chunks_exact(2)
+            .map(|r| Rejected {
+                name: r[0].clone(),
+                reason: reason(&r[1]),
+            })
+            .collect();
+        Ok(Some(Applied {
+            session,
+            rejected,
+            created: created == 1,
+        }))
+    }
+
+    async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed(
+                self.delete
+                    .arg(&self.prefix)
+                    .arg(hex(id))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        from: &StoreId,
+        to: &StoreId,
+        grace: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let moved: i64 = self
+            .timed(
+                self.rename
+                    .arg(&self.prefix)
+                    .arg(hex(from))
+                    .arg(hex(to))
+                    .arg(ms(grace))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(moved == 1)
+    }
+
+    async fn alias(
+        &self,
+        alias: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let made: i64 = self
+            .timed(
+                self.alias
+                    .arg(&self.prefix)
+                    .arg(hex(alias))
+                    .arg(hex(to))
+                    .arg(ms(ttl))
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(made == 1)
+    }
+
+    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        let field = format!("a:{name}");
+        let mut deleted = 0;
+        for key in self.session_keys().await? {
+            let v: Option<String> = self.timed(conn.hget(&key, &field)).await?;
+            if v.as_deref() == Some(value) {
+                let n: i64 = self.timed(conn.del(&key)).await?;
+                deleted += usize::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn find_by_key(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<(StoreId, Session)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let s_prefix = format!("{}s:", self.prefix);
+        for hash_key in self.session_keys().await? {
+            let k: Option<String> = self.timed(conn.hget(&hash_key, "k")).await?;
+            if k.as_deref() != Some(key.0.as_str()) {
+                continue;
+            }
+            let Some(id) = hash_key
+                .strip_prefix(&s_prefix)
+                .and_then(parse_hex)
+                .map(StoreId)
+            else {
+                continue;
+            };
+            let hash: Vec<Value> = self.timed(conn.hgetall(&hash_key)).await?;
+            return Ok(self.session(&hash).map(|s| (id, s)));
+        }
+        Ok(None)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: String = self
+            .timed(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}
+
+fn parse_hex(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
