@@ -925,6 +925,30 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_store_is_read_and_its_mistakes_reported() {
+        let text = BASE.to_owned()
+            + "sessions:\n  store:\n    kind: redis\n    redis: { url: \"redis://10.0.0.5:6379/2\", key_prefix: \"shop:\", timeout: 250ms }\n";
+        let s = load(&text).unwrap().sessions.unwrap();
+        assert_eq!(
+            s.store,
+            StoreConfig::Redis {
+                url: "redis://10.0.0.5:6379/2".to_owned(),
+                key_prefix: "shop:".to_owned(),
+                timeout: Duration::from_millis(250),
+            }
+        );
+        let errs =
+            problems(&(BASE.to_owned() + "sessions:\n  store: { kind: redis }\n")).join("\n");
+        assert!(errs.contains("needs a redis:"), "{errs}");
+        let errs = problems(
+            &(BASE.to_owned()
+                + "sessions:\n  store: { kind: redis, redis: { url: \"http://x\" } }\n"),
+        )
+        .join("\n");
+        assert!(errs.contains("sessions.store.redis.url"), "{errs}");
+    }
+
+    #[test]
     fn route_session_can_be_off() {
         let text =
             BASE.replace("upstream: app }", "upstream: app, session: off }") + "sessions: {}\n";

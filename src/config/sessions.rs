@@ -91,6 +91,15 @@ pub enum StoreConfig {
         /// Most sessions kept.
         max_sessions: u64,
     },
+    /// In Redis, shared by every gateway that uses it.
+    Redis {
+        /// `redis://[user:password@]host:port[/db]`.
+        url: String,
+        /// Prefix of every key.
+        key_prefix: String,
+        /// Longest wait for one operation.
+        timeout: Duration,
+    },
 }
 
 /// `SameSite` of the session cookie.
@@ -328,13 +337,59 @@ pub(super) fn read_sessions(
 
 fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> {
     let mut m = MapReader::new(node, path, p)?;
-    // The only kind so far; redis and cookie join it with their stores.
-    if let Some(n) = m.get("kind") {
-        one_of(n, &m.child("kind"), &["memory"], p);
-    }
+    // The sealed-cookie store joins these with issue 5.
+    let kind = match m.get("kind") {
+        Some(n) => one_of(n, &m.child("kind"), &["memory", "redis"], p)?,
+        None => "memory",
+    };
     let memory = m.get("memory");
     let mpath = m.child("memory");
+    let redis = m.get("redis");
+    let rpath = m.child("redis");
     m.finish(p);
+    if kind == "redis" {
+        let Some(r) = redis else {
+            p.push(
+                node.pos,
+                path,
+                "kind: redis needs a redis: { url: ... } section",
+            );
+            return None;
+        };
+        let mut rm = MapReader::new(r, &rpath, p)?;
+        let url = rm
+            .get("url")
+            .and_then(|n| non_empty(n, &rm.child("url"), p))
+            .filter(|u| {
+                let ok = u.starts_with("redis://") || u.starts_with("rediss://");
+                if !ok {
+                    p.push(
+                        r.pos,
+                        &rm.child("url"),
+                        "a Redis URL starts with redis:// or rediss://",
+                    );
+                }
+                ok
+            });
+        let key_prefix = rm
+            .get("key_prefix")
+            .and_then(|n| non_empty(n, &rm.child("key_prefix"), p))
+            .unwrap_or_else(|| "sg:".to_owned());
+        let timeout = rm
+            .get("timeout")
+            .and_then(|n| positive_duration(n, &rm.child("timeout"), p))
+            .unwrap_or(Duration::from_secs(1));
+        let missing_url = rm.get("url").is_none();
+        rm.finish(p);
+        if missing_url {
+            p.push(r.pos, &rpath, "url is required");
+        }
+        return Some(StoreConfig::Redis {
+            url: url?,
+            key_prefix,
+            timeout,
+        });
+    }
     let mut max_sessions = 1_000_000;
     if let Some(n) = memory
         && let Some(mut mm) = MapReader::new(n, &mpath, p)

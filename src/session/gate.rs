@@ -19,7 +19,9 @@ use super::contract::{self, Names, Status};
 use super::cookie::take as take_cookies;
 use super::handoff::{HANDOFF_PARAMETER, HANDOFF_TTL, Handoff, Handoffs};
 use super::memory::{MemoryOptions, MemoryStore};
+use super::redis::{RedisOptions, RedisStore};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
+use super::stores::Store;
 use super::token::{SessionKeys, Token};
 use super::tracking::{self, Carry, Evidence, Source};
 use super::url::{self, UrlTokens};
@@ -52,7 +54,7 @@ fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
 /// Sessions as the proxy sees them.
 pub struct Sessions {
     keys: SessionKeys,
-    store: MemoryStore,
+    store: Store,
     names: Names,
     cookie: CookieConfig,
     url_parameter: String,
@@ -187,13 +189,31 @@ impl Sessions {
                 SessionKeys::generate()?
             }
         };
-        let StoreConfig::Memory { max_sessions } = config.store;
-        let store = MemoryStore::new(MemoryOptions {
-            max_sessions,
-            idle_timeout: config.idle_timeout,
-            absolute_timeout: config.absolute_timeout,
-            limits: config.limits,
-        });
+        let store = match &config.store {
+            StoreConfig::Memory { max_sessions } => {
+                Store::Memory(MemoryStore::new(MemoryOptions {
+                    max_sessions: *max_sessions,
+                    idle_timeout: config.idle_timeout,
+                    absolute_timeout: config.absolute_timeout,
+                    limits: config.limits,
+                }))
+            }
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                timeout,
+            } => Store::Redis(Box::new(
+                RedisStore::new(RedisOptions {
+                    url: url.clone(),
+                    key_prefix: key_prefix.clone(),
+                    idle_timeout: config.idle_timeout,
+                    absolute_timeout: config.absolute_timeout,
+                    limits: config.limits,
+                    op_timeout: *timeout,
+                })
+                .map_err(|e| e.to_string())?,
+            )),
+        };
         Ok(Sessions {
             keys,
             store,
@@ -210,7 +230,7 @@ impl Sessions {
     }
 
     /// The store (for the admin API).
-    pub fn store(&self) -> &MemoryStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 

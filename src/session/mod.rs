@@ -12,6 +12,7 @@ pub mod handoff;
 pub mod memory;
 pub mod redis;
 pub mod store;
+pub mod stores;
 pub mod token;
 pub mod tracking;
 pub mod url;
@@ -22,4 +23,5 @@ pub use redis::{RedisOptions, RedisStore};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,
 };
+pub use stores::Store;
 pub use token::{SessionKeys, StoreId, Token, TokenError};

@@ -13,10 +13,12 @@
 //! The scripts name keys they derive from their arguments, which a standalone Redis
 //! allows (Cluster support will pass them as KEYS with a hash tag).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
+use tokio::sync::OnceCell;
 
 use super::StoreId;
 use super::store::{
@@ -159,7 +161,10 @@ return 1
 /// Sessions kept in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// Made on first use, so that the gateway starts while Redis is down; after that it
+    /// reconnects by itself.
+    conn: Arc<OnceCell<ConnectionManager>>,
     prefix: String,
     idle: Duration,
     absolute: Duration,
@@ -193,19 +198,16 @@ fn hex(id: &StoreId) -> String {
 }
 
 impl RedisStore {
-    /// Connects (within the operation timeout). The connection reconnects by itself later.
+    /// A store for `options`; it connects on first use.
     ///
     /// # Errors
-    /// A bad URL, or no Redis answering.
-    pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
+    /// The URL is not a Redis URL.
+    pub fn new(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(options.url.as_str()).map_err(failed)?;
-        let conn = tokio::time::timeout(options.op_timeout, ConnectionManager::new(client))
-            .await
-            .map_err(|_| failed("no connection within the operation timeout"))?
-            .map_err(failed)?;
         let script = |body: &str| Script::new(&format!("{RESOLVE}\n{body}"));
         Ok(RedisStore {
-            conn,
+            client,
+            conn: Arc::new(OnceCell::new()),
             prefix: options.key_prefix,
             idle: options.idle_timeout,
             absolute: options.absolute_timeout,
@@ -217,6 +219,27 @@ impl RedisStore {
             rename: script(RENAME),
             alias: script(ALIAS),
         })
+    }
+
+    /// A store for `options`, connected now.
+    ///
+    /// # Errors
+    /// A bad URL, or no Redis answering within the operation timeout.
+    pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let store = RedisStore::new(options)?;
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// The connection, made now if this is the first use (within the operation timeout).
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let make = || async {
+            tokio::time::timeout(self.op_timeout, ConnectionManager::new(self.client.clone()))
+                .await
+                .map_err(|_| failed("no connection within the operation timeout"))?
+                .map_err(failed)
+        };
+        self.conn.get_or_try_init(make).await.cloned()
     }
 
     /// Runs `f` within the operation timeout.
@@ -232,7 +255,7 @@ impl RedisStore {
 
     /// Every session hash key (a scan: the admin API's, not a request path's).
     async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let pattern = format!("{}s:*", self.prefix);
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
@@ -303,7 +326,7 @@ fn reason(text: &str) -> &'static str {
 
 impl SessionStore for RedisStore {
     async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let found: Option<Vec<Value>> = self
             .timed(
                 self.load
@@ -325,7 +348,7 @@ impl SessionStore for RedisStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut call = self.update.prepare_invoke();
         call.arg(&self.prefix)
             .arg(hex(id))
@@ -364,7 +387,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: i64 = self
             .timed(
                 self.delete
@@ -382,7 +405,7 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         grace: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let moved: i64 = self
             .timed(
                 self.rename
@@ -402,7 +425,7 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let made: i64 = self
             .timed(
                 self.alias
@@ -417,7 +440,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let field = format!("a:{name}");
         let mut deleted = 0;
         for key in self.session_keys().await? {
@@ -434,7 +457,7 @@ impl SessionStore for RedisStore {
         &self,
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let s_prefix = format!("{}s:", self.prefix);
         for hash_key in self.session_keys().await? {
             let k: Option<String> = self.timed(conn.hget(&hash_key, "k")).await?;
@@ -455,7 +478,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let _: String = self
             .timed(redis::cmd("PING").query_async(&mut conn))
             .await?;

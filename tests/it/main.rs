@@ -9,6 +9,7 @@ mod limits;
 mod retry;
 mod routing;
 mod sessions;
+mod shared_store;
 mod shutdown;
 mod store;
 mod streaming;
