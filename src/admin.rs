@@ -1,4 +1,5 @@
-//! The admin listener's endpoints: `/healthz` (the process is alive), `/readyz` (it wants
+//! The admin listener's endpoints: `/healthz` (the process is alive), `/readyz` (its session
+//! store answers and it wants
 //! traffic: false while draining, so a load balancer stops sending new connections first) and,
 //! with a bearer token configured, the session API:
 //!
@@ -21,6 +22,8 @@ use crate::session::{SessionKey, SessionStore, Sessions};
 #[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
+    /// The sessions, whose store must answer for the gateway to be ready.
+    sessions: Option<Arc<Sessions>>,
     /// The session API: the sessions and the bearer token that guards them.
     session_api: Option<(Arc<Sessions>, String)>,
 }
@@ -30,6 +33,7 @@ impl AdminState {
     pub fn new(sessions: Option<Arc<Sessions>>, token: Option<String>) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(true),
+            sessions: sessions.clone(),
             session_api: sessions.zip(token),
         })
     }
@@ -52,10 +56,19 @@ pub async fn handle<B>(
     let (status, text) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if state.ready.load(Ordering::Relaxed) {
-                (StatusCode::OK, "ready\n")
-            } else {
+            let store_up = match &state.sessions {
+                Some(s) => s.store().ping().await.is_ok(),
+                None => true,
+            };
+            if !state.ready.load(Ordering::Relaxed) {
                 (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !store_up {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session store unreachable\n",
+                )
+            } else {
+                (StatusCode::OK, "ready\n")
             }
         }
         (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),

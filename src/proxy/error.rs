@@ -30,6 +30,10 @@ pub enum ProxyError {
         /// The limit in bytes.
         limit: u64,
     },
+    /// The request presents a session, and the session store does not answer: failing closed,
+    /// the backend is not asked without the session it may rely on.
+    #[error("the session store is unavailable; try again shortly")]
+    SessionStore,
     /// Forwarding to the upstream pool failed.
     #[error("upstream {pool:?}: {source}")]
     Upstream {
@@ -48,6 +52,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 UpstreamError::Connect {
@@ -117,6 +122,11 @@ mod tests {
     #[test]
     fn no_route_is_404() {
         assert_eq!(ProxyError::NoRoute.status(), 404);
+    }
+
+    #[test]
+    fn an_unreachable_session_store_is_503() {
+        assert_eq!(ProxyError::SessionStore.status(), 503);
     }
 
     #[test]

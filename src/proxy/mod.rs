@@ -281,7 +281,11 @@ impl Proxy {
                     tracking: rs.tracking,
                     url: url_tokens,
                 };
-                Some(Box::new(s.on_request(&mut parts.headers, info).await))
+                let rs = s.on_request(&mut parts.headers, info).await;
+                if rs.store_failed() {
+                    attempt!(Err(ProxyError::SessionStore));
+                }
+                Some(Box::new(rs))
             }
             _ => None,
         };

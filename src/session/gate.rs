@@ -103,6 +103,7 @@ pub struct RequestSession {
     evidence: Evidence,
     clean_redirect: bool,
     arrival: Option<Arrival>,
+    store_failed: bool,
 }
 
 /// A client arriving from a sibling host with a handoff code: its new token for the session.
@@ -134,6 +135,12 @@ impl RequestSession {
     /// without the token, so the address bar comes clean, and the backend is not asked.
     pub fn clean_redirect(&self) -> bool {
         self.clean_redirect
+    }
+
+    /// The request presented a session and the store did not answer: the proxy fails closed
+    /// (503 with `Retry-After`) rather than sending it on without its session.
+    pub fn store_failed(&self) -> bool {
+        self.store_failed
     }
 
     /// The client arrived with a sibling's handoff code: the proxy answers with a redirect to
@@ -357,6 +364,7 @@ impl Sessions {
                 evidence,
                 clean_redirect: false,
                 arrival: Some(arrival),
+                store_failed: false,
             };
         }
         let in_url = from_path.is_some() || from_query.is_some();
@@ -381,6 +389,7 @@ impl Sessions {
             && in_url
             && matches!(*info.method, Method::GET | Method::HEAD);
         let tracking = info.tracking;
+        let mut store_failed = false;
         let now = unix_ms();
         let (status, session) = match &token {
             None => (Status::None, None),
@@ -391,6 +400,7 @@ impl Sessions {
                 Ok(_) => (Status::Expired, None),
                 Err(e) => {
                     tracing::warn!(session = %t, error = %e, "session store failed");
+                    store_failed = true;
                     (Status::None, None)
                 }
             },
@@ -405,6 +415,7 @@ impl Sessions {
             evidence,
             clean_redirect,
             arrival: None,
+            store_failed,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Several gateways sharing one set of sessions through Redis (the machine's, on
 //! 127.0.0.1:6379; a key prefix per test).
 
+use std::time::Duration;
+
 use crate::support::*;
 
 /// A gateway in front of `b` whose sessions live in Redis under `prefix`, signed with the
@@ -97,4 +99,125 @@ async fn login_on_one_gateway_cart_on_another_logout_on_a_third() {
         let body = on(g, "/whoami").await.unwrap().text().await.unwrap();
         assert_eq!(body, "status=expired user=- cart=-");
     }
+}
+
+/// A redis-server of the test's own on `port` (nothing on disk), killed when dropped.
+struct OwnRedis(std::process::Child);
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        OwnRedis(child)
+    }
+
+    /// Freezes (`STOP`) or thaws (`CONT`) the server: an outage that keeps its data.
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &self.0.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachable() {
+    let b = shop().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        &format!(
+            "sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n"
+        ),
+    );
+    let gw = Gateway::start_in(&yaml, dir).await;
+    let admin = format!(
+        "http://{}/readyz",
+        gw.running.as_ref().unwrap().admin_addr().unwrap()
+    );
+    let http = client();
+    // Redis is down: not ready, but requests that need no session are served.
+    assert_eq!(http.get(&admin).send().await.unwrap().status(), 503);
+    let body = http
+        .get(gw.url("web", "/whoami"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body, "status=none user=- cart=-");
+
+    // Redis comes up: ready, and sessions work without a restart.
+    let redis = OwnRedis::start(port);
+    let up = eventually(Duration::from_secs(10), || {
+        let (http, admin) = (http.clone(), admin.clone());
+        async move {
+            http.get(&admin)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    assert!(up, "never ready");
+    let resp = http.get(gw.url("web", "/login")).send().await.unwrap();
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let whoami = || {
+        http.get(gw.url("web", "/whoami"))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(
+        whoami().await.unwrap().text().await.unwrap(),
+        "status=active user=alice cart=-"
+    );
+
+    // Unreachable: a request with a session gets 503 and Retry-After; one without is served.
+    redis.signal("STOP");
+    let resp = whoami().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+    let plain = http.get(gw.url("web", "/whoami")).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    // Back: the session is still there.
+    redis.signal("CONT");
+    let back = eventually(Duration::from_secs(10), || {
+        let req = whoami();
+        async move {
+            match req.await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t == "status=active user=alice cart=-"),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(back, "the session did not come back");
 }
