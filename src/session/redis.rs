@@ -253,6 +253,22 @@ impl RedisStore {
             .map_err(failed)
     }
 
+    /// Runs a prepared script call, within the operation timeout.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn().await?;
+        self.timed(call.invoke_async(&mut conn)).await
+    }
+
+    /// A call of `script` with the key prefix and `id` as its first arguments.
+    fn call<'s>(&self, script: &'s Script, id: &StoreId) -> redis::ScriptInvocation<'s> {
+        let mut call = script.prepare_invoke();
+        call.arg(&self.prefix).arg(hex(id));
+        call
+    }
+
     /// Every session hash key (a scan: the admin API's, not a request path's).
     async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn().await?;
@@ -326,18 +342,11 @@ fn reason(text: &str) -> &'static str {
 
 impl SessionStore for RedisStore {
     async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        let mut conn = self.conn().await?;
-        let found: Option<Vec<Value>> = self
-            .timed(
-                self.load
-                    .arg(&self.prefix)
-                    .arg(hex(id))
-                    .arg(now_ms)
-                    .arg(ms(self.idle).max(1))
-                    .arg(TOUCH_EVERY_MS)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let mut call = self.call(&self.load, id);
+        call.arg(now_ms)
+            .arg(ms(self.idle).max(1))
+            .arg(TOUCH_EVERY_MS);
+        let found: Option<Vec<Value>> = self.run(&call).await?;
         Ok(found.and_then(|h| self.session(&h)))
     }
 
@@ -348,11 +357,8 @@ impl SessionStore for RedisStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        let mut conn = self.conn().await?;
-        let mut call = self.update.prepare_invoke();
-        call.arg(&self.prefix)
-            .arg(hex(id))
-            .arg(now_ms)
+        let mut call = self.call(&self.update, id);
+        call.arg(now_ms)
             .arg(ms(self.idle).max(1))
             .arg(create.as_ref().map_or("", |k| k.0.as_str()))
             .arg(self.limits.max_attributes)
@@ -364,8 +370,7 @@ impl SessionStore for RedisStore {
                 Change::Unset(n) => call.arg("U").arg(n).arg(""),
             };
         }
-        let result: Option<(i64, Vec<String>, Vec<Value>)> =
-            self.timed(call.invoke_async(&mut conn)).await?;
+        let result: Option<(i64, Vec<String>, Vec<Value>)> = self.run(&call).await?;
         let Some((created, rejected, hash)) = result else {
             return Ok(None);
         };
@@ -387,15 +392,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let _: i64 = self
-            .timed(
-                self.delete
-                    .arg(&self.prefix)
-                    .arg(hex(id))
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let _: i64 = self.run(&self.call(&self.delete, id)).await?;
         Ok(())
     }
 
@@ -405,17 +402,9 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         grace: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let moved: i64 = self
-            .timed(
-                self.rename
-                    .arg(&self.prefix)
-                    .arg(hex(from))
-                    .arg(hex(to))
-                    .arg(ms(grace))
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let mut call = self.call(&self.rename, from);
+        call.arg(hex(to)).arg(ms(grace));
+        let moved: i64 = self.run(&call).await?;
         Ok(moved == 1)
     }
 
@@ -425,17 +414,9 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let made: i64 = self
-            .timed(
-                self.alias
-                    .arg(&self.prefix)
-                    .arg(hex(alias))
-                    .arg(hex(to))
-                    .arg(ms(ttl))
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        let mut call = self.call(&self.alias, alias);
+        call.arg(hex(to)).arg(ms(ttl));
+        let made: i64 = self.run(&call).await?;
         Ok(made == 1)
     }
 

@@ -24,6 +24,17 @@ async fn gateway(b: &Backend, prefix: &str) -> Gateway {
     Gateway::start_in(&yaml, dir).await
 }
 
+/// `name=value` of the response's session cookie.
+fn session_cookie(resp: &reqwest::Response) -> String {
+    resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// The backend: logs in, counts a cart, logs out, and says what session it saw.
 async fn shop() -> Backend {
     Backend::start(|req| async move {
@@ -78,13 +89,7 @@ async fn login_on_one_gateway_cart_on_another_logout_on_a_third() {
     );
     let http = client();
     let resp = http.get(a.url("web", "/login")).send().await.unwrap();
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = session_cookie(&resp);
     let on = |g: &Gateway, path: &str| {
         http.get(g.url("web", path))
             .header("cookie", cookie.clone())
@@ -180,13 +185,7 @@ async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachab
     .await;
     assert!(up, "never ready");
     let resp = http.get(gw.url("web", "/login")).send().await.unwrap();
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = session_cookie(&resp);
     let whoami = || {
         http.get(gw.url("web", "/whoami"))
             .header("cookie", cookie.clone())
