@@ -927,7 +927,7 @@ mod tests {
     #[test]
     fn a_redis_store_is_read_and_its_mistakes_reported() {
         let text = BASE.to_owned()
-            + "sessions:\n  store:\n    kind: redis\n    redis: { url: \"redis://10.0.0.5:6379/2\", key_prefix: \"shop:\", timeout: 250ms }\n";
+            + "sessions:\n  store:\n    kind: redis\n    redis: { url: \"redis://10.0.0.5:6379/2\", key_prefix: \"shop:\", timeout: 250ms, near_cache: { ttl: 0s } }\n";
         let s = load(&text).unwrap().sessions.unwrap();
         assert_eq!(
             s.store,
@@ -935,6 +935,8 @@ mod tests {
                 url: "redis://10.0.0.5:6379/2".to_owned(),
                 key_prefix: "shop:".to_owned(),
                 timeout: Duration::from_millis(250),
+                near_ttl: Duration::ZERO,
+                near_max: 100_000,
             }
         );
         let errs =

@@ -99,6 +99,10 @@ pub enum StoreConfig {
         key_prefix: String,
         /// Longest wait for one operation.
         timeout: Duration,
+        /// How long a gateway may serve a session from its near cache (zero: off).
+        near_ttl: Duration,
+        /// Most sessions in the near cache.
+        near_max: u64,
     },
 }
 
@@ -379,6 +383,24 @@ fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> 
             .get("timeout")
             .and_then(|n| positive_duration(n, &rm.child("timeout"), p))
             .unwrap_or(Duration::from_secs(1));
+        let (mut near_ttl, mut near_max) = (Duration::from_secs(2), 100_000);
+        if let Some(n) = rm.get("near_cache")
+            && let Some(mut nm) = MapReader::new(n, &rm.child("near_cache"), p)
+        {
+            if let Some(t) = nm
+                .get("ttl")
+                .and_then(|v| super::reader::duration(v, &nm.child("ttl"), p))
+            {
+                near_ttl = t;
+            }
+            if let Some(m) = nm
+                .get("max_sessions")
+                .and_then(|v| integer(v, &nm.child("max_sessions"), 1, 1 << 40, p))
+            {
+                near_max = m;
+            }
+            nm.finish(p);
+        }
         let missing_url = rm.get("url").is_none();
         rm.finish(p);
         if missing_url {
@@ -388,6 +410,8 @@ fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> 
             url: url?,
             key_prefix,
             timeout,
+            near_ttl,
+            near_max,
         });
     }
     let mut max_sessions = 1_000_000;

@@ -209,6 +209,8 @@ impl Sessions {
                 url,
                 key_prefix,
                 timeout,
+                near_ttl,
+                near_max,
             } => Store::Redis(Box::new(
                 RedisStore::new(RedisOptions {
                     url: url.clone(),
@@ -217,6 +219,8 @@ impl Sessions {
                     absolute_timeout: config.absolute_timeout,
                     limits: config.limits,
                     op_timeout: *timeout,
+                    near_ttl: *near_ttl,
+                    near_max: *near_max,
                 })
                 .map_err(|e| e.to_string())?,
             )),

@@ -16,9 +16,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use moka::future::Cache;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script, Value};
+use rustc_hash::FxBuildHasher;
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
 use super::StoreId;
 use super::store::{
@@ -41,6 +45,12 @@ pub struct RedisOptions {
     pub limits: Limits,
     /// Longest wait for one operation.
     pub op_timeout: Duration,
+    /// How long this gateway may serve a session from its near cache without asking Redis
+    /// (zero: no near cache). Changes made through any gateway drop the copies at once
+    /// (pub/sub); a copy missed while that channel is down lives at most this long.
+    pub near_ttl: Duration,
+    /// Most sessions in the near cache.
+    pub near_max: u64,
 }
 
 /// Finds the hash of `ARGV[2]`, directly or through an alias; `false` if there is none.
@@ -54,10 +64,12 @@ local function resolve(p, id)
 end
 ";
 
-/// ARGV: prefix, id, now, idle ms, touch ms. A use is written back (last use, expiry) only
+/// ARGV: prefix, id, now, idle ms, touch ms. Returns {the session's own id, its TTL in ms,
+/// HGETALL}. A use is
+/// written back (last use, expiry) only
 /// when the last one is older than `touch`, or less than half the idle timeout is left.
 const LOAD: &str = r"
-local key = resolve(ARGV[1], ARGV[2])
+local key, id = resolve(ARGV[1], ARGV[2])
 if not key then return false end
 local now, idle, touch = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local last = tonumber(redis.call('HGET', key, 'l') or '0')
@@ -65,12 +77,13 @@ if now - last >= touch or redis.call('PTTL', key) < idle / 2 then
   if now > last then redis.call('HSET', key, 'l', now) end
   redis.call('PEXPIRE', key, idle)
 end
-return redis.call('HGETALL', key)
+return {id, redis.call('PTTL', key), redis.call('HGETALL', key)}
 ";
 
 /// ARGV: prefix, id, now, idle ms, create key ('' for none), max attributes, max value
 /// bytes, max session bytes, then (op 'S'/'U', name, value) per change.
-/// Returns {created, {rejected name, reason, ...}, HGETALL} or false.
+/// Returns {created, {rejected name, reason, ...}, HGETALL} or false. A change is announced
+/// on `PREFIX changed` (other gateways drop their near-cache copy).
 const UPDATE: &str = r"
 local p, id, now, idle = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local create = ARGV[5]
@@ -125,13 +138,17 @@ end
 local last = tonumber(redis.call('HGET', key, 'l') or '0')
 if now > last then redis.call('HSET', key, 'l', now) end
 redis.call('PEXPIRE', key, idle)
+if #ARGV > 8 then redis.call('PUBLISH', p .. 'changed', string.sub(key, #p + 3)) end
 return {created, rejected, redis.call('HGETALL', key)}
 ";
 
 /// ARGV: prefix, id. Deletes the session and the alias `id` if it is one.
 const DELETE: &str = r"
-local key = resolve(ARGV[1], ARGV[2])
-if key then redis.call('DEL', key) end
+local key, id = resolve(ARGV[1], ARGV[2])
+if key then
+  redis.call('DEL', key)
+  redis.call('PUBLISH', ARGV[1] .. 'changed', id)
+end
 redis.call('DEL', ARGV[1] .. 'm:' .. ARGV[2])
 return 1
 ";
@@ -139,10 +156,11 @@ return 1
 /// ARGV: prefix, from, to, grace ms. The session moves to `to`; `from` answers for `grace`.
 const RENAME: &str = r"
 local p = ARGV[1]
-local key = resolve(p, ARGV[2])
+local key, id = resolve(p, ARGV[2])
 if not key then return 0 end
 local to = p .. 's:' .. ARGV[3]
 redis.call('RENAME', key, to)
+redis.call('PUBLISH', p .. 'changed', id)
 local grace = tonumber(ARGV[4])
 if grace > 0 then redis.call('SET', p .. 'm:' .. ARGV[2], ARGV[3], 'PX', grace)
 else redis.call('DEL', p .. 'm:' .. ARGV[2]) end
@@ -165,6 +183,11 @@ pub struct RedisStore {
     /// Made on first use, so that the gateway starts while Redis is down; after that it
     /// reconnects by itself.
     conn: Arc<OnceCell<ConnectionManager>>,
+    /// Recent sessions, by their own id (not an alias's), if the near cache is on.
+    near: Option<Cache<StoreId, NearCopy, FxBuildHasher>>,
+    /// The near cache's invalidation listener: started with the connection, stopped when the
+    /// last clone of the store goes.
+    listener: Arc<Listener>,
     prefix: String,
     idle: Duration,
     absolute: Duration,
@@ -205,9 +228,17 @@ impl RedisStore {
     pub fn new(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(options.url.as_str()).map_err(failed)?;
         let script = |body: &str| Script::new(&format!("{RESOLVE}\n{body}"));
+        let near = (!options.near_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(options.near_max)
+                .time_to_live(options.near_ttl)
+                .build_with_hasher(FxBuildHasher)
+        });
         Ok(RedisStore {
             client,
             conn: Arc::new(OnceCell::new()),
+            near,
+            listener: Arc::new(Listener::default()),
             prefix: options.key_prefix,
             idle: options.idle_timeout,
             absolute: options.absolute_timeout,
@@ -239,7 +270,15 @@ impl RedisStore {
                 .map_err(|_| failed("no connection within the operation timeout"))?
                 .map_err(failed)
         };
-        self.conn.get_or_try_init(make).await.cloned()
+        let conn = self.conn.get_or_try_init(make).await.cloned()?;
+        if let Some(near) = &self.near {
+            self.listener.start(
+                self.client.clone(),
+                format!("{}changed", self.prefix),
+                near.clone(),
+            );
+        }
+        Ok(conn)
     }
 
     /// Runs `f` within the operation timeout.
@@ -267,6 +306,13 @@ impl RedisStore {
         let mut call = script.prepare_invoke();
         call.arg(&self.prefix).arg(hex(id));
         call
+    }
+
+    /// Drops this gateway's near copy of `id` (other gateways hear of it by pub/sub).
+    async fn forget(&self, id: &StoreId) {
+        if let Some(near) = &self.near {
+            near.invalidate(id).await;
+        }
     }
 
     /// Every session hash key (a scan: the admin API's, not a request path's).
@@ -346,8 +392,31 @@ impl SessionStore for RedisStore {
         call.arg(now_ms)
             .arg(ms(self.idle).max(1))
             .arg(TOUCH_EVERY_MS);
-        let found: Option<Vec<Value>> = self.run(&call).await?;
-        Ok(found.and_then(|h| self.session(&h)))
+        // A near copy serves while its last use is recent; an older one goes to Redis, which
+        // notes the use (so the near cache never hides a session's use from the idle timeout).
+        if let Some(near) = &self.near
+            && let Some(copy) = near.get(id).await
+            && now_ms.saturating_sub(copy.session.last_seen_ms) < TOUCH_EVERY_MS
+            && copy.expires_ms.saturating_sub(now_ms) > ms(self.idle) / 2
+        {
+            return Ok(Some(copy.session));
+        }
+        let found: Option<(String, i64, Vec<Value>)> = self.run(&call).await?;
+        let Some((own_id, ttl_ms, hash)) = found else {
+            return Ok(None);
+        };
+        let session = self.session(&hash);
+        // Only a session reached by its own id is kept near: invalidations name that id.
+        if let (Some(near), Some(s)) = (&self.near, &session)
+            && own_id == hex(id)
+        {
+            let copy = NearCopy {
+                session: s.clone(),
+                expires_ms: now_ms.saturating_add(u64::try_from(ttl_ms).unwrap_or(0)),
+            };
+            near.insert(*id, copy).await;
+        }
+        Ok(session)
     }
 
     async fn update(
@@ -371,6 +440,7 @@ impl SessionStore for RedisStore {
             };
         }
         let result: Option<(i64, Vec<String>, Vec<Value>)> = self.run(&call).await?;
+        self.forget(id).await;
         let Some((created, rejected, hash)) = result else {
             return Ok(None);
         };
@@ -393,6 +463,7 @@ impl SessionStore for RedisStore {
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
         let _: i64 = self.run(&self.call(&self.delete, id)).await?;
+        self.forget(id).await;
         Ok(())
     }
 
@@ -405,6 +476,7 @@ impl SessionStore for RedisStore {
         let mut call = self.call(&self.rename, from);
         call.arg(hex(to)).arg(ms(grace));
         let moved: i64 = self.run(&call).await?;
+        self.forget(from).await;
         Ok(moved == 1)
     }
 
@@ -423,12 +495,15 @@ impl SessionStore for RedisStore {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         let mut conn = self.conn().await?;
         let field = format!("a:{name}");
+        let s_prefix = format!("{}s:", self.prefix);
         let mut deleted = 0;
         for key in self.session_keys().await? {
             let v: Option<String> = self.timed(conn.hget(&key, &field)).await?;
-            if v.as_deref() == Some(value) {
-                let n: i64 = self.timed(conn.del(&key)).await?;
-                deleted += usize::try_from(n).unwrap_or(0);
+            let id = key.strip_prefix(&s_prefix).and_then(parse_hex);
+            if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
+                // Through the delete script, so that other gateways drop their copies.
+                self.delete(&StoreId(id)).await?;
+                deleted += 1;
             }
         }
         Ok(deleted)
@@ -476,4 +551,81 @@ fn parse_hex(s: &str) -> Option<[u8; 16]> {
         *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// A session as this gateway last read it, and when its Redis key expires unless used: a copy
+/// serves only while the same rules that make Redis note a use would not (see `LOAD`).
+#[derive(Clone)]
+struct NearCopy {
+    session: Session,
+    expires_ms: u64,
+}
+
+/// Listens on `PREFIX changed` and drops the near-cache copies of the sessions named there.
+#[derive(Default)]
+struct Listener {
+    started: std::sync::atomic::AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Listener {
+    /// Starts the listening task, once; it resubscribes after a lost connection.
+    fn start(
+        &self,
+        client: redis::Client,
+        channel: String,
+        near: Cache<StoreId, NearCopy, FxBuildHasher>,
+    ) {
+        if self
+            .started
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let stop = self.stop.clone();
+        {
+            tokio::spawn(async move {
+                loop {
+                    let listened = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = listen(&client, &channel, &near) => r,
+                    };
+                    if let Err(e) = listened {
+                        tracing::warn!(error = %e, "near-cache invalidations: subscription lost");
+                    }
+                    // Copies missed meanwhile expire with the near cache's TTL.
+                    near.invalidate_all();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            });
+        }
+    }
+}
+
+async fn listen(
+    client: &redis::Client,
+    channel: &str,
+    near: &Cache<StoreId, NearCopy, FxBuildHasher>,
+) -> redis::RedisResult<()> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        if let Some(id) = std::str::from_utf8(msg.get_payload_bytes())
+            .ok()
+            .and_then(parse_hex)
+        {
+            near.invalidate(&StoreId(id)).await;
+        }
+    }
+    Ok(())
 }

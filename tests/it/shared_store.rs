@@ -8,6 +8,11 @@ use crate::support::*;
 /// A gateway in front of `b` whose sessions live in Redis under `prefix`, signed with the
 /// shared secret.
 async fn gateway(b: &Backend, prefix: &str) -> Gateway {
+    gateway_with(b, prefix, "").await
+}
+
+/// As `gateway`, with `extra` in the `redis:` mapping.
+async fn gateway_with(b: &Backend, prefix: &str, extra: &str) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("session.keys"),
@@ -18,7 +23,7 @@ async fn gateway(b: &Backend, prefix: &str) -> Gateway {
         &[b.addr],
         "",
         &format!(
-            "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\" }}\n"
+            "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"{extra} }}\n"
         ),
     );
     Gateway::start_in(&yaml, dir).await
@@ -150,7 +155,7 @@ async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachab
         &[b.addr],
         "",
         &format!(
-            "sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n"
+            "sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms, near_cache: {{ ttl: 0s }} }}\nadmin: {{ bind: \"127.0.0.1:0\" }}\n"
         ),
     );
     let gw = Gateway::start_in(&yaml, dir).await;
@@ -219,4 +224,57 @@ async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachab
     })
     .await;
     assert!(back, "the session did not come back");
+}
+
+#[tokio::test]
+async fn a_logout_on_one_gateway_clears_the_near_caches_of_the_others_within_100_ms() {
+    let b = shop().await;
+    let mut tag = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut tag).unwrap();
+    let prefix = format!(
+        "sgtest:{}:",
+        tag.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    );
+    // Near copies live a minute: only an invalidation can take them away in time.
+    let near = ", near_cache: { ttl: 60s }";
+    let a = gateway_with(&b, &prefix, near).await;
+    let others = [
+        gateway_with(&b, &prefix, near).await,
+        gateway_with(&b, &prefix, near).await,
+    ];
+    let http = client();
+    let cookie = session_cookie(&http.get(a.url("web", "/login")).send().await.unwrap());
+    let whoami = |g: &Gateway| {
+        http.get(g.url("web", "/whoami"))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    for g in &others {
+        // Read once to fill its near cache (and start its invalidation listener).
+        let body = whoami(g).await.unwrap().text().await.unwrap();
+        assert_eq!(body, "status=active user=alice cart=-");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let body = whoami(&others[0]).await.unwrap().text().await.unwrap();
+    assert_eq!(body, "status=active user=alice cart=-", "served near");
+
+    http.get(a.url("web", "/logout"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    for g in &others {
+        let gone = eventually(Duration::from_millis(100), || {
+            let req = whoami(g);
+            async move {
+                req.await
+                    .unwrap()
+                    .text()
+                    .await
+                    .is_ok_and(|t| t == "status=expired user=- cart=-")
+            }
+        })
+        .await;
+        assert!(gone, "a near copy outlived the logout");
+    }
 }

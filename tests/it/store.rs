@@ -379,6 +379,8 @@ conformance!(redis, |setup: Setup| async move {
         absolute_timeout: setup.absolute,
         limits: setup.limits,
         op_timeout: Duration::from_secs(2),
+        near_ttl: Duration::from_secs(2),
+        near_max: 1000,
     })
     .await
     .expect("redis-server on 127.0.0.1:6379 (scripts/test starts one)")
