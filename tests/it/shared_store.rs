@@ -81,12 +81,7 @@ async fn shop() -> Backend {
 #[tokio::test]
 async fn login_on_one_gateway_cart_on_another_logout_on_a_third() {
     let b = shop().await;
-    let mut tag = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut tag).unwrap();
-    let prefix = format!(
-        "sgtest:{}:",
-        tag.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    );
+    let prefix = redis_test_prefix();
     let (a, bb, c) = (
         gateway(&b, &prefix).await,
         gateway(&b, &prefix).await,
@@ -229,12 +224,7 @@ async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachab
 #[tokio::test]
 async fn a_logout_on_one_gateway_clears_the_near_caches_of_the_others_within_100_ms() {
     let b = shop().await;
-    let mut tag = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut tag).unwrap();
-    let prefix = format!(
-        "sgtest:{}:",
-        tag.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    );
+    let prefix = redis_test_prefix();
     // Near copies live a minute: only an invalidation can take them away in time.
     let near = ", near_cache: { ttl: 60s }";
     let a = gateway_with(&b, &prefix, near).await;

@@ -366,15 +366,9 @@ conformance!(memory, |setup: Setup| async move {
 // The machine's Redis (127.0.0.1:6379, started by scripts/test when it is not running); each
 // test has a key prefix of its own, and its keys expire with the idle timeout.
 conformance!(redis, |setup: Setup| async move {
-    let mut tag = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut tag).unwrap();
-    let prefix = format!(
-        "sgtest:{}:",
-        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
     RedisStore::connect(RedisOptions {
         url: "redis://127.0.0.1:6379".to_owned(),
-        key_prefix: prefix,
+        key_prefix: crate::support::redis_test_prefix(),
         idle_timeout: setup.idle,
         absolute_timeout: setup.absolute,
         limits: setup.limits,

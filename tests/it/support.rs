@@ -436,3 +436,12 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Redis key prefix of a test's own (`sgtest:RANDOM:`), so that tests sharing the machine's
+/// Redis never see each other's keys.
+pub fn redis_test_prefix() -> String {
+    let mut tag = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut tag).unwrap();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sgtest:{hex}:")
+}
