@@ -277,6 +277,10 @@ pub enum Balance {
     RoundRobin,
     /// The server with the fewest requests in flight, relative to its weight.
     LeastConnections,
+    /// The same server for the same session (rendezvous hashing on the session key, so that
+    /// every gateway picks alike), the next one by the hash while it is unavailable; round
+    /// robin for requests without a session.
+    SessionAffinity,
 }
 
 /// Passive health: a server that fails `max_failures` times in a row is ejected for `eject_for`.

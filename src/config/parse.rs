@@ -416,12 +416,13 @@ fn read_upstream(
             one_of(
                 n,
                 &m.child("balance"),
-                &["round_robin", "least_connections"],
+                &["round_robin", "least_connections", "session_affinity"],
                 p,
             )
         })
         .map(|b| match b {
             "least_connections" => Balance::LeastConnections,
+            "session_affinity" => Balance::SessionAffinity,
             _ => Balance::RoundRobin,
         })
         .unwrap_or(Balance::RoundRobin);

@@ -315,7 +315,9 @@ impl Proxy {
         // send
         let sent_at = log.is_on().then(Instant::now);
         let mut timer = conn.timer.take();
-        let sent = send(pool, parts, path_and_query, body, &mut timer).await;
+        // The session key, for balance: session_affinity (the upstream gets bytes).
+        let affinity = session.as_ref().and_then(|rs| rs.affinity_key());
+        let sent = send(pool, parts, path_and_query, body, &mut timer, affinity).await;
         conn.timer.put(timer);
         let (mut resp, mut lease) = attempt!(sent.map_err(|source| ProxyError::Upstream {
             pool: pool.name.clone(),
@@ -405,6 +407,7 @@ async fn send(
     path_and_query: PathAndQuery,
     (body, replay): (RequestBody, Replay),
     timer: &mut LazyTimer,
+    affinity: Option<&[u8]>,
 ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
     let idempotent = is_idempotent(&parts.method);
     // Headers are copied per attempt only when a second attempt is possible at all.
@@ -413,7 +416,7 @@ async fn send(
     let mut body = body;
     let mut last_error: Option<UpstreamError> = None;
     loop {
-        let Some((index, backend)) = pool.select(tried.as_slice()) else {
+        let Some((index, backend)) = pool.select(tried.as_slice(), affinity) else {
             // Out of servers: report what went wrong with the last one, if any was tried.
             return Err(
                 last_error.unwrap_or_else(|| UpstreamError::NoHealthyServer {

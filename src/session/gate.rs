@@ -137,6 +137,11 @@ impl RequestSession {
         self.clean_redirect
     }
 
+    /// The live session's stable key, for `balance: session_affinity`.
+    pub fn affinity_key(&self) -> Option<&[u8]> {
+        self.session.as_ref().map(|s| s.key().as_bytes())
+    }
+
     /// The request presented a session and the store did not answer: the proxy fails closed
     /// (503 with `Retry-After`) rather than sending it on without its session.
     pub fn store_failed(&self) -> bool {

@@ -1,4 +1,5 @@
-//! Choosing a backend: weighted round robin or least connections, skipping unavailable ones.
+//! Choosing a backend: weighted round robin, least connections, or session affinity
+//! (weighted rendezvous hashing), skipping unavailable ones.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,22 +20,48 @@ pub(crate) struct Balancer {
     /// rather than a,a,a,a,a,b,c, so a heavy server does not get bursts.
     schedule: Vec<usize>,
     next: AtomicUsize,
+    /// Each backend's hash of its address, for rendezvous hashing: an address, not a position,
+    /// so that adding a server moves only the sessions it wins.
+    ids: Vec<u64>,
 }
 
 impl Balancer {
-    pub fn new(kind: Balance, weights: &[u32]) -> Self {
+    /// A balancer for backends of `weights` and `addresses` (in the same order).
+    pub fn new(kind: Balance, weights: &[u32], addresses: &[&str]) -> Self {
         Balancer {
             kind,
             schedule: smooth_schedule(weights),
             next: AtomicUsize::new(0),
+            ids: addresses.iter().map(|a| fnv1a(a.as_bytes())).collect(),
         }
     }
 
-    /// The index of the backend to use, skipping unavailable ones and those in `exclude`.
-    pub fn pick<C: Candidate>(&self, backends: &[C], exclude: &[usize]) -> Option<usize> {
+    /// The index of the backend to use, skipping unavailable ones and those in `exclude`;
+    /// `affinity` is the request's session key, for `session_affinity`.
+    pub fn pick<C: Candidate>(
+        &self,
+        backends: &[C],
+        exclude: &[usize],
+        affinity: Option<&[u8]>,
+    ) -> Option<usize> {
         let usable = |i: usize| !exclude.contains(&i) && backends[i].available();
-        match self.kind {
-            Balance::RoundRobin => {
+        match (self.kind, affinity) {
+            (Balance::SessionAffinity, Some(key)) => {
+                // Weighted rendezvous: each server scores -weight / ln(u) with u uniform in
+                // (0, 1) from hash(key, server); the highest wins. A server that becomes
+                // unavailable hands its sessions to their next-best, and only those move.
+                let k = fnv1a(key);
+                (0..backends.len())
+                    .filter(|&i| usable(i))
+                    .map(|i| {
+                        let h = mix(k ^ self.ids.get(i).copied().unwrap_or(0));
+                        let u = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                        (i, -f64::from(backends[i].weight()) / u.ln())
+                    })
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(i, _)| i)
+            }
+            (Balance::RoundRobin | Balance::SessionAffinity, _) => {
                 let n = self.schedule.len();
                 if n == 0 {
                     return None;
@@ -44,7 +71,7 @@ impl Balancer {
                     .map(|k| self.schedule[(start + k) % n])
                     .find(|&i| usable(i))
             }
-            Balance::LeastConnections => {
+            (Balance::LeastConnections, _) => {
                 let n = backends.len();
                 // Rotate the starting point so that ties do not always favour the first server.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -71,6 +98,20 @@ impl Balancer {
             }
         }
     }
+}
+
+/// FNV-1a: the same on every gateway (no per-process seed), which affinity needs.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// splitmix64's finalizer: spreads FNV's output over all 64 bits.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
@@ -128,31 +169,74 @@ mod tests {
     fn round_robin_follows_weights_smoothly() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_schedule(&[2, 2]), vec![0, 1]);
-        let bal = Balancer::new(Balance::RoundRobin, &[3, 1]);
+        let bal = Balancer::new(Balance::RoundRobin, &[3, 1], &["a:1", "b:1"]);
         let backends = [b(3, 0, true), b(1, 0, true)];
-        let picks: Vec<usize> = (0..8).filter_map(|_| bal.pick(&backends, &[])).collect();
+        let picks: Vec<usize> = (0..8)
+            .filter_map(|_| bal.pick(&backends, &[], None))
+            .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
     }
 
     #[test]
     fn round_robin_skips_unavailable_and_excluded() {
-        let bal = Balancer::new(Balance::RoundRobin, &[1, 1, 1]);
+        let bal = Balancer::new(Balance::RoundRobin, &[1, 1, 1], &["a:1", "b:1", "c:1"]);
         let backends = [b(1, 0, false), b(1, 0, true), b(1, 0, true)];
         for _ in 0..6 {
-            assert_ne!(bal.pick(&backends, &[]), Some(0));
+            assert_ne!(bal.pick(&backends, &[], None), Some(0));
         }
-        assert_eq!(bal.pick(&backends, &[1]), Some(2));
-        assert_eq!(bal.pick(&backends, &[1, 2]), None);
+        assert_eq!(bal.pick(&backends, &[1], None), Some(2));
+        assert_eq!(bal.pick(&backends, &[1, 2], None), None);
+    }
+
+    #[test]
+    fn session_affinity_keeps_a_session_on_one_server_and_moves_only_the_lost_ones() {
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let bal = Balancer::new(Balance::SessionAffinity, &[1, 1, 1], &addrs);
+        let all = [b(1, 0, true), b(1, 0, true), b(1, 0, true)];
+        let keys: Vec<String> = (0..3000).map(|i| format!("session-{i}")).collect();
+        let pick = |backends: &[B], k: &str| bal.pick(backends, &[], Some(k.as_bytes())).unwrap();
+        let first: Vec<usize> = keys.iter().map(|k| pick(&all, k)).collect();
+        // Stable, and spread about evenly.
+        assert_eq!(
+            first,
+            keys.iter().map(|k| pick(&all, k)).collect::<Vec<_>>()
+        );
+        for s in 0..3 {
+            let n = first.iter().filter(|&&i| i == s).count();
+            assert!((800..1200).contains(&n), "server {s} got {n} of 3000");
+        }
+        // Server 1 goes down: only its sessions move, and never to it.
+        let down = [b(1, 0, true), b(1, 0, false), b(1, 0, true)];
+        for (k, &was) in keys.iter().zip(&first) {
+            let now = pick(&down, k);
+            assert_ne!(now, 1);
+            if was != 1 {
+                assert_eq!(now, was, "{k} moved without cause");
+            }
+        }
+        // A heavier server wins more sessions; without a session, round robin.
+        let heavy = Balancer::new(Balance::SessionAffinity, &[3, 1, 1], &addrs);
+        let weighted = [b(3, 0, true), b(1, 0, true), b(1, 0, true)];
+        let n = keys
+            .iter()
+            .filter(|k| heavy.pick(&weighted, &[], Some(k.as_bytes())) == Some(0))
+            .count();
+        assert!(n > 1500, "weight 3 of 5 won {n} of 3000");
+        assert!(bal.pick(&all, &[], None).is_some());
     }
 
     #[test]
     fn least_connections_prefers_the_least_loaded_per_weight() {
-        let bal = Balancer::new(Balance::LeastConnections, &[1, 1, 2]);
+        let bal = Balancer::new(
+            Balance::LeastConnections,
+            &[1, 1, 2],
+            &["a:1", "b:1", "c:1"],
+        );
         let backends = [b(1, 3, true), b(1, 1, true), b(2, 3, true)];
         // 3/1, 1/1, 3/2: the second is least loaded.
-        assert_eq!(bal.pick(&backends, &[]), Some(1));
-        assert_eq!(bal.pick(&backends, &[1]), Some(2));
+        assert_eq!(bal.pick(&backends, &[], None), Some(1));
+        assert_eq!(bal.pick(&backends, &[1], None), Some(2));
         let down = [b(1, 0, false), b(1, 5, true)];
-        assert_eq!(bal.pick(&down, &[]), Some(1));
+        assert_eq!(bal.pick(&down, &[], None), Some(1));
     }
 }

@@ -268,7 +268,15 @@ impl Pool {
         let pool = Arc::new(Pool {
             name: Arc::from(config.name.as_str()),
             retries: config.retries,
-            balancer: Balancer::new(config.balance, &weights),
+            balancer: Balancer::new(
+                config.balance,
+                &weights,
+                &config
+                    .servers
+                    .iter()
+                    .map(|s| s.authority.as_str())
+                    .collect::<Vec<_>>(),
+            ),
             connector,
             response_timeout: config.response_timeout,
             passive: config.passive.clone(),
@@ -293,9 +301,14 @@ impl Pool {
             .map_err(|msg| ConfigError::single(file, config.tls.pos, &config.tls.path, msg))
     }
 
-    /// Chooses a backend not in `tried` (indices), or `None` if none is available.
-    pub fn select(&self, tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
-        let i = self.balancer.pick(&self.backends, tried)?;
+    /// Chooses a backend not in `tried` (indices), or `None` if none is available;
+    /// `affinity` is the request's session key (bytes: this module knows no sessions).
+    pub fn select(
+        &self,
+        tried: &[usize],
+        affinity: Option<&[u8]>,
+    ) -> Option<(usize, Arc<Backend>)> {
+        let i = self.balancer.pick(&self.backends, tried, affinity)?;
         self.backends.get(i).map(|b| (i, b.clone()))
     }
 

@@ -173,3 +173,56 @@ routes: [ {{ match: {{ path_prefix: / }}, upstream: app }} ]
     assert_eq!(resp.status(), 502);
     assert_eq!(b.requests().len(), seen_before);
 }
+
+/// A server that answers with its name, and gives a session on `/login`.
+async fn named_with_login(name: &'static str) -> Backend {
+    Backend::start(move |req| async move {
+        let mut r = text(200, name);
+        if req.uri().path() == "/login" {
+            r.headers_mut()
+                .insert("x-session-set", "user=u".parse().unwrap());
+        }
+        r
+    })
+    .await
+}
+
+#[tokio::test]
+async fn session_affinity_keeps_each_session_on_one_server_and_skips_a_dead_one() {
+    // Two live servers and one that refuses connections.
+    let (a, b) = (named_with_login("a").await, named_with_login("b").await);
+    let dead = dead_addr().await;
+    let gw = Gateway::start(&simple_config(
+        &[a.addr, b.addr, dead],
+        "    balance: session_affinity\n    retries: 2",
+        "sessions: {}",
+    ))
+    .await;
+    let http = client();
+    let mut used = std::collections::HashSet::new();
+    for _ in 0..12 {
+        let login = http.get(gw.url("web", "/login")).send().await.unwrap();
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let resp = http
+                .get(gw.url("web", "/who"))
+                .header("cookie", cookie.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            seen.insert(resp.text().await.unwrap());
+        }
+        assert_eq!(seen.len(), 1, "one session went to {seen:?}");
+        used.extend(seen);
+    }
+    // Sessions spread over both live servers (all on one: about 1 chance in 2,000).
+    assert_eq!(used.len(), 2, "{used:?}");
+}
