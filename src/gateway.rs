@@ -142,6 +142,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             header_read_timeout: config.timeouts.header_read,
             handshake_timeout: tls.map_or(Duration::from_secs(10), |t| t.handshake_timeout),
             idle_timeout: config.timeouts.idle,
+            proxy_protocol: l
+                .proxy_protocol
+                .then(|| config.trusted_proxies.clone().into()),
         };
         let proxy = proxy.clone();
         let make_service = move |peer: SocketAddr, guard| {
@@ -190,6 +193,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             header_read_timeout: config.timeouts.header_read,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: config.timeouts.idle,
+            proxy_protocol: None,
         };
         // The admin listener has its own connection cap, so a flood on the data plane cannot
         // lock operators out of the health endpoints.

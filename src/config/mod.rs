@@ -91,6 +91,9 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// On a plain listener: answer every request with a 308 to the same URL over HTTPS.
     pub redirect_to_https: Option<HttpsRedirect>,
+    /// Read a PROXY protocol header (v1 or v2) from peers in `trusted_proxies`: the client's
+    /// address survives an L4 balancer. Any other peer that sends one is refused.
+    pub proxy_protocol: bool,
 }
 
 /// Where a plain listener redirects to.

@@ -111,6 +111,10 @@ fn read_listeners(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Vec
         let https_port = m.get("https_port").and_then(|n| {
             integer(n, &m.child("https_port"), 1, 65535, p).and_then(|v| u16::try_from(v).ok())
         });
+        let proxy_protocol = m
+            .get("proxy_protocol")
+            .and_then(|n| boolean(n, &m.child("proxy_protocol"), p))
+            .unwrap_or(false);
         m.finish(p);
         if let Some((true, pos)) = redirect {
             if tls.is_some() {
@@ -145,6 +149,7 @@ fn read_listeners(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Vec
             bind,
             tls,
             redirect_to_https: None,
+            proxy_protocol,
         });
     }
     let tls_port = out.iter().find(|l| l.tls.is_some()).map(|l| l.bind.port());

@@ -2,6 +2,7 @@
 //! hyper service. They know nothing of routes or sessions.
 
 mod head_timeout;
+mod proxy_protocol;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -39,6 +40,8 @@ pub struct Options {
     /// An HTTP/2 connection with no bytes either way for this long is closed (HTTP/1 has the
     /// header-read timeout between requests instead).
     pub idle_timeout: Duration,
+    /// With the PROXY protocol on: the peers allowed (and required) to send its header.
+    pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// A connection's place under the connection cap; released when the last holder drops it
@@ -120,14 +123,27 @@ where
             };
             let _ = stream.set_nodelay(true);
             let guard: ConnGuard = Arc::new(permit);
-            let service = make_service(peer, guard.clone());
-            let (builders, tls, drain2, options) = (
+            let (builders, tls, drain2, options, make_service) = (
                 builders.clone(),
                 tls.clone(),
                 drain.clone(),
                 options.clone(),
+                make_service.clone(),
             );
             drain.tracker.spawn(async move {
+                let mut stream = stream;
+                // Behind an L4 balancer the client's address comes in a PROXY header.
+                let peer = match &options.proxy_protocol {
+                    None => peer,
+                    Some(trusted) => {
+                        let wait = options.header_read_timeout;
+                        match proxy_protocol::client(&mut stream, peer, trusted, wait).await {
+                            Some(client) => client,
+                            None => return,
+                        }
+                    }
+                };
+                let service = make_service(peer, guard.clone());
                 let _guard = guard;
                 match tls {
                     None => {

@@ -6,6 +6,7 @@ mod check;
 mod errors;
 mod headers;
 mod limits;
+mod proxy_protocol;
 mod retry;
 mod routing;
 mod sessions;
