@@ -19,11 +19,16 @@ async fn gateway_with(b: &Backend, prefix: &str, extra: &str) -> Gateway {
         "shared-secret-of-the-fleet-0123456789abcdef\n",
     )
     .unwrap();
+    std::fs::write(
+        dir.path().join("admin.token"),
+        "admin-token-for-tests-0123456789\n",
+    )
+    .unwrap();
     let yaml = simple_config(
         &[b.addr],
         "",
         &format!(
-            "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"{extra} }}\n"
+            "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"{extra} }}\nadmin: {{ bind: \"127.0.0.1:0\", token_file: admin.token }}\n"
         ),
     );
     Gateway::start_in(&yaml, dir).await
@@ -267,4 +272,44 @@ async fn a_logout_on_one_gateway_clears_the_near_caches_of_the_others_within_100
         .await;
         assert!(gone, "a near copy outlived the logout");
     }
+}
+
+#[tokio::test]
+async fn the_admin_api_of_one_gateway_logs_a_user_out_on_all() {
+    let b = shop().await;
+    let prefix = redis_test_prefix();
+    let near = ", near_cache: { ttl: 60s }";
+    let (a, other) = (
+        gateway_with(&b, &prefix, near).await,
+        gateway_with(&b, &prefix, near).await,
+    );
+    let http = client();
+    let cookie = session_cookie(&http.get(a.url("web", "/login")).send().await.unwrap());
+    let whoami = || {
+        http.get(other.url("web", "/whoami"))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    let body = whoami().await.unwrap().text().await.unwrap();
+    assert_eq!(body, "status=active user=alice cart=-");
+    let admin = a.running.as_ref().unwrap().admin_addr().unwrap();
+    let resp = http
+        .delete(format!("http://{admin}/sessions?attr=user:alice"))
+        .bearer_auth("admin-token-for-tests-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    let gone = eventually(Duration::from_millis(100), || {
+        let req = whoami();
+        async move {
+            req.await
+                .unwrap()
+                .text()
+                .await
+                .is_ok_and(|t| t == "status=expired user=- cart=-")
+        }
+    })
+    .await;
+    assert!(gone, "the other gateway still serves the revoked session");
 }
