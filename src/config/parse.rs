@@ -943,6 +943,7 @@ mod tests {
                 timeout: Duration::from_millis(250),
                 near_ttl: Duration::ZERO,
                 near_max: 100_000,
+                serve_stale: false,
             }
         );
         let errs =
@@ -954,6 +955,8 @@ mod tests {
         )
         .join("\n");
         assert!(errs.contains("sessions.store.redis.url"), "{errs}");
+        let errs = problems(&(BASE.to_owned() + "sessions:\n  store: { kind: redis, redis: { url: \"redis://x\", on_error: serve_stale, near_cache: { ttl: 0s } } }\n")).join("\n");
+        assert!(errs.contains("sessions.store.redis.on_error"), "{errs}");
     }
 
     #[test]

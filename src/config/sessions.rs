@@ -103,6 +103,9 @@ pub enum StoreConfig {
         near_ttl: Duration,
         /// Most sessions in the near cache.
         near_max: u64,
+        /// `on_error: serve_stale`: while Redis does not answer, serve from the near cache and
+        /// queue writes (else `fail_closed`: 503 for requests with a session).
+        serve_stale: bool,
     },
 }
 
@@ -401,6 +404,17 @@ fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> 
             }
             nm.finish(p);
         }
+        let on_error = rm.get("on_error");
+        let serve_stale = on_error
+            .and_then(|n| one_of(n, &rm.child("on_error"), &["fail_closed", "serve_stale"], p))
+            .is_some_and(|v| v == "serve_stale");
+        if let (true, Some(n)) = (serve_stale && near_ttl.is_zero(), on_error) {
+            p.push(
+                n.pos,
+                &rm.child("on_error"),
+                "serve_stale serves from the near cache: give near_cache a ttl above 0s",
+            );
+        }
         let missing_url = rm.get("url").is_none();
         rm.finish(p);
         if missing_url {
@@ -412,6 +426,7 @@ fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> 
             timeout,
             near_ttl,
             near_max,
+            serve_stale,
         });
     }
     let mut max_sessions = 1_000_000;

@@ -216,6 +216,7 @@ impl Sessions {
                 timeout,
                 near_ttl,
                 near_max,
+                serve_stale,
             } => Store::Redis(Box::new(
                 RedisStore::new(RedisOptions {
                     url: url.clone(),
@@ -226,6 +227,7 @@ impl Sessions {
                     op_timeout: *timeout,
                     near_ttl: *near_ttl,
                     near_max: *near_max,
+                    serve_stale: *serve_stale,
                 })
                 .map_err(|e| e.to_string())?,
             )),

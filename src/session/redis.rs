@@ -51,6 +51,9 @@ pub struct RedisOptions {
     pub near_ttl: Duration,
     /// Most sessions in the near cache.
     pub near_max: u64,
+    /// While Redis does not answer: serve sessions from the near cache and queue writes for
+    /// when it is back (`on_error: serve_stale`), rather than fail (`fail_closed`).
+    pub serve_stale: bool,
 }
 
 /// Finds the hash of `ARGV[2]`, directly or through an alias; `false` if there is none.
@@ -188,6 +191,8 @@ pub struct RedisStore {
     /// The near cache's invalidation listener: started with the connection, stopped when the
     /// last clone of the store goes.
     listener: Arc<Listener>,
+    /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
+    pending: Option<Arc<Pending>>,
     prefix: String,
     idle: Duration,
     absolute: Duration,
@@ -228,10 +233,17 @@ impl RedisStore {
     pub fn new(options: RedisOptions) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(options.url.as_str()).map_err(failed)?;
         let script = |body: &str| Script::new(&format!("{RESOLVE}\n{body}"));
+        // Serving stale keeps copies as long as a session may idle; what a copy may serve in
+        // normal times does not depend on this (see `load`).
+        let keep = if options.serve_stale {
+            options.near_ttl.max(options.idle_timeout)
+        } else {
+            options.near_ttl
+        };
         let near = (!options.near_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(options.near_max)
-                .time_to_live(options.near_ttl)
+                .time_to_live(keep)
                 .build_with_hasher(FxBuildHasher)
         });
         Ok(RedisStore {
@@ -239,6 +251,8 @@ impl RedisStore {
             conn: Arc::new(OnceCell::new()),
             near,
             listener: Arc::new(Listener::default()),
+            pending: (options.serve_stale && !options.near_ttl.is_zero())
+                .then(|| Arc::new(Pending::default())),
             prefix: options.key_prefix,
             idle: options.idle_timeout,
             absolute: options.absolute_timeout,
@@ -306,6 +320,70 @@ impl RedisStore {
         let mut call = script.prepare_invoke();
         call.arg(&self.prefix).arg(hex(id));
         call
+    }
+
+    /// A call of the update script for `changes` to the session under `id`.
+    fn update_call(
+        &self,
+        id: &StoreId,
+        create: Option<&SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut call = self.call(&self.update, id);
+        call.arg(now_ms)
+            .arg(ms(self.idle).max(1))
+            .arg(create.map_or("", |k| k.0.as_str()))
+            .arg(self.limits.max_attributes)
+            .arg(self.limits.max_value_bytes)
+            .arg(self.limits.max_session_bytes);
+        for change in changes {
+            match change {
+                Change::Set(n, v) => call.arg("S").arg(n).arg(v),
+                Change::Unset(n) => call.arg("U").arg(n).arg(""),
+            };
+        }
+        call
+    }
+
+    /// With `serve_stale`, while Redis does not answer: the changes applied to this gateway's
+    /// copy (which then serves), and queued for Redis; otherwise the error.
+    async fn update_stale(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+        error: StoreError,
+    ) -> Result<Option<Applied>, StoreError> {
+        let (Some(pending), Some(near)) = (&self.pending, &self.near) else {
+            return Err(error);
+        };
+        let (mut session, created) = match (near.get(id).await, &create) {
+            (Some(copy), _) => (copy.session, false),
+            (None, Some(key)) => (Session::new(key.clone(), now_ms), true),
+            (None, None) => return Err(error),
+        };
+        let rejected = session.apply(changes, &self.limits);
+        session.last_seen_ms = session.last_seen_ms.max(now_ms);
+        let copy = NearCopy {
+            session: session.clone(),
+            expires_ms: 0,
+        };
+        near.insert(*id, copy).await;
+        pending.push(PendingWrite {
+            id: *id,
+            create,
+            changes: changes.to_vec(),
+            now_ms,
+        });
+        pending.start(self.clone());
+        tracing::warn!(error = %error, "session store down: change kept here, queued for Redis");
+        Ok(Some(Applied {
+            session,
+            rejected,
+            created,
+        }))
     }
 
     /// Drops this gateway's near copy of `id` (other gateways hear of it by pub/sub).
@@ -401,7 +479,19 @@ impl SessionStore for RedisStore {
         {
             return Ok(Some(copy.session));
         }
-        let found: Option<(String, i64, Vec<Value>)> = self.run(&call).await?;
+        let found: Option<(String, i64, Vec<Value>)> = match self.run(&call).await {
+            Ok(found) => found,
+            Err(e) => {
+                if self.pending.is_some()
+                    && let Some(near) = &self.near
+                    && let Some(copy) = near.get(id).await
+                {
+                    tracing::debug!(error = %e, "session served stale");
+                    return Ok(Some(copy.session));
+                }
+                return Err(e);
+            }
+        };
         let Some((own_id, ttl_ms, hash)) = found else {
             return Ok(None);
         };
@@ -426,20 +516,11 @@ impl SessionStore for RedisStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        let mut call = self.call(&self.update, id);
-        call.arg(now_ms)
-            .arg(ms(self.idle).max(1))
-            .arg(create.as_ref().map_or("", |k| k.0.as_str()))
-            .arg(self.limits.max_attributes)
-            .arg(self.limits.max_value_bytes)
-            .arg(self.limits.max_session_bytes);
-        for change in changes {
-            match change {
-                Change::Set(n, v) => call.arg("S").arg(n).arg(v),
-                Change::Unset(n) => call.arg("U").arg(n).arg(""),
-            };
-        }
-        let result: Option<(i64, Vec<String>, Vec<Value>)> = self.run(&call).await?;
+        let call = self.update_call(id, create.as_ref(), changes, now_ms);
+        let result: UpdateReply = match self.run(&call).await {
+            Ok(result) => result,
+            Err(e) => return self.update_stale(id, create, changes, now_ms, e).await,
+        };
         self.forget(id).await;
         let Some((created, rejected, hash)) = result else {
             return Ok(None);
@@ -628,4 +709,90 @@ async fn listen(
         }
     }
     Ok(())
+}
+
+/// What the update script answers: created, rejected (name, reason)*, the hash; or nothing.
+type UpdateReply = Option<(i64, Vec<String>, Vec<Value>)>;
+
+/// A write made while Redis did not answer.
+struct PendingWrite {
+    id: StoreId,
+    create: Option<SessionKey>,
+    changes: Vec<Change>,
+    now_ms: u64,
+}
+
+/// Writes queued while Redis did not answer (at most `MAX`; the oldest go first), and the task
+/// that replays them in order once it answers.
+#[derive(Default)]
+struct Pending {
+    writes: std::sync::Mutex<std::collections::VecDeque<PendingWrite>>,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl Pending {
+    const MAX: usize = 10_000;
+
+    fn push(&self, w: PendingWrite) {
+        let mut q = self
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.len() >= Self::MAX {
+            q.pop_front();
+            tracing::warn!("session store down: queued writes over the bound, oldest dropped");
+        }
+        q.push_back(w);
+    }
+
+    fn pop(&self) -> Option<PendingWrite> {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
+    fn unpop(&self, w: PendingWrite) {
+        self.writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_front(w);
+    }
+
+    /// Starts the replaying task unless it runs; it ends when the queue is empty.
+    fn start(self: &Arc<Self>, store: RedisStore) {
+        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                while let Some(w) = me.pop() {
+                    let call = store.update_call(&w.id, w.create.as_ref(), &w.changes, w.now_ms);
+                    let done: Result<UpdateReply, _> = store.run(&call).await;
+                    if done.is_err() {
+                        me.unpop(w);
+                        break;
+                    }
+                }
+                if me.is_empty() {
+                    me.running
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    // A write queued between the check and the flag would wait for the next
+                    // one: take the task back if so.
+                    if me.is_empty() || me.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
 }

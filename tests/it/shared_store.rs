@@ -313,3 +313,90 @@ async fn the_admin_api_of_one_gateway_logs_a_user_out_on_all() {
     .await;
     assert!(gone, "the other gateway still serves the revoked session");
 }
+
+#[tokio::test]
+async fn with_serve_stale_sessions_live_on_through_an_outage_and_their_writes_land_after() {
+    let b = shop().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let redis = OwnRedis::start(port);
+    let store = |extra: &str| {
+        format!(
+            "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms{extra} }}\n"
+        )
+    };
+    let start = |yaml: String| async move {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("session.keys"),
+            "shared-secret-of-the-fleet-0123456789abcdef\n",
+        )
+        .unwrap();
+        Gateway::start_in(&yaml, dir).await
+    };
+    let gw = start(simple_config(
+        &[b.addr],
+        "",
+        &store(", on_error: serve_stale"),
+    ))
+    .await;
+    let http = client();
+    let up = eventually(Duration::from_secs(10), || {
+        let req = http.get(gw.url("web", "/login")).send();
+        async move {
+            req.await
+                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
+        }
+    })
+    .await;
+    assert!(up, "redis-server never answered");
+    let cookie = session_cookie(&http.get(gw.url("web", "/login")).send().await.unwrap());
+    let on = |path: &str| {
+        http.get(gw.url("web", path))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    on("/whoami").await.unwrap().text().await.unwrap();
+
+    // Redis frozen: the session is served from this gateway's copy, and a change is kept.
+    redis.signal("STOP");
+    let resp = on("/cart").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "status=active user=alice cart=-"
+    );
+    let body = on("/whoami").await.unwrap().text().await.unwrap();
+    assert_eq!(body, "status=active user=alice cart=1");
+
+    // Back: the queued change lands in Redis, where another gateway (no near cache) reads it.
+    redis.signal("CONT");
+    let other = start(simple_config(
+        &[b.addr],
+        "",
+        &store(", near_cache: { ttl: 0s }"),
+    ))
+    .await;
+    let landed = eventually(Duration::from_secs(10), || {
+        let req = http
+            .get(other.url("web", "/whoami"))
+            .header("cookie", cookie.clone())
+            .send();
+        async move {
+            match req.await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .is_ok_and(|t| t == "status=active user=alice cart=1"),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        landed,
+        "the change made during the outage never reached Redis"
+    );
+}

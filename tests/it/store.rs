@@ -375,6 +375,7 @@ conformance!(redis, |setup: Setup| async move {
         op_timeout: Duration::from_secs(2),
         near_ttl: Duration::from_secs(2),
         near_max: 1000,
+        serve_stale: false,
     })
     .await
     .expect("redis-server on 127.0.0.1:6379 (scripts/test starts one)")
