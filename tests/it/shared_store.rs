@@ -76,6 +76,17 @@ async fn shop() -> Backend {
             "/logout" => {
                 h.append("x-session-action", "destroy".parse().unwrap());
             }
+            "/count" => {
+                let n = req
+                    .headers()
+                    .keys()
+                    .filter(|k| k.as_str().starts_with("x-session-attr-a"))
+                    .count();
+                *r.body_mut() = full(n.to_string());
+            }
+            p if p.starts_with("/set/") => {
+                h.append("x-session-set", format!("{}=1", &p[5..]).parse().unwrap());
+            }
             _ => {}
         }
         r
@@ -399,4 +410,32 @@ async fn with_serve_stale_sessions_live_on_through_an_outage_and_their_writes_la
         landed,
         "the change made during the outage never reached Redis"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_through_two_gateways_to_different_attributes_all_survive() {
+    let b = shop().await;
+    let prefix = redis_test_prefix();
+    let (a, bb) = (gateway(&b, &prefix).await, gateway(&b, &prefix).await);
+    let http = client();
+    let cookie = session_cookie(&http.get(a.url("web", "/login")).send().await.unwrap());
+    let writes = (0..40).map(|i| {
+        let g = if i % 2 == 0 { &a } else { &bb };
+        http.get(g.url("web", &format!("/set/a{i}")))
+            .header("cookie", cookie.clone())
+            .send()
+    });
+    for r in futures_util::future::join_all(writes).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let n = http
+        .get(bb.url("web", "/count"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(n, "40");
 }
