@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::support::*;
 
+const EXPIRED: &str = "status=expired user=- cart=-";
+
 /// A gateway in front of `b` whose sessions live in Redis under `prefix`, signed with the
 /// shared secret.
 async fn gateway(b: &Backend, prefix: &str) -> Gateway {
@@ -43,6 +45,24 @@ fn session_cookie(resp: &reqwest::Response) -> String {
         .next()
         .unwrap()
         .to_owned()
+}
+
+/// Whether `/whoami` on `g` with `cookie` answers `want` within `limit`.
+async fn answers_within(g: &Gateway, cookie: &str, limit: Duration, want: &str) -> bool {
+    let http = client();
+    eventually(limit, || {
+        let req = http
+            .get(g.url("web", "/whoami"))
+            .header("cookie", cookie.to_owned())
+            .send();
+        async move {
+            match req.await {
+                Ok(r) => r.text().await.is_ok_and(|t| t == want),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
 }
 
 /// The backend: logs in, counts a cart, logs out, and says what session it saw.
@@ -270,17 +290,7 @@ async fn a_logout_on_one_gateway_clears_the_near_caches_of_the_others_within_100
         .await
         .unwrap();
     for g in &others {
-        let gone = eventually(Duration::from_millis(100), || {
-            let req = whoami(g);
-            async move {
-                req.await
-                    .unwrap()
-                    .text()
-                    .await
-                    .is_ok_and(|t| t == "status=expired user=- cart=-")
-            }
-        })
-        .await;
+        let gone = answers_within(g, &cookie, Duration::from_millis(100), EXPIRED).await;
         assert!(gone, "a near copy outlived the logout");
     }
 }
@@ -311,17 +321,7 @@ async fn the_admin_api_of_one_gateway_logs_a_user_out_on_all() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
-    let gone = eventually(Duration::from_millis(100), || {
-        let req = whoami();
-        async move {
-            req.await
-                .unwrap()
-                .text()
-                .await
-                .is_ok_and(|t| t == "status=expired user=- cart=-")
-        }
-    })
-    .await;
+    let gone = answers_within(&other, &cookie, Duration::from_millis(100), EXPIRED).await;
     assert!(gone, "the other gateway still serves the revoked session");
 }
 
