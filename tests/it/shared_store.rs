@@ -146,6 +146,27 @@ async fn login_on_one_gateway_cart_on_another_logout_on_a_third() {
 struct OwnRedis(std::process::Child);
 
 impl OwnRedis {
+    /// A server that writes every change to an append-only file in `dir` before answering,
+    /// so that one killed and started again on the same `dir` has lost nothing.
+    fn start_durable(port: u16, dir: &std::path::Path) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test installs it)");
+        OwnRedis(child)
+    }
+
     fn start(port: u16) -> OwnRedis {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -438,4 +459,56 @@ async fn concurrent_writes_through_two_gateways_to_different_attributes_all_surv
         .await
         .unwrap();
     assert_eq!(n, "40");
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_mid_run_fails_closed_and_loses_no_session() {
+    let b = shop().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let data = tempfile::tempdir().unwrap();
+    let redis = OwnRedis::start_durable(port, data.path());
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        &format!(
+            "sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms, near_cache: {{ ttl: 0s }} }}\n"
+        ),
+    );
+    let gw = Gateway::start_in(&yaml, tempfile::tempdir().unwrap()).await;
+    let http = client();
+    let up = eventually(Duration::from_secs(10), || {
+        let req = http.get(gw.url("web", "/login")).send();
+        async move {
+            req.await
+                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
+        }
+    })
+    .await;
+    assert!(up, "redis-server never answered");
+    let cookie = session_cookie(&http.get(gw.url("web", "/login")).send().await.unwrap());
+    let cart = http
+        .get(gw.url("web", "/cart"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cart.status(), 200);
+
+    drop(redis); // SIGKILL
+    let resp = http
+        .get(gw.url("web", "/whoami"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("retry-after").is_some());
+
+    let _redis = OwnRedis::start_durable(port, data.path());
+    let want = "status=active user=alice cart=1";
+    let back = answers_within(&gw, &cookie, Duration::from_secs(10), want).await;
+    assert!(back, "the session was lost across the restart");
 }
