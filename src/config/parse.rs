@@ -944,6 +944,7 @@ mod tests {
                 near_ttl: Duration::ZERO,
                 near_max: 100_000,
                 serve_stale: false,
+                ca: None,
             }
         );
         let errs =

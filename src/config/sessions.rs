@@ -106,6 +106,8 @@ pub enum StoreConfig {
         /// `on_error: serve_stale`: while Redis does not answer, serve from the near cache and
         /// queue writes (else `fail_closed`: 503 for requests with a session).
         serve_stale: bool,
+        /// For `rediss://`: the CA certificates (PEM) to trust instead of the system's.
+        ca: Option<PathBuf>,
     },
 }
 
@@ -287,7 +289,7 @@ pub(super) fn read_sessions(
         .map(|s| base.join(s));
     let store = m
         .get("store")
-        .and_then(|n| read_store(n, &m.child("store"), p))
+        .and_then(|n| read_store(n, &m.child("store"), base, p))
         .unwrap_or(d.store.clone());
     let cookie = m
         .get("cookie")
@@ -342,7 +344,7 @@ pub(super) fn read_sessions(
     })
 }
 
-fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> {
+fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<StoreConfig> {
     let mut m = MapReader::new(node, path, p)?;
     // The sealed-cookie store joins these with issue 5.
     let kind = match m.get("kind") {
@@ -404,6 +406,10 @@ fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> 
             }
             nm.finish(p);
         }
+        let ca = rm
+            .get("ca")
+            .and_then(|n| non_empty(n, &rm.child("ca"), p))
+            .map(|c| base.join(c));
         let on_error = rm.get("on_error");
         let serve_stale = on_error
             .and_then(|n| one_of(n, &rm.child("on_error"), &["fail_closed", "serve_stale"], p))
@@ -427,6 +433,7 @@ fn read_store(node: &Node, path: &str, p: &mut Problems) -> Option<StoreConfig> 
             near_ttl,
             near_max,
             serve_stale,
+            ca,
         });
     }
     let mut max_sessions = 1_000_000;

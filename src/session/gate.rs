@@ -217,9 +217,16 @@ impl Sessions {
                 near_ttl,
                 near_max,
                 serve_stale,
+                ca,
             } => Store::Redis(Box::new(
                 RedisStore::new(RedisOptions {
                     url: url.clone(),
+                    ca_pem: match ca {
+                        Some(path) => Some(std::fs::read(path).map_err(|e| {
+                            format!("cannot read the Redis CA file {}: {e}", path.display())
+                        })?),
+                        None => None,
+                    },
                     key_prefix: key_prefix.clone(),
                     idle_timeout: config.idle_timeout,
                     absolute_timeout: config.absolute_timeout,

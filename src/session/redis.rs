@@ -33,8 +33,10 @@ use super::store::{
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis[s]://[user:password@]host:port[/db]`.
     pub url: String,
+    /// For `rediss://`: CA certificates (PEM) to trust instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
     /// Prefix of every key.
     pub key_prefix: String,
     /// A session unused for this long is dropped by Redis.
@@ -231,7 +233,17 @@ impl RedisStore {
     /// # Errors
     /// The URL is not a Redis URL.
     pub fn new(options: RedisOptions) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(options.url.as_str()).map_err(failed)?;
+        let client = match options.ca_pem {
+            Some(ca) => redis::Client::build_with_tls(
+                options.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            ),
+            None => redis::Client::open(options.url.as_str()),
+        }
+        .map_err(failed)?;
         let script = |body: &str| Script::new(&format!("{RESOLVE}\n{body}"));
         // Serving stale keeps copies as long as a session may idle; what a copy may serve in
         // normal times does not depend on this (see `load`).

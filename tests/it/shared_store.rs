@@ -512,3 +512,81 @@ async fn redis_killed_and_restarted_mid_run_fails_closed_and_loses_no_session() 
     let back = answers_within(&gw, &cookie, Duration::from_secs(10), want).await;
     assert!(back, "the session was lost across the restart");
 }
+
+#[tokio::test]
+async fn sessions_in_redis_over_tls_with_an_acl_user() {
+    let b = shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "redis", &["127.0.0.1"]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _redis = OwnRedis(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"])
+            .arg("--tls-cert-file")
+            .arg(&cert.cert)
+            .arg("--tls-key-file")
+            .arg(&cert.key)
+            .args(["--user", "default", "off"])
+            .args([
+                "--user",
+                "gateway",
+                "on",
+                ">gateway-password",
+                "~*",
+                "&*",
+                "+@all",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    let store = |user: &str| {
+        format!(
+            "sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"rediss://{user}@127.0.0.1:{port}\", ca: redis.crt, timeout: 500ms, near_cache: {{ ttl: 0s }} }}\n"
+        )
+    };
+    let gw_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&cert.cert, gw_dir.path().join("redis.crt")).unwrap();
+    let gw = Gateway::start_in(
+        &simple_config(&[b.addr], "", &store("gateway:gateway-password")),
+        gw_dir,
+    )
+    .await;
+    let http = client();
+    let up = eventually(Duration::from_secs(10), || {
+        let req = http.get(gw.url("web", "/login")).send();
+        async move {
+            req.await
+                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
+        }
+    })
+    .await;
+    assert!(up, "no session over TLS");
+    let cookie = session_cookie(&http.get(gw.url("web", "/login")).send().await.unwrap());
+    let want = "status=active user=alice cart=-";
+    assert!(answers_within(&gw, &cookie, Duration::from_secs(2), want).await);
+
+    // A wrong password: the store does not answer for this gateway.
+    let bad_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&cert.cert, bad_dir.path().join("redis.crt")).unwrap();
+    let bad = Gateway::start_in(
+        &simple_config(&[b.addr], "", &store("gateway:wrong")),
+        bad_dir,
+    )
+    .await;
+    let resp = http.get(bad.url("web", "/login")).send().await.unwrap();
+    assert!(resp.headers().get("set-cookie").is_none());
+}

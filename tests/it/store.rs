@@ -368,6 +368,7 @@ conformance!(memory, |setup: Setup| async move {
 conformance!(redis, |setup: Setup| async move {
     RedisStore::connect(RedisOptions {
         url: "redis://127.0.0.1:6379".to_owned(),
+        ca_pem: None,
         key_prefix: crate::support::redis_test_prefix(),
         idle_timeout: setup.idle,
         absolute_timeout: setup.absolute,
