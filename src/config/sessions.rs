@@ -17,6 +17,8 @@ pub struct SessionsConfig {
     pub secret_pos: Pos,
     /// The store.
     pub store: StoreConfig,
+    /// Where `store` was written, for errors found when the store is built.
+    pub store_pos: Pos,
     /// The session cookie.
     pub cookie: CookieConfig,
     /// A session unused for this long expires.
@@ -178,6 +180,7 @@ impl Default for SessionsConfig {
         SessionsConfig {
             secret_file: None,
             secret_pos: Pos::default(),
+            store_pos: Pos::default(),
             store: StoreConfig::Memory {
                 max_sessions: 1_000_000,
             },
@@ -287,6 +290,7 @@ pub(super) fn read_sessions(
     let secret_file = secret
         .and_then(|n| non_empty(n, &m.child("secret_file"), p))
         .map(|s| base.join(s));
+    let m_store_pos = m.get("store").map_or(node.pos, |n| n.pos);
     let store = m
         .get("store")
         .and_then(|n| read_store(n, &m.child("store"), base, p))
@@ -331,6 +335,7 @@ pub(super) fn read_sessions(
     Some(SessionsConfig {
         secret_file,
         secret_pos: secret.map_or(node.pos, |n| n.pos),
+        store_pos: m_store_pos,
         store,
         cookie,
         idle_timeout,

@@ -29,6 +29,47 @@ use crate::config::{
     ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
 };
 
+/// The store a configuration chose (Redis connects on first use).
+fn build_store(config: &SessionsConfig) -> Result<Store, String> {
+    let store = match &config.store {
+        StoreConfig::Memory { max_sessions } => Store::Memory(MemoryStore::new(MemoryOptions {
+            max_sessions: *max_sessions,
+            idle_timeout: config.idle_timeout,
+            absolute_timeout: config.absolute_timeout,
+            limits: config.limits,
+        })),
+        StoreConfig::Redis {
+            url,
+            key_prefix,
+            timeout,
+            near_ttl,
+            near_max,
+            serve_stale,
+            ca,
+        } => Store::Redis(Box::new(
+            RedisStore::new(RedisOptions {
+                url: url.clone(),
+                ca_pem: match ca {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        format!("cannot read the Redis CA file {}: {e}", path.display())
+                    })?),
+                    None => None,
+                },
+                key_prefix: key_prefix.clone(),
+                idle_timeout: config.idle_timeout,
+                absolute_timeout: config.absolute_timeout,
+                limits: config.limits,
+                op_timeout: *timeout,
+                near_ttl: *near_ttl,
+                near_max: *near_max,
+                serve_stale: *serve_stale,
+            })
+            .map_err(|e| e.to_string())?,
+        )),
+    };
+    Ok(store)
+}
+
 /// The session and probe cookies' names on a plain or TLS listener: `__Host-` prefixed when
 /// the browser will accept that (Secure, `Path=/`, no `Domain`), which pins the cookie to this
 /// exact host.
@@ -185,12 +226,18 @@ impl Sessions {
                 Some(lines)
             }
         };
-        Self::new(config, secrets).map_err(fail)
+        let store = build_store(config)
+            .map_err(|msg| ConfigError::single(source, config.store_pos, "sessions.store", msg))?;
+        Self::new(config, secrets, store).map_err(fail)
     }
 
     /// Sessions with signing keys from `secrets` (`None`: a key made now, and a warning that
     /// sessions will not survive a restart or be shared).
-    fn new(config: &SessionsConfig, secrets: Option<Vec<Vec<u8>>>) -> Result<Sessions, String> {
+    fn new(
+        config: &SessionsConfig,
+        secrets: Option<Vec<Vec<u8>>>,
+        store: Store,
+    ) -> Result<Sessions, String> {
         let keys = match secrets {
             Some(s) => SessionKeys::from_secrets(&s)?,
             None => {
@@ -200,44 +247,6 @@ impl Sessions {
                 );
                 SessionKeys::generate()?
             }
-        };
-        let store = match &config.store {
-            StoreConfig::Memory { max_sessions } => {
-                Store::Memory(MemoryStore::new(MemoryOptions {
-                    max_sessions: *max_sessions,
-                    idle_timeout: config.idle_timeout,
-                    absolute_timeout: config.absolute_timeout,
-                    limits: config.limits,
-                }))
-            }
-            StoreConfig::Redis {
-                url,
-                key_prefix,
-                timeout,
-                near_ttl,
-                near_max,
-                serve_stale,
-                ca,
-            } => Store::Redis(Box::new(
-                RedisStore::new(RedisOptions {
-                    url: url.clone(),
-                    ca_pem: match ca {
-                        Some(path) => Some(std::fs::read(path).map_err(|e| {
-                            format!("cannot read the Redis CA file {}: {e}", path.display())
-                        })?),
-                        None => None,
-                    },
-                    key_prefix: key_prefix.clone(),
-                    idle_timeout: config.idle_timeout,
-                    absolute_timeout: config.absolute_timeout,
-                    limits: config.limits,
-                    op_timeout: *timeout,
-                    near_ttl: *near_ttl,
-                    near_max: *near_max,
-                    serve_stale: *serve_stale,
-                })
-                .map_err(|e| e.to_string())?,
-            )),
         };
         Ok(Sessions {
             keys,

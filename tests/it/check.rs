@@ -178,3 +178,28 @@ sessions:
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[test]
+fn check_reports_an_unreadable_redis_ca_file_where_the_store_is_written() {
+    let yaml = "listeners:
+  - { name: web, bind: \"127.0.0.1:0\" }
+upstreams:
+  app:
+    servers: [ { url: \"http://127.0.0.1:8081\" } ]
+routes:
+  - { match: { path_prefix: / }, upstream: app }
+sessions:
+  store:
+    kind: redis
+    redis: { url: \"rediss://127.0.0.1:6380\", ca: missing-ca.pem }
+";
+    let (out, path, _dir) = run_with("check", yaml);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = path.display().to_string();
+    assert!(stderr.starts_with(&format!("{file}:10:")), "{stderr}");
+    assert!(
+        stderr.contains("sessions.store: cannot read the Redis CA file"),
+        "{stderr}"
+    );
+}
