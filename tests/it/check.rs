@@ -130,19 +130,20 @@ fn gen_cert_writes_a_certificate_and_a_private_key() {
     );
 }
 
-#[test]
-fn check_reads_the_session_secret_file_and_reports_a_short_secret() {
-    let yaml = "listeners:
+/// A valid file's first seven lines: one listener, one upstream, one route.
+const ONE_ROUTE: &str = "listeners:
   - { name: web, bind: \"127.0.0.1:0\" }
 upstreams:
   app:
     servers: [ { url: \"http://127.0.0.1:8081\" } ]
 routes:
   - { match: { path_prefix: / }, upstream: app }
-sessions:
-  secret_file: session.keys
 ";
-    let (out, path, _dir) = run_with("check", yaml);
+
+#[test]
+fn check_reads_the_session_secret_file_and_reports_a_short_secret() {
+    let yaml = format!("{ONE_ROUTE}sessions:\n  secret_file: session.keys\n");
+    let (out, path, _dir) = run_with("check", &yaml);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let file = path.display().to_string();
@@ -181,19 +182,10 @@ sessions:
 
 #[test]
 fn check_reports_an_unreadable_redis_ca_file_where_the_store_is_written() {
-    let yaml = "listeners:
-  - { name: web, bind: \"127.0.0.1:0\" }
-upstreams:
-  app:
-    servers: [ { url: \"http://127.0.0.1:8081\" } ]
-routes:
-  - { match: { path_prefix: / }, upstream: app }
-sessions:
-  store:
-    kind: redis
-    redis: { url: \"rediss://127.0.0.1:6380\", ca: missing-ca.pem }
-";
-    let (out, path, _dir) = run_with("check", yaml);
+    let yaml = format!(
+        "{ONE_ROUTE}sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"rediss://127.0.0.1:6380\", ca: missing-ca.pem }}\n"
+    );
+    let (out, path, _dir) = run_with("check", &yaml);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     let file = path.display().to_string();

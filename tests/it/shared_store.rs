@@ -47,6 +47,21 @@ fn session_cookie(resp: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// Logs in on `g` as soon as its Redis answers (a login that gets a cookie); the cookie.
+async fn login_once_up(g: &Gateway, fail: &str) -> String {
+    let http = client();
+    let up = eventually(Duration::from_secs(10), || {
+        let req = http.get(g.url("web", "/login")).send();
+        async move {
+            req.await
+                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
+        }
+    })
+    .await;
+    assert!(up, "{fail}");
+    session_cookie(&http.get(g.url("web", "/login")).send().await.unwrap())
+}
+
 /// Whether `/whoami` on `g` with `cookie` answers `want` within `limit`.
 async fn answers_within(g: &Gateway, cookie: &str, limit: Duration, want: &str) -> bool {
     let http = client();
@@ -375,16 +390,7 @@ async fn with_serve_stale_sessions_live_on_through_an_outage_and_their_writes_la
     ))
     .await;
     let http = client();
-    let up = eventually(Duration::from_secs(10), || {
-        let req = http.get(gw.url("web", "/login")).send();
-        async move {
-            req.await
-                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
-        }
-    })
-    .await;
-    assert!(up, "redis-server never answered");
-    let cookie = session_cookie(&http.get(gw.url("web", "/login")).send().await.unwrap());
+    let cookie = login_once_up(&gw, "redis-server never answered").await;
     let on = |path: &str| {
         http.get(gw.url("web", path))
             .header("cookie", cookie.clone())
@@ -479,16 +485,7 @@ async fn redis_killed_and_restarted_mid_run_fails_closed_and_loses_no_session() 
     );
     let gw = Gateway::start_in(&yaml, tempfile::tempdir().unwrap()).await;
     let http = client();
-    let up = eventually(Duration::from_secs(10), || {
-        let req = http.get(gw.url("web", "/login")).send();
-        async move {
-            req.await
-                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
-        }
-    })
-    .await;
-    assert!(up, "redis-server never answered");
-    let cookie = session_cookie(&http.get(gw.url("web", "/login")).send().await.unwrap());
+    let cookie = login_once_up(&gw, "redis-server never answered").await;
     let cart = http
         .get(gw.url("web", "/cart"))
         .header("cookie", cookie.clone())
@@ -566,16 +563,7 @@ async fn sessions_in_redis_over_tls_with_an_acl_user() {
     )
     .await;
     let http = client();
-    let up = eventually(Duration::from_secs(10), || {
-        let req = http.get(gw.url("web", "/login")).send();
-        async move {
-            req.await
-                .is_ok_and(|r| r.headers().contains_key("set-cookie"))
-        }
-    })
-    .await;
-    assert!(up, "no session over TLS");
-    let cookie = session_cookie(&http.get(gw.url("web", "/login")).send().await.unwrap());
+    let cookie = login_once_up(&gw, "no session over TLS").await;
     let want = "status=active user=alice cart=-";
     assert!(answers_within(&gw, &cookie, Duration::from_secs(2), want).await);
 

@@ -241,6 +241,14 @@ fn auto_config(b: &Backend) -> String {
     simple_config(&[b.addr], "", "sessions: { tracking: auto }")
 }
 
+/// The session cookie's `name=value` among a response's `Set-Cookie`s.
+fn session_cookie_in(h: &HeaderMap) -> String {
+    set_cookies(h)
+        .into_iter()
+        .find(|c| c.starts_with("sg="))
+        .expect("a session cookie")
+}
+
 /// The `name=value` of each `Set-Cookie`.
 fn set_cookies(h: &HeaderMap) -> Vec<String> {
     h.get_all("set-cookie")
@@ -271,10 +279,7 @@ async fn auto_keeps_urls_clean_for_a_client_that_returns_the_probe_cookie() {
     assert_eq!(b.last().headers["cookie"], "theme=dark");
     let (h, _) = page(resp).await;
     assert_eq!(h["location"], "/home");
-    let cookie = set_cookies(&h)
-        .into_iter()
-        .find(|c| c.starts_with("sg="))
-        .unwrap();
+    let cookie = session_cookie_in(&h);
     let (h, home) = fetch(
         &http,
         Method::GET,
@@ -324,10 +329,7 @@ async fn auto_without_evidence_goes_both_ways_then_cleans_the_address_bar() {
     let (h, _) = page(http.post(format!("{base}/login")).send().await.unwrap()).await;
     let location = h["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with("/home;sgsid="), "{location}");
-    let cookie = set_cookies(&h)
-        .into_iter()
-        .find(|c| c.starts_with("sg="))
-        .unwrap();
+    let cookie = session_cookie_in(&h);
     // The client kept the cookie: the tagged URL is answered with a redirect to the clean
     // one, without asking the backend.
     let seen = b.requests().len();
