@@ -17,8 +17,8 @@ use std::time::Duration;
 pub use error::{ConfigError, Problem};
 pub use node::Pos;
 pub use sessions::{
-    CookieConfig, DEFAULT_LINKS, RouteSession, SameSite, Secure, SessionLimits, SessionsConfig,
-    StoreConfig, Tracking, valid_attribute_name,
+    CookieConfig, DEFAULT_LINKS, RedisTopology, RouteSession, SameSite, Secure, SessionLimits,
+    SessionsConfig, StoreConfig, Tracking, valid_attribute_name,
 };
 
 /// A complete, validated gateway configuration.

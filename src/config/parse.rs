@@ -848,7 +848,7 @@ fn read_host(node: &Node, path: &str, p: &mut Problems) -> Option<HostMatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{SameSite, Secure, StoreConfig, Tracking};
+    use crate::config::{RedisTopology, SameSite, Secure, StoreConfig, Tracking};
 
     const BASE: &str = "listeners:\n  - { name: http, bind: \"127.0.0.1:8080\" }\nupstreams:\n  app:\n    servers: [ { url: \"http://127.0.0.1:8081\" } ]\nroutes:\n  - { name: app, match: { path_prefix: / }, upstream: app }\n";
 
@@ -938,7 +938,9 @@ mod tests {
         assert_eq!(
             s.store,
             StoreConfig::Redis {
-                url: "redis://10.0.0.5:6379/2".to_owned(),
+                topology: RedisTopology::Standalone {
+                    url: "redis://10.0.0.5:6379/2".to_owned()
+                },
                 key_prefix: "shop:".to_owned(),
                 timeout: Duration::from_millis(250),
                 near_ttl: Duration::ZERO,
@@ -958,6 +960,54 @@ mod tests {
         assert!(errs.contains("sessions.store.redis.url"), "{errs}");
         let errs = problems(&(BASE.to_owned() + "sessions:\n  store: { kind: redis, redis: { url: \"redis://x\", on_error: serve_stale, near_cache: { ttl: 0s } } }\n")).join("\n");
         assert!(errs.contains("sessions.store.redis.on_error"), "{errs}");
+    }
+
+    #[test]
+    fn a_redis_cluster_or_sentinel_is_read_and_exactly_one_place_is_asked_for() {
+        let store = |redis: &str| {
+            let text = BASE.to_owned()
+                + &format!("sessions:\n  store:\n    kind: redis\n    redis: {redis}\n");
+            match load(&text).map(|c| c.sessions.map(|s| s.store)) {
+                Ok(Some(StoreConfig::Redis { topology, .. })) => Ok(topology),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(
+            store("{ cluster: [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"] }"),
+            Ok(RedisTopology::Cluster {
+                nodes: vec![
+                    "redis://10.0.0.1:7000".to_owned(),
+                    "redis://10.0.0.2:7000".to_owned()
+                ]
+            })
+        );
+        assert_eq!(
+            store(
+                "{ sentinel: { master: shop, nodes: [\"redis://10.0.0.1:26379\"], username: gw, password: pw, db: 2, tls: true } }"
+            ),
+            Ok(RedisTopology::Sentinel {
+                master: "shop".to_owned(),
+                nodes: vec!["redis://10.0.0.1:26379".to_owned()],
+                username: Some("gw".to_owned()),
+                password: Some("pw".to_owned()),
+                db: 2,
+                tls: true,
+            })
+        );
+        let err = store("{ url: \"redis://a\", cluster: [\"redis://b\"] }").unwrap_err();
+        assert!(err.contains("not several"), "{err}");
+        let err = store("{ key_prefix: x }").unwrap_err();
+        assert!(err.contains("url, cluster or sentinel"), "{err}");
+        let err = store("{ cluster: [] }").unwrap_err();
+        assert!(err.contains("sessions.store.redis.cluster"), "{err}");
+        let err = store("{ cluster: [\"http://b\"] }").unwrap_err();
+        assert!(err.contains("sessions.store.redis.cluster[0]"), "{err}");
+        let err = store("{ sentinel: { nodes: [\"redis://b\"] } }").unwrap_err();
+        assert!(
+            err.contains("sessions.store.redis.sentinel.master"),
+            "{err}"
+        );
     }
 
     #[test]

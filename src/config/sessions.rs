@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use super::error::Problems;
 use super::node::{Node, Pos, Value};
-use super::reader::{MapReader, boolean, integer, non_empty, one_of, positive_duration, size};
+use super::reader::{
+    MapReader, boolean, integer, list, non_empty, one_of, positive_duration, size, string,
+};
 
 /// Session settings shared by all routes. With no `sessions:` section, no route has sessions.
 #[derive(Debug, Clone)]
@@ -95,8 +97,8 @@ pub enum StoreConfig {
     },
     /// In Redis, shared by every gateway that uses it.
     Redis {
-        /// `redis://[user:password@]host:port[/db]`.
-        url: String,
+        /// Where Redis is and how it is deployed.
+        topology: RedisTopology,
         /// Prefix of every key.
         key_prefix: String,
         /// Longest wait for one operation.
@@ -110,6 +112,37 @@ pub enum StoreConfig {
         serve_stale: bool,
         /// For `rediss://`: the CA certificates (PEM) to trust instead of the system's.
         ca: Option<PathBuf>,
+    },
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server (or a proxy in front of several): `redis[s]://[user:password@]host:port[/db]`.
+    Standalone {
+        /// Its URL.
+        url: String,
+    },
+    /// A Redis Cluster: URLs of some of its nodes (the rest are discovered).
+    Cluster {
+        /// Seed node URLs, each with the credentials.
+        nodes: Vec<String>,
+    },
+    /// A master watched by Sentinel: the gateway asks the sentinels where the master is, and
+    /// asks again when it stops answering as one (a failover).
+    Sentinel {
+        /// The name the sentinels monitor the master under.
+        master: String,
+        /// Sentinel URLs (with the sentinels' own credentials, if any).
+        nodes: Vec<String>,
+        /// User for the master (ACL), if any.
+        username: Option<String>,
+        /// Password for the master, if any.
+        password: Option<String>,
+        /// Database number on the master.
+        db: i64,
+        /// Whether the master speaks TLS.
+        tls: bool,
     },
 }
 
@@ -349,6 +382,100 @@ pub(super) fn read_sessions(
     })
 }
 
+/// A Redis URL, if `node` holds one.
+fn redis_url(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
+    let url = non_empty(node, path, p)?;
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Some(url)
+    } else {
+        p.push(
+            node.pos,
+            path,
+            "a Redis URL starts with redis:// or rediss://",
+        );
+        None
+    }
+}
+
+/// Redis URLs, at least one.
+fn redis_urls(node: &Node, path: &str, p: &mut Problems) -> Option<Vec<String>> {
+    let items = list(node, path, p)?;
+    if items.is_empty() {
+        p.push(node.pos, path, "list at least one node");
+        return None;
+    }
+    let urls: Vec<_> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| redis_url(n, &format!("{path}[{i}]"), p))
+        .collect();
+    (urls.len() == items.len()).then_some(urls)
+}
+
+/// Where Redis is: exactly one of `url`, `cluster` and `sentinel`.
+fn read_topology(
+    r: &Node,
+    rpath: &str,
+    rm: &mut MapReader<'_>,
+    p: &mut Problems,
+) -> Option<RedisTopology> {
+    let url = rm.get("url").map(|n| (n, rm.child("url")));
+    let cluster = rm.get("cluster").map(|n| (n, rm.child("cluster")));
+    let sentinel = rm.get("sentinel").map(|n| (n, rm.child("sentinel")));
+    match (url, cluster, sentinel) {
+        (Some((n, path)), None, None) => Some(RedisTopology::Standalone {
+            url: redis_url(n, &path, p)?,
+        }),
+        (None, Some((n, path)), None) => Some(RedisTopology::Cluster {
+            nodes: redis_urls(n, &path, p)?,
+        }),
+        (None, None, Some((n, path))) => {
+            let mut sm = MapReader::new(n, &path, p)?;
+            let master = sm
+                .require("master", n.pos, p)
+                .and_then(|m| non_empty(m, &sm.child("master"), p));
+            let nodes = sm
+                .require("nodes", n.pos, p)
+                .and_then(|m| redis_urls(m, &sm.child("nodes"), p));
+            let username = sm
+                .get("username")
+                .and_then(|m| non_empty(m, &sm.child("username"), p));
+            let password = sm
+                .get("password")
+                .and_then(|m| string(m, &sm.child("password"), p));
+            let db = sm
+                .get("db")
+                .and_then(|m| integer(m, &sm.child("db"), 0, 1 << 20, p))
+                .unwrap_or(0);
+            let tls = sm
+                .get("tls")
+                .and_then(|m| boolean(m, &sm.child("tls"), p))
+                .unwrap_or(false);
+            sm.finish(p);
+            Some(RedisTopology::Sentinel {
+                master: master?,
+                nodes: nodes?,
+                username,
+                password,
+                db: i64::try_from(db).unwrap_or(0),
+                tls,
+            })
+        }
+        (None, None, None) => {
+            p.push(r.pos, rpath, "say where Redis is: url, cluster or sentinel");
+            None
+        }
+        _ => {
+            p.push(
+                r.pos,
+                rpath,
+                "give one of url, cluster and sentinel, not several",
+            );
+            None
+        }
+    }
+}
+
 fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<StoreConfig> {
     let mut m = MapReader::new(node, path, p)?;
     // The sealed-cookie store joins these with issue 5.
@@ -371,20 +498,7 @@ fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<
             return None;
         };
         let mut rm = MapReader::new(r, &rpath, p)?;
-        let url = rm
-            .get("url")
-            .and_then(|n| non_empty(n, &rm.child("url"), p))
-            .filter(|u| {
-                let ok = u.starts_with("redis://") || u.starts_with("rediss://");
-                if !ok {
-                    p.push(
-                        r.pos,
-                        &rm.child("url"),
-                        "a Redis URL starts with redis:// or rediss://",
-                    );
-                }
-                ok
-            });
+        let topology = read_topology(r, &rpath, &mut rm, p);
         let key_prefix = rm
             .get("key_prefix")
             .and_then(|n| non_empty(n, &rm.child("key_prefix"), p))
@@ -426,13 +540,9 @@ fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<
                 "serve_stale serves from the near cache: give near_cache a ttl above 0s",
             );
         }
-        let missing_url = rm.get("url").is_none();
         rm.finish(p);
-        if missing_url {
-            p.push(r.pos, &rpath, "url is required");
-        }
         return Some(StoreConfig::Redis {
-            url: url?,
+            topology: topology?,
             key_prefix,
             timeout,
             near_ttl,

@@ -39,7 +39,7 @@ fn build_store(config: &SessionsConfig) -> Result<Store, String> {
             limits: config.limits,
         })),
         StoreConfig::Redis {
-            url,
+            topology,
             key_prefix,
             timeout,
             near_ttl,
@@ -48,7 +48,7 @@ fn build_store(config: &SessionsConfig) -> Result<Store, String> {
             ca,
         } => Store::Redis(Box::new(
             RedisStore::new(RedisOptions {
-                url: url.clone(),
+                topology: topology.clone(),
                 ca_pem: match ca {
                     Some(path) => Some(std::fs::read(path).map_err(|e| {
                         format!("cannot read the Redis CA file {}: {e}", path.display())

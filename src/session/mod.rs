@@ -19,7 +19,7 @@ pub mod url;
 
 pub use gate::{Arrival, Held, RequestInfo, RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{RedisOptions, RedisStore, Topology};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,
 };

@@ -7,6 +7,7 @@ mod errors;
 mod headers;
 mod limits;
 mod proxy_protocol;
+mod redis_servers;
 mod retry;
 mod routing;
 mod sessions;

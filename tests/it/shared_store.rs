@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::redis_servers::OwnRedis;
 use crate::support::*;
 
 const EXPIRED: &str = "status=expired user=- cart=-";
@@ -154,59 +155,6 @@ async fn login_on_one_gateway_cart_on_another_logout_on_a_third() {
     for g in [&a, &bb, &c] {
         let body = on(g, "/whoami").await.unwrap().text().await.unwrap();
         assert_eq!(body, "status=expired user=- cart=-");
-    }
-}
-
-/// A redis-server of the test's own on `port` (nothing on disk), killed when dropped.
-struct OwnRedis(std::process::Child);
-
-impl OwnRedis {
-    /// A server that writes every change to an append-only file in `dir` before answering,
-    /// so that one killed and started again on the same `dir` has lost nothing.
-    fn start_durable(port: u16, dir: &std::path::Path) -> OwnRedis {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)");
-        OwnRedis(child)
-    }
-
-    fn start(port: u16) -> OwnRedis {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test installs it)");
-        OwnRedis(child)
-    }
-
-    /// Freezes (`STOP`) or thaws (`CONT`) the server: an outage that keeps its data.
-    fn signal(&self, sig: &str) {
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &self.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sessiongate::session::{
     Change, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SessionKey, SessionKeys,
-    SessionStore, StoreId, Token, unix_ms,
+    SessionStore, StoreId, Token, Topology, unix_ms,
 };
 
 const SECRET: &str = "conformance-secret-0123456789abcdef0123";
@@ -363,11 +363,11 @@ conformance!(memory, |setup: Setup| async move {
     })
 });
 
-// The machine's Redis (127.0.0.1:6379, started by scripts/test when it is not running); each
-// test has a key prefix of its own, and its keys expire with the idle timeout.
-conformance!(redis, |setup: Setup| async move {
-    RedisStore::connect(RedisOptions {
-        url: "redis://127.0.0.1:6379".to_owned(),
+/// Options for a Redis store with a key prefix of the test's own (its keys expire with the
+/// idle timeout).
+fn redis_options(topology: Topology, setup: Setup) -> RedisOptions {
+    RedisOptions {
+        topology,
         ca_pem: None,
         key_prefix: crate::support::redis_test_prefix(),
         idle_timeout: setup.idle,
@@ -377,9 +377,24 @@ conformance!(redis, |setup: Setup| async move {
         near_ttl: Duration::from_secs(2),
         near_max: 1000,
         serve_stale: false,
-    })
-    .await
-    .expect("redis-server on 127.0.0.1:6379 (scripts/test starts one)")
+    }
+}
+
+// The machine's Redis (127.0.0.1:6379, started by scripts/test when it is not running).
+conformance!(redis, |setup: Setup| async move {
+    let url = "redis://127.0.0.1:6379".to_owned();
+    RedisStore::connect(redis_options(Topology::Standalone { url }, setup))
+        .await
+        .expect("redis-server on 127.0.0.1:6379 (scripts/test starts one)")
+});
+
+// A Cluster of three masters, started once for this test process: the ids of one session
+// (a regenerated token's old and new ids, an alias) mostly live on different nodes.
+conformance!(redis_cluster, |setup: Setup| async move {
+    let nodes = crate::redis_servers::cluster_nodes().to_vec();
+    RedisStore::connect(redis_options(Topology::Cluster { nodes }, setup))
+        .await
+        .expect("the test's Redis Cluster")
 });
 
 #[tokio::test]
@@ -397,4 +412,38 @@ async fn memory_store_evicts_past_its_capacity() {
     }
     s.run_pending_tasks().await;
     assert!(s.entry_count() <= 100, "{} entries", s.entry_count());
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_logout_through_one_gateway_drops_the_near_copy_of_another() {
+    let nodes = crate::redis_servers::cluster_nodes().to_vec();
+    let options = RedisOptions {
+        near_ttl: Duration::from_secs(60),
+        ..redis_options(Topology::Cluster { nodes }, RELAXED)
+    };
+    let a = RedisStore::connect(options.clone()).await.unwrap();
+    let b = RedisStore::connect(options).await.unwrap();
+    // Subscriptions land on different nodes: a change published on one reaches the others.
+    let ids: Vec<StoreId> = (0..8).map(|_| new_id()).collect();
+    for id in &ids {
+        a.update(id, Some(key()), &[set("user", "alice")], unix_ms())
+            .await
+            .unwrap();
+        assert!(b.load(id, unix_ms()).await.unwrap().is_some());
+    }
+    // The listener subscribes in the background.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in &ids {
+        a.delete(id).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    for id in &ids {
+        while b.load(id, unix_ms()).await.unwrap().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_millis(100),
+                "a near copy outlived the logout by 100 ms"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }

@@ -1,0 +1,700 @@
+//! The shared store: sessions in Redis, so that several gateways serve one set of sessions.
+//! Redis is the distributed engine (standalone, Sentinel or Cluster); this module only lays
+//! sessions out in it ([`scripts`] has the layout) and keeps a near cache of them.
+//!
+//! Every change runs as one Lua script on one session's keys, so a session's changes and its
+//! expiry refresh are atomic: two gateways setting different attributes of one session both
+//! keep theirs.
+
+mod conn;
+mod near;
+mod pending;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use redis::{AsyncCommands, Script, Value};
+use rustc_hash::FxBuildHasher;
+
+pub use conn::Topology;
+use conn::{Conn, Connector};
+use near::{Listener, Near, NearCopy};
+use pending::{Pending, PendingWrite};
+
+use super::StoreId;
+use super::store::{
+    Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
+    TOUCH_EVERY_MS,
+};
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// Where Redis is and how it is deployed.
+    pub topology: Topology,
+    /// For `rediss://`: CA certificates (PEM) to trust instead of the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// A session unused for this long is dropped by Redis.
+    pub idle_timeout: Duration,
+    /// A session older than this is dropped when read.
+    pub absolute_timeout: Duration,
+    /// Size limits on session data.
+    pub limits: Limits,
+    /// Longest wait for one operation.
+    pub op_timeout: Duration,
+    /// How long this gateway may serve a session from its near cache without asking Redis
+    /// (zero: no near cache). Changes made through any gateway drop the copies at once
+    /// (pub/sub); a copy missed while that channel is down lives at most this long.
+    pub near_ttl: Duration,
+    /// Most sessions in the near cache.
+    pub near_max: u64,
+    /// While Redis does not answer: serve sessions from the near cache and queue writes for
+    /// when it is back (`on_error: serve_stale`), rather than fail (`fail_closed`).
+    pub serve_stale: bool,
+}
+
+/// Sessions kept in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    /// The connection, made on first use (so that the gateway starts while Redis is down);
+    /// after that it reconnects, follows Cluster moves and Sentinel failovers by itself.
+    connector: Arc<Connector>,
+    /// Recent sessions, by their own id (not an alias's), if the near cache is on.
+    near: Option<Near>,
+    /// The near cache's invalidation listener: started with the connection, stopped when the
+    /// last clone of the store goes.
+    listener: Arc<Listener>,
+    /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
+    pending: Option<Arc<Pending>>,
+    prefix: String,
+    /// Where changes are announced: `PREFIX changed`.
+    channel: String,
+    idle: Duration,
+    absolute: Duration,
+    limits: Limits,
+    op_timeout: Duration,
+    load: Script,
+    update: Script,
+    delete: Script,
+    rename: Script,
+    snapshot: Script,
+    write_copy: Script,
+    seal: Script,
+    probe: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("connector", &self.connector)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("redis: {e}"))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn hex(id: &StoreId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// What a script found under an id.
+enum Found {
+    /// The session's data (the script's answer after its leading 1).
+    Here(Vec<Value>),
+    /// An alias: the id it names.
+    Alias(String),
+    /// Nothing (or, from rename, nothing to move).
+    Nothing,
+}
+
+impl Found {
+    fn from_reply(v: Value) -> Result<Found, StoreError> {
+        let mut parts = match v {
+            Value::Nil => return Ok(Found::Nothing),
+            Value::Array(parts) => parts.into_iter(),
+            other => return Err(failed(format!("unexpected script answer {other:?}"))),
+        };
+        match parts.next() {
+            Some(Value::Int(1)) => Ok(Found::Here(parts.collect())),
+            Some(Value::Int(2)) => {
+                let to: String =
+                    redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(failed)?;
+                Ok(Found::Alias(to))
+            }
+            _ => Ok(Found::Nothing),
+        }
+    }
+}
+
+/// What a rename did on one id.
+enum Moved {
+    Yes,
+    No,
+    /// The id is an alias of this one: move that.
+    Alias(String),
+}
+
+impl RedisStore {
+    /// A store for `options`; it connects on first use.
+    ///
+    /// # Errors
+    /// A URL that is not a Redis URL.
+    pub fn new(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let connector = Connector::new(
+            &options.topology,
+            options.ca_pem.as_ref(),
+            options.op_timeout,
+        )
+        .map_err(failed)?;
+        // Serving stale keeps copies as long as a session may idle; what a copy may serve in
+        // normal times does not depend on this (see `load`).
+        let keep = if options.serve_stale {
+            options.near_ttl.max(options.idle_timeout)
+        } else {
+            options.near_ttl
+        };
+        let near = (!options.near_ttl.is_zero()).then(|| {
+            Cache::builder()
+                .max_capacity(options.near_max)
+                .time_to_live(keep)
+                .build_with_hasher(FxBuildHasher)
+        });
+        Ok(RedisStore {
+            connector: Arc::new(connector),
+            near,
+            listener: Arc::new(Listener::default()),
+            pending: (options.serve_stale && !options.near_ttl.is_zero())
+                .then(|| Arc::new(Pending::default())),
+            channel: format!("{}changed", options.key_prefix),
+            prefix: options.key_prefix,
+            idle: options.idle_timeout,
+            absolute: options.absolute_timeout,
+            limits: options.limits,
+            op_timeout: options.op_timeout,
+            load: scripts::script(scripts::LOAD),
+            update: scripts::script(scripts::UPDATE),
+            delete: scripts::script(scripts::DELETE),
+            rename: scripts::script(scripts::RENAME),
+            snapshot: scripts::script(scripts::SNAPSHOT),
+            write_copy: scripts::script(scripts::WRITE_COPY),
+            seal: scripts::script(scripts::SEAL),
+            probe: scripts::script(scripts::PROBE),
+        })
+    }
+
+    /// A store for `options`, connected now.
+    ///
+    /// # Errors
+    /// A bad URL, or no Redis answering within the operation timeout.
+    pub async fn connect(options: RedisOptions) -> Result<RedisStore, StoreError> {
+        let store = RedisStore::new(options)?;
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// The connection, made now if this is the first use (within the operation timeout).
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let conn = self.timed(self.connector.conn()).await?;
+        if let Some(near) = &self.near {
+            self.listener
+                .start(self.connector.clone(), self.channel.clone(), near.clone());
+        }
+        Ok(conn)
+    }
+
+    /// Runs `f` within the operation timeout.
+    async fn timed<T>(
+        &self,
+        f: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_timeout, f).await {
+            Ok(r) => r.map_err(failed),
+            Err(_) => {
+                self.connector.timed_out();
+                Err(failed(format!("no answer within {:?}", self.op_timeout)))
+            }
+        }
+    }
+
+    /// Runs `script` on the keys of session `id` (its hash, its alias record) and `extra`
+    /// keys, with `args`, within the operation timeout.
+    async fn eval(
+        &self,
+        script: &Script,
+        id: &str,
+        extra: &[String],
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<Value, StoreError> {
+        let mut call = script.prepare_invoke();
+        call.key(scripts::session_key(&self.prefix, id))
+            .key(scripts::alias_key(&self.prefix, id));
+        for k in extra {
+            call.key(k);
+        }
+        args(&mut call);
+        let mut conn = self.conn().await?;
+        self.timed(call.invoke_async(&mut conn)).await
+    }
+
+    /// Runs the update script for `changes` to the session under `id` (following an alias
+    /// once); the id of the session changed and the script's reply, or `None`.
+    async fn update_in_redis(
+        &self,
+        id: &StoreId,
+        create: Option<&SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+    ) -> Result<Option<(String, Vec<Value>)>, StoreError> {
+        let mut target = hex(id);
+        let mut create = create.map_or("", |k| k.0.as_str());
+        for _hop in 0..2 {
+            let reply = self
+                .eval(&self.update, &target, &[], |call| {
+                    call.arg(&self.channel)
+                        .arg(&target)
+                        .arg(now_ms)
+                        .arg(ms(self.idle).max(1))
+                        .arg(create)
+                        .arg(self.limits.max_attributes)
+                        .arg(self.limits.max_value_bytes)
+                        .arg(self.limits.max_session_bytes);
+                    for change in changes {
+                        match change {
+                            Change::Set(n, v) => call.arg("S").arg(n).arg(v),
+                            Change::Unset(n) => call.arg("U").arg(n).arg(""),
+                        };
+                    }
+                })
+                .await?;
+            match Found::from_reply(reply)? {
+                Found::Here(parts) => return Ok(Some((target, parts))),
+                Found::Nothing => return Ok(None),
+                // No session is created under an alias: the one it names is changed, if any.
+                Found::Alias(to) => (target, create) = (to, ""),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Replays a write queued while Redis did not answer.
+    async fn replay(&self, w: &PendingWrite) -> Result<(), StoreError> {
+        self.update_in_redis(&w.id, w.create.as_ref(), &w.changes, w.now_ms)
+            .await
+            .map(|_| ())
+    }
+
+    /// With `serve_stale`, while Redis does not answer: the changes applied to this gateway's
+    /// copy (which then serves), and queued for Redis; otherwise the error.
+    async fn update_stale(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+        error: StoreError,
+    ) -> Result<Option<Applied>, StoreError> {
+        let (Some(pending), Some(near)) = (&self.pending, &self.near) else {
+            return Err(error);
+        };
+        let (mut session, created) = match (near.get(id).await, &create) {
+            (Some(copy), _) => (copy.session, false),
+            (None, Some(key)) => (Session::new(key.clone(), now_ms), true),
+            (None, None) => return Err(error),
+        };
+        let rejected = session.apply(changes, &self.limits);
+        session.last_seen_ms = session.last_seen_ms.max(now_ms);
+        let copy = NearCopy {
+            session: session.clone(),
+            expires_ms: 0,
+        };
+        near.insert(*id, copy).await;
+        pending.push(PendingWrite {
+            id: *id,
+            create,
+            changes: changes.to_vec(),
+            now_ms,
+        });
+        pending.start(self.clone());
+        tracing::warn!(error = %error, "session store down: change kept here, queued for Redis");
+        Ok(Some(Applied {
+            session,
+            rejected,
+            created,
+        }))
+    }
+
+    /// Drops this gateway's near copy of `id` (other gateways hear of it by pub/sub).
+    async fn forget(&self, id: &StoreId) {
+        if let Some(near) = &self.near {
+            near.invalidate(id).await;
+        }
+    }
+
+    /// Renames the session under `from` (not following an alias) to `to`.
+    async fn rename_here(&self, from: &str, to: &str, grace: u64) -> Result<Moved, StoreError> {
+        if !self.connector.is_cluster() {
+            // One server holds both ids: one atomic script.
+            let reply = self
+                .eval(
+                    &self.rename,
+                    from,
+                    &[scripts::session_key(&self.prefix, to)],
+                    |call| {
+                        call.arg(&self.channel).arg(from).arg(to).arg(grace);
+                    },
+                )
+                .await?;
+            return Ok(match Found::from_reply(reply)? {
+                Found::Here(_) => Moved::Yes,
+                Found::Alias(t) => Moved::Alias(t),
+                Found::Nothing => Moved::No,
+            });
+        }
+        // In a Cluster the two ids may live on different nodes: copy, then retire the old
+        // session only if no update came in between (else copy again).
+        for _attempt in 0..5 {
+            let reply = self.eval(&self.snapshot, from, &[], |_| {}).await?;
+            let parts = match Found::from_reply(reply)? {
+                Found::Here(parts) => parts,
+                Found::Alias(t) => return Ok(Moved::Alias(t)),
+                Found::Nothing => return Ok(Moved::No),
+            };
+            let mut parts = parts.into_iter();
+            let ttl: i64 =
+                redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(failed)?;
+            let hash: Vec<Vec<u8>> =
+                redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(failed)?;
+            let version = hash
+                .chunks_exact(2)
+                .find(|p| p[0] == b"v")
+                .map(|p| p[1].clone())
+                .unwrap_or_default();
+            let new_keys = [scripts::session_key(&self.prefix, to)];
+            let mut copy = self.write_copy.prepare_invoke();
+            copy.key(&new_keys[0]).arg(ttl.max(1));
+            for field in &hash {
+                copy.arg(field);
+            }
+            let mut conn = self.conn().await?;
+            let _: i64 = self.timed(copy.invoke_async(&mut conn)).await?;
+            let sealed: i64 = redis::from_redis_value(
+                self.eval(&self.seal, from, &[], |call| {
+                    call.arg(&self.channel)
+                        .arg(from)
+                        .arg(to)
+                        .arg(grace)
+                        .arg(&version);
+                })
+                .await?,
+            )
+            .map_err(failed)?;
+            match sealed {
+                1 => return Ok(Moved::Yes),
+                0 => continue,
+                _ => {
+                    // Deleted meanwhile (a logout): the copy must not outlive it.
+                    let _: i64 = self.timed(conn.del(&new_keys[0])).await?;
+                    return Ok(Moved::No);
+                }
+            }
+        }
+        Err(failed("the session kept changing while it was renamed"))
+    }
+
+    /// The id of the session `id` reaches (itself, or the one its alias names), if any.
+    async fn own_id(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let mut target = id.to_owned();
+        for _hop in 0..2 {
+            match Found::from_reply(self.eval(&self.probe, &target, &[], |_| {}).await?)? {
+                Found::Here(_) => return Ok(Some(target)),
+                Found::Alias(to) => target = to,
+                Found::Nothing => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every session hash key (a scan of every master: the admin API's, not a request path's).
+    async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
+        let pattern = format!("{}s:*", self.prefix);
+        self.timed(self.connector.scan(&pattern)).await
+    }
+
+    /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
+    fn session(&self, hash: &[Value]) -> Option<Session> {
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
+            Value::SimpleString(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        };
+        let (mut key, mut created, mut last) = (None, None, None);
+        let mut attrs = Vec::new();
+        for pair in hash.chunks_exact(2) {
+            let (field, value) = (text(&pair[0])?, text(&pair[1])?);
+            match field.as_str() {
+                "k" => key = Some(value),
+                "c" => created = value.parse::<u64>().ok(),
+                "l" => last = value.parse::<u64>().ok(),
+                f => {
+                    if let Some(name) = f.strip_prefix("a:") {
+                        attrs.push((name.to_owned(), value));
+                    }
+                }
+            }
+        }
+        let (key, created, last) = (key?, created?, last?);
+        let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
+        if age > self.absolute {
+            return None;
+        }
+        Some(Session::from_parts(
+            &key,
+            attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            created,
+            last,
+        ))
+    }
+}
+
+fn reason(text: &str) -> &'static str {
+    match text {
+        "max_value_bytes" => "max_value_bytes",
+        "max_attributes" => "max_attributes",
+        _ => "max_session_bytes",
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
+        // A near copy serves while its last use is recent; an older one goes to Redis, which
+        // notes the use (so the near cache never hides a session's use from the idle timeout).
+        if let Some(near) = &self.near
+            && let Some(copy) = near.get(id).await
+            && now_ms.saturating_sub(copy.session.last_seen_ms) < TOUCH_EVERY_MS
+            && copy.expires_ms.saturating_sub(now_ms) > ms(self.idle) / 2
+        {
+            return Ok(Some(copy.session));
+        }
+        let mut target = hex(id);
+        for hop in 0..2 {
+            let reply = self
+                .eval(&self.load, &target, &[], |call| {
+                    call.arg(now_ms)
+                        .arg(ms(self.idle).max(1))
+                        .arg(TOUCH_EVERY_MS);
+                })
+                .await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(e) => {
+                    if self.pending.is_some()
+                        && let Some(near) = &self.near
+                        && let Some(copy) = near.get(id).await
+                    {
+                        tracing::debug!(error = %e, "session served stale");
+                        return Ok(Some(copy.session));
+                    }
+                    return Err(e);
+                }
+            };
+            let parts = match Found::from_reply(reply)? {
+                Found::Here(parts) => parts,
+                Found::Alias(to) => {
+                    target = to;
+                    continue;
+                }
+                Found::Nothing => return Ok(None),
+            };
+            let (ttl_ms, hash): (i64, Vec<Value>) =
+                redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+            let session = self.session(&hash);
+            // Only a session reached by its own id is kept near: invalidations name that id.
+            if let (Some(near), Some(s), 0) = (&self.near, &session, hop) {
+                let copy = NearCopy {
+                    session: s.clone(),
+                    expires_ms: now_ms.saturating_add(u64::try_from(ttl_ms).unwrap_or(0)),
+                };
+                near.insert(*id, copy).await;
+            }
+            return Ok(session);
+        }
+        Ok(None)
+    }
+
+    async fn update(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+    ) -> Result<Option<Applied>, StoreError> {
+        let parts = match self
+            .update_in_redis(id, create.as_ref(), changes, now_ms)
+            .await
+        {
+            Ok(parts) => parts,
+            Err(e) => return self.update_stale(id, create, changes, now_ms, e).await,
+        };
+        self.forget(id).await;
+        let Some((own, parts)) = parts else {
+            return Ok(None);
+        };
+        if let Some(own) = parse_hex(&own)
+            && own != id.0
+        {
+            // Changed through an alias: this gateway's copy under the session's own id is
+            // stale now, before the announcement comes back.
+            self.forget(&StoreId(own)).await;
+        }
+        let (created, rejected, hash): (i64, Vec<String>, Vec<Value>) =
+            redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+        let Some(session) = self.session(&hash) else {
+            return Ok(None);
+        };
+        let rejected = rejected
+            .chunks_exact(2)
+            .map(|r| Rejected {
+                name: r[0].clone(),
+                reason: reason(&r[1]),
+            })
+            .collect();
+        Ok(Some(Applied {
+            session,
+            rejected,
+            created: created == 1,
+        }))
+    }
+
+    async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
+        let own = hex(id);
+        let named: Option<String> = redis::from_redis_value(
+            self.eval(&self.delete, &own, &[], |call| {
+                call.arg(&self.channel).arg(&own);
+            })
+            .await?,
+        )
+        .map_err(failed)?;
+        self.forget(id).await;
+        // Deleting through an alias ends the session it names.
+        if let Some(to) = named {
+            let _: Value = self
+                .eval(&self.delete, &to, &[], |call| {
+                    call.arg(&self.channel).arg(&to);
+                })
+                .await?;
+            if let Some(to) = parse_hex(&to) {
+                self.forget(&StoreId(to)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn rename(
+        &self,
+        from: &StoreId,
+        to: &StoreId,
+        grace: Duration,
+    ) -> Result<bool, StoreError> {
+        let (from_hex, to_hex, grace) = (hex(from), hex(to), ms(grace));
+        let moved = match self.rename_here(&from_hex, &to_hex, grace).await? {
+            Moved::Yes => true,
+            Moved::No => false,
+            Moved::Alias(own) => {
+                // Renamed through an alias: the session moves, and the alias follows it.
+                let moved = matches!(self.rename_here(&own, &to_hex, grace).await?, Moved::Yes);
+                if moved && grace > 0 {
+                    let mut conn = self.conn().await?;
+                    let alias = scripts::alias_key(&self.prefix, &from_hex);
+                    let _: () = self.timed(conn.pset_ex(&alias, &to_hex, grace)).await?;
+                }
+                moved
+            }
+        };
+        self.forget(from).await;
+        Ok(moved)
+    }
+
+    async fn alias(
+        &self,
+        alias: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(own) = self.own_id(&hex(to)).await? else {
+            return Ok(false);
+        };
+        let mut conn = self.conn().await?;
+        let key = scripts::alias_key(&self.prefix, &hex(alias));
+        let _: () = self.timed(conn.pset_ex(&key, &own, ms(ttl).max(1))).await?;
+        Ok(true)
+    }
+
+    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+        let mut conn = self.conn().await?;
+        let field = format!("a:{name}");
+        let mut deleted = 0;
+        for key in self.session_keys().await? {
+            let v: Option<String> = self.timed(conn.hget(&key, &field)).await?;
+            let id = scripts::id_of(&self.prefix, &key).and_then(parse_hex);
+            if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
+                // Through the delete script, so that other gateways drop their copies.
+                self.delete(&StoreId(id)).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn find_by_key(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<(StoreId, Session)>, StoreError> {
+        let mut conn = self.conn().await?;
+        for hash_key in self.session_keys().await? {
+            let k: Option<String> = self.timed(conn.hget(&hash_key, "k")).await?;
+            if k.as_deref() != Some(key.0.as_str()) {
+                continue;
+            }
+            let Some(id) = scripts::id_of(&self.prefix, &hash_key)
+                .and_then(parse_hex)
+                .map(StoreId)
+            else {
+                continue;
+            };
+            let hash: Vec<Value> = self.timed(conn.hgetall(&hash_key)).await?;
+            return Ok(self.session(&hash).map(|s| (id, s)));
+        }
+        Ok(None)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let _: Value = self
+            .timed(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+}

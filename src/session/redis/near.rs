@@ -1,0 +1,83 @@
+//! The near cache's copies, and the listener that drops them when any gateway changes a
+//! session (every change script publishes the session's id on `PREFIX changed`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use moka::future::Cache;
+use rustc_hash::FxBuildHasher;
+use tokio_util::sync::CancellationToken;
+
+use super::conn::Connector;
+use crate::session::StoreId;
+use crate::session::store::Session;
+
+/// Recent sessions, by their own id (never an alias's: invalidations name the own id).
+pub(super) type Near = Cache<StoreId, NearCopy, FxBuildHasher>;
+
+/// A session as this gateway last read it, and when its Redis key expires unless used: a copy
+/// serves only while the same rules that make Redis note a use would not (see `LOAD`).
+#[derive(Clone)]
+pub(super) struct NearCopy {
+    pub(super) session: Session,
+    pub(super) expires_ms: u64,
+}
+
+/// Listens on `PREFIX changed` and drops the near-cache copies of the sessions named there.
+#[derive(Default)]
+pub(super) struct Listener {
+    started: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Listener {
+    /// Starts the listening task, once; it resubscribes after a lost connection (with
+    /// Sentinel, to the master of the moment; with a Cluster, to the next seed node).
+    pub(super) fn start(&self, connector: Arc<Connector>, channel: String, near: Near) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let listened = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = listen(&connector, &channel, &near) => r,
+                };
+                if let Err(e) = listened {
+                    tracing::warn!(error = %e, "near-cache invalidations: subscription lost");
+                }
+                // Copies missed meanwhile expire with the near cache's TTL.
+                near.invalidate_all();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+}
+
+async fn listen(connector: &Connector, channel: &str, near: &Near) -> redis::RedisResult<()> {
+    let client = connector.pubsub_client().await?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        if let Some(id) = std::str::from_utf8(msg.get_payload_bytes())
+            .ok()
+            .and_then(super::parse_hex)
+        {
+            near.invalidate(&StoreId(id)).await;
+        }
+    }
+    Ok(())
+}

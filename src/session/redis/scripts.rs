@@ -1,0 +1,191 @@
+//! The Lua scripts that change sessions, and the key layout they work on.
+//!
+//! Every script touches the keys of one session id only, passed as KEYS, and the keys of one
+//! id share a hash tag (`{ID}`), so each script runs on one node of a Cluster too. A script
+//! that finds an alias instead of a session answers `{2, TARGET}` and the store runs it again
+//! on the target (one hop), since the target may live on another node.
+
+/// `PREFIX s:{ID}` — the hash of a session: `k` (its stable key), `c` (created, Unix ms),
+/// `l` (last used, Unix ms), `v` (version, counts updates), and `a:NAME` per attribute. It
+/// expires (`PEXPIRE`) after the idle timeout since its last write; the absolute timeout is
+/// judged from `c`.
+pub(super) fn session_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}s:{{{id}}}")
+}
+
+/// `PREFIX m:{ID}` — another id of a session (a regenerated token's predecessor during the
+/// grace window, a sibling host's alias): the session's id, with its own expiry.
+pub(super) fn alias_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}m:{{{id}}}")
+}
+
+/// The id in a session hash's key, if it is one.
+pub(super) fn id_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(prefix)?
+        .strip_prefix("s:{")?
+        .strip_suffix('}')
+}
+
+/// The answer of a script run on an alias: run it again on the session it names.
+const FOLLOW: &str = r"
+local function follow()
+  local to = redis.call('GET', KEYS[2])
+  if to then return {2, to} end
+  return false
+end
+";
+
+/// KEYS: session, alias. ARGV: now, idle ms, touch ms.
+/// Returns {1, TTL ms, HGETALL}. A use is written back (last use, expiry) only when the last
+/// one is older than `touch`, or less than half the idle timeout is left.
+pub(super) const LOAD: &str = r"
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return follow() end
+local now, idle, touch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = tonumber(redis.call('HGET', key, 'l') or '0')
+if now - last >= touch or redis.call('PTTL', key) < idle / 2 then
+  if now > last then redis.call('HSET', key, 'l', now) end
+  redis.call('PEXPIRE', key, idle)
+end
+return {1, redis.call('PTTL', key), redis.call('HGETALL', key)}
+";
+
+/// KEYS: session, alias. ARGV: channel, id, now, idle ms, create key ('' for none), max
+/// attributes, max value bytes, max session bytes, then (op 'S'/'U', name, value) per change.
+/// Returns {1, created, {rejected name, reason, ...}, HGETALL}. A change is announced on the
+/// channel (other gateways drop their near-cache copy). No session is created under an alias.
+pub(super) const UPDATE: &str = r"
+local key = KEYS[1]
+local now, idle, create = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local max_attrs, max_value, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local created = 0
+if redis.call('EXISTS', key) == 0 then
+  local f = follow()
+  if f or create == '' then return f end
+  redis.call('HSET', key, 'k', create, 'c', now, 'l', now, 'v', 0)
+  created = 1
+end
+local h = redis.call('HGETALL', key)
+local attrs, count, size = {}, 0, 0
+for i = 1, #h, 2 do
+  if string.sub(h[i], 1, 2) == 'a:' then
+    local n = string.sub(h[i], 3)
+    attrs[n] = h[i + 1]
+    count = count + 1
+    size = size + #n + #h[i + 1]
+  end
+end
+local rejected = {}
+for i = 9, #ARGV, 3 do
+  local op, name, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = attrs[name]
+  if op == 'U' then
+    if old then
+      size = size - #name - #old
+      count = count - 1
+      attrs[name] = nil
+      redis.call('HDEL', key, 'a:' .. name)
+    end
+  else
+    local new_size = size + #name + #value
+    if old then new_size = new_size - #name - #old end
+    local reason = nil
+    if #value > max_value then reason = 'max_value_bytes'
+    elseif (not old) and count >= max_attrs then reason = 'max_attributes'
+    elseif new_size > max_bytes then reason = 'max_session_bytes' end
+    if reason then
+      table.insert(rejected, name)
+      table.insert(rejected, reason)
+    else
+      if not old then count = count + 1 end
+      attrs[name] = value
+      size = new_size
+      redis.call('HSET', key, 'a:' .. name, value)
+    end
+  end
+end
+local last = tonumber(redis.call('HGET', key, 'l') or '0')
+if now > last then redis.call('HSET', key, 'l', now) end
+redis.call('HINCRBY', key, 'v', 1)
+redis.call('PEXPIRE', key, idle)
+if #ARGV > 8 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return {1, created, rejected, redis.call('HGETALL', key)}
+";
+
+/// KEYS: session, alias. ARGV: channel, id. Deletes both; returns the id the alias named, so
+/// the store deletes that session too.
+pub(super) const DELETE: &str = r"
+local to = redis.call('GET', KEYS[2])
+if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+redis.call('DEL', KEYS[2])
+return to
+";
+
+/// KEYS: session, alias, new session (same node: standalone or Sentinel). ARGV: channel, id,
+/// new id, grace ms. The session moves at once; the old id answers for `grace`. Returns {1}
+/// when moved, {0} when there is nothing to move.
+pub(super) const RENAME: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return follow() or {0} end
+redis.call('RENAME', KEYS[1], KEYS[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+local grace = tonumber(ARGV[4])
+if grace > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', grace)
+else redis.call('DEL', KEYS[2]) end
+return {1}
+";
+
+/// A rename across Cluster nodes, step 1. KEYS: session, alias. Returns {1, TTL ms, HGETALL}
+/// (`v` in it is the version step 3 checks).
+pub(super) const SNAPSHOT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return follow() or {0} end
+return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
+";
+
+/// Step 2. KEYS: new session. ARGV: TTL ms, then field, value, ... The copy.
+pub(super) const WRITE_COPY: &str = r"
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[1])))
+return 1
+";
+
+/// Step 3. KEYS: session, alias. ARGV: channel, id, new id, grace ms, version. Retires the
+/// old session if it is still at the copied version: 1 done, 0 changed since (copy again),
+/// -1 gone (deleted meanwhile).
+pub(super) const SEAL: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if not v then return -1 end
+if v ~= ARGV[5] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+local grace = tonumber(ARGV[4])
+if grace > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', grace)
+else redis.call('DEL', KEYS[2]) end
+return 1
+";
+
+/// KEYS: session, alias. Returns {1} if a session is there, {2, TARGET} if an alias, false.
+pub(super) const PROBE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
+return follow()
+";
+
+/// A script body with its helper.
+pub(super) fn script(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{FOLLOW}\n{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_keys_of_one_session_share_a_hash_tag_and_the_id_comes_back() {
+        let s = session_key("sg:", "ab12");
+        assert_eq!(s, "sg:s:{ab12}");
+        assert_eq!(alias_key("sg:", "ab12"), "sg:m:{ab12}");
+        assert_eq!(id_of("sg:", &s), Some("ab12"));
+        assert_eq!(id_of("sg:", "sg:m:{ab12}"), None);
+        assert_eq!(id_of("other:", &s), None);
+    }
+}
