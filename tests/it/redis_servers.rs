@@ -84,6 +84,17 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether the replica on `replica` has everything the master on `master` wrote.
+pub fn in_sync(master: u16, replica: u16) -> bool {
+    let offset = |port: u16| {
+        let info = redis_cli(port, &["info", "replication"])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    matches!((offset(master), offset(replica)), (Some(m), Some(r)) if m > 0 && m == r)
+}
+
 /// Waits (bounded) until `check` holds.
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -146,4 +157,83 @@ pub fn cluster_nodes() -> &'static [String] {
         }
         ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
     })
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A master, its replica and one Sentinel (quorum 1) watching it under the name `shop`, with
+/// short timeouts so that a failover takes seconds. Everything is killed when dropped.
+pub struct SentinelSet {
+    pub master: OwnRedis,
+    pub master_port: u16,
+    pub replica_port: u16,
+    pub sentinel_port: u16,
+    _replica: OwnRedis,
+    _sentinel: OwnRedis,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelSet {
+    /// Starts all three and waits until the Sentinel knows the replica (bounded).
+    pub fn start() -> SentinelSet {
+        let dir = tempfile::tempdir().unwrap();
+        let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
+        let master = OwnRedis::start(master_port);
+        let replica = OwnRedis(
+            Command::new("redis-server")
+                .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--replicaof", "127.0.0.1", &master_port.to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server"),
+        );
+        // Sentinel rewrites its configuration file, so it lives in the test's directory.
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor shop 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds shop 500\n\
+                 sentinel failover-timeout shop 3000\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let sentinel = OwnRedis(
+            Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel"),
+        );
+        wait_until(Duration::from_secs(20), "sentinel sees the replica", || {
+            redis_cli(sentinel_port, &["sentinel", "replicas", "shop"])
+                .is_some_and(|o| o.contains(&replica_port.to_string()))
+        });
+        SentinelSet {
+            master,
+            master_port,
+            replica_port,
+            sentinel_port,
+            _replica: replica,
+            _sentinel: sentinel,
+            _dir: dir,
+        }
+    }
+
+    /// The port of the master the Sentinel names now.
+    pub fn current_master_port(&self) -> Option<u16> {
+        let out = redis_cli(
+            self.sentinel_port,
+            &["sentinel", "get-master-addr-by-name", "shop"],
+        )?;
+        out.lines().nth(1)?.trim().parse().ok()
+    }
 }

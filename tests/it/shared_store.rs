@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::redis_servers::OwnRedis;
+use crate::redis_servers::{OwnRedis, SentinelSet, in_sync, wait_until};
 use crate::support::*;
 
 const EXPIRED: &str = "status=expired user=- cart=-";
@@ -525,4 +525,54 @@ async fn sessions_in_redis_over_tls_with_an_acl_user() {
     .await;
     let resp = http.get(bad.url("web", "/login")).send().await.unwrap();
     assert!(resp.headers().get("set-cookie").is_none());
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_is_followed_without_a_gateway_restart() {
+    let b = shop().await;
+    let set = tokio::task::spawn_blocking(SentinelSet::start)
+        .await
+        .unwrap();
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        &format!(
+            "sessions:\n  store:\n    kind: redis\n    redis: {{ sentinel: {{ master: shop, nodes: [\"redis://127.0.0.1:{}\"] }}, timeout: 300ms, near_cache: {{ ttl: 0s }} }}\n",
+            set.sentinel_port
+        ),
+    );
+    let gw = Gateway::start_in(&yaml, tempfile::tempdir().unwrap()).await;
+    let http = client();
+    let cookie = login_once_up(&gw, "the master Sentinel names never answered").await;
+    let cart = http
+        .get(gw.url("web", "/cart"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cart.status(), 200);
+    // The replica has the session before its master goes.
+    tokio::task::spawn_blocking({
+        let (m, r) = (set.master_port, set.replica_port);
+        move || wait_until(Duration::from_secs(10), "replica in sync", || in_sync(m, r))
+    })
+    .await
+    .unwrap();
+
+    let SentinelSet { master, .. } = &set;
+    master.signal("KILL");
+    let want = "status=active user=alice cart=1";
+    let back = answers_within(&gw, &cookie, Duration::from_secs(30), want).await;
+    assert!(back, "the session did not come back after the failover");
+    assert_eq!(set.current_master_port(), Some(set.replica_port));
+    // Writes go to the new master.
+    let cart = http
+        .get(gw.url("web", "/cart"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cart.status(), 200);
+    let want = "status=active user=alice cart=2";
+    assert!(answers_within(&gw, &cookie, Duration::from_secs(2), want).await);
 }

@@ -27,7 +27,10 @@ pub(super) struct Connector {
     op_timeout: Duration,
 }
 
-#[expect(clippy::large_enum_variant, reason = "one per store, never moved on a request path")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per store, never moved on a request path"
+)]
 enum Kind {
     Single(redis::Client),
     /// The cluster client, and one plain client per seed node (pub/sub: a message published
