@@ -118,6 +118,13 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
         return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
     let store = sessions.store();
+    if matches!(store, crate::session::Store::Sealed(_)) {
+        return json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "sessions live sealed in clients' cookies: none can be looked up or revoked here \
+             (retire the secret that sealed them to end them all)",
+        );
+    }
     let failed =
         |e: crate::session::StoreError| json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     let path = req.uri().path();

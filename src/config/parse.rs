@@ -16,6 +16,7 @@ use super::{
     Limits, ListenerConfig, PassiveHealth, RouteConfig, ServerConfig, Timeouts, TlsConfig,
     TlsVersion, UpstreamConfig, UpstreamTls,
 };
+use super::{StoreConfig, Tracking};
 
 pub(super) fn parse(
     file: &str,
@@ -64,7 +65,19 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         .map(|n| read_listeners(n, "listeners", base, p))
         .unwrap_or_default();
     let routes = routes_node
-        .map(|n| read_routes(n, "routes", &limits, &upstreams, sessions.is_some(), p))
+        .map(|n| {
+            let sealed = sessions
+                .as_ref()
+                .is_some_and(|s| matches!(s.store, StoreConfig::Cookie { .. }));
+            read_routes(
+                n,
+                "routes",
+                &limits,
+                &upstreams,
+                (sessions.is_some(), sealed),
+                p,
+            )
+        })
         .unwrap_or_default();
     check_admin_bind(&admin, &listeners, root.pos, p);
 
@@ -674,7 +687,7 @@ fn read_routes(
     path: &str,
     limits: &Limits,
     upstreams: &[UpstreamConfig],
-    sessions_on: bool,
+    (sessions_on, sealed): (bool, bool),
     p: &mut Problems,
 ) -> Vec<RouteConfig> {
     let Some(items) = list(node, path, p) else {
@@ -719,6 +732,18 @@ fn read_routes(
                 &m.child("session"),
                 "a route session needs the top-level sessions: section",
             );
+        }
+        if let (Some(n), Some(s), true) = (session_node, &session, sealed) {
+            if matches!(s.tracking, Some(Tracking::Url | Tracking::Auto)) {
+                p.push(n.pos, &m.child("session"), sessions::SEALED_NO_URL);
+            }
+            if !s.share_with.is_empty() {
+                p.push(
+                    n.pos,
+                    &m.child("session"),
+                    "share_with hands a session over through the store; the cookie store has none",
+                );
+            }
         }
         m.finish(p);
 
@@ -1008,6 +1033,34 @@ mod tests {
             err.contains("sessions.store.redis.sentinel.master"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_cookie_store_is_read_and_url_tracking_or_share_with_is_rejected_with_it() {
+        let sealed = "sessions:\n  store: { kind: cookie, cookie: { max_bytes: 2000 } }\n";
+        let s = load(&(BASE.to_owned() + sealed)).unwrap().sessions.unwrap();
+        assert_eq!(s.store, StoreConfig::Cookie { max_bytes: 2000 });
+        let errs = problems(&(BASE.to_owned() + sealed + "  tracking: auto\n")).join("\n");
+        assert!(
+            errs.contains("sessions.tracking: the cookie store keeps the whole session"),
+            "{errs}"
+        );
+        let route = BASE.replace(
+            "upstream: app }",
+            "upstream: app, session: { tracking: url, share_with: [b.example] } }",
+        );
+        let errs = problems(&(route + sealed)).join("\n");
+        assert!(
+            errs.contains("routes[0].session: the cookie store"),
+            "{errs}"
+        );
+        assert!(errs.contains("routes[0].session: share_with"), "{errs}");
+        let errs = problems(
+            &(BASE.to_owned()
+                + "sessions:\n  store: { kind: cookie, cookie: { max_bytes: 9000 } }\n"),
+        )
+        .join("\n");
+        assert!(errs.contains("sessions.store.cookie.max_bytes"), "{errs}");
     }
 
     #[test]

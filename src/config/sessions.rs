@@ -95,6 +95,11 @@ pub enum StoreConfig {
         /// Most sessions kept.
         max_sessions: u64,
     },
+    /// In the client's cookie, sealed (AEAD): no server state at all.
+    Cookie {
+        /// Longest sealed cookie value.
+        max_bytes: u64,
+    },
     /// In Redis, shared by every gateway that uses it.
     Redis {
         /// Where Redis is and how it is deployed.
@@ -332,10 +337,15 @@ pub(super) fn read_sessions(
         .get("cookie")
         .and_then(|n| read_cookie(n, &m.child("cookie"), p))
         .unwrap_or(d.cookie.clone());
-    let tracking = m
-        .get("tracking")
+    let tracking_node = m.get("tracking");
+    let tracking = tracking_node
         .and_then(|n| Tracking::read(n, &m.child("tracking"), p))
         .unwrap_or_default();
+    if let (StoreConfig::Cookie { .. }, Some(n), false) =
+        (&store, tracking_node, tracking == Tracking::Cookie)
+    {
+        p.push(n.pos, &m.child("tracking"), SEALED_NO_URL);
+    }
     let idle_timeout = m
         .get("idle_timeout")
         .and_then(|n| positive_duration(n, &m.child("idle_timeout"), p))
@@ -476,18 +486,39 @@ fn read_topology(
     }
 }
 
+/// Why the sealed-cookie store and URL tracking do not go together.
+pub(super) const SEALED_NO_URL: &str = "the cookie store keeps the whole session in the \
+    cookie: URLs cannot carry it (use tracking: cookie, or the memory or redis store)";
+
 fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<StoreConfig> {
     let mut m = MapReader::new(node, path, p)?;
-    // The sealed-cookie store joins these with issue 5.
     let kind = match m.get("kind") {
-        Some(n) => one_of(n, &m.child("kind"), &["memory", "redis"], p)?,
+        Some(n) => one_of(n, &m.child("kind"), &["memory", "redis", "cookie"], p)?,
         None => "memory",
     };
     let memory = m.get("memory");
     let mpath = m.child("memory");
     let redis = m.get("redis");
     let rpath = m.child("redis");
+    let cookie = m.get("cookie");
+    let cpath = m.child("cookie");
     m.finish(p);
+    if kind == "cookie" {
+        let mut max_bytes = 3800;
+        if let Some(n) = cookie
+            && let Some(mut cm) = MapReader::new(n, &cpath, p)
+        {
+            // Browsers keep cookies of about 4096 bytes, name and attributes included.
+            if let Some(v) = cm
+                .get("max_bytes")
+                .and_then(|v| integer(v, &cm.child("max_bytes"), 256, 4000, p))
+            {
+                max_bytes = v;
+            }
+            cm.finish(p);
+        }
+        return Some(StoreConfig::Cookie { max_bytes });
+    }
     if kind == "redis" {
         let Some(r) = redis else {
             p.push(

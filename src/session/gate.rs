@@ -8,6 +8,7 @@
 //! 5xx: a session is created on its first `Set` (never for requests that write nothing),
 //! regenerated with a new token that keeps data and key, or destroyed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::Cookie;
@@ -20,18 +21,31 @@ use super::cookie::take as take_cookies;
 use super::handoff::{HANDOFF_PARAMETER, HANDOFF_TTL, Handoff, Handoffs};
 use super::memory::{MemoryOptions, MemoryStore};
 use super::redis::{RedisOptions, RedisStore};
+use super::sealed::{Jar, SealedOptions, Sealer};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::stores::Store;
 use super::token::{SessionKeys, Token};
-use super::tracking::{self, Carry, Evidence, Source};
+use super::tracking::{self, Evidence, Source};
 use super::url::{self, UrlTokens};
 use crate::config::{
     ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
 };
 
-/// The store a configuration chose (Redis connects on first use).
-fn build_store(config: &SessionsConfig) -> Result<Store, String> {
+/// The store a configuration chose (Redis connects on first use); the sealed-cookie store
+/// keys from the session `secrets`.
+fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Result<Store, String> {
     let store = match &config.store {
+        StoreConfig::Cookie { max_bytes } => {
+            let sealer = Sealer::new(&SealedOptions {
+                secrets: secrets.cloned(),
+                max_bytes: usize::try_from(*max_bytes).unwrap_or(usize::MAX),
+                limits: config.limits,
+                idle_timeout: config.idle_timeout,
+                absolute_timeout: config.absolute_timeout,
+            })
+            .map_err(|e| e.to_string())?;
+            Store::Sealed(Jar::new(Arc::new(sealer)))
+        }
         StoreConfig::Memory { max_sessions } => Store::Memory(MemoryStore::new(MemoryOptions {
             max_sessions: *max_sessions,
             idle_timeout: config.idle_timeout,
@@ -145,6 +159,15 @@ pub struct RequestSession {
     clean_redirect: bool,
     arrival: Option<Arrival>,
     store_failed: bool,
+    /// With the sealed-cookie store: this request's jar and the cookie it presented.
+    sealed: Option<Box<SealedRequest>>,
+}
+
+/// A request's own sealed-cookie jar (see [`Sessions::on_sealed_request`]).
+#[derive(Debug)]
+struct SealedRequest {
+    jar: Store,
+    presented: Option<String>,
 }
 
 /// A client arriving from a sibling host with a handoff code: its new token for the session.
@@ -226,7 +249,7 @@ impl Sessions {
                 Some(lines)
             }
         };
-        let store = build_store(config)
+        let store = build_store(config, secrets.as_ref())
             .map_err(|msg| ConfigError::single(source, config.store_pos, "sessions.store", msg))?;
         Self::new(config, secrets, store).map_err(fail)
     }
@@ -392,7 +415,13 @@ impl Sessions {
                 clean_redirect: false,
                 arrival: Some(arrival),
                 store_failed: false,
+                sealed: None,
             };
+        }
+        if let Store::Sealed(template) = &self.store {
+            return self
+                .on_sealed_request(headers, info.mapped, taken.session, evidence, template)
+                .await;
         }
         let in_url = from_path.is_some() || from_query.is_some();
         let candidates = [
@@ -443,6 +472,58 @@ impl Sessions {
             clean_redirect,
             arrival: None,
             store_failed,
+            sealed: None,
+        }
+    }
+
+    /// `load` with the sealed-cookie store: the cookie is the session. It goes into a jar of
+    /// this request's own, under an id made for the request, so that `commit` works on it as
+    /// on any store; what the jar holds afterwards becomes the response's cookie.
+    async fn on_sealed_request(
+        &self,
+        headers: &mut HeaderMap,
+        mapped: &[(String, HeaderName)],
+        presented: Option<String>,
+        evidence: Evidence,
+        template: &Jar,
+    ) -> RequestSession {
+        let now = unix_ms();
+        let (mut token, mut status, mut session, mut jar) = (None, Status::None, None, None);
+        match Token::generate(&self.keys) {
+            Ok(t) => {
+                let j = template
+                    .sealer()
+                    .jar_for_request(t.store_id(), presented.as_deref());
+                // A cookie that does not open (tampered, or sealed by a retired secret) counts
+                // as none.
+                if let Ok(Some(s)) = j.load(&t.store_id(), now).await {
+                    if s.expired(now, self.idle, self.absolute) {
+                        status = Status::Expired;
+                    } else {
+                        (status, session) = (Status::Active, Some(s));
+                    }
+                    token = Some(t);
+                }
+                jar = Some(Store::Sealed(j));
+            }
+            Err(e) => tracing::warn!(error = %e, "no randomness: sealed session not read"),
+        }
+        contract::set_session_headers(headers, &self.names, status, session.as_ref(), mapped);
+        RequestSession {
+            source: if token.is_some() {
+                Source::Cookie
+            } else {
+                Source::None
+            },
+            token,
+            session,
+            status,
+            tracking: Tracking::Cookie,
+            evidence,
+            clean_redirect: false,
+            arrival: None,
+            store_failed: false,
+            sealed: jar.map(|jar| Box::new(SealedRequest { jar, presented })),
         }
     }
 
@@ -452,17 +533,24 @@ impl Sessions {
     /// put into the response's URLs.
     pub async fn on_response(
         &self,
-        rs: RequestSession,
+        mut rs: RequestSession,
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
     ) -> Option<Held> {
+        if let Some(sealed) = rs.sealed.take() {
+            self.commit_sealed(rs, *sealed, status, headers, tls).await;
+            // Nothing goes into URLs: the sealed store is cookie-only.
+            return None;
+        }
         let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
         let probe =
             rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
         // A URL-tracked client that now keeps cookies: its token moves into the cookie.
         let to_cookie = rs.tracking == Tracking::Auto && rs.source == Source::Url && carry.cookie();
-        let held = self.commit(rs, status, headers, tls, carry).await;
+        let held = self
+            .commit(rs, status, headers, tls, carry.cookie(), &self.store)
+            .await;
         if to_cookie && let Some(token) = &held {
             let name = self.cookie_name(tls);
             let already = headers
@@ -516,16 +604,45 @@ impl Sessions {
         self.set_cookie(headers, Some(token), tls);
     }
 
-    /// Applies the directives; returns the token of the session the client holds afterwards.
+    /// `commit` with the sealed-cookie store: the directives applied to the request's jar, then
+    /// the cookie set when the sealed session changed, or cleared when it ended.
+    async fn commit_sealed(
+        &self,
+        rs: RequestSession,
+        sealed: SealedRequest,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        tls: bool,
+    ) {
+        let held = self
+            .commit(rs, status, headers, tls, false, &sealed.jar)
+            .await;
+        let Store::Sealed(jar) = &sealed.jar else {
+            return;
+        };
+        let now = held.and_then(|t| jar.cookie(&t.store_id()));
+        match (now, sealed.presented) {
+            (Some(v), presented) if presented.as_deref() != Some(v.as_str()) => {
+                self.set_cookie_value(headers, Some(&v), tls);
+            }
+            (None, Some(_)) => self.set_cookie_value(headers, None, tls),
+            _ => {}
+        }
+    }
+
+    /// Applies the directives to the session in `store`; returns the token of the session the
+    /// client holds afterwards. Cookies for new tokens are set if `set_cookies` (else the
+    /// token travels in URLs, or the caller sets a cookie of its own).
     async fn commit(
         &self,
         rs: RequestSession,
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
-        carry: Carry,
+        set_cookies: bool,
+        store: &Store,
     ) -> Option<Token> {
-        let by_url = !carry.cookie();
+        let by_url = !set_cookies;
         let d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
             tracing::warn!(reason = %why, "session directive ignored");
@@ -546,7 +663,7 @@ impl Sessions {
         if d.destroy {
             let presented = live.as_ref().or(expired.as_ref());
             if let Some(t) = presented
-                && let Err(e) = self.store.delete(&t.store_id()).await
+                && let Err(e) = store.delete(&t.store_id()).await
             {
                 tracing::warn!(session = %t, error = %e, "session delete failed");
             }
@@ -559,7 +676,7 @@ impl Sessions {
             Some(token) => {
                 let id = token.store_id();
                 if !d.changes.is_empty() {
-                    self.update(&id, None, &d.changes, now, &token).await;
+                    self.update(store, &id, None, &d.changes, now, &token).await;
                 }
                 if !d.regenerate {
                     return Some(token);
@@ -568,7 +685,7 @@ impl Sessions {
                     tracing::warn!("no randomness: session not regenerated");
                     return Some(token);
                 };
-                match self.store.rename(&id, &fresh.store_id(), self.grace).await {
+                match store.rename(&id, &fresh.store_id(), self.grace).await {
                     Ok(true) => {
                         if !by_url {
                             self.set_cookie(headers, Some(&fresh), tls);
@@ -589,7 +706,7 @@ impl Sessions {
                 }
                 if let Some(old) = &expired {
                     // Expired: clear what is left of it.
-                    let _ = self.store.delete(&old.store_id()).await;
+                    let _ = store.delete(&old.store_id()).await;
                 }
                 let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate())
                 else {
@@ -597,7 +714,7 @@ impl Sessions {
                     return None;
                 };
                 if !self
-                    .update(&fresh.store_id(), Some(key), &d.changes, now, &fresh)
+                    .update(store, &fresh.store_id(), Some(key), &d.changes, now, &fresh)
                     .await
                 {
                     return None;
@@ -618,13 +735,14 @@ impl Sessions {
     /// Applies changes; `true` if the session exists afterwards.
     async fn update(
         &self,
+        store: &Store,
         id: &super::StoreId,
         create: Option<SessionKey>,
         changes: &[Change],
         now: u64,
         token: &Token,
     ) -> bool {
-        match self.store.update(id, create, changes, now).await {
+        match store.update(id, create, changes, now).await {
             Ok(Some(applied)) => {
                 for r in &applied.rejected {
                     tracing::warn!(session = %token, attribute = %r.name, limit = r.reason, "session change over a limit ignored");
@@ -641,9 +759,14 @@ impl Sessions {
 
     /// Adds `Set-Cookie` for `token`, or one that expires the cookie when `None`.
     fn set_cookie(&self, headers: &mut HeaderMap, token: Option<&Token>, tls: bool) {
+        self.set_cookie_value(headers, token.map(Token::expose).as_deref(), tls);
+    }
+
+    /// Adds `Set-Cookie` with `value` (a token, or a sealed session), or one that expires the
+    /// cookie when `None`.
+    fn set_cookie_value(&self, headers: &mut HeaderMap, value: Option<&str>, tls: bool) {
         let c = &self.cookie;
-        let value = token.map(Token::expose).unwrap_or_default();
-        let mut b = Cookie::build((self.cookie_name(tls).to_owned(), value))
+        let mut b = Cookie::build((self.cookie_name(tls).to_owned(), value.unwrap_or_default()))
             .path(c.path.clone())
             .http_only(c.http_only)
             .secure(self.secure(tls))
@@ -656,7 +779,7 @@ impl Sessions {
             b = b.domain(d.clone());
         }
         let mut cookie = b.build();
-        match token {
+        match value {
             None => cookie.make_removal(),
             Some(_) => {
                 if let Some(age) = c.max_age {

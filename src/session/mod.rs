@@ -11,6 +11,7 @@ pub mod gate;
 pub mod handoff;
 pub mod memory;
 pub mod redis;
+pub mod sealed;
 pub mod store;
 pub mod stores;
 pub mod token;
@@ -20,6 +21,7 @@ pub mod url;
 pub use gate::{Arrival, Held, RequestInfo, RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
 pub use redis::{RedisOptions, RedisStore, Topology};
+pub use sealed::{Jar, SealedOptions, Sealer};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,
 };

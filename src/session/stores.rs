@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::StoreId;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
+use super::sealed::Jar;
 use super::store::{Applied, Change, Session, SessionKey, SessionStore, StoreError};
 
 /// One of the stores.
@@ -15,6 +16,9 @@ pub enum Store {
     /// Sessions in Redis, shared by every gateway that uses it (boxed: its client and
     /// scripts are large, and the memory store is the common case).
     Redis(Box<RedisStore>),
+    /// Sessions sealed in clients' cookies: the configured store is an empty jar, and each
+    /// request works on a jar of its own holding the cookie it presented.
+    Sealed(Jar),
 }
 
 /// Runs the same call on whichever store this is.
@@ -23,6 +27,7 @@ macro_rules! each {
         match $self {
             Store::Memory($s) => $call.await,
             Store::Redis($s) => $call.await,
+            Store::Sealed($s) => $call.await,
         }
     };
 }

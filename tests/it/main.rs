@@ -10,6 +10,7 @@ mod proxy_protocol;
 mod redis_servers;
 mod retry;
 mod routing;
+mod sealed_cookie;
 mod sessions;
 mod shared_store;
 mod shutdown;

@@ -8,7 +8,7 @@ use http::HeaderMap;
 use crate::support::*;
 
 /// A backend that knows nothing of cookies: it reads X-Session-* and answers with directives.
-async fn shop() -> Backend {
+pub async fn shop() -> Backend {
     Backend::start(|req| async move {
         let h = req.headers();
         let get = |n: &str| {
@@ -63,14 +63,14 @@ async fn shop() -> Backend {
     .await
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    cookie: Option<String>,
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub cookie: Option<String>,
 }
 
 impl Client {
-    fn new(gw: &Gateway) -> Client {
+    pub fn new(gw: &Gateway) -> Client {
         Client {
             http: client(),
             base: gw.url("web", ""),
@@ -79,7 +79,7 @@ impl Client {
     }
 
     /// GET `path` with the current cookie; keeps a new one if the response sets it.
-    async fn get(&mut self, path: &str) -> (String, HeaderMap) {
+    pub async fn get(&mut self, path: &str) -> (String, HeaderMap) {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(c) = &self.cookie {
             req = req.header("cookie", format!("sg={c}; theme=dark"));
@@ -100,7 +100,7 @@ fn config(b: &Backend) -> String {
     simple_config(&[b.addr], "", "sessions: { regenerate_grace: 300ms }")
 }
 
-fn field<'a>(body: &'a str, name: &str) -> &'a str {
+pub fn field<'a>(body: &'a str, name: &str) -> &'a str {
     body.split(' ')
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
         .unwrap()

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessiongate::session::{
-    Change, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SessionKey, SessionKeys,
-    SessionStore, StoreId, Token, Topology, unix_ms,
+    Change, Jar, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SealedOptions,
+    Sealer, SessionKey, SessionKeys, SessionStore, StoreId, Token, Topology, unix_ms,
 };
 
 const SECRET: &str = "conformance-secret-0123456789abcdef0123";
@@ -395,6 +395,21 @@ conformance!(redis_cluster, |setup: Setup| async move {
     RedisStore::connect(redis_options(Topology::Cluster { nodes }, setup))
         .await
         .expect("the test's Redis Cluster")
+});
+
+// Sessions sealed in cookies: the jar stands for the cookies clients hold, and every
+// operation opens and seals them again, as the gateway does with the one cookie a request
+// brings.
+conformance!(sealed_cookie, |setup: Setup| async move {
+    let sealer = Sealer::new(&SealedOptions {
+        secrets: Some(vec![SECRET.as_bytes().to_vec()]),
+        max_bytes: 4000,
+        limits: setup.limits,
+        idle_timeout: setup.idle,
+        absolute_timeout: setup.absolute,
+    })
+    .unwrap();
+    Jar::new(Arc::new(sealer))
 });
 
 #[tokio::test]
