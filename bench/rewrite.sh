@@ -28,7 +28,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+. bench/lib.sh
 
 taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
 pids+=($!)
@@ -52,7 +52,6 @@ echo "page: $page_bytes bytes; links tagged by the gateway: $tagged"
 run() {
     taskset -c 0 wrk -t1 -c"$CONNS" -d"$1" "http://127.0.0.1:$2$3" | awk '/Requests\/sec/ {print $2}'
 }
-median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 secs=${DURATION%s}
 
 run 2s "$GW_PORT" "$location" >/dev/null; run 2s "$NGINX_PORT" /page >/dev/null

@@ -22,18 +22,8 @@ SESSIONS=${SESSIONS:-0}
 GW_CONFIG=bench/gateway.yaml
 [ "$SESSIONS" = 1 ] && GW_CONFIG=bench/gateway-sessions.yaml
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v wrk >/dev/null || need+=(wrk)
-if ((${#need[@]})); then
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
-    else
-        echo "bench needs: ${need[*]} (apt-get install them as root)" >&2
-        exit 1
-    fi
-fi
-[ "$(nproc)" -ge 2 ] || { echo "bench needs 2 CPUs (wrk on one, proxy + backend on the other)" >&2; exit 1; }
+. bench/lib.sh
+bench_tools
 
 cargo build --release --quiet --bin sessiongate --example bench_backend --example bare_proxy
 target=${CARGO_TARGET_DIR:-target}/release
@@ -41,8 +31,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-
-wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
 backend_pid=$!; pids+=("$backend_pid")
@@ -68,43 +56,8 @@ if [ "$SESSIONS" = 1 ]; then
     WRK_HEADER=(-H "Cookie: $cookie")
 fi
 
-# CPU time (user + system, all threads) of a process and its children, in clock ticks.
-cpu_ticks() {
-    local total=0 p
-    for p in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
-peak_rss_kib() {
-    local max=0 p v
-    for p in "$1" $(pgrep -P "$1" || true); do
-        v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); ((v > max)) && max=$v
-    done
-    echo "$max"
-}
-to_us() { # wrk latency ("123.45us", "1.20ms", "2.00s") to microseconds
-    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /ms$/) n *= 1000; else if (v ~ /[0-9]s$/ && v !~ /us$/) n *= 1000000; printf "%.1f", n }'
-}
-hz=$(getconf CLK_TCK)
-
-# run NAME PORT PID CONNS DURATION -> "rps p50_us p99_us cpu_us_per_req"
-run() {
-    local port=$2 pid=$3 conns=$4 dur=$5 before after out reqs
-    before=$([ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
-    out=$(taskset -c 0 wrk -t1 -c"$conns" -d"$dur" --latency "${WRK_HEADER[@]}" "http://127.0.0.1:$port/")
-    after=$([ "$pid" = - ] && echo 0 || cpu_ticks "$pid")
-    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    local rps p50 p99 errors
-    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    p50=$(to_us "$(awk '$1 == "50%" {print $2}' <<<"$out")")
-    p99=$(to_us "$(awk '$1 == "99%" {print $2}' <<<"$out")")
-    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
-    [ -z "$errors" ] || echo "  $1: $errors" >&2
-    awk -v r="$rps" -v a="$p50" -v b="$p99" -v t=$((after - before)) -v n="$reqs" -v hz="$hz" \
-        'BEGIN { printf "%s %s %s %.2f\n", r, a, b, (n > 0 ? t * 1000000 / hz / n : 0) }'
-}
-median() { sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+# run NAME PORT PID CONNS DURATION -> "rps p50_us p99_us cpu_us_per_req requests"
+run() { wrk_run "$@" "${WRK_HEADER[@]}"; }
 
 echo "warming up..."
 run nginx "$NGINX_PORT" "$nginx_pid" "$CONNS" 2s >/dev/null

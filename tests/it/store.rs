@@ -462,3 +462,58 @@ async fn on_a_cluster_a_logout_through_one_gateway_drops_the_near_copy_of_anothe
         }
     }
 }
+
+/// How many times the Redis on `port` ran EVALSHA (a session operation's one round trip).
+fn evalsha_calls(port: u16) -> u64 {
+    let stats = crate::redis_servers::redis_cli(port, &["info", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next())
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_all() {
+    let port = crate::redis_servers::free_port();
+    let _redis = crate::redis_servers::OwnRedis::start(port);
+    crate::redis_servers::wait_until(Duration::from_secs(5), "redis up", || {
+        crate::redis_servers::redis_cli(port, &["ping"]).is_some()
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let store = Arc::new(
+        RedisStore::connect(RedisOptions {
+            near_ttl: Duration::from_secs(60),
+            ..redis_options(Topology::Standalone { url }, RELAXED)
+        })
+        .await
+        .unwrap(),
+    );
+    let id = new_id();
+    store
+        .update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    store.load(&id, unix_ms()).await.unwrap().unwrap();
+    let loads = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.load(&id, unix_ms()).await.unwrap().unwrap() })
+            })
+            .collect();
+        futures_util::future::join_all(tasks)
+    };
+    let before = evalsha_calls(port);
+    for got in loads(200).await {
+        assert_eq!(got.unwrap().attr("user"), Some("alice"));
+    }
+    assert_eq!(evalsha_calls(port) - before, 0, "hits went to Redis");
+    // Past the touch interval the use must reach Redis: one request takes it there.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = evalsha_calls(port);
+    for got in loads(50).await {
+        assert_eq!(got.unwrap().attr("user"), Some("alice"));
+    }
+    assert_eq!(evalsha_calls(port) - before, 1, "one round trip notes the use");
+}

@@ -325,11 +325,7 @@ impl RedisStore {
         };
         let rejected = session.apply(changes, &self.limits);
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
-        let copy = NearCopy {
-            session: session.clone(),
-            expires_ms: 0,
-        };
-        near.insert(*id, copy).await;
+        near.insert(*id, NearCopy::new(session.clone(), 0)).await;
         pending.push(PendingWrite {
             id: *id,
             create,
@@ -442,62 +438,13 @@ impl RedisStore {
         self.timed(self.connector.scan(&pattern)).await
     }
 
-    /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
-    fn session(&self, hash: &[Value]) -> Option<Session> {
-        let text = |v: &Value| match v {
-            Value::BulkString(b) => std::str::from_utf8(b).ok().map(str::to_owned),
-            Value::SimpleString(s) => Some(s.clone()),
-            Value::Int(i) => Some(i.to_string()),
-            _ => None,
-        };
-        let (mut key, mut created, mut last) = (None, None, None);
-        let mut attrs = Vec::new();
-        for pair in hash.chunks_exact(2) {
-            let (field, value) = (text(&pair[0])?, text(&pair[1])?);
-            match field.as_str() {
-                "k" => key = Some(value),
-                "c" => created = value.parse::<u64>().ok(),
-                "l" => last = value.parse::<u64>().ok(),
-                f => {
-                    if let Some(name) = f.strip_prefix("a:") {
-                        attrs.push((name.to_owned(), value));
-                    }
-                }
-            }
-        }
-        let (key, created, last) = (key?, created?, last?);
-        let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
-        if age > self.absolute {
-            return None;
-        }
-        Some(Session::from_parts(
-            &key,
-            attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            created,
-            last,
-        ))
-    }
-}
-
-fn reason(text: &str) -> &'static str {
-    match text {
-        "max_value_bytes" => "max_value_bytes",
-        "max_attributes" => "max_attributes",
-        _ => "max_session_bytes",
-    }
-}
-
-impl SessionStore for RedisStore {
-    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        // A near copy serves while its last use is recent; an older one goes to Redis, which
-        // notes the use (so the near cache never hides a session's use from the idle timeout).
-        if let Some(near) = &self.near
-            && let Some(copy) = near.get(id).await
-            && now_ms.saturating_sub(copy.session.last_seen_ms) < TOUCH_EVERY_MS
-            && copy.expires_ms.saturating_sub(now_ms) > ms(self.idle) / 2
-        {
-            return Ok(Some(copy.session));
-        }
+    /// Reads the session under `id` from Redis (following an alias once), keeping a copy
+    /// near when it was reached by its own id.
+    async fn load_from_redis(
+        &self,
+        id: &StoreId,
+        now_ms: u64,
+    ) -> Result<Option<Session>, StoreError> {
         let mut target = hex(id);
         for hop in 0..2 {
             let reply = self
@@ -533,18 +480,16 @@ impl SessionStore for RedisStore {
             let session = self.session(&hash);
             // Only a session reached by its own id is kept near: invalidations name that id.
             if let (Some(near), Some(s), 0) = (&self.near, &session, hop) {
-                let copy = NearCopy {
-                    session: s.clone(),
-                    expires_ms: now_ms.saturating_add(u64::try_from(ttl_ms).unwrap_or(0)),
-                };
-                near.insert(*id, copy).await;
+                let expires_ms = now_ms.saturating_add(u64::try_from(ttl_ms).unwrap_or(0));
+                near.insert(*id, NearCopy::new(s.clone(), expires_ms)).await;
             }
             return Ok(session);
         }
         Ok(None)
     }
 
-    async fn update(
+    /// Applies `changes` in Redis (or, while it does not answer, as `serve_stale` says).
+    async fn update_session(
         &self,
         id: &StoreId,
         create: Option<SessionKey>,
@@ -586,6 +531,85 @@ impl SessionStore for RedisStore {
             rejected,
             created: created == 1,
         }))
+    }
+
+    /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
+    /// Fields are read in place (this runs on every read the near cache does not serve).
+    fn session(&self, hash: &[Value]) -> Option<Session> {
+        fn text(v: &Value) -> Option<&str> {
+            match v {
+                Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                Value::SimpleString(s) => Some(s.as_str()),
+                _ => None,
+            }
+        }
+        let (mut key, mut created, mut last) = (None, None, None);
+        let mut attrs = Vec::with_capacity(hash.len() / 2);
+        for pair in hash.chunks_exact(2) {
+            let (field, value) = (text(&pair[0])?, text(&pair[1])?);
+            match field {
+                "k" => key = Some(value),
+                "c" => created = value.parse::<u64>().ok(),
+                "l" => last = value.parse::<u64>().ok(),
+                f => {
+                    if let Some(name) = f.strip_prefix("a:") {
+                        attrs.push((name, value));
+                    }
+                }
+            }
+        }
+        let (key, created, last) = (key?, created?, last?);
+        let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
+        if age > self.absolute {
+            return None;
+        }
+        Some(Session::from_parts(key, attrs, created, last))
+    }
+}
+
+fn reason(text: &str) -> &'static str {
+    match text {
+        "max_value_bytes" => "max_value_bytes",
+        "max_attributes" => "max_attributes",
+        _ => "max_session_bytes",
+    }
+}
+
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
+        // A near copy serves while its last use is recent; once it is older, one request goes
+        // to Redis, which notes the use (so the near cache never hides a session's use from
+        // the idle timeout), and the copy serves the others until that one is back.
+        let mut refreshing = None;
+        if let Some(near) = &self.near
+            && let Some(copy) = near.get(id).await
+            && copy.expires_ms.saturating_sub(now_ms) > ms(self.idle) / 2
+        {
+            if now_ms.saturating_sub(copy.session.last_seen_ms) < TOUCH_EVERY_MS
+                || copy
+                    .refreshing
+                    .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                return Ok(Some(copy.session));
+            }
+            refreshing = Some(copy.refreshing);
+        }
+        let found = self.load_from_redis(id, now_ms).await;
+        if let (Err(_), Some(flag)) = (&found, refreshing) {
+            // The next request tries again.
+            flag.store(false, std::sync::atomic::Ordering::Release);
+        }
+        found
+    }
+
+    async fn update(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now_ms: u64,
+    ) -> Result<Option<Applied>, StoreError> {
+        self.update_session(id, create, changes, now_ms).await
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {

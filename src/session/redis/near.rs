@@ -23,6 +23,20 @@ pub(super) type Near = Cache<StoreId, NearCopy, FxBuildHasher>;
 pub(super) struct NearCopy {
     pub(super) session: Session,
     pub(super) expires_ms: u64,
+    /// A request is asking Redis for this session (to note a use): the others keep being
+    /// served by this copy meanwhile, rather than all asking at once.
+    pub(super) refreshing: Arc<AtomicBool>,
+}
+
+impl NearCopy {
+    /// A copy of `session`, whose Redis key expires at `expires_ms`.
+    pub(super) fn new(session: Session, expires_ms: u64) -> NearCopy {
+        NearCopy {
+            session,
+            expires_ms,
+            refreshing: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 /// Listens on `PREFIX changed` and drops the near-cache copies of the sessions named there.

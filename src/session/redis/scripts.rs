@@ -37,17 +37,27 @@ end
 
 /// KEYS: session, alias. ARGV: now, idle ms, touch ms.
 /// Returns {1, TTL ms, HGETALL}. A use is written back (last use, expiry) only when the last
-/// one is older than `touch`, or less than half the idle timeout is left.
+/// one is older than `touch`, or less than half the idle timeout is left. Two commands when
+/// nothing is written back: this runs on every read that the near cache does not serve.
 pub(super) const LOAD: &str = r"
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then return follow() end
+local h = redis.call('HGETALL', key)
+if #h == 0 then return follow() end
 local now, idle, touch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local last = tonumber(redis.call('HGET', key, 'l') or '0')
-if now - last >= touch or redis.call('PTTL', key) < idle / 2 then
-  if now > last then redis.call('HSET', key, 'l', now) end
-  redis.call('PEXPIRE', key, idle)
+local at, last = nil, 0
+for i = 1, #h, 2 do
+  if h[i] == 'l' then at, last = i + 1, tonumber(h[i + 1]) break end
 end
-return {1, redis.call('PTTL', key), redis.call('HGETALL', key)}
+local ttl = redis.call('PTTL', key)
+if now - last >= touch or ttl < idle / 2 then
+  if now > last then
+    redis.call('HSET', key, 'l', now)
+    if at then h[at] = tostring(now) end
+  end
+  redis.call('PEXPIRE', key, idle)
+  ttl = idle
+end
+return {1, ttl, h}
 ";
 
 /// KEYS: session, alias. ARGV: channel, id, now, idle ms, create key ('' for none), max

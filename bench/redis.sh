@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Benchmark of shared sessions (issue 5), in one run: every request carries a valid session
+# cookie, through
+#   memory  the gateway with the embedded memory store,
+#   near    the gateway on Redis with its near cache (ttl 2s),
+#   direct  the gateway on Redis without a near cache (every request asks Redis),
+# and nginx passing the same requests through. wrk is pinned to CPU 0; the gateways, nginx,
+# the backend and the benchmark's own redis-server to CPU 1. Rounds alternate the four so
+# machine noise hits all. Redis round trips and commands per request come from INFO commandstats.
+# Targets: near >= 0.95 x memory requests/s with no Redis round trip on a hit; direct >=
+# 0.6 x nginx.
+#
+#   bench/redis.sh                        # 3 rounds of 10 s at 50 connections
+#   ROUNDS=5 DURATION=15s CONNS=100 bench/redis.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+BACKEND_PORT=${BACKEND_PORT:-19021}
+NGINX_PORT=${NGINX_PORT:-19022}
+MEMORY_PORT=${MEMORY_PORT:-19023}
+NEAR_PORT=${NEAR_PORT:-19024}
+DIRECT_PORT=${DIRECT_PORT:-19025}
+REDIS_PORT=${REDIS_PORT:-19026}
+
+. bench/lib.sh
+bench_tools
+command -v redis-server >/dev/null || { echo "bench needs redis-server (scripts/test installs it)" >&2; exit 1; }
+
+cargo build --release --quiet --bin sessiongate --example bench_backend
+target=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+pids+=($!)
+taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
+pids+=($!)
+sed -e "s#@DIR@#$work#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
+    bench/nginx.conf >"$work/nginx.conf"
+taskset -c 1 nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
+nginx_pid=$!; pids+=("$nginx_pid")
+
+# gateway NAME PORT STORE: bench/gateway-sessions.yaml with another store.
+declare -A gw_pid
+gateway() {
+    sed -e "s#^sessions: {}#sessions: { store: $3 }#" bench/gateway-sessions.yaml >"$work/$1.yaml"
+    GW_PORT=$2 BACKEND_PORT=$BACKEND_PORT RUST_LOG=warn \
+        taskset -c 1 "$target/sessiongate" run --config "$work/$1.yaml" >/dev/null &
+    gw_pid[$1]=$!; pids+=($!)
+}
+redis_store() { echo "{ kind: redis, redis: { url: \"redis://127.0.0.1:$REDIS_PORT\", key_prefix: \"bench-$1:\", near_cache: { ttl: $2 } } }"; }
+gateway memory "$MEMORY_PORT" "{ kind: memory }"
+gateway near "$NEAR_PORT" "$(redis_store near 2s)"
+gateway direct "$DIRECT_PORT" "$(redis_store direct 0s)"
+for p in "$REDIS_PORT" "$BACKEND_PORT" "$NGINX_PORT" "$MEMORY_PORT" "$NEAR_PORT" "$DIRECT_PORT"; do wait_port "$p"; done
+
+# One login per gateway: every request of a run carries that session's cookie.
+declare -A cookie
+for g in memory near direct; do
+    port_var=${g^^}_PORT
+    c=$(curl -s -D - -o /dev/null "http://127.0.0.1:${!port_var}/login" | awk -F'[ ;]' 'tolower($1) == "set-cookie:" {print $2}')
+    [ -n "$c" ] || { echo "no session cookie from the $g gateway" >&2; exit 1; }
+    cookie[$g]=$c
+done
+
+# Redis round trips served so far: the commands the gateways send themselves (a session
+# operation is one EVALSHA; the commands a script runs inside count in commandstats too,
+# so they are left out here and counted by redis_commands).
+redis_trips() {
+    redis-cli -p "$REDIS_PORT" info commandstats |
+        awk -F'[=,:]' '$1 ~ /^cmdstat_(evalsha|eval|script|ping|subscribe|set|del)$/ {n += $3} END {print n + 0}'
+}
+# Every command Redis ran, those inside scripts included (INFO itself not counted).
+redis_commands() {
+    redis-cli -p "$REDIS_PORT" info commandstats |
+        awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
+}
+
+# measure NAME PORT PID DURATION
+#   -> "rps p50 p99 cpu requests redis_round_trips_per_request redis_commands_per_request"
+measure() {
+    local trips cmds out
+    trips=$(redis_trips); cmds=$(redis_commands)
+    out=$(wrk_run "$1" "$2" "$3" "$CONNS" "$4" -H "Cookie: ${cookie[$1]:-${cookie[memory]}}")
+    trips=$(($(redis_trips) - trips)); cmds=$(($(redis_commands) - cmds))
+    awk -v o="$out" -v t="$trips" -v c="$cmds" 'BEGIN { split(o, f, " "); printf "%s %.4f %.4f\n", o, (f[5] > 0 ? t / f[5] : 0), (f[5] > 0 ? c / f[5] : 0) }'
+}
+
+echo "warming up..."
+measure nginx "$NGINX_PORT" "$nginx_pid" 2s >/dev/null
+for g in memory near direct; do
+    port_var=${g^^}_PORT
+    measure "$g" "${!port_var}" "${gw_pid[$g]}" 2s >/dev/null
+done
+
+for r in $(seq "$ROUNDS"); do
+    line="round $r [rps p50us p99us cpu_us/req requests redis_trips/req redis_cmds/req]:"
+    m=$(measure nginx "$NGINX_PORT" "$nginx_pid" "$DURATION"); echo "$m" >>"$work/nginx.txt"; line+=" nginx $m |"
+    for g in memory near direct; do
+        port_var=${g^^}_PORT
+        m=$(measure "$g" "${!port_var}" "${gw_pid[$g]}" "$DURATION"); echo "$m" >>"$work/$g.txt"
+        line+=" $g $m |"
+    done
+    echo "$line"
+done
+
+col() { awk -v c="$1" '{print $c}' "$work/$2.txt" | median; }
+echo
+echo "every request with a valid session cookie (5 attributes to the backend), $CONNS connections, median of $ROUNDS rounds of $DURATION:"
+printf '%-8s %12s %10s %10s %12s %16s %16s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "redis trips/req" "redis cmds/req"
+for g in nginx memory near direct; do
+    printf '%-8s %12s %10s %10s %12s %16s %16s\n' "$g" "$(col 1 "$g")" "$(col 2 "$g")" "$(col 3 "$g")" "$(col 4 "$g")" "$(col 6 "$g")" "$(col 7 "$g")"
+done
+echo
+awk -v n="$(col 1 nginx)" -v m="$(col 1 memory)" -v ne="$(col 1 near)" -v d="$(col 1 direct)" -v nc="$(col 6 near)" 'BEGIN {
+    printf "near / memory: %.2fx requests/s (target >= 0.95), %.5f Redis round trips per request (hits: none; one per second notes the use)\n", ne / m, nc
+    printf "direct / nginx: %.2fx requests/s (target >= 0.6)\n", d / n
+}'
