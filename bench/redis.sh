@@ -37,7 +37,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
-pids+=($!)
+redis_pid=$!; pids+=("$redis_pid")
 taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
 pids+=($!)
 sed -e "s#@DIR@#$work#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
@@ -81,14 +81,18 @@ redis_commands() {
         awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
 }
 
-# measure NAME PORT PID DURATION
-#   -> "rps p50 p99 cpu requests redis_round_trips_per_request redis_commands_per_request"
+# measure NAME PORT PID DURATION -> "rps p50 p99 cpu requests redis_round_trips_per_request
+#   redis_commands_per_request redis_cpu_us_per_request" (Redis shares the proxy's CPU, so its
+#   time is reported apart: the gateway's cpu column is its own process only)
 measure() {
-    local trips cmds out
-    trips=$(redis_trips); cmds=$(redis_commands)
+    local trips cmds ticks out
+    trips=$(redis_trips); cmds=$(redis_commands); ticks=$(cpu_ticks "$redis_pid")
     out=$(wrk_run "$1" "$2" "$3" "$CONNS" "$4" -H "Cookie: ${cookie[$1]:-${cookie[memory]}}")
     trips=$(($(redis_trips) - trips)); cmds=$(($(redis_commands) - cmds))
-    awk -v o="$out" -v t="$trips" -v c="$cmds" 'BEGIN { split(o, f, " "); printf "%s %.4f %.4f\n", o, (f[5] > 0 ? t / f[5] : 0), (f[5] > 0 ? c / f[5] : 0) }'
+    ticks=$(($(cpu_ticks "$redis_pid") - ticks))
+    awk -v o="$out" -v t="$trips" -v c="$cmds" -v k="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(o, f, " "); n = f[5] > 0 ? f[5] : 1
+        printf "%s %.5f %.4f %.2f\n", o, t / n, c / n, k * 1000000 / hz / n }'
 }
 
 echo "warming up..."
@@ -99,7 +103,7 @@ for g in memory near direct; do
 done
 
 for r in $(seq "$ROUNDS"); do
-    line="round $r [rps p50us p99us cpu_us/req requests redis_trips/req redis_cmds/req]:"
+    line="round $r [rps p50us p99us cpu_us/req requests redis_trips/req redis_cmds/req redis_cpu_us/req]:"
     m=$(measure nginx "$NGINX_PORT" "$nginx_pid" "$DURATION"); echo "$m" >>"$work/nginx.txt"; line+=" nginx $m |"
     for g in memory near direct; do
         port_var=${g^^}_PORT
@@ -112,9 +116,9 @@ done
 col() { awk -v c="$1" '{print $c}' "$work/$2.txt" | median; }
 echo
 echo "every request with a valid session cookie (5 attributes to the backend), $CONNS connections, median of $ROUNDS rounds of $DURATION:"
-printf '%-8s %12s %10s %10s %12s %16s %16s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "redis trips/req" "redis cmds/req"
+printf '%-8s %12s %10s %10s %12s %16s %15s %16s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "redis trips/req" "redis cmds/req" "redis cpu us/req"
 for g in nginx memory near direct; do
-    printf '%-8s %12s %10s %10s %12s %16s %16s\n' "$g" "$(col 1 "$g")" "$(col 2 "$g")" "$(col 3 "$g")" "$(col 4 "$g")" "$(col 6 "$g")" "$(col 7 "$g")"
+    printf '%-8s %12s %10s %10s %12s %16s %15s %16s\n' "$g" "$(col 1 "$g")" "$(col 2 "$g")" "$(col 3 "$g")" "$(col 4 "$g")" "$(col 6 "$g")" "$(col 7 "$g")" "$(col 8 "$g")"
 done
 echo
 awk -v n="$(col 1 nginx)" -v m="$(col 1 memory)" -v ne="$(col 1 near)" -v d="$(col 1 direct)" -v nc="$(col 6 near)" 'BEGIN {

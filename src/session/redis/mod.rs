@@ -14,6 +14,7 @@ mod scripts;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use moka::future::Cache;
 use redis::{AsyncCommands, Script, Value};
 use rustc_hash::FxBuildHasher;
@@ -105,7 +106,13 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn hex(id: &StoreId) -> String {
-    id.0.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * id.0.len());
+    for b in id.0 {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 fn parse_hex(s: &str) -> Option<[u8; 16]> {
@@ -475,9 +482,14 @@ impl RedisStore {
                 }
                 Found::Nothing => return Ok(None),
             };
-            let (ttl_ms, hash): (i64, Vec<Value>) =
+            let (ttl_ms, created, last, packed): (i64, u64, u64, Vec<u8>) =
                 redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
-            let session = self.session(&hash);
+            let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
+            let session = if age > self.absolute {
+                None
+            } else {
+                Session::from_packed(Bytes::from(packed), created, last)
+            };
             // Only a session reached by its own id is kept near: invalidations name that id.
             if let (Some(near), Some(s), 0) = (&self.near, &session, hop) {
                 let expires_ms = now_ms.saturating_add(u64::try_from(ttl_ms).unwrap_or(0));

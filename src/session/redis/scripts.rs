@@ -36,28 +36,47 @@ end
 ";
 
 /// KEYS: session, alias. ARGV: now, idle ms, touch ms.
-/// Returns {1, TTL ms, HGETALL}. A use is written back (last use, expiry) only when the last
-/// one is older than `touch`, or less than half the idle timeout is left. Two commands when
-/// nothing is written back: this runs on every read that the near cache does not serve.
+/// Returns {1, TTL ms, created, last used, PACKED}: PACKED is the session laid out as
+/// [`Session::packed`](crate::session::Session::packed) wants it (key length u8, key, then per
+/// attribute by name: name length u8, name, value length u32 LE, value), so the gateway reads
+/// five values rather than a hash of many. A use is written back (last use, expiry) only when
+/// the last one is older than `touch`, or less than half the idle timeout is left. Two
+/// commands when nothing is written back: this runs on every read the near cache does not
+/// serve.
 pub(super) const LOAD: &str = r"
 local key = KEYS[1]
 local h = redis.call('HGETALL', key)
 if #h == 0 then return follow() end
 local now, idle, touch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local at, last = nil, 0
+local k, created, last, names, attrs = '', 0, 0, {}, {}
 for i = 1, #h, 2 do
-  if h[i] == 'l' then at, last = i + 1, tonumber(h[i + 1]) break end
+  local f = h[i]
+  if f == 'k' then k = h[i + 1]
+  elseif f == 'c' then created = tonumber(h[i + 1])
+  elseif f == 'l' then last = tonumber(h[i + 1])
+  elseif string.sub(f, 1, 2) == 'a:' and #f <= 257 then
+    local n = string.sub(f, 3)
+    table.insert(names, n)
+    attrs[n] = h[i + 1]
+  end
 end
 local ttl = redis.call('PTTL', key)
 if now - last >= touch or ttl < idle / 2 then
   if now > last then
     redis.call('HSET', key, 'l', now)
-    if at then h[at] = tostring(now) end
+    last = now
   end
   redis.call('PEXPIRE', key, idle)
   ttl = idle
 end
-return {1, ttl, h}
+table.sort(names)
+local out = {string.char(#k), k}
+for _, n in ipairs(names) do
+  local v = attrs[n]
+  table.insert(out, string.char(#n) .. n .. struct.pack('<I4', #v))
+  table.insert(out, v)
+end
+return {1, ttl, created, last, table.concat(out)}
 ";
 
 /// KEYS: session, alias. ARGV: channel, id, now, idle ms, create key ('' for none), max
