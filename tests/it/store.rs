@@ -463,14 +463,20 @@ async fn on_a_cluster_a_logout_through_one_gateway_drops_the_near_copy_of_anothe
     }
 }
 
-/// How many times the Redis on `port` ran EVALSHA (a session operation's one round trip).
-fn evalsha_calls(port: u16) -> u64 {
+/// How many times the Redis on `port` ran each of `commands` (a read is one `HMGET`, or a
+/// script: `EVALSHA`).
+fn calls(port: u16, commands: &[&str]) -> u64 {
     let stats = crate::redis_servers::redis_cli(port, &["info", "commandstats"]).unwrap();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|v| v.split(',').next())
-        .map_or(0, |v| v.parse().unwrap())
+    commands
+        .iter()
+        .map(|c| {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{c}:calls=")))
+                .and_then(|v| v.split(',').next())
+                .map_or(0, |v| v.parse::<u64>().unwrap())
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,16 +510,22 @@ async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_al
             .collect();
         futures_util::future::join_all(tasks)
     };
-    let before = evalsha_calls(port);
+    let reads = || calls(port, &["hmget", "evalsha"]);
+    let before = reads();
     for got in loads(200).await {
         assert_eq!(got.unwrap().attr("user"), Some("alice"));
     }
-    assert_eq!(evalsha_calls(port) - before, 0, "hits went to Redis");
+    assert_eq!(reads() - before, 0, "hits went to Redis");
     // Past the touch interval the use must reach Redis: one request takes it there.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let before = evalsha_calls(port);
+    let (before, noted) = (calls(port, &["hmget"]), calls(port, &["pexpire"]));
     for got in loads(50).await {
         assert_eq!(got.unwrap().attr("user"), Some("alice"));
     }
-    assert_eq!(evalsha_calls(port) - before, 1, "one round trip notes the use");
+    assert_eq!(
+        calls(port, &["hmget"]) - before,
+        1,
+        "one request goes to Redis"
+    );
+    assert_eq!(calls(port, &["pexpire"]) - noted, 1, "the use was noted");
 }

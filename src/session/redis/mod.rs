@@ -86,6 +86,7 @@ pub struct RedisStore {
     write_copy: Script,
     seal: Script,
     probe: Script,
+    touch: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -208,6 +209,7 @@ impl RedisStore {
             write_copy: scripts::script(scripts::WRITE_COPY),
             seal: scripts::script(scripts::SEAL),
             probe: scripts::script(scripts::PROBE),
+            touch: scripts::script(scripts::TOUCH),
         })
     }
 
@@ -454,13 +456,15 @@ impl RedisStore {
     ) -> Result<Option<Session>, StoreError> {
         let mut target = hex(id);
         for hop in 0..2 {
-            let reply = self
-                .eval(&self.load, &target, &[], |call| {
-                    call.arg(now_ms)
-                        .arg(ms(self.idle).max(1))
-                        .arg(TOUCH_EVERY_MS);
-                })
-                .await;
+            let reply = match hop {
+                // The common case needs no script: see `read`.
+                0 => match self.read(&target, now_ms).await {
+                    Ok(Some(read)) => Ok(read),
+                    Ok(None) => self.load_script(&target, now_ms).await,
+                    Err(e) => Err(e),
+                },
+                _ => self.load_script(&target, now_ms).await,
+            };
             let reply = match reply {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -484,6 +488,9 @@ impl RedisStore {
             };
             let (ttl_ms, created, last, packed): (i64, u64, u64, Vec<u8>) =
                 redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+            if packed.is_empty() {
+                return Ok(None);
+            }
             let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
             let session = if age > self.absolute {
                 None
@@ -498,6 +505,58 @@ impl RedisStore {
             return Ok(session);
         }
         Ok(None)
+    }
+
+    /// The load script on `id`: follows an alias, packs a session that lacks its packed form.
+    async fn load_script(&self, id: &str, now_ms: u64) -> Result<Value, StoreError> {
+        self.eval(&self.load, id, &[], |call| {
+            call.arg(now_ms)
+                .arg(ms(self.idle).max(1))
+                .arg(TOUCH_EVERY_MS);
+        })
+        .await
+    }
+
+    /// The read path without a script: `HMGET p c l` and `PTTL` in one round trip, then, at
+    /// most once per touch interval (or when the key nears its expiry), the touch script.
+    /// The answer is shaped as the load script's; `None` when the id holds no packed session
+    /// (an alias, nothing, or a session written before `p` existed): the caller runs the load
+    /// script then.
+    async fn read(&self, id: &str, now_ms: u64) -> Result<Option<Value>, StoreError> {
+        let key = scripts::session_key(&self.prefix, id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(&key)
+            .arg(&scripts::READ_FIELDS)
+            .cmd("PTTL")
+            .arg(&key);
+        let mut conn = self.conn().await?;
+        let ((packed, created, last), ttl): ((Option<Vec<u8>>, Option<u64>, Option<u64>), i64) =
+            self.timed(pipe.query_async(&mut conn)).await?;
+        let (Some(packed), Some(created), Some(mut last)) = (packed, created, last) else {
+            return Ok(None);
+        };
+        let mut ttl = ttl;
+        let idle = ms(self.idle).max(1);
+        if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS
+            || u64::try_from(ttl).unwrap_or(0) < idle / 2
+        {
+            let mut touch = self.touch.prepare_invoke();
+            touch.key(&key).arg(now_ms).arg(idle);
+            let touched: i64 = self.timed(touch.invoke_async(&mut conn)).await?;
+            if touched == 0 {
+                return Ok(None);
+            }
+            last = last.max(now_ms);
+            ttl = i64::try_from(idle).unwrap_or(i64::MAX);
+        }
+        Ok(Some(Value::Array(vec![
+            Value::Int(1),
+            Value::Int(ttl),
+            Value::Int(i64::try_from(created).unwrap_or(0)),
+            Value::Int(i64::try_from(last).unwrap_or(0)),
+            Value::BulkString(packed),
+        ])))
     }
 
     /// Applies `changes` in Redis (or, while it does not answer, as `serve_stale` says).
@@ -526,9 +585,14 @@ impl RedisStore {
             // stale now, before the announcement comes back.
             self.forget(&StoreId(own)).await;
         }
-        let (created, rejected, hash): (i64, Vec<String>, Vec<Value>) =
-            redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
-        let Some(session) = self.session(&hash) else {
+        let (created, rejected, created_ms, last_ms, packed): (
+            i64,
+            Vec<String>,
+            u64,
+            u64,
+            Vec<u8>,
+        ) = redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+        let Some(session) = Session::from_packed(Bytes::from(packed), created_ms, last_ms) else {
             return Ok(None);
         };
         let rejected = rejected

@@ -1,12 +1,14 @@
 //! The Lua scripts that change sessions, and the key layout they work on.
 //!
-//! Every script touches the keys of one session id only, passed as KEYS, and the keys of one
+//! Reads need no script: a session's hash keeps its packed form (`p`), which every change
+//! rewrites. Every script touches the keys of one session id only, passed as KEYS, and the keys of one
 //! id share a hash tag (`{ID}`), so each script runs on one node of a Cluster too. A script
 //! that finds an alias instead of a session answers `{2, TARGET}` and the store runs it again
 //! on the target (one hop), since the target may live on another node.
 
 /// `PREFIX s:{ID}` — the hash of a session: `k` (its stable key), `c` (created, Unix ms),
-/// `l` (last used, Unix ms), `v` (version, counts updates), and `a:NAME` per attribute. It
+/// `l` (last used, Unix ms), `v` (version, counts updates), `a:NAME` per attribute, and `p`
+/// (key and attributes packed for the read path). It
 /// expires (`PEXPIRE`) after the idle timeout since its last write; the absolute timeout is
 /// judged from `c`.
 pub(super) fn session_key(prefix: &str, id: &str) -> String {
@@ -26,39 +28,63 @@ pub(super) fn id_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
         .strip_suffix('}')
 }
 
-/// The answer of a script run on an alias: run it again on the session it names.
-const FOLLOW: &str = r"
+/// The answer of a script run on an alias: run it again on the session it names. And the
+/// session's key and attributes packed as [`Session::packed`](crate::session::Session::packed)
+/// lays them out (key length u8, key, then per attribute by name: name length u8, name,
+/// value length u32 LE, value), kept in field `p` so that a read is one `HMGET`, no script.
+const HELPERS: &str = r"
 local function follow()
   local to = redis.call('GET', KEYS[2])
   if to then return {2, to} end
   return false
 end
+local function pack(k, attrs)
+  local names = {}
+  for n, _ in pairs(attrs) do
+    if #n <= 255 then table.insert(names, n) end
+  end
+  table.sort(names)
+  local out = {string.char(#k), k}
+  for _, n in ipairs(names) do
+    local v = attrs[n]
+    table.insert(out, string.char(#n) .. n .. struct.pack('<I4', #v))
+    table.insert(out, v)
+  end
+  return table.concat(out)
+end
+";
+
+/// The read path's two commands, in one round trip and no script (a script costs Redis
+/// several times a plain read): `HMGET p c l` and `PTTL` of the session's hash. A session
+/// without `p`, or an id that is an alias, goes through [`LOAD`] instead.
+pub(super) const READ_FIELDS: [&str; 3] = ["p", "c", "l"];
+
+/// KEYS: session. ARGV: now, idle ms. Notes a use (last use, expiry) of a session that
+/// exists; the read path runs it at most once per touch interval.
+pub(super) const TOUCH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last = tonumber(redis.call('HGET', KEYS[1], 'l') or '0')
+if tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'l', ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
 ";
 
 /// KEYS: session, alias. ARGV: now, idle ms, touch ms.
-/// Returns {1, TTL ms, created, last used, PACKED}: PACKED is the session laid out as
-/// [`Session::packed`](crate::session::Session::packed) wants it (key length u8, key, then per
-/// attribute by name: name length u8, name, value length u32 LE, value), so the gateway reads
-/// five values rather than a hash of many. A use is written back (last use, expiry) only when
-/// the last one is older than `touch`, or less than half the idle timeout is left. Two
-/// commands when nothing is written back: this runs on every read the near cache does not
-/// serve.
+/// Returns {1, TTL ms, created, last used, PACKED} (see `pack`). A use is written back (last
+/// use, expiry) only when the last one is older than `touch`, or less than half the idle
+/// timeout is left.
 pub(super) const LOAD: &str = r"
 local key = KEYS[1]
 local h = redis.call('HGETALL', key)
 if #h == 0 then return follow() end
 local now, idle, touch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local k, created, last, names, attrs = '', 0, 0, {}, {}
+local k, created, last, attrs = '', 0, 0, {}
 for i = 1, #h, 2 do
   local f = h[i]
   if f == 'k' then k = h[i + 1]
   elseif f == 'c' then created = tonumber(h[i + 1])
   elseif f == 'l' then last = tonumber(h[i + 1])
-  elseif string.sub(f, 1, 2) == 'a:' and #f <= 257 then
-    local n = string.sub(f, 3)
-    table.insert(names, n)
-    attrs[n] = h[i + 1]
-  end
+  elseif string.sub(f, 1, 2) == 'a:' then attrs[string.sub(f, 3)] = h[i + 1] end
 end
 local ttl = redis.call('PTTL', key)
 if now - last >= touch or ttl < idle / 2 then
@@ -69,20 +95,16 @@ if now - last >= touch or ttl < idle / 2 then
   redis.call('PEXPIRE', key, idle)
   ttl = idle
 end
-table.sort(names)
-local out = {string.char(#k), k}
-for _, n in ipairs(names) do
-  local v = attrs[n]
-  table.insert(out, string.char(#n) .. n .. struct.pack('<I4', #v))
-  table.insert(out, v)
-end
-return {1, ttl, created, last, table.concat(out)}
+local packed = pack(k, attrs)
+redis.call('HSET', key, 'p', packed)
+return {1, ttl, created, last, packed}
 ";
 
 /// KEYS: session, alias. ARGV: channel, id, now, idle ms, create key ('' for none), max
 /// attributes, max value bytes, max session bytes, then (op 'S'/'U', name, value) per change.
-/// Returns {1, created, {rejected name, reason, ...}, HGETALL}. A change is announced on the
-/// channel (other gateways drop their near-cache copy). No session is created under an alias.
+/// Returns {1, created, {rejected name, reason, ...}, created ms, last used ms, PACKED}. A
+/// change is announced on the channel (other gateways drop their near-cache copy). No session
+/// is created under an alias.
 pub(super) const UPDATE: &str = r"
 local key = KEYS[1]
 local now, idle, create = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
@@ -134,11 +156,16 @@ for i = 9, #ARGV, 3 do
   end
 end
 local last = tonumber(redis.call('HGET', key, 'l') or '0')
-if now > last then redis.call('HSET', key, 'l', now) end
+if now > last then
+  redis.call('HSET', key, 'l', now)
+  last = now
+end
+local packed = pack(redis.call('HGET', key, 'k'), attrs)
+redis.call('HSET', key, 'p', packed)
 redis.call('HINCRBY', key, 'v', 1)
 redis.call('PEXPIRE', key, idle)
 if #ARGV > 8 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return {1, created, rejected, redis.call('HGETALL', key)}
+return {1, created, rejected, redis.call('HGET', key, 'c'), last, packed}
 ";
 
 /// KEYS: session, alias. ARGV: channel, id. Deletes both; returns the id the alias named, so
@@ -201,7 +228,7 @@ return follow()
 
 /// A script body with its helper.
 pub(super) fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{FOLLOW}\n{body}"))
+    redis::Script::new(&format!("{HELPERS}\n{body}"))
 }
 
 #[cfg(test)]
