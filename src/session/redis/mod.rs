@@ -127,6 +127,9 @@ fn parse_hex(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// `HMGET p c l` of a session hash: its packed form, created and last used (Unix ms).
+type ReadFields = (Option<Vec<u8>>, Option<u64>, Option<u64>);
+
 /// What a script found under an id.
 enum Found {
     /// The session's data (the script's answer after its leading 1).
@@ -531,7 +534,7 @@ impl RedisStore {
             .cmd("PTTL")
             .arg(&key);
         let mut conn = self.conn().await?;
-        let ((packed, created, last), ttl): ((Option<Vec<u8>>, Option<u64>, Option<u64>), i64) =
+        let ((packed, created, last), ttl): (ReadFields, i64) =
             self.timed(pipe.query_async(&mut conn)).await?;
         let (Some(packed), Some(created), Some(mut last)) = (packed, created, last) else {
             return Ok(None);
