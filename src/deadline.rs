@@ -107,6 +107,46 @@ impl TimerSlot {
     }
 }
 
+/// [`LazyTimer`]s for work that belongs to no connection (session store operations): one is
+/// taken for an operation and given back after, so an operation that meets its deadline
+/// registers no timer. Holds at most [`TimerPool::MAX`] idle timers.
+#[derive(Debug, Default)]
+pub struct TimerPool(Mutex<Vec<LazyTimer>>);
+
+impl TimerPool {
+    /// Idle timers kept at most (about the concurrent operations of a busy gateway).
+    pub const MAX: usize = 256;
+
+    /// An idle timer, or a new one. Give it back with `put`.
+    pub fn take(&self) -> LazyTimer {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut t| t.pop())
+            .unwrap_or_default()
+    }
+
+    /// Returns a timer for the next operation.
+    pub fn put(&self, timer: LazyTimer) {
+        if let Ok(mut t) = self.0.lock()
+            && t.len() < Self::MAX
+        {
+            t.push(timer);
+        }
+    }
+
+    /// Runs `fut` within `limit` on a pooled timer.
+    ///
+    /// # Errors
+    /// [`Elapsed`] when `limit` passed first (`fut` is dropped).
+    pub async fn within<F: Future>(&self, limit: Duration, fut: F) -> Result<F::Output, Elapsed> {
+        let mut timer = self.take();
+        let r = timer.within(limit, fut).await;
+        self.put(timer);
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

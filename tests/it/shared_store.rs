@@ -310,13 +310,33 @@ async fn the_admin_api_of_one_gateway_logs_a_user_out_on_all() {
 }
 
 #[tokio::test]
-async fn with_serve_stale_sessions_live_on_through_an_outage_and_their_writes_land_after() {
+async fn with_serve_stale_sessions_live_on_through_a_frozen_redis_and_their_writes_land_after() {
+    serve_stale_through(Outage::Freeze).await;
+}
+
+#[tokio::test]
+async fn with_serve_stale_sessions_live_on_while_redis_is_killed_and_restarted() {
+    serve_stale_through(Outage::KillAndRestart).await;
+}
+
+/// How Redis goes away in a fault test.
+enum Outage {
+    /// SIGSTOP, later SIGCONT: operations time out.
+    Freeze,
+    /// SIGKILL, later a new server on the same port and data: connections are refused.
+    KillAndRestart,
+}
+
+/// With `on_error: serve_stale`, through `outage`: a session keeps being served and changed by
+/// the gateway that holds a copy, and the change reaches Redis once it is back.
+async fn serve_stale_through(outage: Outage) {
     let b = shop().await;
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let redis = OwnRedis::start(port);
+    let data = tempfile::tempdir().unwrap();
+    let mut redis = Some(OwnRedis::start_durable(port, data.path()));
     let store = |extra: &str| {
         format!(
             "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms{extra} }}\n"
@@ -346,8 +366,11 @@ async fn with_serve_stale_sessions_live_on_through_an_outage_and_their_writes_la
     };
     on("/whoami").await.unwrap().text().await.unwrap();
 
-    // Redis frozen: the session is served from this gateway's copy, and a change is kept.
-    redis.signal("STOP");
+    // Redis gone: the session is served from this gateway's copy, and a change is kept.
+    match outage {
+        Outage::Freeze => redis.as_ref().unwrap().signal("STOP"),
+        Outage::KillAndRestart => drop(redis.take()),
+    }
     let resp = on("/cart").await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
@@ -358,7 +381,13 @@ async fn with_serve_stale_sessions_live_on_through_an_outage_and_their_writes_la
     assert_eq!(body, "status=active user=alice cart=1");
 
     // Back: the queued change lands in Redis, where another gateway (no near cache) reads it.
-    redis.signal("CONT");
+    let _redis = match outage {
+        Outage::Freeze => {
+            redis.as_ref().unwrap().signal("CONT");
+            redis
+        }
+        Outage::KillAndRestart => Some(OwnRedis::start_durable(port, data.path())),
+    };
     let other = start(simple_config(
         &[b.addr],
         "",

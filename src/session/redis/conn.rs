@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -142,7 +144,15 @@ impl Connector {
         let make = || -> std::pin::Pin<Box<dyn Future<Output = RedisResult<Conn>> + Send + '_>> {
             Box::pin(async {
                 Ok::<_, redis::RedisError>(match &self.kind {
-                    Kind::Single(c) => Conn::Single(ConnectionManager::new(c.clone()).await?),
+                    Kind::Single(c) => {
+                        // The store applies its own operation timeout (without a timer per
+                        // operation); the client's default response timeout (500 ms) would
+                        // override a longer one.
+                        let config = ConnectionManagerConfig::new()
+                            .set_response_timeout(None)
+                            .set_connection_timeout(Some(self.op_timeout));
+                        Conn::Single(ConnectionManager::new_with_config(c.clone(), config).await?)
+                    }
                     Kind::Cluster(c, _) => Conn::Cluster(c.get_async_connection().await?),
                     Kind::Sentinel(f) => {
                         // Connect now, so a first use sees whether the master answers.
@@ -284,7 +294,8 @@ impl Follower {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
-        let conn = sentinel.get_async_connection().await?;
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let conn = sentinel.get_async_connection_with_config(&config).await?;
         let n = self.made.fetch_add(1, Ordering::Relaxed) + 1;
         *self
             .current

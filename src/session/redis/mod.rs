@@ -29,6 +29,7 @@ use super::store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
     TOUCH_EVERY_MS,
 };
+use crate::deadline::TimerPool;
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
@@ -78,6 +79,8 @@ pub struct RedisStore {
     absolute: Duration,
     limits: Limits,
     op_timeout: Duration,
+    /// Timers for the operation timeout: a met deadline registers none (see `deadline`).
+    timers: Arc<TimerPool>,
     load: Script,
     update: Script,
     delete: Script,
@@ -204,6 +207,7 @@ impl RedisStore {
             absolute: options.absolute_timeout,
             limits: options.limits,
             op_timeout: options.op_timeout,
+            timers: Arc::new(TimerPool::default()),
             load: scripts::script(scripts::LOAD),
             update: scripts::script(scripts::UPDATE),
             delete: scripts::script(scripts::DELETE),
@@ -230,8 +234,12 @@ impl RedisStore {
     async fn conn(&self) -> Result<Conn, StoreError> {
         let conn = self.timed(self.connector.conn()).await?;
         if let Some(near) = &self.near {
-            self.listener
-                .start(self.connector.clone(), self.channel.clone(), near.clone());
+            self.listener.start(
+                self.connector.clone(),
+                self.channel.clone(),
+                near.clone(),
+                self.pending.is_some(),
+            );
         }
         Ok(conn)
     }
@@ -241,7 +249,7 @@ impl RedisStore {
         &self,
         f: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.op_timeout, f).await {
+        match self.timers.within(self.op_timeout, f).await {
             Ok(r) => r.map_err(failed),
             Err(_) => {
                 self.connector.timed_out();

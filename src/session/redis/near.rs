@@ -54,23 +54,35 @@ impl Drop for Listener {
 
 impl Listener {
     /// Starts the listening task, once; it resubscribes after a lost connection (with
-    /// Sentinel, to the master of the moment; with a Cluster, to the next seed node).
-    pub(super) fn start(&self, connector: Arc<Connector>, channel: String, near: Near) {
+    /// Sentinel, to the master of the moment; with a Cluster, to the next seed node). Changes
+    /// announced while it was not subscribed are lost, so every copy is dropped when it
+    /// subscribes again, and, unless `serve_stale` (which serves those copies while Redis is
+    /// away), as soon as the subscription is lost.
+    pub(super) fn start(
+        &self,
+        connector: Arc<Connector>,
+        channel: String,
+        near: Near,
+        serve_stale: bool,
+    ) {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
         let stop = self.stop.clone();
         tokio::spawn(async move {
+            let mut again = false;
             loop {
                 let listened = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = listen(&connector, &channel, &near) => r,
+                    r = listen(&connector, &channel, &near, again) => r,
                 };
                 if let Err(e) = listened {
                     tracing::warn!(error = %e, "near-cache invalidations: subscription lost");
                 }
-                // Copies missed meanwhile expire with the near cache's TTL.
-                near.invalidate_all();
+                again = true;
+                if !serve_stale {
+                    near.invalidate_all();
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -80,10 +92,19 @@ impl Listener {
     }
 }
 
-async fn listen(connector: &Connector, channel: &str, near: &Near) -> redis::RedisResult<()> {
+async fn listen(
+    connector: &Connector,
+    channel: &str,
+    near: &Near,
+    again: bool,
+) -> redis::RedisResult<()> {
     let client = connector.pubsub_client().await?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
+    if again {
+        // Announcements made while it was away never arrived.
+        near.invalidate_all();
+    }
     let mut messages = pubsub.on_message();
     while let Some(msg) = messages.next().await {
         if let Some(id) = std::str::from_utf8(msg.get_payload_bytes())
