@@ -145,9 +145,8 @@ impl Connector {
             Box::pin(async {
                 Ok::<_, redis::RedisError>(match &self.kind {
                     Kind::Single(c) => {
-                        // The store applies its own operation timeout (without a timer per
-                        // operation); the client's default response timeout (500 ms) would
-                        // override a longer one.
+                        // The store times each operation itself, on pooled timers: the client's
+                        // own response timeout would add a timer per operation.
                         let config = ConnectionManagerConfig::new()
                             .set_response_timeout(None)
                             .set_connection_timeout(Some(self.op_timeout));
