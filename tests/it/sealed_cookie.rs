@@ -6,32 +6,17 @@ use crate::support::*;
 
 const SECRET: &str = "sealed-secret-of-the-fleet-0123456789abcdef\n";
 
-/// A gateway in front of `b` with the sealed-cookie store keyed by `secrets` (newest first)
-/// and `extra` in the `sessions:` mapping.
-async fn sealed_gateway(b: &Backend, secrets: &str, extra: &str) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("session.keys"), secrets).unwrap();
-    std::fs::write(
-        dir.path().join("admin.token"),
-        "admin-token-for-tests-0123456789\n",
-    )
-    .unwrap();
-    let yaml = simple_config(
-        &[b.addr],
-        "",
-        &format!(
-            "sessions:\n  secret_file: session.keys\n  store: {{ kind: cookie, cookie: {{ max_bytes: 600 }} }}\n{extra}admin: {{ bind: \"127.0.0.1:0\", token_file: admin.token }}\n"
-        ),
-    );
-    Gateway::start_in(&yaml, dir).await
+/// A gateway in front of `b` with the sealed-cookie store keyed by `secrets` (newest first).
+async fn sealed_gateway(b: &Backend, secrets: &str) -> Gateway {
+    gateway_with_secret(b, secrets, "{ kind: cookie, cookie: { max_bytes: 600 } }").await
 }
 
 #[tokio::test]
 async fn two_gateways_that_share_only_the_secret_serve_one_sealed_session() {
     let b = shop().await;
     let (a, bb) = (
-        sealed_gateway(&b, SECRET, "").await,
-        sealed_gateway(&b, SECRET, "").await,
+        sealed_gateway(&b, SECRET).await,
+        sealed_gateway(&b, SECRET).await,
     );
     let mut on_a = Client::new(&a);
     on_a.get("/login").await;
@@ -79,7 +64,7 @@ async fn two_gateways_that_share_only_the_secret_serve_one_sealed_session() {
 #[tokio::test]
 async fn a_tampered_sealed_cookie_counts_as_none_and_is_cleared() {
     let b = shop().await;
-    let gw = sealed_gateway(&b, SECRET, "").await;
+    let gw = sealed_gateway(&b, SECRET).await;
     let mut c = Client::new(&gw);
     c.get("/login").await;
     let mut sealed = c.cookie.clone().unwrap().into_bytes();
@@ -94,10 +79,10 @@ async fn a_tampered_sealed_cookie_counts_as_none_and_is_cleared() {
 #[tokio::test]
 async fn after_a_secret_rotation_old_cookies_still_open_and_are_resealed_with_the_new_secret() {
     let b = shop().await;
-    let before = sealed_gateway(&b, SECRET, "").await;
+    let before = sealed_gateway(&b, SECRET).await;
     let new = "a-newer-sealed-secret-0123456789abcdef0123\n";
-    let after = sealed_gateway(&b, &format!("{new}{SECRET}"), "").await;
-    let only_new = sealed_gateway(&b, new, "").await;
+    let after = sealed_gateway(&b, &format!("{new}{SECRET}")).await;
+    let only_new = sealed_gateway(&b, new).await;
     let mut c = Client::new(&before);
     c.get("/login").await;
     c.base = after.url("web", "");
@@ -113,7 +98,7 @@ async fn after_a_secret_rotation_old_cookies_still_open_and_are_resealed_with_th
 #[tokio::test]
 async fn a_directive_that_would_outgrow_max_bytes_is_refused_and_the_cookie_stays_small() {
     let b = shop().await;
-    let gw = sealed_gateway(&b, SECRET, "").await;
+    let gw = sealed_gateway(&b, SECRET).await;
     let mut c = Client::new(&gw);
     c.get("/login").await;
     let big = "x".repeat(700);
@@ -136,7 +121,7 @@ async fn a_directive_that_would_outgrow_max_bytes_is_refused_and_the_cookie_stay
 #[tokio::test]
 async fn the_admin_api_says_sealed_sessions_cannot_be_revoked() {
     let b = shop().await;
-    let gw = sealed_gateway(&b, SECRET, "").await;
+    let gw = sealed_gateway(&b, SECRET).await;
     let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
     let resp = client()
         .delete(format!("http://{admin}/sessions?attr=user:alice"))

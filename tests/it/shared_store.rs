@@ -16,25 +16,10 @@ async fn gateway(b: &Backend, prefix: &str) -> Gateway {
 
 /// As `gateway`, with `extra` in the `redis:` mapping.
 async fn gateway_with(b: &Backend, prefix: &str, extra: &str) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("session.keys"),
-        "shared-secret-of-the-fleet-0123456789abcdef\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("admin.token"),
-        "admin-token-for-tests-0123456789\n",
-    )
-    .unwrap();
-    let yaml = simple_config(
-        &[b.addr],
-        "",
-        &format!(
-            "sessions:\n  secret_file: session.keys\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"{extra} }}\nadmin: {{ bind: \"127.0.0.1:0\", token_file: admin.token }}\n"
-        ),
+    let store = format!(
+        "{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"{extra} }} }}"
     );
-    Gateway::start_in(&yaml, dir).await
+    gateway_with_secret(b, "shared-secret-of-the-fleet-0123456789abcdef\n", &store).await
 }
 
 /// `name=value` of the response's session cookie.
@@ -61,6 +46,29 @@ async fn login_once_up(g: &Gateway, fail: &str) -> String {
     .await;
     assert!(up, "{fail}");
     session_cookie(&http.get(g.url("web", "/login")).send().await.unwrap())
+}
+
+/// A gateway in front of `b` on the Redis that `where_` names (`url: ...`, `sentinel: ...`),
+/// with a 300 ms timeout and no near cache, and the cookie of a session logged in there with
+/// one item in its cart (`fail` says what it means when no login gets through).
+async fn shopper_on(b: &Backend, where_: &str, fail: &str) -> (Gateway, String) {
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        &format!(
+            "sessions:\n  store:\n    kind: redis\n    redis: {{ {where_}, timeout: 300ms, near_cache: {{ ttl: 0s }} }}\n"
+        ),
+    );
+    let gw = Gateway::start_in(&yaml, tempfile::tempdir().unwrap()).await;
+    let cookie = login_once_up(&gw, fail).await;
+    let cart = client()
+        .get(gw.url("web", "/cart"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cart.status(), 200);
+    (gw, cookie)
 }
 
 /// Whether `/whoami` on `g` with `cookie` answers `want` within `limit`.
@@ -453,23 +461,9 @@ async fn redis_killed_and_restarted_mid_run_fails_closed_and_loses_no_session() 
     };
     let data = tempfile::tempdir().unwrap();
     let redis = OwnRedis::start_durable(port, data.path());
-    let yaml = simple_config(
-        &[b.addr],
-        "",
-        &format!(
-            "sessions:\n  store:\n    kind: redis\n    redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms, near_cache: {{ ttl: 0s }} }}\n"
-        ),
-    );
-    let gw = Gateway::start_in(&yaml, tempfile::tempdir().unwrap()).await;
+    let where_ = format!("url: \"redis://127.0.0.1:{port}\"");
+    let (gw, cookie) = shopper_on(&b, &where_, "redis-server never answered").await;
     let http = client();
-    let cookie = login_once_up(&gw, "redis-server never answered").await;
-    let cart = http
-        .get(gw.url("web", "/cart"))
-        .header("cookie", cookie.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cart.status(), 200);
 
     drop(redis); // SIGKILL
     let resp = http
@@ -562,24 +556,12 @@ async fn a_sentinel_failover_is_followed_without_a_gateway_restart() {
     let set = tokio::task::spawn_blocking(SentinelSet::start)
         .await
         .unwrap();
-    let yaml = simple_config(
-        &[b.addr],
-        "",
-        &format!(
-            "sessions:\n  store:\n    kind: redis\n    redis: {{ sentinel: {{ master: shop, nodes: [\"redis://127.0.0.1:{}\"] }}, timeout: 300ms, near_cache: {{ ttl: 0s }} }}\n",
-            set.sentinel_port
-        ),
+    let where_ = format!(
+        "sentinel: {{ master: shop, nodes: [\"redis://127.0.0.1:{}\"] }}",
+        set.sentinel_port
     );
-    let gw = Gateway::start_in(&yaml, tempfile::tempdir().unwrap()).await;
+    let (gw, cookie) = shopper_on(&b, &where_, "the master Sentinel names never answered").await;
     let http = client();
-    let cookie = login_once_up(&gw, "the master Sentinel names never answered").await;
-    let cart = http
-        .get(gw.url("web", "/cart"))
-        .header("cookie", cookie.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cart.status(), 200);
     // The replica has the session before its master goes.
     tokio::task::spawn_blocking({
         let (m, r) = (set.master_port, set.replica_port);

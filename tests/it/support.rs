@@ -437,6 +437,27 @@ where
     }
 }
 
+/// A gateway in front of `b` whose sessions are signed (or sealed) with `secrets` (one per
+/// line, newest first) and kept in `store` (a `sessions.store` value), with the admin API on
+/// (bearer token `admin-token-for-tests-0123456789`).
+pub async fn gateway_with_secret(b: &Backend, secrets: &str, store: &str) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("session.keys"), secrets).unwrap();
+    std::fs::write(
+        dir.path().join("admin.token"),
+        "admin-token-for-tests-0123456789\n",
+    )
+    .unwrap();
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        &format!(
+            "sessions:\n  secret_file: session.keys\n  store: {store}\nadmin: {{ bind: \"127.0.0.1:0\", token_file: admin.token }}\n"
+        ),
+    );
+    Gateway::start_in(&yaml, dir).await
+}
+
 /// A Redis key prefix of a test's own (`sgtest:RANDOM:`), so that tests sharing the machine's
 /// Redis never see each other's keys.
 pub fn redis_test_prefix() -> String {

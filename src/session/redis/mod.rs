@@ -570,56 +570,6 @@ impl RedisStore {
         ])))
     }
 
-    /// Applies `changes` in Redis (or, while it does not answer, as `serve_stale` says).
-    async fn update_session(
-        &self,
-        id: &StoreId,
-        create: Option<SessionKey>,
-        changes: &[Change],
-        now_ms: u64,
-    ) -> Result<Option<Applied>, StoreError> {
-        let parts = match self
-            .update_in_redis(id, create.as_ref(), changes, now_ms)
-            .await
-        {
-            Ok(parts) => parts,
-            Err(e) => return self.update_stale(id, create, changes, now_ms, e).await,
-        };
-        self.forget(id).await;
-        let Some((own, parts)) = parts else {
-            return Ok(None);
-        };
-        if let Some(own) = parse_hex(&own)
-            && own != id.0
-        {
-            // Changed through an alias: this gateway's copy under the session's own id is
-            // stale now, before the announcement comes back.
-            self.forget(&StoreId(own)).await;
-        }
-        let (created, rejected, created_ms, last_ms, packed): (
-            i64,
-            Vec<String>,
-            u64,
-            u64,
-            Vec<u8>,
-        ) = redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
-        let Some(session) = Session::from_packed(Bytes::from(packed), created_ms, last_ms) else {
-            return Ok(None);
-        };
-        let rejected = rejected
-            .chunks_exact(2)
-            .map(|r| Rejected {
-                name: r[0].clone(),
-                reason: reason(&r[1]),
-            })
-            .collect();
-        Ok(Some(Applied {
-            session,
-            rejected,
-            created: created == 1,
-        }))
-    }
-
     /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
     /// Fields are read in place (this runs on every read the near cache does not serve).
     fn session(&self, hash: &[Value]) -> Option<Session> {
@@ -696,7 +646,46 @@ impl SessionStore for RedisStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        self.update_session(id, create, changes, now_ms).await
+        let parts = match self
+            .update_in_redis(id, create.as_ref(), changes, now_ms)
+            .await
+        {
+            Ok(parts) => parts,
+            Err(e) => return self.update_stale(id, create, changes, now_ms, e).await,
+        };
+        self.forget(id).await;
+        let Some((own, parts)) = parts else {
+            return Ok(None);
+        };
+        if let Some(own) = parse_hex(&own)
+            && own != id.0
+        {
+            // Changed through an alias: this gateway's copy under the session's own id is
+            // stale now, before the announcement comes back.
+            self.forget(&StoreId(own)).await;
+        }
+        let (created, rejected, created_ms, last_ms, packed): (
+            i64,
+            Vec<String>,
+            u64,
+            u64,
+            Vec<u8>,
+        ) = redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+        let Some(session) = Session::from_packed(Bytes::from(packed), created_ms, last_ms) else {
+            return Ok(None);
+        };
+        let rejected = rejected
+            .chunks_exact(2)
+            .map(|r| Rejected {
+                name: r[0].clone(),
+                reason: reason(&r[1]),
+            })
+            .collect();
+        Ok(Some(Applied {
+            session,
+            rejected,
+            created: created == 1,
+        }))
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
