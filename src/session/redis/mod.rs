@@ -130,13 +130,21 @@ fn parse_hex(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// `HMGET p c l` of a session hash: its packed form, created and last used (Unix ms).
-type ReadFields = (Option<Vec<u8>>, Option<u64>, Option<u64>);
+/// A session as read from Redis.
+struct Read {
+    /// About how long until its key expires unless used.
+    ttl_ms: u64,
+    /// Created, last used (Unix ms).
+    created: u64,
+    last: u64,
+    /// Its key and attributes, packed.
+    packed: Vec<u8>,
+}
 
 /// What a script found under an id.
-enum Found {
+enum Found<T = Vec<Value>> {
     /// The session's data (the script's answer after its leading 1).
-    Here(Vec<Value>),
+    Here(T),
     /// An alias: the id it names.
     Alias(String),
     /// Nothing (or, from rename, nothing to move).
@@ -467,17 +475,22 @@ impl RedisStore {
     ) -> Result<Option<Session>, StoreError> {
         let mut target = hex(id);
         for hop in 0..2 {
-            let reply = match hop {
+            let step = match hop {
                 // The common case needs no script: see `read`.
                 0 => match self.read(&target, now_ms).await {
-                    Ok(Some(read)) => Ok(read),
+                    Ok(Some(read)) => Ok(Found::Here(read)),
                     Ok(None) => self.load_script(&target, now_ms).await,
                     Err(e) => Err(e),
                 },
                 _ => self.load_script(&target, now_ms).await,
             };
-            let reply = match reply {
-                Ok(reply) => reply,
+            let read = match step {
+                Ok(Found::Here(read)) => read,
+                Ok(Found::Alias(to)) => {
+                    target = to;
+                    continue;
+                }
+                Ok(Found::Nothing) => return Ok(None),
                 Err(e) => {
                     if self.pending.is_some()
                         && let Some(near) = &self.near
@@ -489,28 +502,15 @@ impl RedisStore {
                     return Err(e);
                 }
             };
-            let parts = match Found::from_reply(reply)? {
-                Found::Here(parts) => parts,
-                Found::Alias(to) => {
-                    target = to;
-                    continue;
-                }
-                Found::Nothing => return Ok(None),
-            };
-            let (ttl_ms, created, last, packed): (i64, u64, u64, Vec<u8>) =
-                redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
-            if packed.is_empty() {
-                return Ok(None);
-            }
-            let age = Duration::from_millis(super::store::unix_ms().saturating_sub(created));
-            let session = if age > self.absolute {
+            let age = Duration::from_millis(super::store::unix_ms().saturating_sub(read.created));
+            let session = if age > self.absolute || read.packed.is_empty() {
                 None
             } else {
-                Session::from_packed(Bytes::from(packed), created, last)
+                Session::from_packed(Bytes::from(read.packed), read.created, read.last)
             };
             // Only a session reached by its own id is kept near: invalidations name that id.
             if let (Some(near), Some(s), 0) = (&self.near, &session, hop) {
-                let expires_ms = now_ms.saturating_add(u64::try_from(ttl_ms).unwrap_or(0));
+                let expires_ms = now_ms.saturating_add(read.ttl_ms);
                 near.insert(*id, NearCopy::new(s.clone(), expires_ms)).await;
             }
             return Ok(session);
@@ -519,39 +519,57 @@ impl RedisStore {
     }
 
     /// The load script on `id`: follows an alias, packs a session that lacks its packed form.
-    async fn load_script(&self, id: &str, now_ms: u64) -> Result<Value, StoreError> {
-        self.eval(&self.load, id, &[], |call| {
-            call.arg(now_ms)
-                .arg(ms(self.idle).max(1))
-                .arg(TOUCH_EVERY_MS);
+    async fn load_script(&self, id: &str, now_ms: u64) -> Result<Found<Read>, StoreError> {
+        let reply = self
+            .eval(&self.load, id, &[], |call| {
+                call.arg(now_ms)
+                    .arg(ms(self.idle).max(1))
+                    .arg(TOUCH_EVERY_MS);
+            })
+            .await?;
+        Ok(match Found::from_reply(reply)? {
+            Found::Here(parts) => {
+                let (ttl_ms, created, last, packed): (i64, u64, u64, Vec<u8>) =
+                    redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+                Found::Here(Read {
+                    ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
+                    created,
+                    last,
+                    packed,
+                })
+            }
+            Found::Alias(to) => Found::Alias(to),
+            Found::Nothing => Found::Nothing,
         })
-        .await
     }
 
-    /// The read path without a script: `HMGET p c l` and `PTTL` in one round trip, then, at
-    /// most once per touch interval (or when the key nears its expiry), the touch script.
-    /// The answer is shaped as the load script's; `None` when the id holds no packed session
-    /// (an alias, nothing, or a session written before `p` existed): the caller runs the load
-    /// script then.
-    async fn read(&self, id: &str, now_ms: u64) -> Result<Option<Value>, StoreError> {
+    /// The read path without a script: one `HMGET p c l`, then, at most once per touch
+    /// interval, the touch script. `None` when the id holds no packed session (an alias,
+    /// nothing, or a session written before `p` existed): the caller runs the load script.
+    async fn read(&self, id: &str, now_ms: u64) -> Result<Option<Read>, StoreError> {
         let key = scripts::session_key(&self.prefix, id);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HMGET")
-            .arg(&key)
-            .arg(&scripts::READ_FIELDS)
-            .cmd("PTTL")
-            .arg(&key);
         let mut conn = self.conn().await?;
-        let ((packed, created, last), ttl): (ReadFields, i64) =
-            self.timed(pipe.query_async(&mut conn)).await?;
-        let (Some(packed), Some(created), Some(mut last)) = (packed, created, last) else {
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(&key).arg(&scripts::READ_FIELDS);
+        let reply: Value = self.timed(hmget.query_async(&mut conn)).await?;
+        let Value::Array(fields) = reply else {
             return Ok(None);
         };
-        let mut ttl = ttl;
+        let mut fields = fields.into_iter();
+        let number = |v: Option<Value>| match v {
+            Some(Value::BulkString(b)) => std::str::from_utf8(&b).ok()?.parse::<u64>().ok(),
+            _ => None,
+        };
+        let (Some(Value::BulkString(packed)), Some(created), Some(mut last)) =
+            (fields.next(), number(fields.next()), number(fields.next()))
+        else {
+            return Ok(None);
+        };
         let idle = ms(self.idle).max(1);
-        if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS
-            || u64::try_from(ttl).unwrap_or(0) < idle / 2
-        {
+        // Every write sets the expiry to the idle timeout as it writes the last use, so the key
+        // expires about `idle` after `l`, and no PTTL is needed: the use is noted once per
+        // touch interval, or as soon as less than half the idle timeout is left.
+        if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS.min(idle / 2) {
             let mut touch = self.touch.prepare_invoke();
             touch.key(&key).arg(now_ms).arg(idle);
             let touched: i64 = self.timed(touch.invoke_async(&mut conn)).await?;
@@ -559,15 +577,13 @@ impl RedisStore {
                 return Ok(None);
             }
             last = last.max(now_ms);
-            ttl = i64::try_from(idle).unwrap_or(i64::MAX);
         }
-        Ok(Some(Value::Array(vec![
-            Value::Int(1),
-            Value::Int(ttl),
-            Value::Int(i64::try_from(created).unwrap_or(0)),
-            Value::Int(i64::try_from(last).unwrap_or(0)),
-            Value::BulkString(packed),
-        ])))
+        Ok(Some(Read {
+            ttl_ms: (last + idle).saturating_sub(now_ms),
+            created,
+            last,
+            packed,
+        }))
     }
 
     /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.

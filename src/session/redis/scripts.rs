@@ -54,9 +54,9 @@ local function pack(k, attrs)
 end
 ";
 
-/// The read path's two commands, in one round trip and no script (a script costs Redis
-/// several times a plain read): `HMGET p c l` and `PTTL` of the session's hash. A session
-/// without `p`, or an id that is an alias, goes through [`LOAD`] instead.
+/// The read path's one command, no script (a script costs Redis several times a plain read):
+/// `HMGET p c l` of the session's hash. A session without `p`, or an id that is an alias,
+/// goes through [`LOAD`] instead.
 pub(super) const READ_FIELDS: [&str; 3] = ["p", "c", "l"];
 
 /// KEYS: session. ARGV: now, idle ms. Notes a use (last use, expiry) of a session that
