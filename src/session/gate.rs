@@ -18,7 +18,7 @@ use http::{Method, StatusCode, Uri};
 
 use super::contract::{self, Names, Status};
 use super::cookie::take as take_cookies;
-use super::handoff::{HANDOFF_PARAMETER, HANDOFF_TTL, Handoff, Handoffs};
+use super::handoff::{self, HANDOFF_PARAMETER, HANDOFF_TTL, Handoff};
 use super::memory::{MemoryOptions, MemoryStore};
 use super::redis::{RedisOptions, RedisStore};
 use super::sealed::{Jar, SealedOptions, Sealer};
@@ -114,7 +114,6 @@ pub struct Sessions {
     cookie: CookieConfig,
     url_parameter: String,
     crawlers: Vec<String>,
-    handoffs: Handoffs,
     /// The session and probe cookies' names on plain [0] and TLS [1] listeners.
     names_by_listener: [(String, String); 2],
     idle: Duration,
@@ -278,7 +277,6 @@ impl Sessions {
             cookie: config.cookie.clone(),
             url_parameter: config.url_parameter.clone(),
             crawlers: config.crawlers.clone(),
-            handoffs: Handoffs::new(HANDOFF_TTL, 100_000),
             names_by_listener: [false, true].map(|tls| cookie_names(&config.cookie, tls)),
             idle: config.idle_timeout,
             absolute: config.absolute_timeout,
@@ -402,7 +400,7 @@ impl Sessions {
             None => (None, None, None),
         };
         // A sibling host's handoff: this client gets a token of its own for that session.
-        if let Some(h) = handoff.and_then(|code| self.handoffs.redeem(&code))
+        if let Some(h) = self.redeem(handoff.as_deref()).await
             && let Some(arrival) = self.arrive(h).await
         {
             return RequestSession {
@@ -592,11 +590,31 @@ impl Sessions {
     }
 
     /// A one-time code that hands the session of `token` to a sibling host (see `handoff`).
+    /// It is filed in the store in the background, as the link that carries it is rewritten:
+    /// a click comes long after that write (a millisecond); one that beats it, or a store that
+    /// fails, leaves the sibling without the session, as a code that expired does.
     pub fn issue_handoff(&self, token: &Token, by_url: bool) -> Option<String> {
-        self.handoffs.issue(Handoff {
-            id: token.store_id(),
-            by_url,
-        })
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (alias, code) = handoff::new_code(by_url)?;
+        let (store, to) = (self.store.clone(), token.store_id());
+        runtime.spawn(async move {
+            if let Err(e) = store.alias(&alias, &to, HANDOFF_TTL).await {
+                tracing::warn!(error = %e, "session handoff code not filed");
+            }
+        });
+        Some(code)
+    }
+
+    /// What a handoff code stands for, once.
+    async fn redeem(&self, code: Option<&str>) -> Option<Handoff> {
+        let (alias, by_url) = handoff::read_code(code?)?;
+        match self.store.take_alias(&alias).await {
+            Ok(id) => Some(Handoff { id: id?, by_url }),
+            Err(e) => {
+                tracing::warn!(error = %e, "session handoff failed");
+                None
+            }
+        }
     }
 
     /// Sets the cookie of an arriving client (see [`RequestSession::take_arrival`]).

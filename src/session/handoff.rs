@@ -2,11 +2,11 @@
 //! carries a one-time, seconds-lived code, never the token. The sibling redeems the code for
 //! the session and gives the client a token of its own for it (an alias in the store).
 //!
-//! Codes live in this process: a click lands on the gateway that served the page, unless an
-//! L4 balancer moves the client between two requests a few seconds apart (then the sibling
-//! simply starts without the session).
+//! A code is an alias in the session store, written as the link is rewritten and taken (once)
+//! by whichever gateway the click reaches: with Redis, several gateways behind an L4 balancer
+//! honour each other's codes. This module only makes and reads codes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::rand;
 use base64::Engine;
@@ -29,53 +29,27 @@ pub struct Handoff {
     pub by_url: bool,
 }
 
-/// Codes issued and not yet redeemed.
-pub struct Handoffs {
-    /// Each code with when it was issued: moka hands out an entry past its TTL that it has
-    /// not evicted yet, and `remove` (what makes a code single-use) does not check.
-    codes: moka::sync::Cache<[u8; 16], (Handoff, Instant)>,
-    ttl: Duration,
+/// A new code: 128 random bits (the alias id it is filed under in the store) and whether the
+/// client carries tokens in URLs, base64url (23 characters). `None` without randomness.
+pub fn new_code(by_url: bool) -> Option<(StoreId, String)> {
+    let mut raw = [0u8; 17];
+    rand::fill(&mut raw[..16]).ok()?;
+    raw[16] = u8::from(by_url);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&raw[..16]);
+    Some((StoreId(id), URL_SAFE_NO_PAD.encode(raw)))
 }
 
-impl std::fmt::Debug for Handoffs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handoffs")
-            .field("pending", &self.codes.entry_count())
-            .finish()
-    }
-}
-
-impl Handoffs {
-    /// Codes that work for `ttl`; at most `max` pending (the oldest go first).
-    pub fn new(ttl: Duration, max: u64) -> Handoffs {
-        Handoffs {
-            codes: moka::sync::Cache::builder()
-                .max_capacity(max)
-                .time_to_live(ttl)
-                .build(),
-            ttl,
+/// The alias id and URL flag in `code`, if it is one.
+pub fn read_code(code: &str) -> Option<(StoreId, bool)> {
+    let mut raw = [0u8; 18];
+    match URL_SAFE_NO_PAD.decode_slice(code, &mut raw) {
+        Ok(17) => {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&raw[..16]);
+            Some((StoreId(id), raw[16] == 1))
         }
-    }
-
-    /// A new code for `handoff` (128 random bits, base64url); `None` without randomness.
-    pub fn issue(&self, handoff: Handoff) -> Option<String> {
-        let mut code = [0u8; 16];
-        rand::fill(&mut code).ok()?;
-        self.codes.insert(code, (handoff, Instant::now()));
-        Some(URL_SAFE_NO_PAD.encode(code))
-    }
-
-    /// What `code` stands for, once: a code works a single time, and not after its TTL.
-    pub fn redeem(&self, code: &str) -> Option<Handoff> {
-        let mut raw = [0u8; 16];
-        match URL_SAFE_NO_PAD.decode_slice(code, &mut raw) {
-            Ok(16) => self
-                .codes
-                .remove(&raw)
-                .filter(|(_, issued)| issued.elapsed() < self.ttl)
-                .map(|(h, _)| h),
-            _ => None,
-        }
+        _ => None,
     }
 }
 
@@ -83,29 +57,15 @@ impl Handoffs {
 mod tests {
     use super::*;
 
-    fn handoff() -> Handoff {
-        Handoff {
-            id: StoreId([7; 16]),
-            by_url: false,
-        }
-    }
-
     #[test]
-    fn a_code_works_once() {
-        let h = Handoffs::new(HANDOFF_TTL, 100);
-        let code = h.issue(handoff()).unwrap();
-        assert_eq!(code.len(), 22);
-        assert_eq!(h.redeem(&code).map(|x| x.id), Some(StoreId([7; 16])));
-        assert!(h.redeem(&code).is_none());
-        assert!(h.redeem("forged-code-0123456789").is_none());
-        assert!(h.redeem("").is_none());
-    }
-
-    #[test]
-    fn a_code_expires() {
-        let h = Handoffs::new(Duration::from_millis(100), 100);
-        let code = h.issue(handoff()).unwrap();
-        std::thread::sleep(Duration::from_millis(250));
-        assert!(h.redeem(&code).is_none());
+    fn a_code_reads_back_and_anything_else_does_not() {
+        let (id, code) = new_code(true).unwrap();
+        assert_eq!(code.len(), 23);
+        assert_eq!(read_code(&code).map(|(i, u)| (i.0, u)), Some((id.0, true)));
+        let (_, other) = new_code(false).unwrap();
+        assert_ne!(other, code);
+        assert_eq!(read_code(&other).map(|(_, u)| u), Some(false));
+        assert!(read_code("forged-code-0123456789").is_none());
+        assert!(read_code("").is_none());
     }
 }

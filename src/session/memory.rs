@@ -255,6 +255,19 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
+    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        // `remove` is what makes it single-use: two takers cannot both get the entry.
+        Ok(match self.cache.remove(alias).await {
+            Some(Entry::Moved { to, until }) if Instant::now() < until => Some(to),
+            Some(live @ Entry::Live(_)) => {
+                // Not an alias (no code collides with a session's id; kept all the same).
+                self.cache.insert(*alias, live).await;
+                None
+            }
+            _ => None,
+        })
+    }
+
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         // A scan: this is the admin API's "log a user out everywhere", not a request path.
         let doomed: Vec<StoreId> = self

@@ -388,6 +388,19 @@ impl SessionStore for Jar {
         Ok(true)
     }
 
+    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        let now = super::store::unix_ms();
+        let mut entries = self.lock();
+        match entries.get(alias) {
+            Some(Entry::Alias { to, until_ms }) => {
+                let to = (*until_ms > now).then_some(*to);
+                entries.remove(alias);
+                Ok(to)
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         let mut entries = self.lock();
         let doomed: Vec<StoreId> = entries

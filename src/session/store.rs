@@ -353,6 +353,14 @@ pub trait SessionStore: Send + Sync {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Removes the alias `alias` and returns the id it named, once: a second call, or one
+    /// after the alias's `ttl`, finds nothing. One-time codes (handoffs to a sibling host)
+    /// are aliases taken this way.
+    fn take_alias(
+        &self,
+        alias: &StoreId,
+    ) -> impl Future<Output = Result<Option<StoreId>, StoreError>> + Send;
+
     /// Deletes every session whose attribute `name` equals `value` (log a user out
     /// everywhere); returns how many.
     fn delete_where(

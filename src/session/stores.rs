@@ -69,6 +69,10 @@ impl SessionStore for Store {
         each!(self, s => s.alias(alias, to, ttl))
     }
 
+    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        each!(self, s => s.take_alias(alias))
+    }
+
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         each!(self, s => s.delete_where(name, value))
     }

@@ -264,6 +264,30 @@ async fn an_alias_reaches_the_same_session(s: impl SessionStore) {
     assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
 }
 
+async fn a_taken_alias_names_its_session_once(s: impl SessionStore) {
+    let (id, code) = (new_id(), new_id());
+    s.update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(s.alias(&code, &id, Duration::from_secs(60)).await.unwrap());
+    assert_eq!(s.take_alias(&code).await.unwrap(), Some(id));
+    assert_eq!(s.take_alias(&code).await.unwrap(), None, "taken twice");
+    assert!(s.load(&code, unix_ms()).await.unwrap().is_none());
+    assert!(
+        s.load(&id, unix_ms()).await.unwrap().is_some(),
+        "taking the alias ended the session"
+    );
+    // Past its ttl an alias is not taken.
+    let late = new_id();
+    assert!(
+        s.alias(&late, &id, Duration::from_millis(100))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(s.take_alias(&late).await.unwrap(), None);
+}
+
 async fn ping_answers(s: impl SessionStore) {
     s.ping().await.unwrap();
 }
@@ -345,6 +369,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn an_alias_reaches_the_same_session() {
                 super::an_alias_reaches_the_same_session(make(RELAXED).await).await;
+            }
+            #[tokio::test]
+            async fn a_taken_alias_names_its_session_once() {
+                super::a_taken_alias_names_its_session_once(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn ping_answers() {

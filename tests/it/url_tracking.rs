@@ -533,10 +533,94 @@ async fn a_twenty_megabyte_page_streams_through_the_rewriter_with_flat_memory() 
 
 /// Two hosts of one gateway that share their sessions.
 fn siblings_config(b: &Backend) -> String {
+    siblings_config_with(b, "{}")
+}
+
+/// As `siblings_config`, with `sessions` as the `sessions:` section.
+fn siblings_config_with(b: &Backend, sessions: &str) -> String {
     format!(
-        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\" }}\nupstreams:\n  app:\n    servers: [ {{ url: \"http://{}\" }} ]\nroutes:\n  - {{ name: shop, match: {{ host: shop.example }}, upstream: app, session: {{ share_with: [account.example] }} }}\n  - {{ name: account, match: {{ host: account.example }}, upstream: app, session: {{ share_with: [shop.example] }} }}\nsessions: {{}}\n",
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\" }}\nupstreams:\n  app:\n    servers: [ {{ url: \"http://{}\" }} ]\nroutes:\n  - {{ name: shop, match: {{ host: shop.example }}, upstream: app, session: {{ share_with: [account.example] }} }}\n  - {{ name: account, match: {{ host: account.example }}, upstream: app, session: {{ share_with: [shop.example] }} }}\nsessions: {sessions}\n",
         b.addr
     )
+}
+
+#[tokio::test]
+async fn a_handoff_code_from_one_gateway_works_once_on_another_sharing_redis() {
+    let b = html_shop().await;
+    let prefix = crate::support::redis_test_prefix();
+    let sessions = format!(
+        "{{ secret_file: session.keys, store: {{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\" }} }} }}"
+    );
+    let start = || async {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("session.keys"),
+            "shared-secret-of-the-fleet-0123456789abcdef\n",
+        )
+        .unwrap();
+        Gateway::start_in(&siblings_config_with(&b, &sessions), dir).await
+    };
+    // Two gateways behind one balancer: the page comes from one, the click lands on the other.
+    let (one, other) = (start().await, start().await);
+    let http = client();
+    let on = |gw: &Gateway, host: &'static str, path: &str, cookie: Option<&str>| {
+        let mut req = http.get(gw.url("web", path)).header("host", host);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c.to_owned());
+        }
+        req
+    };
+    let resp = http
+        .post(one.url("web", "/login"))
+        .header("host", "shop.example")
+        .send()
+        .await
+        .unwrap();
+    let shop_cookie = set_cookies(resp.headers()).pop().unwrap();
+    let (_, home) = page(
+        on(&one, "shop.example", "/home", Some(&shop_cookie))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let acct = attr(&home, "acct", "href");
+    let code = acct
+        .strip_prefix("http://account.example/me;sghandoff=")
+        .unwrap_or_else(|| panic!("{acct}"))
+        .to_owned();
+    let redeem = |gw: &Gateway| {
+        on(
+            gw,
+            "account.example",
+            &format!("/me;sghandoff={code}"),
+            None,
+        )
+        .send()
+    };
+    let resp = redeem(&other).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        303,
+        "the other gateway did not know the code"
+    );
+    let acct_cookie = set_cookies(resp.headers()).pop().unwrap();
+    let (_, me_page) = page(
+        on(&other, "account.example", "/me", Some(&acct_cookie))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        me(&me_page).contains("status=active user=alice"),
+        "{me_page}"
+    );
+    // Used: neither gateway takes it again.
+    for gw in [&one, &other] {
+        let (_, again) = page(redeem(gw).await.unwrap()).await;
+        assert!(me(&again).contains("status=none"), "{again}");
+    }
 }
 
 #[tokio::test]

@@ -768,6 +768,15 @@ impl SessionStore for RedisStore {
         Ok(true)
     }
 
+    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let key = scripts::alias_key(&self.prefix, &hex(alias));
+        let to: Option<String> = self
+            .timed(redis::cmd("GETDEL").arg(&key).query_async(&mut conn))
+            .await?;
+        Ok(to.as_deref().and_then(parse_hex).map(StoreId))
+    }
+
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         let mut conn = self.conn().await?;
         let field = format!("a:{name}");
