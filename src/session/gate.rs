@@ -163,10 +163,18 @@ pub struct RequestSession {
 }
 
 /// A request's own sealed-cookie jar (see [`Sessions::on_sealed_request`]).
-#[derive(Debug)]
 struct SealedRequest {
     jar: Store,
+    /// The cookie the request brought: a credential, never printed.
     presented: Option<String>,
+}
+
+impl std::fmt::Debug for SealedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedRequest")
+            .field("presented", &self.presented.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A client arriving from a sibling host with a handoff code: its new token for the session.
@@ -486,8 +494,8 @@ impl Sessions {
         template: &Jar,
     ) -> RequestSession {
         let now = unix_ms();
-        let (mut token, mut status, mut session, mut jar) = (None, Status::None, None, None);
-        match Token::generate(&self.keys) {
+        let (mut token, mut status, mut session) = (None, Status::None, None);
+        let jar = match Token::generate(&self.keys) {
             Ok(t) => {
                 let j = template
                     .sealer()
@@ -502,10 +510,19 @@ impl Sessions {
                     }
                     token = Some(t);
                 }
-                jar = Some(Store::Sealed(j));
+                Store::Sealed(j)
             }
-            Err(e) => tracing::warn!(error = %e, "no randomness: sealed session not read"),
-        }
+            Err(e) => {
+                // The request still gets a jar of its own (an empty one), so that nothing it
+                // does can reach the configured store's.
+                tracing::warn!(error = %e, "no randomness: sealed session not read");
+                Store::Sealed(
+                    template
+                        .sealer()
+                        .jar_for_request(super::StoreId([0; 16]), None),
+                )
+            }
+        };
         contract::set_session_headers(headers, &self.names, status, session.as_ref(), mapped);
         RequestSession {
             source: if token.is_some() {
@@ -521,7 +538,7 @@ impl Sessions {
             clean_redirect: false,
             arrival: None,
             store_failed: false,
-            sealed: jar.map(|jar| Box::new(SealedRequest { jar, presented })),
+            sealed: Some(Box::new(SealedRequest { jar, presented })),
         }
     }
 

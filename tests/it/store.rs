@@ -557,3 +557,34 @@ async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_al
     );
     assert_eq!(calls(port, &["pexpire"]) - noted, 1, "the use was noted");
 }
+
+#[tokio::test]
+async fn a_near_copy_of_a_session_gone_from_redis_stops_serving_at_its_next_touch() {
+    let port = crate::redis_servers::free_port();
+    let _redis = crate::redis_servers::OwnRedis::start(port);
+    crate::redis_servers::wait_until(Duration::from_secs(5), "redis up", || {
+        crate::redis_servers::redis_cli(port, &["ping"]).is_some()
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let options = RedisOptions {
+        near_ttl: Duration::from_secs(60),
+        ..redis_options(Topology::Standalone { url }, RELAXED)
+    };
+    let prefix = options.key_prefix.clone();
+    let store = RedisStore::connect(options).await.unwrap();
+    let id = new_id();
+    store
+        .update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(store.load(&id, unix_ms()).await.unwrap().is_some());
+    // Gone without an announcement reaching this gateway (as when its copy was filed just
+    // after the announcement went by).
+    let keys = crate::redis_servers::redis_cli(port, &["keys", &format!("{prefix}s:*")]).unwrap();
+    let key = keys.lines().next().unwrap().to_owned();
+    crate::redis_servers::redis_cli(port, &["del", &key]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert!(store.load(&id, unix_ms()).await.unwrap().is_none());
+    }
+}

@@ -648,9 +648,23 @@ impl SessionStore for RedisStore {
             refreshing = Some(copy.refreshing);
         }
         let found = self.load_from_redis(id, now_ms).await;
-        if let (Err(_), Some(flag)) = (&found, refreshing) {
-            // The next request tries again.
-            flag.store(false, std::sync::atomic::Ordering::Release);
+        if let Some(flag) = refreshing {
+            match &found {
+                // The next request tries again.
+                Err(_) => flag.store(false, std::sync::atomic::Ordering::Release),
+                // A copy that Redis did not replace (the session is gone, or is reached
+                // through an alias now) must not serve on.
+                Ok(_) => {
+                    if let Some(near) = &self.near
+                        && near
+                            .get(id)
+                            .await
+                            .is_some_and(|c| Arc::ptr_eq(&c.refreshing, &flag))
+                    {
+                        near.invalidate(id).await;
+                    }
+                }
+            }
         }
         found
     }
