@@ -615,7 +615,7 @@ impl Sessions {
         let (alias, code) = handoff::new_code(by_url)?;
         let (store, to) = (self.store.clone(), token.store_id());
         runtime.spawn(async move {
-            if let Err(e) = store.alias(&alias, &to, HANDOFF_TTL).await {
+            if let Err(e) = store.put_code(&alias, &to, HANDOFF_TTL).await {
                 tracing::warn!(error = %e, "session handoff code not filed");
             }
         });
@@ -625,7 +625,7 @@ impl Sessions {
     /// What a handoff code stands for, once.
     async fn redeem(&self, code: Option<&str>) -> Option<Handoff> {
         let (alias, by_url) = handoff::read_code(code?)?;
-        match self.store.take_alias(&alias).await {
+        match self.store.take_code(&alias).await {
             Ok(id) => Some(Handoff { id: id?, by_url }),
             Err(e) => {
                 tracing::warn!(error = %e, "session handoff failed");

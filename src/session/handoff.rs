@@ -2,9 +2,11 @@
 //! carries a one-time, seconds-lived code, never the token. The sibling redeems the code for
 //! the session and gives the client a token of its own for it (an alias in the store).
 //!
-//! A code is an alias in the session store, written as the link is rewritten and taken (once)
-//! by whichever gateway the click reaches: with Redis, several gateways behind an L4 balancer
-//! honour each other's codes. This module only makes and reads codes.
+//! A code is filed in the session store (`put_code`) as the link is rewritten, and taken
+//! (once, `take_code`) by whichever gateway the click reaches: with Redis, several gateways
+//! behind an L4 balancer honour each other's codes. This module only makes and reads codes.
+//! The code's last byte says whether the client carries tokens in URLs; it is not signed (it
+//! only chooses how the sibling hands the client its new token).
 
 use std::time::Duration;
 

@@ -73,11 +73,18 @@ enum Entry {
     },
 }
 
+/// Most one-time codes held, and longest any lives (each also has its own, shorter, ttl).
+const CODES_MAX: u64 = 100_000;
+const CODES_LIVE: Duration = Duration::from_secs(60);
+
 /// Sessions kept in this process.
 #[derive(Clone)]
 pub struct MemoryStore {
     /// Fx, not SipHash: ids are HMAC outputs, which no client can choose.
     cache: Cache<StoreId, Entry, FxBuildHasher>,
+    /// One-time codes, apart from sessions: most are never redeemed, and the session cache
+    /// only expires entries by the idle timeout.
+    codes: Cache<StoreId, (StoreId, Instant), FxBuildHasher>,
     limits: Limits,
     absolute: Duration,
 }
@@ -103,6 +110,10 @@ impl MemoryStore {
             .build_with_hasher(FxBuildHasher);
         MemoryStore {
             cache,
+            codes: Cache::builder()
+                .max_capacity(CODES_MAX)
+                .time_to_live(CODES_LIVE)
+                .build_with_hasher(FxBuildHasher),
             limits: options.limits,
             absolute: options.absolute_timeout,
         }
@@ -255,17 +266,28 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
-    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+    async fn put_code(
+        &self,
+        code: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let live = self.live_id(to).await;
+        let Some(Entry::Live(_)) = self.current(&live).await else {
+            return Ok(false);
+        };
+        self.codes.insert(*code, (live, Instant::now() + ttl)).await;
+        Ok(true)
+    }
+
+    async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
         // `remove` is what makes it single-use: two takers cannot both get the entry.
-        Ok(match self.cache.remove(alias).await {
-            Some(Entry::Moved { to, until }) if Instant::now() < until => Some(to),
-            Some(live @ Entry::Live(_)) => {
-                // Not an alias (no code collides with a session's id; kept all the same).
-                self.cache.insert(*alias, live).await;
-                None
-            }
-            _ => None,
-        })
+        Ok(self
+            .codes
+            .remove(code)
+            .await
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(to, _)| to))
     }
 
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {

@@ -216,7 +216,15 @@ impl Sealer {
 #[derive(Debug, Clone)]
 enum Entry {
     Sealed(String),
-    Alias { to: StoreId, until_ms: u64 },
+    Alias {
+        to: StoreId,
+        until_ms: u64,
+    },
+    /// A one-time code (not an id: loads through it find nothing).
+    Code {
+        to: StoreId,
+        until_ms: u64,
+    },
 }
 
 /// Sealed sessions by id: the cookies clients hold. The store contract runs on it.
@@ -270,7 +278,7 @@ fn resolve(entries: &HashMap<StoreId, Entry>, id: &StoreId, now: u64) -> Option<
         Entry::Alias { to, until_ms } if *until_ms > now => {
             matches!(entries.get(to), Some(Entry::Sealed(_))).then_some(*to)
         }
-        Entry::Alias { .. } => None,
+        Entry::Alias { .. } | Entry::Code { .. } => None,
     }
 }
 
@@ -388,13 +396,29 @@ impl SessionStore for Jar {
         Ok(true)
     }
 
-    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+    async fn put_code(
+        &self,
+        code: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now = super::store::unix_ms();
         let mut entries = self.lock();
-        match entries.get(alias) {
-            Some(Entry::Alias { to, until_ms }) => {
+        let Some(own) = resolve(&entries, to, now) else {
+            return Ok(false);
+        };
+        let until_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(0));
+        entries.insert(*code, Entry::Code { to: own, until_ms });
+        Ok(true)
+    }
+
+    async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        let now = super::store::unix_ms();
+        let mut entries = self.lock();
+        match entries.get(code) {
+            Some(Entry::Code { to, until_ms }) => {
                 let to = (*until_ms > now).then_some(*to);
-                entries.remove(alias);
+                entries.remove(code);
                 Ok(to)
             }
             _ => Ok(None),
@@ -411,7 +435,7 @@ impl SessionStore for Jar {
                     .open(v)
                     .filter(|s| s.attr(name) == Some(value))
                     .map(|_| *id),
-                Entry::Alias { .. } => None,
+                Entry::Alias { .. } | Entry::Code { .. } => None,
             })
             .collect();
         for id in &doomed {
@@ -431,7 +455,7 @@ impl SessionStore for Jar {
                 .open(v)
                 .filter(|s| s.key() == key.0)
                 .map(|s| (*id, s)),
-            Entry::Alias { .. } => None,
+            Entry::Alias { .. } | Entry::Code { .. } => None,
         }))
     }
 

@@ -353,12 +353,21 @@ pub trait SessionStore: Send + Sync {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Removes the alias `alias` and returns the id it named, once: a second call, or one
-    /// after the alias's `ttl`, finds nothing. One-time codes (handoffs to a sibling host)
-    /// are aliases taken this way.
-    fn take_alias(
+    /// Files a one-time code for the session under `to` (a handoff to a sibling host), for
+    /// at most `ttl`. A code is not an id: loads through it find nothing. `false` if there is
+    /// no session under `to`.
+    fn put_code(
         &self,
-        alias: &StoreId,
+        code: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The id of the session `code` stands for, once: a second call, or one after its
+    /// `ttl`, finds nothing.
+    fn take_code(
+        &self,
+        code: &StoreId,
     ) -> impl Future<Output = Result<Option<StoreId>, StoreError>> + Send;
 
     /// Deletes every session whose attribute `name` equals `value` (log a user out

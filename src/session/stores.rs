@@ -69,8 +69,17 @@ impl SessionStore for Store {
         each!(self, s => s.alias(alias, to, ttl))
     }
 
-    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
-        each!(self, s => s.take_alias(alias))
+    async fn put_code(
+        &self,
+        code: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        each!(self, s => s.put_code(code, to, ttl))
+    }
+
+    async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        each!(self, s => s.take_code(code))
     }
 
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {

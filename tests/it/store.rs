@@ -264,28 +264,41 @@ async fn an_alias_reaches_the_same_session(s: impl SessionStore) {
     assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
 }
 
-async fn a_taken_alias_names_its_session_once(s: impl SessionStore) {
+async fn a_code_names_its_session_once(s: impl SessionStore) {
     let (id, code) = (new_id(), new_id());
+    assert!(
+        !s.put_code(&code, &id, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "a code for nothing"
+    );
     s.update(&id, Some(key()), &[set("user", "alice")], unix_ms())
         .await
         .unwrap();
-    assert!(s.alias(&code, &id, Duration::from_secs(60)).await.unwrap());
-    assert_eq!(s.take_alias(&code).await.unwrap(), Some(id));
-    assert_eq!(s.take_alias(&code).await.unwrap(), None, "taken twice");
-    assert!(s.load(&code, unix_ms()).await.unwrap().is_none());
+    assert!(
+        s.put_code(&code, &id, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.load(&code, unix_ms()).await.unwrap().is_none(),
+        "a code is not an id"
+    );
+    assert_eq!(s.take_code(&code).await.unwrap(), Some(id));
+    assert_eq!(s.take_code(&code).await.unwrap(), None, "taken twice");
     assert!(
         s.load(&id, unix_ms()).await.unwrap().is_some(),
-        "taking the alias ended the session"
+        "taking the code ended the session"
     );
-    // Past its ttl an alias is not taken.
+    // Past its ttl a code is not taken.
     let late = new_id();
     assert!(
-        s.alias(&late, &id, Duration::from_millis(100))
+        s.put_code(&late, &id, Duration::from_millis(100))
             .await
             .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(s.take_alias(&late).await.unwrap(), None);
+    assert_eq!(s.take_code(&late).await.unwrap(), None);
 }
 
 async fn ping_answers(s: impl SessionStore) {
@@ -371,8 +384,8 @@ macro_rules! conformance {
                 super::an_alias_reaches_the_same_session(make(RELAXED).await).await;
             }
             #[tokio::test]
-            async fn a_taken_alias_names_its_session_once() {
-                super::a_taken_alias_names_its_session_once(make(RELAXED).await).await;
+            async fn a_code_names_its_session_once() {
+                super::a_code_names_its_session_once(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn ping_answers() {

@@ -782,9 +782,24 @@ impl SessionStore for RedisStore {
         Ok(true)
     }
 
-    async fn take_alias(&self, alias: &StoreId) -> Result<Option<StoreId>, StoreError> {
+    async fn put_code(
+        &self,
+        code: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let Some(own) = self.own_id(&hex(to)).await? else {
+            return Ok(false);
+        };
         let mut conn = self.conn().await?;
-        let key = scripts::alias_key(&self.prefix, &hex(alias));
+        let key = scripts::code_key(&self.prefix, &hex(code));
+        let _: () = self.timed(conn.pset_ex(&key, &own, ms(ttl).max(1))).await?;
+        Ok(true)
+    }
+
+    async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        let mut conn = self.conn().await?;
+        let key = scripts::code_key(&self.prefix, &hex(code));
         let to: Option<String> = self
             .timed(redis::cmd("GETDEL").arg(&key).query_async(&mut conn))
             .await?;

@@ -21,6 +21,12 @@ pub(super) fn alias_key(prefix: &str, id: &str) -> String {
     format!("{prefix}m:{{{id}}}")
 }
 
+/// `PREFIX h:{CODE}` — a one-time handoff code: the id of the session it stands for, with the
+/// code's expiry; taken with `GETDEL`.
+pub(super) fn code_key(prefix: &str, code: &str) -> String {
+    format!("{prefix}h:{{{code}}}")
+}
+
 /// The id in a session hash's key, if it is one.
 pub(super) fn id_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(prefix)?
