@@ -283,6 +283,25 @@ fn resolve(entries: &HashMap<StoreId, Entry>, id: &StoreId, now: u64) -> Option<
 }
 
 impl Jar {
+    /// Files `entry(own id of to, expiry)` under `id` for `ttl`; `false` if `to` reaches no
+    /// session.
+    fn point(
+        &self,
+        id: &StoreId,
+        to: &StoreId,
+        ttl: Duration,
+        entry: impl FnOnce(StoreId, u64) -> Entry,
+    ) -> bool {
+        let now = super::store::unix_ms();
+        let mut entries = self.lock();
+        let Some(own) = resolve(&entries, to, now) else {
+            return false;
+        };
+        let until_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(0));
+        entries.insert(*id, entry(own, until_ms));
+        true
+    }
+
     fn open_at(&self, entries: &HashMap<StoreId, Entry>, own: &StoreId) -> Option<Session> {
         match entries.get(own) {
             Some(Entry::Sealed(v)) => self.sealer.open(v),
@@ -386,14 +405,7 @@ impl SessionStore for Jar {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = super::store::unix_ms();
-        let mut entries = self.lock();
-        let Some(own) = resolve(&entries, to, now) else {
-            return Ok(false);
-        };
-        let until_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(0));
-        entries.insert(*alias, Entry::Alias { to: own, until_ms });
-        Ok(true)
+        Ok(self.point(alias, to, ttl, |to, until_ms| Entry::Alias { to, until_ms }))
     }
 
     async fn put_code(
@@ -402,14 +414,7 @@ impl SessionStore for Jar {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = super::store::unix_ms();
-        let mut entries = self.lock();
-        let Some(own) = resolve(&entries, to, now) else {
-            return Ok(false);
-        };
-        let until_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(0));
-        entries.insert(*code, Entry::Code { to: own, until_ms });
-        Ok(true)
+        Ok(self.point(code, to, ttl, |to, until_ms| Entry::Code { to, until_ms }))
     }
 
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {

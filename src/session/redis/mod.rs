@@ -460,6 +460,17 @@ impl RedisStore {
         Ok(None)
     }
 
+    /// Sets `key` (an alias or a code) to the own id of the session `to` reaches, for `ttl`;
+    /// `false` if it reaches none.
+    async fn point(&self, key: &str, to: &StoreId, ttl: Duration) -> Result<bool, StoreError> {
+        let Some(own) = self.own_id(&hex(to)).await? else {
+            return Ok(false);
+        };
+        let mut conn = self.conn().await?;
+        let _: () = self.timed(conn.pset_ex(key, &own, ms(ttl).max(1))).await?;
+        Ok(true)
+    }
+
     /// Every session hash key (a scan of every master: the admin API's, not a request path's).
     async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
         let pattern = format!("{}s:*", self.prefix);
@@ -773,13 +784,8 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let Some(own) = self.own_id(&hex(to)).await? else {
-            return Ok(false);
-        };
-        let mut conn = self.conn().await?;
-        let key = scripts::alias_key(&self.prefix, &hex(alias));
-        let _: () = self.timed(conn.pset_ex(&key, &own, ms(ttl).max(1))).await?;
-        Ok(true)
+        self.point(&scripts::alias_key(&self.prefix, &hex(alias)), to, ttl)
+            .await
     }
 
     async fn put_code(
@@ -788,13 +794,8 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let Some(own) = self.own_id(&hex(to)).await? else {
-            return Ok(false);
-        };
-        let mut conn = self.conn().await?;
-        let key = scripts::code_key(&self.prefix, &hex(code));
-        let _: () = self.timed(conn.pset_ex(&key, &own, ms(ttl).max(1))).await?;
-        Ok(true)
+        self.point(&scripts::code_key(&self.prefix, &hex(code)), to, ttl)
+            .await
     }
 
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
