@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use crate::support::free_port;
+
 /// A redis-server of the test's own on `port` (nothing on disk), killed when dropped.
 pub struct OwnRedis(pub std::process::Child);
 
@@ -157,12 +159,6 @@ pub fn cluster_nodes() -> &'static [String] {
         }
         ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
     })
-}
-
-/// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// A master, its replica and one Sentinel (quorum 1) watching it under the name `shop`, with

@@ -169,10 +169,7 @@ async fn login_on_one_gateway_cart_on_another_logout_on_a_third() {
 #[tokio::test]
 async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachable() {
     let b = shop().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let yaml = simple_config(
         &[b.addr],
@@ -339,10 +336,7 @@ enum Outage {
 /// the gateway that holds a copy, and the change reaches Redis once it is back.
 async fn serve_stale_through(outage: Outage) {
     let b = shop().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let data = tempfile::tempdir().unwrap();
     let mut redis = Some(OwnRedis::start_durable(port, data.path()));
     let store = |extra: &str| {
@@ -455,10 +449,7 @@ async fn concurrent_writes_through_two_gateways_to_different_attributes_all_surv
 #[tokio::test]
 async fn redis_killed_and_restarted_mid_run_fails_closed_and_loses_no_session() {
     let b = shop().await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let data = tempfile::tempdir().unwrap();
     let redis = OwnRedis::start_durable(port, data.path());
     let where_ = format!("url: \"redis://127.0.0.1:{port}\"");
@@ -486,10 +477,7 @@ async fn sessions_in_redis_over_tls_with_an_acl_user() {
     let b = shop().await;
     let dir = tempfile::tempdir().unwrap();
     let cert = make_cert(dir.path(), "redis", &["127.0.0.1"]);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let _redis = OwnRedis(
         std::process::Command::new("redis-server")
             .args([

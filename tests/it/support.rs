@@ -199,6 +199,12 @@ pub fn reserved_port() -> tokio::net::TcpSocket {
     s
 }
 
+/// A free loopback port (bound, then released), for a server of a test's own.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 /// An address on which nothing listens (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
