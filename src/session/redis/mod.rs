@@ -241,7 +241,10 @@ impl RedisStore {
     /// The connection, made now if this is the first use (within the operation timeout).
     async fn conn(&self) -> Result<Conn, StoreError> {
         let conn = self.timed(self.connector.conn()).await?;
-        if let Some(near) = &self.near {
+        // Checked first: the arguments are clones, and this runs on every operation.
+        if let Some(near) = &self.near
+            && !self.listener.is_started()
+        {
             self.listener.start(
                 self.connector.clone(),
                 self.channel.clone(),

@@ -53,6 +53,11 @@ impl Drop for Listener {
 }
 
 impl Listener {
+    /// Whether the listening task was started.
+    pub(super) fn is_started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
     /// Starts the listening task, once; it resubscribes after a lost connection (with
     /// Sentinel, to the master of the moment; with a Cluster, to the next seed node). Changes
     /// announced while it was not subscribed are lost, so every copy is dropped when it
