@@ -520,14 +520,81 @@ fn calls(port: u16, commands: &[&str]) -> u64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_all() {
+/// A redis-server of the test's own (its counters are the test's alone): it, its port, its URL.
+fn own_redis() -> (crate::redis_servers::OwnRedis, u16, String) {
     let port = crate::redis_servers::free_port();
-    let _redis = crate::redis_servers::OwnRedis::start(port);
+    let redis = crate::redis_servers::OwnRedis::start(port);
     crate::redis_servers::wait_until(Duration::from_secs(5), "redis up", || {
         crate::redis_servers::redis_cli(port, &["ping"]).is_some()
     });
-    let url = format!("redis://127.0.0.1:{port}");
+    (redis, port, format!("redis://127.0.0.1:{port}"))
+}
+
+/// How many reads from its clients' sockets the Redis on `port` has made.
+fn socket_reads(port: u16) -> u64 {
+    let stats = crate::redis_servers::redis_cli(port, &["info", "stats"]).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("total_reads_processed:"))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+// One worker, as the gateway has on one CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn concurrent_reads_without_a_near_cache_reach_redis_together_and_each_gets_its_own_session()
+{
+    let (_redis, port, url) = own_redis();
+    let store = Arc::new(
+        RedisStore::connect(RedisOptions {
+            near_ttl: Duration::ZERO,
+            ..redis_options(Topology::Standalone { url }, RELAXED)
+        })
+        .await
+        .unwrap(),
+    );
+    const N: usize = 100;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let id = new_id();
+        store
+            .update(&id, Some(key()), &[set("n", &i.to_string())], unix_ms())
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let (reads, hmgets) = (socket_reads(port), calls(port, &["hmget"]));
+    // All start together, as requests arriving on many connections at once do.
+    let start = Arc::new(tokio::sync::Barrier::new(N));
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let (store, start) = (store.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                store.load(&id, unix_ms()).await.unwrap().unwrap()
+            })
+        })
+        .collect();
+    for (i, got) in futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(got.unwrap().attr("n"), Some(i.to_string().as_str()));
+    }
+    assert_eq!(
+        calls(port, &["hmget"]) - hmgets,
+        N as u64,
+        "one HMGET per read"
+    );
+    // One by one, that is a read of Redis's per command (and the INFO call, one more).
+    let made = socket_reads(port) - reads;
+    assert!(made <= 20, "{N} reads took {made} socket reads in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_all() {
+    let (_redis, port, url) = own_redis();
     let store = Arc::new(
         RedisStore::connect(RedisOptions {
             near_ttl: Duration::from_secs(60),
@@ -573,12 +640,7 @@ async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_al
 
 #[tokio::test]
 async fn a_near_copy_of_a_session_gone_from_redis_stops_serving_at_its_next_touch() {
-    let port = crate::redis_servers::free_port();
-    let _redis = crate::redis_servers::OwnRedis::start(port);
-    crate::redis_servers::wait_until(Duration::from_secs(5), "redis up", || {
-        crate::redis_servers::redis_cli(port, &["ping"]).is_some()
-    });
-    let url = format!("redis://127.0.0.1:{port}");
+    let (_redis, port, url) = own_redis();
     let options = RedisOptions {
         near_ttl: Duration::from_secs(60),
         ..redis_options(Topology::Standalone { url }, RELAXED)

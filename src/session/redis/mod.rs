@@ -6,6 +6,7 @@
 //! expiry refresh are atomic: two gateways setting different attributes of one session both
 //! keep theirs.
 
+mod batch;
 mod conn;
 mod near;
 mod pending;
@@ -19,6 +20,7 @@ use moka::future::Cache;
 use redis::{AsyncCommands, Script, Value};
 use rustc_hash::FxBuildHasher;
 
+use batch::Batcher;
 pub use conn::Topology;
 use conn::{Conn, Connector};
 use near::{Listener, Near, NearCopy};
@@ -65,6 +67,9 @@ pub struct RedisStore {
     /// The connection, made on first use (so that the gateway starts while Redis is down);
     /// after that it reconnects, follows Cluster moves and Sentinel failovers by itself.
     connector: Arc<Connector>,
+    /// Reads of concurrent requests, sent together (not on a Cluster, where they may be
+    /// meant for different nodes).
+    batch: Option<Arc<Batcher>>,
     /// Recent sessions, by their own id (not an alias's), if the near cache is on.
     near: Option<Near>,
     /// The near cache's invalidation listener: started with the connection, stopped when the
@@ -204,6 +209,7 @@ impl RedisStore {
                 .build_with_hasher(FxBuildHasher)
         });
         Ok(RedisStore {
+            batch: (!connector.is_cluster()).then(Arc::default),
             connector: Arc::new(connector),
             near,
             listener: Arc::new(Listener::default()),
@@ -565,7 +571,10 @@ impl RedisStore {
         let mut conn = self.conn().await?;
         let mut hmget = redis::cmd("HMGET");
         hmget.arg(&key).arg(&scripts::READ_FIELDS);
-        let reply: Value = self.timed(hmget.query_async(&mut conn)).await?;
+        let reply: Value = match &self.batch {
+            Some(batch) => self.timed(batch.query(&conn, hmget)).await?,
+            None => self.timed(hmget.query_async(&mut conn)).await?,
+        };
         let Value::Array(fields) = reply else {
             return Ok(None);
         };
