@@ -72,8 +72,8 @@ for g in memory near direct; do
     cookie[$g]=$c
 done
 
-# Redis round trips served so far: a read is one pipeline (HMGET, PTTL), a change or a touch
-# one EVALSHA. The commands a script runs inside count in commandstats too, so only the
+# Redis commands that open a round trip, so far: a read is one HMGET (concurrent ones share a
+# pipeline: see redis_reads), a change or a touch one EVALSHA. The commands a script runs inside count in commandstats too, so only the
 # commands that open a round trip are counted here; redis_commands counts them all.
 redis_trips() {
     redis-cli -p "$REDIS_PORT" info commandstats |
@@ -85,18 +85,23 @@ redis_commands() {
         awk -F'[=,:]' '/^cmdstat_/ && $1 != "cmdstat_info" {n += $3} END {print n + 0}'
 }
 
+# Reads Redis made from its clients' sockets: with the commands, how well reads are batched.
+redis_reads() {
+    redis-cli -p "$REDIS_PORT" info stats | awk -F: '/^total_reads_processed/ {print $2 + 0}'
+}
+
 # measure NAME PORT PID DURATION -> "rps p50 p99 cpu requests redis_round_trips_per_request
-#   redis_commands_per_request redis_cpu_us_per_request" (Redis shares the proxy's CPU, so its
+#   redis_commands_per_request redis_cpu_us_per_request redis_socket_reads_per_request" (Redis shares the proxy's CPU, so its
 #   time is reported apart: the gateway's cpu column is its own process only)
 measure() {
-    local trips cmds ticks out
-    trips=$(redis_trips); cmds=$(redis_commands); ticks=$(cpu_ticks "$redis_pid")
+    local trips cmds ticks reads out
+    trips=$(redis_trips); cmds=$(redis_commands); ticks=$(cpu_ticks "$redis_pid"); reads=$(redis_reads)
     out=$(wrk_run "$1" "$2" "$3" "$CONNS" "$4" -H "Cookie: ${cookie[$1]:-${cookie[memory]}}")
     trips=$(($(redis_trips) - trips)); cmds=$(($(redis_commands) - cmds))
-    ticks=$(($(cpu_ticks "$redis_pid") - ticks))
-    awk -v o="$out" -v t="$trips" -v c="$cmds" -v k="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    ticks=$(($(cpu_ticks "$redis_pid") - ticks)); reads=$(($(redis_reads) - reads))
+    awk -v o="$out" -v t="$trips" -v c="$cmds" -v k="$ticks" -v r="$reads" -v hz="$(getconf CLK_TCK)" 'BEGIN {
         split(o, f, " "); n = f[5] > 0 ? f[5] : 1
-        printf "%s %.5f %.4f %.2f\n", o, t / n, c / n, k * 1000000 / hz / n }'
+        printf "%s %.5f %.4f %.2f %.4f\n", o, t / n, c / n, k * 1000000 / hz / n, r / n }'
 }
 
 echo "warming up..."
@@ -107,7 +112,7 @@ for g in memory near direct; do
 done
 
 for r in $(seq "$ROUNDS"); do
-    line="round $r [rps p50us p99us cpu_us/req requests redis_trips/req redis_cmds/req redis_cpu_us/req]:"
+    line="round $r [rps p50us p99us cpu_us/req requests redis_trips/req redis_cmds/req redis_cpu_us/req redis_reads/req]:"
     m=$(measure nginx "$NGINX_PORT" "$nginx_pid" "$DURATION"); echo "$m" >>"$work/nginx.txt"; line+=" nginx $m |"
     for g in memory near direct; do
         port_var=${g^^}_PORT
@@ -120,12 +125,19 @@ done
 col() { awk -v c="$1" '{print $c}' "$work/$2.txt" | median; }
 echo
 echo "every request with a valid session cookie (5 attributes to the backend), $CONNS connections, median of $ROUNDS rounds of $DURATION, Redis on CPU $REDIS_CPU:"
-printf '%-8s %12s %10s %10s %12s %16s %15s %16s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "redis trips/req" "redis cmds/req" "redis cpu us/req"
+printf '%-8s %12s %10s %10s %12s %16s %15s %16s %16s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "redis trips/req" "redis cmds/req" "redis cpu us/req" "redis reads/req"
 for g in nginx memory near direct; do
-    printf '%-8s %12s %10s %10s %12s %16s %15s %16s\n' "$g" "$(col 1 "$g")" "$(col 2 "$g")" "$(col 3 "$g")" "$(col 4 "$g")" "$(col 6 "$g")" "$(col 7 "$g")" "$(col 8 "$g")"
+    printf '%-8s %12s %10s %10s %12s %16s %15s %16s %16s\n' "$g" "$(col 1 "$g")" "$(col 2 "$g")" "$(col 3 "$g")" "$(col 4 "$g")" "$(col 6 "$g")" "$(col 7 "$g")" "$(col 8 "$g")" "$(col 9 "$g")"
 done
 echo
 awk -v n="$(col 1 nginx)" -v m="$(col 1 memory)" -v ne="$(col 1 near)" -v d="$(col 1 direct)" -v nc="$(col 6 near)" 'BEGIN {
     printf "near / memory: %.2fx requests/s (target >= 0.95), %.5f Redis round trips per request (hits: none; one per second notes the use)\n", ne / m, nc
-    printf "direct / nginx: %.2fx requests/s (target >= 0.6)\n", d / n
+    printf "direct / nginx: %.2fx requests/s (target >= 0.6); direct / memory: %.2fx\n", d / n, d / m
 }'
+# The same ratios taken round by round (each pair ran back to back, so slow drifts of the
+# machine cancel): their median and range.
+paired() { # paired A B -> "median (min-max)" of A/B over the rounds
+    paste -d' ' "$work/$1.txt" "$work/$2.txt" | awk -v w="$(awk 'END {print NF}' "$work/$1.txt")" '{print $1 / $(w + 1)}' |
+        sort -g | awk '{a[NR] = $1} END {printf "%.2fx (%.2f-%.2f)", a[int((NR + 1) / 2)], a[1], a[NR]}'
+}
+echo "round by round: near / memory $(paired near memory), direct / nginx $(paired direct nginx), direct / memory $(paired direct memory)"

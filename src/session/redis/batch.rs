@@ -9,11 +9,13 @@
 //! one pipeline. With nothing else ready, the yield costs a turn of the scheduler.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::oneshot;
 
 use super::conn::Conn;
+use crate::deadline::TimerPool;
 
 /// Where a read's answer goes.
 type Answer = oneshot::Sender<RedisResult<Value>>;
@@ -28,12 +30,24 @@ fn answer_all(answers: Vec<Answer>, e: &RedisError) {
 }
 
 /// The reads waiting for the next flush on one connection.
-#[derive(Default)]
 pub(super) struct Batcher {
     queue: Mutex<Vec<Waiting>>,
+    /// A flush gives up after this long, as each read does: a frozen Redis must not keep
+    /// flushes (and their batches) alive after their requests have gone.
+    timeout: Duration,
+    timers: TimerPool,
 }
 
 impl Batcher {
+    /// A batcher whose flushes wait at most `timeout` for Redis.
+    pub(super) fn new(timeout: Duration) -> Batcher {
+        Batcher {
+            queue: Mutex::default(),
+            timeout,
+            timers: TimerPool::default(),
+        }
+    }
+
     /// Sends `cmd` on `conn` with whatever other commands are ready, and returns its reply.
     ///
     /// A command that fails fails its whole pipeline: this is for reads that fail only as
@@ -72,7 +86,16 @@ impl Batcher {
             pipe.add_command(cmd);
             answers.push(tx);
         }
-        let replies = match pipe.query_async::<Vec<Value>>(&mut conn).await {
+        let sent = self
+            .timers
+            .within(self.timeout, pipe.query_async::<Vec<Value>>(&mut conn))
+            .await;
+        let replies = match sent.unwrap_or_else(|_| {
+            Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "no answer within the operation timeout",
+            )))
+        }) {
             Ok(replies) if replies.len() == answers.len() => replies,
             Ok(replies) => {
                 let e = RedisError::from((

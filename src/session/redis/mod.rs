@@ -209,7 +209,7 @@ impl RedisStore {
                 .build_with_hasher(FxBuildHasher)
         });
         Ok(RedisStore {
-            batch: (!connector.is_cluster()).then(Arc::default),
+            batch: (!connector.is_cluster()).then(|| Arc::new(Batcher::new(options.op_timeout))),
             connector: Arc::new(connector),
             near,
             listener: Arc::new(Listener::default()),
