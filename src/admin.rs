@@ -1,7 +1,7 @@
 //! The admin listener's endpoints: `/healthz` (the process is alive), `/readyz` (its session
 //! store answers and it wants
-//! traffic: false while draining, so a load balancer stops sending new connections first) and,
-//! with a bearer token configured, the session API:
+//! traffic: false while draining, so a load balancer stops sending new connections first),
+//! `/metrics` (Prometheus) and, with a bearer token configured, the session API:
 //!
 //! - `GET /sessions/{key}`: a session by its stable key (as backends see it in `X-Session-Key`);
 //! - `DELETE /sessions/{key}`: end it;
@@ -16,26 +16,33 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
+use crate::proxy::Proxy;
 use crate::session::{SessionKey, SessionStore, Sessions};
 
 /// State the admin endpoints report.
 #[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
-    /// The sessions, whose store must answer for the gateway to be ready.
-    sessions: Option<Arc<Sessions>>,
-    /// The session API: the sessions and the bearer token that guards them.
-    session_api: Option<(Arc<Sessions>, String)>,
+    /// The proxy: its sessions (whose store must answer for the gateway to be ready), its
+    /// metrics and what its parts know of themselves.
+    proxy: Arc<Proxy>,
+    /// The bearer token that guards the session API (off without one).
+    token: Option<String>,
 }
 
 impl AdminState {
-    /// A new state: ready. The session API is on when both sessions and a token are given.
-    pub fn new(sessions: Option<Arc<Sessions>>, token: Option<String>) -> Arc<Self> {
+    /// A new state: ready. The session API is on when the proxy has sessions and a token is
+    /// given.
+    pub fn new(proxy: Arc<Proxy>, token: Option<String>) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(true),
-            sessions: sessions.clone(),
-            session_api: sessions.zip(token),
+            proxy,
+            token,
         })
+    }
+
+    fn sessions(&self) -> Option<Arc<Sessions>> {
+        self.proxy.sessions()
     }
 
     /// Marks the gateway as not ready (draining).
@@ -54,9 +61,14 @@ pub async fn handle<B>(
         return Ok(reply(status, "application/json", body));
     }
     let (status, text) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let proxy = &state.proxy;
+            let text = proxy.metrics().encode(proxy.snapshot());
+            return Ok(reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, text));
+        }
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            let store_up = match &state.sessions {
+            let store_up = match &state.sessions() {
                 Some(s) => s.store().ping().await.is_ok(),
                 None => true,
             };
@@ -71,10 +83,10 @@ pub async fn handle<B>(
                 (StatusCode::OK, "ready\n")
             }
         }
-        (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        (_, "/healthz" | "/readyz" | "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         _ => (
             StatusCode::NOT_FOUND,
-            "not found: try /healthz or /readyz\n",
+            "not found: try /healthz, /readyz or /metrics\n",
         ),
     };
     Ok(reply(status, "text/plain; charset=utf-8", text.to_owned()))
@@ -100,7 +112,7 @@ fn json_error(status: StatusCode, message: &str) -> (StatusCode, String) {
 
 /// The session API; every answer is JSON.
 async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
-    let Some((sessions, token)) = &state.session_api else {
+    let Some((sessions, token)) = state.sessions().zip(state.token.as_ref()) else {
         return json_error(
             StatusCode::NOT_FOUND,
             "the session API is off: configure sessions and admin.token_file",

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
 use crate::listener::{self, Drain, Options};
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::{ListenerInfo, Proxy};
 
 /// Why the gateway could not start.
@@ -74,7 +75,7 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
         crate::upstream::Pool::check(u, &config.source)?;
     }
     if let Some(s) = &config.sessions {
-        crate::session::Sessions::load(s, &config.source)?;
+        crate::session::Sessions::load(s, &config.source, &Arc::new(Metrics::new()))?;
     }
     admin_token(config)?;
     Ok(())
@@ -117,8 +118,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         None => None,
     };
 
+    let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(
         config,
+        &metrics,
         &drain.stop,
         drain.tracker.clone(),
         drain.force.clone(),
@@ -163,6 +166,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             options,
             limit.clone(),
             drain.clone(),
+            metrics.listener(&l.name, l.tls.is_some()),
             make_service,
         ));
         tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening");
@@ -173,7 +177,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
-    let admin_state = AdminState::new(proxy.sessions(), admin_token(config)?);
+    let admin_state = AdminState::new(proxy.clone(), admin_token(config)?);
     let admin_drain = Drain {
         stop: CancellationToken::new(),
         force: CancellationToken::new(),
@@ -203,6 +207,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             options,
             Arc::new(Semaphore::new(64)),
             admin_drain.clone(),
+            ListenerMetrics::default(),
             make_service,
         ));
         tracing::info!(addr = ?admin_addr, "admin listening");

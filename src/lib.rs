@@ -18,6 +18,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, the session API.
 //! - [`deadline`]: per-request timeouts that cost no timer registration when met.
 //! - [`idle`]: silence detection for HTTP/2 connections and WebSocket tunnels.
+//! - [`metrics`]: Prometheus metrics, counted by every other part, served by `admin`.
 //! - [`demo`]: the sample backend of `sessiongate demo`.
 //! - [`certs`]: development certificates (`gen-cert`).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
@@ -30,6 +31,7 @@ pub mod demo;
 pub mod gateway;
 pub mod idle;
 pub mod listener;
+pub mod metrics;
 pub mod path_param;
 pub mod proxy;
 pub mod rewrite;

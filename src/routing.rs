@@ -14,6 +14,8 @@ use crate::config::{Config, DEFAULT_LINKS, HostMatch, RouteConfig, Tracking};
 pub struct Route {
     /// The route's name (for logs).
     pub name: Arc<str>,
+    /// Its place in `Config::routes` (routes are kept in matching order).
+    pub index: usize,
     /// Index of the route's upstream pool in `Config::upstreams`.
     pub upstream: usize,
     /// Remove the prefix from the path sent upstream.
@@ -98,10 +100,12 @@ impl Router {
         let mut routes: Vec<Route> = config
             .routes
             .iter()
-            .filter_map(|r: &RouteConfig| {
+            .enumerate()
+            .filter_map(|(index, r): (usize, &RouteConfig)| {
                 let upstream = config.upstreams.iter().position(|u| u.name == r.upstream)?;
                 Some(Route {
                     name: Arc::from(r.name.as_str()),
+                    index,
                     upstream,
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes,

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::idle::Activity;
+use crate::metrics::ListenerMetrics;
 use head_timeout::HeadWatch;
 
 /// Connection-level settings.
@@ -78,13 +79,14 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Serves connections from `listener` until `drain.stop` fires. `make_service` is called once
 /// per connection with the client's address and the connection's guard. At most `limit`
 /// connections are served at once (shared by all listeners); the rest wait in the kernel's
-/// accept queue.
+/// accept queue. Connections and failed TLS handshakes are counted in `metrics`.
 pub fn spawn<F, S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     options: Options,
     limit: Arc<Semaphore>,
     drain: Drain,
+    metrics: ListenerMetrics,
     make_service: F,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -123,14 +125,17 @@ where
             };
             let _ = stream.set_nodelay(true);
             let guard: ConnGuard = Arc::new(permit);
-            let (builders, tls, drain2, options, make_service) = (
+            let open = metrics.accepted();
+            let (builders, tls, drain2, options, make_service, metrics) = (
                 builders.clone(),
                 tls.clone(),
                 drain.clone(),
                 options.clone(),
                 make_service.clone(),
+                metrics.clone(),
             );
             drain.tracker.spawn(async move {
+                let _open = open;
                 let mut stream = stream;
                 // Behind an L4 balancer the client's address comes in a PROXY header.
                 let peer = match &options.proxy_protocol {
@@ -154,9 +159,9 @@ where
                         serve_connection(&builders, stream, service, h2, &options, &drain2).await;
                     }
                     Some(acceptor) => {
+                        let timeout = options.handshake_timeout;
                         let Some(stream) =
-                            handshake(&acceptor, stream, options.handshake_timeout, &drain2, peer)
-                                .await
+                            handshake(&acceptor, stream, timeout, &drain2, peer, &metrics).await
                         else {
                             return;
                         };
@@ -186,15 +191,18 @@ async fn handshake(
     timeout: Duration,
     drain: &Drain,
     peer: SocketAddr,
+    metrics: &ListenerMetrics,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     tokio::select! {
         r = tokio::time::timeout(timeout, acceptor.accept(stream)) => match r {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
+                metrics.handshake_failed(false);
                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
+                metrics.handshake_failed(true);
                 tracing::debug!(client = %peer, "TLS handshake timed out");
                 None
             }

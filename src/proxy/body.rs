@@ -15,22 +15,51 @@ use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::metrics::{self, RouteMetrics};
 use crate::rewrite::{Html, RewriteError};
 use crate::upstream::Lease;
 
-/// The access-log record of one request. Empty when access logging is off, so that a disabled
-/// log costs nothing on the request path.
+/// What is noted of one request as it goes: its metrics (always), and its access-log record
+/// (empty when access logging is off, so that a disabled log costs nothing on the request
+/// path).
 #[derive(Debug, Default)]
-pub(crate) struct LogSlot(Option<Box<AccessLog>>);
+pub(crate) struct LogSlot {
+    log: Option<Box<AccessLog>>,
+    tally: Tally,
+}
+
+/// The request's metrics, recorded when its response is done.
+#[derive(Debug, Default)]
+struct Tally {
+    /// The route's metrics (`None`: not counted, as in unit tests).
+    route: Option<Arc<RouteMetrics>>,
+    start: Option<Instant>,
+    method: u8,
+    status: u16,
+}
 
 impl LogSlot {
-    /// Starts a record if `access` lines are enabled at `info`.
-    pub fn begin(method: &Method, path: &str, listener: &Arc<str>, peer: std::net::IpAddr) -> Self {
+    /// Starts a record, counted under `route` (the unrouted requests' metrics until a route
+    /// is found); the access-log record only if `access` lines are enabled at `info`.
+    pub fn begin(
+        method: &Method,
+        path: &str,
+        listener: &Arc<str>,
+        peer: std::net::IpAddr,
+        route: Arc<RouteMetrics>,
+    ) -> Self {
+        let start = Instant::now();
+        let tally = Tally {
+            route: Some(route),
+            start: Some(start),
+            method: metrics::method_index(method),
+            status: 0,
+        };
         if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-            return LogSlot(None);
+            return LogSlot { log: None, tally };
         }
-        LogSlot(Some(Box::new(AccessLog {
-            start: Instant::now(),
+        let log = Some(Box::new(AccessLog {
+            start,
             method: method.clone(),
             path: path.to_owned(),
             listener: listener.clone(),
@@ -40,17 +69,29 @@ impl LogSlot {
             status: 0,
             upstream_time: None,
             error: None,
-        })))
+        }));
+        LogSlot { log, tally }
     }
 
-    /// Whether this request is being logged.
-    pub fn is_on(&self) -> bool {
-        self.0.is_some()
+    /// The request matched `name`: it is counted under that route's `metrics`.
+    pub fn route(&mut self, name: &Arc<str>, metrics: &Arc<RouteMetrics>) {
+        self.tally.route = Some(metrics.clone());
+        if let Some(log) = &mut self.log {
+            log.route = Some(name.clone());
+        }
+    }
+
+    /// The status the client is answered with.
+    pub fn status(&mut self, status: u16) {
+        self.tally.status = status;
+        if let Some(log) = &mut self.log {
+            log.status = status;
+        }
     }
 
     /// Updates the record, if there is one (the closure is not run otherwise).
     pub fn note(&mut self, f: impl FnOnce(&mut AccessLog)) {
-        if let Some(log) = &mut self.0 {
+        if let Some(log) = &mut self.log {
             f(log);
         }
     }
@@ -124,6 +165,8 @@ pub struct ResponseBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The page's rewriter, for URL-tracked HTML responses.
     html: Option<Box<Html>>,
+    /// The body went through a rewriter (counted when it is done).
+    rewritten: bool,
     bytes: u64,
     complete: bool,
 }
@@ -136,6 +179,7 @@ impl ResponseBody {
             lease: None,
             stall: None,
             html: None,
+            rewritten: false,
             bytes: 0,
             complete: false,
         }
@@ -148,6 +192,7 @@ impl ResponseBody {
             lease: Some(lease),
             stall: None,
             html: None,
+            rewritten: false,
             bytes: 0,
             complete: false,
         }
@@ -158,6 +203,7 @@ impl ResponseBody {
     /// The body goes through `html` on its way to the client.
     pub(crate) fn rewritten(mut self, html: Html) -> Self {
         self.html = Some(Box::new(html));
+        self.rewritten = true;
         self
     }
 
@@ -305,7 +351,12 @@ impl Drop for ResponseBody {
             // A body with nothing to read (HEAD, 204, 304) is never polled: still reusable.
             lease.release();
         }
-        if let Some(log) = &self.log.0 {
+        let t = &self.log.tally;
+        if let (Some(route), Some(start)) = (&t.route, t.start) {
+            let rewritten = self.rewritten.then_some(self.bytes);
+            route.record(t.method, t.status, start.elapsed(), rewritten);
+        }
+        if let Some(log) = &self.log.log {
             log.write(self.bytes, complete);
         }
     }

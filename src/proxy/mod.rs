@@ -31,6 +31,7 @@ pub use error::ProxyError;
 use crate::config::Tracking;
 use crate::config::{Config, ConfigError};
 use crate::deadline::{LazyTimer, TimerSlot};
+use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics};
 use crate::routing::{Route, Router, host_name, normalize_path};
 use crate::session::url::UrlTokens;
 use crate::session::{RequestInfo, Sessions};
@@ -88,6 +89,11 @@ pub struct Proxy {
     router: Router,
     sessions: Option<Arc<Sessions>>,
     pools: Vec<Arc<Pool>>,
+    /// Per route, in configuration order (`Route::index`).
+    route_metrics: Vec<Arc<RouteMetrics>>,
+    /// Per pool, in the order of `pools`.
+    upstream_metrics: Vec<UpstreamMetrics>,
+    metrics: Arc<Metrics>,
     trusted_proxies: Vec<ipnet::IpNet>,
     max_header_bytes: usize,
     body_read_timeout: Duration,
@@ -112,6 +118,7 @@ impl Proxy {
     /// An upstream's TLS settings (its CA file) cannot be loaded.
     pub fn new(
         config: &Config,
+        metrics: &Arc<Metrics>,
         stop: &CancellationToken,
         tunnels: TaskTracker,
         force: CancellationToken,
@@ -124,11 +131,18 @@ impl Proxy {
         let sessions = config
             .sessions
             .as_ref()
-            .map(|s| Sessions::load(s, &config.source).map(Arc::new))
+            .map(|s| Sessions::load(s, &config.source, metrics).map(Arc::new))
             .transpose()?;
         Ok(Proxy {
             router: Router::new(config),
             sessions,
+            route_metrics: config
+                .routes
+                .iter()
+                .map(|r| metrics.route(&r.name))
+                .collect(),
+            upstream_metrics: pools.iter().map(|p| metrics.upstream(&p.name)).collect(),
+            metrics: metrics.clone(),
             pools,
             trusted_proxies: config.trusted_proxies.clone(),
             max_header_bytes: config.limits.max_header_bytes,
@@ -137,6 +151,33 @@ impl Proxy {
             tunnels,
             force,
         })
+    }
+
+    /// What the gateway's parts know of themselves now, for a metrics scrape.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        let mut now = crate::metrics::Snapshot {
+            rewrite_errors: crate::rewrite::rewrite_errors(),
+            ..Default::default()
+        };
+        for pool in &self.pools {
+            for b in pool.backends() {
+                now.servers.push((
+                    pool.name.to_string(),
+                    b.label.to_string(),
+                    b.available(),
+                    b.ejections(),
+                ));
+            }
+        }
+        if let Some(s) = &self.sessions {
+            s.fill_snapshot(&mut now);
+        }
+        now
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The sessions, when configured (for the admin API).
@@ -187,6 +228,7 @@ impl Proxy {
             req.uri().path(),
             &conn.listener.name,
             conn.peer_ip,
+            self.metrics.unrouted(),
         );
         let mut resp = match url_tokens {
             Err(_) => error_response(&ProxyError::BadRequest("invalid request target"), log),
@@ -235,7 +277,9 @@ impl Proxy {
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let (route, path_and_query) = attempt!(self.route(&parts, host_str(&host)));
-        log.note(|l| l.route = Some(route.name.clone()));
+        if let Some(m) = self.route_metrics.get(route.index) {
+            log.route(&route.name, m);
+        }
         let pool = attempt!(self.pools.get(route.upstream).ok_or(ProxyError::NoRoute));
         log.note(|l| l.upstream = Some(pool.name.clone()));
         if headers::content_length(&parts.headers).is_some_and(|n| n > route.max_body_bytes) {
@@ -313,17 +357,31 @@ impl Proxy {
         let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
 
         // send
-        let sent_at = log.is_on().then(Instant::now);
+        let sent_at = Instant::now();
         let mut timer = conn.timer.take();
         // The session key, for balance: session_affinity (the upstream gets bytes).
         let affinity = session.as_ref().and_then(|rs| rs.affinity_key());
-        let sent = send(pool, parts, path_and_query, body, &mut timer, affinity).await;
+        let counted = self.upstream_metrics.get(route.upstream);
+        let sent = send(
+            pool,
+            parts,
+            path_and_query,
+            body,
+            &mut timer,
+            affinity,
+            counted,
+        )
+        .await;
         conn.timer.put(timer);
         let (mut resp, mut lease) = attempt!(sent.map_err(|source| ProxyError::Upstream {
             pool: pool.name.clone(),
             source,
         }));
-        log.note(|l| l.upstream_time = sent_at.map(|t| t.elapsed()));
+        let upstream_time = sent_at.elapsed();
+        if let Some(m) = counted {
+            m.answered(upstream_time);
+        }
+        log.note(|l| l.upstream_time = Some(upstream_time));
 
         // upstream_response
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -362,7 +420,7 @@ impl Proxy {
         };
 
         // log: written when the body is done (see `body`).
-        log.note(|l| l.status = rparts.status.as_u16());
+        log.status(rparts.status.as_u16());
         let body = ResponseBody::upstream(rbody, log, lease);
         let body = match html {
             Some(html) => body.rewritten(html),
@@ -408,6 +466,7 @@ async fn send(
     (body, replay): (RequestBody, Replay),
     timer: &mut LazyTimer,
     affinity: Option<&[u8]>,
+    metrics: Option<&UpstreamMetrics>,
 ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
     let idempotent = is_idempotent(&parts.method);
     // Headers are copied per attempt only when a second attempt is possible at all.
@@ -418,11 +477,14 @@ async fn send(
     loop {
         let Some((index, backend)) = pool.select(tried.as_slice(), affinity) else {
             // Out of servers: report what went wrong with the last one, if any was tried.
-            return Err(
-                last_error.unwrap_or_else(|| UpstreamError::NoHealthyServer {
+            return Err(last_error.unwrap_or_else(|| {
+                if let Some(m) = metrics {
+                    m.failed("no_healthy_server");
+                }
+                UpstreamError::NoHealthyServer {
                     pool: pool.name.clone(),
-                }),
-            );
+                }
+            }));
         };
         tried.push(index);
         let headers = if may_need_headers_again {
@@ -440,6 +502,9 @@ async fn send(
             Ok(ok) => return Ok(ok),
             Err(e) => e,
         };
+        if let (Some(m), Some(kind)) = (metrics, e.metric_name()) {
+            m.failed(kind);
+        }
         let may_retry = tried.len() <= pool.retries as usize
             && may_need_headers_again
             && e.retryable(idempotent);
@@ -620,7 +685,7 @@ fn https_redirect(host: &str, uri: &Uri, port: u16, mut log: LogSlot) -> Respons
     let Ok(location) = HeaderValue::from_str(&location) else {
         return error_response(&ProxyError::BadRequest("invalid request target"), log);
     };
-    log.note(|l| l.status = 308);
+    log.status(308);
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     resp.headers_mut().insert(header::LOCATION, location);
@@ -629,10 +694,8 @@ fn https_redirect(host: &str, uri: &Uri, port: u16, mut log: LogSlot) -> Respons
 
 fn error_response(e: &ProxyError, mut log: LogSlot) -> Response<ResponseBody> {
     let status = e.status();
-    log.note(|l| {
-        l.status = status.as_u16();
-        l.error = Some(e.to_string());
-    });
+    log.status(status.as_u16());
+    log.note(|l| l.error = Some(e.to_string()));
     let text = format!(
         "{} {}: {}\n",
         status.as_u16(),

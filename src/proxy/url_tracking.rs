@@ -166,7 +166,7 @@ pub(super) fn arrival_redirect(
     tls: bool,
     mut log: LogSlot,
 ) -> Response<ResponseBody> {
-    log.note(|l| l.status = 303);
+    log.status(303);
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::SEE_OTHER;
     let headers = resp.headers_mut();
@@ -198,7 +198,7 @@ pub(super) fn arrival_redirect(
 /// A redirect to the URL the client asked for, without its token (it was taken out already):
 /// the client keeps the cookie, so the address bar can come clean.
 pub(super) fn clean_redirect(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
-    log.note(|l| l.status = 302);
+    log.status(302);
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::FOUND;
     if let Ok(location) = HeaderValue::from_str(&client.target) {

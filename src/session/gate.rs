@@ -30,6 +30,7 @@ use super::url::{self, UrlTokens};
 use crate::config::{
     ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
 };
+use crate::metrics::{Metrics, SessionEvent, Snapshot, StoreOpMetrics};
 
 /// The store a configuration chose (Redis connects on first use); the sealed-cookie store
 /// keys from the session `secrets`.
@@ -46,12 +47,14 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
             .map_err(|e| e.to_string())?;
             Store::Sealed(Jar::new(Arc::new(sealer)))
         }
-        StoreConfig::Memory { max_sessions } => Store::Memory(MemoryStore::new(MemoryOptions {
-            max_sessions: *max_sessions,
-            idle_timeout: config.idle_timeout,
-            absolute_timeout: config.absolute_timeout,
-            limits: config.limits,
-        })),
+        StoreConfig::Memory { max_sessions } => {
+            Store::Memory(Box::new(MemoryStore::new(MemoryOptions {
+                max_sessions: *max_sessions,
+                idle_timeout: config.idle_timeout,
+                absolute_timeout: config.absolute_timeout,
+                limits: config.limits,
+            })))
+        }
         StoreConfig::Redis {
             topology,
             key_prefix,
@@ -119,6 +122,50 @@ pub struct Sessions {
     idle: Duration,
     absolute: Duration,
     grace: Duration,
+    metrics: Arc<Metrics>,
+    ops: StoreOps,
+}
+
+/// The metrics of each store operation the request path makes.
+struct StoreOps {
+    load: StoreOpMetrics,
+    update: StoreOpMetrics,
+    delete: StoreOpMetrics,
+    rename: StoreOpMetrics,
+    alias: StoreOpMetrics,
+    put_code: StoreOpMetrics,
+    take_code: StoreOpMetrics,
+}
+
+impl StoreOps {
+    fn new(metrics: &Metrics, store: &Store) -> StoreOps {
+        let kind = match store {
+            Store::Memory(_) => "memory",
+            Store::Redis(_) => "redis",
+            Store::Sealed(_) => "cookie",
+        };
+        let op = |name| metrics.store_operation(kind, name);
+        StoreOps {
+            load: op("load"),
+            update: op("update"),
+            delete: op("delete"),
+            rename: op("rename"),
+            alias: op("alias"),
+            put_code: op("put_code"),
+            take_code: op("take_code"),
+        }
+    }
+}
+
+/// Runs a store operation, noting its time and whether it failed.
+async fn timed<T>(
+    m: &StoreOpMetrics,
+    op: impl Future<Output = Result<T, super::store::StoreError>>,
+) -> Result<T, super::store::StoreError> {
+    let start = std::time::Instant::now();
+    let r = op.await;
+    m.record(start.elapsed(), r.is_err());
+    r
 }
 
 impl std::fmt::Debug for Sessions {
@@ -238,7 +285,11 @@ impl Sessions {
     ///
     /// # Errors
     /// The secret file cannot be read or holds an unusable secret (with its position).
-    pub fn load(config: &SessionsConfig, source: &str) -> Result<Sessions, ConfigError> {
+    pub fn load(
+        config: &SessionsConfig,
+        source: &str,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Sessions, ConfigError> {
         let fail = |msg: String| {
             ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg)
         };
@@ -258,7 +309,7 @@ impl Sessions {
         };
         let store = build_store(config, secrets.as_ref())
             .map_err(|msg| ConfigError::single(source, config.store_pos, "sessions.store", msg))?;
-        Self::new(config, secrets, store).map_err(fail)
+        Self::new(config, secrets, store, metrics).map_err(fail)
     }
 
     /// Sessions with signing keys from `secrets` (`None`: a key made now, and a warning that
@@ -267,6 +318,7 @@ impl Sessions {
         config: &SessionsConfig,
         secrets: Option<Vec<Vec<u8>>>,
         store: Store,
+        metrics: &Arc<Metrics>,
     ) -> Result<Sessions, String> {
         let keys = match secrets {
             Some(s) => SessionKeys::from_secrets(&s)?,
@@ -280,6 +332,8 @@ impl Sessions {
         };
         Ok(Sessions {
             keys,
+            ops: StoreOps::new(metrics, &store),
+            metrics: metrics.clone(),
             store,
             names: Names::new(&config.header_prefix)?,
             cookie: config.cookie.clone(),
@@ -295,6 +349,18 @@ impl Sessions {
     /// The store (for the admin API).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// What the store knows of itself, for a metrics scrape.
+    pub fn fill_snapshot(&self, snapshot: &mut Snapshot) {
+        match &self.store {
+            Store::Memory(m) => {
+                snapshot.sessions_live = Some(m.entry_count());
+                snapshot.sessions_evicted = Some(m.evictions());
+            }
+            Store::Redis(r) => snapshot.near_cache = r.near_cache_stats(),
+            Store::Sealed(_) => {}
+        }
     }
 
     fn secure(&self, tls: bool) -> bool {
@@ -455,11 +521,14 @@ impl Sessions {
         let now = unix_ms();
         let (status, session) = match &token {
             None => (Status::None, None),
-            Some(t) => match self.store.load(&t.store_id(), now).await {
+            Some(t) => match timed(&self.ops.load, self.store.load(&t.store_id(), now)).await {
                 Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
                     (Status::Active, Some(s))
                 }
-                Ok(_) => (Status::Expired, None),
+                Ok(_) => {
+                    self.metrics.session(SessionEvent::Expired);
+                    (Status::Expired, None)
+                }
                 Err(e) => {
                     tracing::warn!(session = %t, error = %e, "session store failed");
                     store_failed = true;
@@ -502,8 +571,9 @@ impl Sessions {
                     .jar_for_request(t.store_id(), presented.as_deref());
                 // A cookie that does not open (tampered, or sealed by a retired secret) counts
                 // as none.
-                if let Ok(Some(s)) = j.load(&t.store_id(), now).await {
+                if let Ok(Some(s)) = timed(&self.ops.load, j.load(&t.store_id(), now)).await {
                     if s.expired(now, self.idle, self.absolute) {
+                        self.metrics.session(SessionEvent::Expired);
                         status = Status::Expired;
                     } else {
                         (status, session) = (Status::Active, Some(s));
@@ -589,10 +659,11 @@ impl Sessions {
     /// A new token for the session of handoff `h`, filed as an alias of it.
     async fn arrive(&self, h: Handoff) -> Option<Arrival> {
         let fresh = Token::generate(&self.keys).ok()?;
-        match self
-            .store
-            .alias(&fresh.store_id(), &h.id, self.absolute)
-            .await
+        match timed(
+            &self.ops.alias,
+            self.store.alias(&fresh.store_id(), &h.id, self.absolute),
+        )
+        .await
         {
             Ok(true) => Some(Arrival {
                 token: fresh,
@@ -613,9 +684,13 @@ impl Sessions {
     pub fn issue_handoff(&self, token: &Token, by_url: bool) -> Option<String> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (alias, code) = handoff::new_code(by_url)?;
-        let (store, to) = (self.store.clone(), token.store_id());
+        let (store, to, m) = (
+            self.store.clone(),
+            token.store_id(),
+            self.ops.put_code.clone(),
+        );
         runtime.spawn(async move {
-            if let Err(e) = store.put_code(&alias, &to, HANDOFF_TTL).await {
+            if let Err(e) = timed(&m, store.put_code(&alias, &to, HANDOFF_TTL)).await {
                 tracing::warn!(error = %e, "session handoff code not filed");
             }
         });
@@ -625,7 +700,7 @@ impl Sessions {
     /// What a handoff code stands for, once.
     async fn redeem(&self, code: Option<&str>) -> Option<Handoff> {
         let (alias, by_url) = handoff::read_code(code?)?;
-        match self.store.take_code(&alias).await {
+        match timed(&self.ops.take_code, self.store.take_code(&alias)).await {
             Ok(id) => Some(Handoff { id: id?, by_url }),
             Err(e) => {
                 tracing::warn!(error = %e, "session handoff failed");
@@ -680,6 +755,7 @@ impl Sessions {
         let by_url = !set_cookies;
         let d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
+            self.metrics.session(SessionEvent::DirectiveRejected);
             tracing::warn!(reason = %why, "session directive ignored");
         }
         // The token of a live session, or one whose session has expired.
@@ -697,10 +773,11 @@ impl Sessions {
         let now = unix_ms();
         if d.destroy {
             let presented = live.as_ref().or(expired.as_ref());
-            if let Some(t) = presented
-                && let Err(e) = store.delete(&t.store_id()).await
-            {
-                tracing::warn!(session = %t, error = %e, "session delete failed");
+            if let Some(t) = presented {
+                match timed(&self.ops.delete, store.delete(&t.store_id())).await {
+                    Ok(()) => self.metrics.session(SessionEvent::Destroyed),
+                    Err(e) => tracing::warn!(session = %t, error = %e, "session delete failed"),
+                }
             }
             if presented.is_some() && !by_url {
                 self.set_cookie(headers, None, tls);
@@ -720,8 +797,14 @@ impl Sessions {
                     tracing::warn!("no randomness: session not regenerated");
                     return Some(token);
                 };
-                match store.rename(&id, &fresh.store_id(), self.grace).await {
+                match timed(
+                    &self.ops.rename,
+                    store.rename(&id, &fresh.store_id(), self.grace),
+                )
+                .await
+                {
                     Ok(true) => {
+                        self.metrics.session(SessionEvent::Regenerated);
                         if !by_url {
                             self.set_cookie(headers, Some(&fresh), tls);
                         }
@@ -741,7 +824,7 @@ impl Sessions {
                 }
                 if let Some(old) = &expired {
                     // Expired: clear what is left of it.
-                    let _ = store.delete(&old.store_id()).await;
+                    let _ = timed(&self.ops.delete, store.delete(&old.store_id())).await;
                 }
                 let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate())
                 else {
@@ -754,6 +837,7 @@ impl Sessions {
                 {
                     return None;
                 }
+                self.metrics.session(SessionEvent::Created);
                 if !by_url {
                     self.set_cookie(headers, Some(&fresh), tls);
                 }
@@ -777,9 +861,10 @@ impl Sessions {
         now: u64,
         token: &Token,
     ) -> bool {
-        match store.update(id, create, changes, now).await {
+        match timed(&self.ops.update, store.update(id, create, changes, now)).await {
             Ok(Some(applied)) => {
                 for r in &applied.rejected {
+                    self.metrics.session(SessionEvent::DirectiveRejected);
                     tracing::warn!(session = %token, attribute = %r.name, limit = r.reason, "session change over a limit ignored");
                 }
                 true

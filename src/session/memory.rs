@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::future::Cache;
+use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
 use rustc_hash::FxBuildHasher;
 
@@ -17,6 +18,7 @@ use super::StoreId;
 use super::store::{
     Applied, Change, Limits, Session, SessionKey, SessionStore, StoreError, TOUCH_EVERY_MS, unix_ms,
 };
+use crate::metrics::Tally;
 
 /// Settings of the memory store.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +89,8 @@ pub struct MemoryStore {
     codes: Cache<StoreId, (StoreId, Instant), FxBuildHasher>,
     limits: Limits,
     absolute: Duration,
+    /// Sessions evicted for room (for metrics).
+    evicted: Arc<Tally>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -100,6 +104,8 @@ impl std::fmt::Debug for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new(options: MemoryOptions) -> MemoryStore {
+        let evicted = Arc::new(Tally::default());
+        let counted = evicted.clone();
         let cache = Cache::builder()
             .max_capacity(options.max_sessions)
             // Sliding idle expiry for the whole cache, rather than a per-entry policy: a
@@ -107,8 +113,14 @@ impl MemoryStore {
             // of five small attributes). The absolute timeout is checked when a session is
             // read, and old sessions that nobody reads leave by the idle timeout.
             .time_to_idle(options.idle_timeout)
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    counted.inc();
+                }
+            })
             .build_with_hasher(FxBuildHasher);
         MemoryStore {
+            evicted,
             cache,
             codes: Cache::builder()
                 .max_capacity(CODES_MAX)
@@ -122,6 +134,11 @@ impl MemoryStore {
     /// Sessions and grace entries held (approximate until pending work runs).
     pub fn entry_count(&self) -> u64 {
         self.cache.entry_count()
+    }
+
+    /// Sessions evicted so far to stay within `max_sessions`.
+    pub fn evictions(&self) -> u64 {
+        self.evicted.get()
     }
 
     /// Runs moka's pending evictions now (tests and shutdown).

@@ -11,8 +11,9 @@ use super::store::{Applied, Change, Session, SessionKey, SessionStore, StoreErro
 /// One of the stores.
 #[derive(Debug, Clone)]
 pub enum Store {
-    /// Sessions in this process.
-    Memory(MemoryStore),
+    /// Sessions in this process (boxed, as the Redis store is: both are large beside the
+    /// sealed store's per-request jar).
+    Memory(Box<MemoryStore>),
     /// Sessions in Redis, shared by every gateway that uses it (boxed: its client and
     /// scripts are large, and the memory store is the common case).
     Redis(Box<RedisStore>),

@@ -79,6 +79,23 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// A short name of the kind of failure, for metrics; `None` when it is not the backend's
+    /// failure (the client's body, or a pool with no server left).
+    pub fn metric_name(&self) -> Option<&'static str> {
+        match self {
+            UpstreamError::Connect {
+                timed_out: true, ..
+            } => Some("connect_timeout"),
+            UpstreamError::Connect { .. } => Some("connect"),
+            UpstreamError::Timeout { .. } => Some("response_timeout"),
+            UpstreamError::Broken { .. } => Some("broken"),
+            UpstreamError::NoHealthyServer { .. } => Some("no_healthy_server"),
+            UpstreamError::BodyTooLarge { .. }
+            | UpstreamError::ClientBodyTimeout(_)
+            | UpstreamError::ClientBody { .. } => None,
+        }
+    }
+
     /// Whether another server may be tried: always when nothing was sent; when the request may
     /// have been sent, only if it is idempotent (the caller also needs a replayable body).
     pub fn retryable(&self, idempotent: bool) -> bool {
@@ -115,10 +132,17 @@ pub struct Backend {
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Times it was ejected (for metrics).
+    ejections: AtomicU64,
     health: health::ActiveState,
 }
 
 impl Backend {
+    /// Times it was ejected after consecutive failures.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     /// Not ejected and not failing active health checks.
     pub fn available(&self) -> bool {
         // Most backends were never ejected: no clock read for them.
@@ -138,6 +162,7 @@ impl Backend {
             let until = now_ms()
                 .saturating_add(u64::try_from(passive.eject_for.as_millis()).unwrap_or(u64::MAX));
             self.ejected_until_ms.store(until, Ordering::Relaxed);
+            self.ejections.fetch_add(1, Ordering::Relaxed);
             self.consecutive_failures.store(0, Ordering::Relaxed);
             tracing::warn!(backend = %self.label, failures = n, eject_for = ?passive.eject_for, "backend ejected");
         }
@@ -260,6 +285,7 @@ impl Pool {
                     in_flight: AtomicUsize::new(0),
                     consecutive_failures: AtomicU32::new(0),
                     ejected_until_ms: AtomicU64::new(0),
+                    ejections: AtomicU64::new(0),
                     health: health::ActiveState::default(),
                 })
             })

@@ -32,6 +32,7 @@ use super::store::{
     TOUCH_EVERY_MS,
 };
 use crate::deadline::TimerPool;
+use crate::metrics::Tally;
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
@@ -86,6 +87,9 @@ pub struct RedisStore {
     op_timeout: Duration,
     /// Timers for the operation timeout: a met deadline registers none (see `deadline`).
     timers: Arc<TimerPool>,
+    /// Reads the near cache served, and those it could not (for metrics).
+    near_hits: Arc<Tally>,
+    near_misses: Arc<Tally>,
     load: Script,
     update: Script,
     delete: Script,
@@ -222,6 +226,8 @@ impl RedisStore {
             limits: options.limits,
             op_timeout: options.op_timeout,
             timers: Arc::new(TimerPool::default()),
+            near_hits: Arc::default(),
+            near_misses: Arc::default(),
             load: scripts::script(scripts::LOAD),
             update: scripts::script(scripts::UPDATE),
             delete: scripts::script(scripts::DELETE),
@@ -232,6 +238,13 @@ impl RedisStore {
             probe: scripts::script(scripts::PROBE),
             touch: scripts::script(scripts::TOUCH),
         })
+    }
+
+    /// Reads the near cache served, and reads it sent to Redis; `None` without a near cache.
+    pub fn near_cache_stats(&self) -> Option<(u64, u64)> {
+        self.near
+            .as_ref()
+            .map(|_| (self.near_hits.get(), self.near_misses.get()))
     }
 
     /// A store for `options`, connected now.
@@ -666,9 +679,13 @@ impl SessionStore for RedisStore {
                     .refreshing
                     .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
+                self.near_hits.inc();
                 return Ok(Some(copy.session));
             }
             refreshing = Some(copy.refreshing);
+        }
+        if self.near.is_some() {
+            self.near_misses.inc();
         }
         let found = self.load_from_redis(id, now_ms).await;
         if let Some(flag) = refreshing {
