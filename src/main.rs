@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sessiongate::config::Config;
+use sessiongate::config::{Config, LogFormat};
 use sessiongate::gateway::{self, Running};
 use sessiongate::{certs, demo};
 
@@ -100,7 +100,6 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn serve(path: &Path, with_demo: bool) -> ExitCode {
-    init_logging();
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -108,6 +107,7 @@ fn serve(path: &Path, with_demo: bool) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_logging(config.logs.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -220,11 +220,21 @@ fn print_urls(running: &Running, with_demo: bool) {
     }
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), as text or one JSON object per
+/// line (the event's fields at the top level, beside `timestamp`, `level` and `target`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }

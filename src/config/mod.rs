@@ -42,6 +42,35 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Session settings; `None` when the file has no `sessions:` section (no sessions).
     pub sessions: Option<SessionsConfig>,
+    /// How the gateway logs.
+    pub logs: Logs,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logs {
+    /// One line of text per event, or one JSON object per line.
+    pub format: LogFormat,
+    /// Write an access-log line per request (target `access`).
+    pub access: bool,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Logs {
+            format: LogFormat::Text,
+            access: true,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` text, for people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 impl Config {

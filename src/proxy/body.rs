@@ -47,6 +47,7 @@ impl LogSlot {
         listener: &Arc<str>,
         peer: std::net::IpAddr,
         route: Arc<RouteMetrics>,
+        access_log: bool,
     ) -> Self {
         let start = Instant::now();
         let tally = Tally {
@@ -55,7 +56,7 @@ impl LogSlot {
             method: metrics::method_index(method),
             status: 0,
         };
-        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        if !access_log || !tracing::enabled!(target: "access", tracing::Level::INFO) {
             return LogSlot { log: None, tally };
         }
         let log = Some(Box::new(AccessLog {
@@ -69,6 +70,8 @@ impl LogSlot {
             status: 0,
             upstream_time: None,
             error: None,
+            session_status: None,
+            session: None,
         }));
         LogSlot { log, tally }
     }
@@ -111,12 +114,16 @@ pub(crate) struct AccessLog {
     /// Time until the upstream's response head arrived.
     pub upstream_time: Option<Duration>,
     pub error: Option<String>,
+    /// On a route with sessions: `none`, `active` or `expired`.
+    pub session_status: Option<&'static str>,
+    /// A short hash of the token the client holds after the response (never the token).
+    pub session: Option<String>,
 }
 
 impl AccessLog {
     fn write(&self, bytes: u64, complete: bool) {
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0);
+        // Milliseconds with two decimals, as numbers (JSON logs keep them numeric).
+        let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
         tracing::info!(
             target: "access",
             listener = %self.listener,
@@ -127,10 +134,12 @@ impl AccessLog {
             upstream = self.upstream.as_deref().unwrap_or("-"),
             status = self.status,
             bytes,
-            duration_ms = format_args!("{duration_ms:.2}"),
-            upstream_ms = format_args!("{}", upstream_ms.map_or("-".to_owned(), |v| format!("{v:.2}"))),
+            duration_ms = ms(self.start.elapsed()),
+            upstream_ms = self.upstream_time.map(ms),
+            session_status = self.session_status,
+            session = self.session.as_deref(),
             complete,
-            error = self.error.as_deref().unwrap_or(""),
+            error = self.error.as_deref(),
         );
     }
 }

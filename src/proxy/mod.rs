@@ -100,6 +100,8 @@ pub struct Proxy {
     tunnel_idle_timeout: Duration,
     tunnels: TaskTracker,
     force: CancellationToken,
+    /// `logs.access`: a line per request.
+    access_log: bool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -150,6 +152,7 @@ impl Proxy {
             tunnel_idle_timeout: config.timeouts.idle,
             tunnels,
             force,
+            access_log: config.logs.access,
         })
     }
 
@@ -229,6 +232,7 @@ impl Proxy {
             &conn.listener.name,
             conn.peer_ip,
             self.metrics.unrouted(),
+            self.access_log,
         );
         let mut resp = match url_tokens {
             Err(_) => error_response(&ProxyError::BadRequest("invalid request target"), log),
@@ -326,6 +330,10 @@ impl Proxy {
                     url: url_tokens,
                 };
                 let rs = s.on_request(&mut parts.headers, info).await;
+                log.note(|l| {
+                    l.session_status = Some(rs.status().as_str());
+                    l.session = rs.token_hash();
+                });
                 if rs.store_failed() {
                     attempt!(Err(ProxyError::SessionStore));
                 }
@@ -409,6 +417,11 @@ impl Proxy {
             held = s
                 .on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
                 .await;
+            // A new token (a login) is logged as the one the client holds now; after a
+            // logout the line keeps the one it presented.
+            if let Some(h) = &held {
+                log.note(|l| l.session = Some(h.token.to_string()));
+            }
         }
         // rewrite: with URL tracking, the token the client now holds goes into the response;
         // links to sibling hosts get handoff codes.

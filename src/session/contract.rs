@@ -23,7 +23,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// As sent in `X-Session-Status`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::None => "none",
             Status::Active => "active",

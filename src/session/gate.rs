@@ -248,6 +248,11 @@ impl RequestSession {
         self.status
     }
 
+    /// A short hash of the token the request presented, for logs (never the token).
+    pub fn token_hash(&self) -> Option<String> {
+        self.token.as_ref().map(Token::to_string)
+    }
+
     /// The client keeps its cookie but the URL carried a token too (`auto`, after the first
     /// response went both ways): a GET or HEAD is answered with a redirect to the same URL
     /// without the token, so the address bar comes clean, and the backend is not asked.

@@ -6,6 +6,7 @@ mod check;
 mod errors;
 mod headers;
 mod limits;
+mod logs;
 mod metrics;
 mod proxy_protocol;
 mod redis_servers;
