@@ -8,8 +8,6 @@ use std::time::Duration;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
@@ -87,11 +85,7 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
 /// A certificate that cannot be loaded or an address that cannot be bound; nothing is left
 /// running in that case.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
-    let drain = Drain {
-        stop: CancellationToken::new(),
-        force: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-    };
+    let drain = Drain::default();
     // Load everything that can fail before binding anything.
     let mut acceptors = Vec::new();
     for l in &config.listeners {
@@ -178,11 +172,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     }
 
     let admin_state = AdminState::new(proxy.clone(), admin_token(config)?);
-    let admin_drain = Drain {
-        stop: CancellationToken::new(),
-        force: CancellationToken::new(),
-        tracker: TaskTracker::new(),
-    };
+    let admin_drain = Drain::default();
     let mut admin_addr = None;
     let mut admin_loop = None;
     if let Some(socket) = admin_socket {
@@ -275,6 +265,8 @@ impl Running {
         for task in self.accept_loops {
             let _ = task.await;
         }
+        // Only once no listener accepts (see `Drain`).
+        self.drain.closing.cancel();
         self.drain.tracker.close();
         let drained = tokio::time::timeout(self.drain_timeout, self.drain.tracker.wait())
             .await
@@ -289,6 +281,7 @@ impl Running {
         if let Some(task) = self.admin_loop {
             let _ = task.await;
         }
+        self.admin_drain.closing.cancel();
         self.admin_drain.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.admin_drain.tracker.wait()).await;
         self.admin_drain.force.cancel();

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::Service;
+use tokio_util::sync::CancellationToken;
 
 use crate::idle::now_ms;
 
@@ -53,11 +54,12 @@ impl HeadWatch {
     }
 
     /// Wraps a service so that its requests mark the connection busy until their response body
-    /// is done.
-    pub fn service<S>(&self, inner: S) -> Watched<S> {
+    /// is done; once `closing` fires, responses carry `Connection: close`.
+    pub fn service<S>(&self, inner: S, closing: CancellationToken) -> Watched<S> {
         Watched {
             inner,
             watch: self.clone(),
+            closing,
         }
     }
 
@@ -81,6 +83,7 @@ impl Default for HeadWatch {
 pub struct Watched<S> {
     inner: S,
     watch: HeadWatch,
+    closing: CancellationToken,
 }
 
 impl<S, ReqB, B> Service<Request<ReqB>> for Watched<S>
@@ -97,6 +100,7 @@ where
         WatchedFuture {
             inner: self.inner.call(req),
             watch: Some(self.watch.clone()),
+            closing: self.closing.clone(),
         }
     }
 }
@@ -107,6 +111,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         watch: Option<HeadWatch>,
+        closing: CancellationToken,
     }
 }
 
@@ -118,9 +123,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Poll::Ready(Ok(resp)) = this.inner.poll(cx) else {
+        let Poll::Ready(Ok(mut resp)) = this.inner.poll(cx) else {
             return Poll::Pending;
         };
+        if this.closing.is_cancelled() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            // Draining: the client learns that this connection ends with this response, and
+            // takes its next request elsewhere (hyper closes after sending it).
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let watch = this.watch.take().unwrap_or_default();
         Poll::Ready(Ok(resp.map(|inner| WatchedBody { inner, watch })))
     }

@@ -24,9 +24,16 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use futures_util::FutureExt;
+
 use crate::idle::Activity;
 use crate::metrics::ListenerMetrics;
 use head_timeout::HeadWatch;
+
+/// While draining, an HTTP/1 connection idle for this long is closed (busy ones close after
+/// their next response). Clients send the next request on a keep-alive connection within
+/// microseconds of a response, so a connection idle for this long is not about to be used.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
 
 /// Connection-level settings.
 #[derive(Debug, Clone)]
@@ -49,12 +56,18 @@ pub struct Options {
 /// (a WebSocket tunnel outlives the HTTP connection that started it).
 pub type ConnGuard = Arc<dyn std::any::Any + Send + Sync>;
 
-/// How connections end: `stop` asks them to finish (graceful), `force` cuts them, and
-/// `tracker` lets the owner wait for all of them.
-#[derive(Debug, Clone)]
+/// How connections end: `stop` closes the listeners, `closing` then asks connections to
+/// finish (graceful), `force` cuts them, and `tracker` lets the owner wait for all of them.
+///
+/// `closing` comes only after the listeners have closed: a listening socket that closes
+/// resets the connections waiting in its accept queue, and clients told to close
+/// (`Connection: close`) would reconnect into that queue at once.
+#[derive(Debug, Clone, Default)]
 pub struct Drain {
-    /// Stop accepting; finish in-flight requests, then close.
+    /// Stop accepting (the accept loops end, and their sockets close).
     pub stop: CancellationToken,
+    /// Connections finish their in-flight requests, then close.
+    pub closing: CancellationToken,
     /// Close now (the drain timeout expired).
     pub force: CancellationToken,
     /// Every connection task.
@@ -103,26 +116,8 @@ where
     let builders = Arc::new(http_builders(&options));
     let make_service = Arc::new(make_service);
     tokio::spawn(async move {
-        loop {
-            let permit = tokio::select! {
-                _ = drain.stop.cancelled() => break,
-                p = limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let (stream, peer) = tokio::select! {
-                _ = drain.stop.cancelled() => break,
-                r = listener.accept() => match r {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        // Serves one accepted connection in a task of its own.
+        let serve = |stream: TcpStream, peer: SocketAddr, permit| {
             let _ = stream.set_nodelay(true);
             let guard: ConnGuard = Arc::new(permit);
             let open = metrics.accepted();
@@ -170,6 +165,36 @@ where
                     }
                 }
             });
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = drain.stop.cancelled() => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = drain.stop.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            serve(stream, peer, permit);
+        }
+        // Connections the kernel completed but we have not accepted would be reset when the
+        // socket closes: take them (each is answered once, with `Connection: close`).
+        while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+            match limit.clone().try_acquire_owned() {
+                Ok(permit) => serve(stream, peer, permit),
+                Err(_) => break,
+            }
         }
         // Dropping the listener here closes the socket: new connections are refused.
     })
@@ -207,7 +232,7 @@ async fn handshake(
                 None
             }
         },
-        _ = drain.stop.cancelled() => None,
+        _ = drain.closing.cancelled() => None,
     }
 }
 
@@ -250,10 +275,11 @@ async fn serve_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // Runs a connection until it ends, `$silent` resolves, or a drain asks it to finish
-    // (HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY).
+    // Runs a connection until it ends, `$silent` resolves, or a drain asks it to finish:
+    // then, once `$quiet` resolves, HTTP/1 closes (at once when idle, else after the response
+    // in flight) and HTTP/2 sends GOAWAY.
     macro_rules! drive {
-        ($conn:expr, $silent:expr) => {{
+        ($conn:expr, $silent:expr, $quiet:expr) => {{
             let conn = $conn;
             tokio::pin!(conn);
             tokio::select! {
@@ -267,7 +293,12 @@ async fn serve_connection<I, S, B>(
                     tracing::debug!("idle connection closed");
                     return;
                 }
-                _ = drain.stop.cancelled() => {}
+                _ = drain.closing.cancelled() => {}
+            }
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = $quiet => {}
+                _ = drain.force.cancelled() => return,
             }
             conn.as_mut().graceful_shutdown();
             tokio::select! {
@@ -281,21 +312,27 @@ async fn serve_connection<I, S, B>(
         // connection on which no byte moves for the idle timeout is closed.
         let activity = Activity::new();
         let io = TokioIo::new(activity.track(io));
+        // GOAWAY tells the client which streams were served: nothing to wait for.
         drive!(
             builders.h2.serve_connection(io, service),
-            activity.silent_for(options.idle_timeout)
+            activity.silent_for(options.idle_timeout),
+            std::future::ready(())
         );
     } else {
         // HTTP/1: the header-read timeout bounds the wait for each request head, and so the
-        // wait between requests.
+        // wait between requests. While draining, responses carry `Connection: close`, so a
+        // busy connection ends after its next response; one is closed by the gateway only
+        // once it has been idle for a moment, since a request may be on its way at any time
+        // (closing then would reset it).
         let io = TokioIo::new(io);
         let watch = HeadWatch::new();
         drive!(
             builders
                 .h1
-                .serve_connection(io, watch.service(service))
+                .serve_connection(io, watch.service(service, drain.closing.clone()))
                 .with_upgrades(),
-            watch.expired(options.header_read_timeout)
+            watch.expired(options.header_read_timeout),
+            watch.expired(DRAIN_IDLE_GRACE)
         );
     }
 }
