@@ -1,7 +1,8 @@
 //! The admin listener's endpoints: `/healthz` (the process is alive), `/readyz` (its session
 //! store answers and it wants
 //! traffic: false while draining, so a load balancer stops sending new connections first),
-//! `/metrics` (Prometheus) and, with a bearer token configured, the session API:
+//! `/metrics` (Prometheus), `POST /reload` (read the configuration file again; with a token
+//! configured, only with it) and, with a bearer token configured, the session API:
 //!
 //! - `GET /sessions/{key}`: a session by its stable key (as backends see it in `X-Session-Key`);
 //! - `DELETE /sessions/{key}`: end it;
@@ -16,33 +17,30 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::proxy::Proxy;
+use crate::reload::Live;
 use crate::session::{SessionKey, SessionStore, Sessions};
 
 /// State the admin endpoints report.
 #[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
-    /// The proxy: its sessions (whose store must answer for the gateway to be ready), its
-    /// metrics and what its parts know of themselves.
-    proxy: Arc<Proxy>,
-    /// The bearer token that guards the session API (off without one).
-    token: Option<String>,
+    /// The configuration in use: its sessions (whose store must answer for the gateway to be
+    /// ready), the admin token that guards the session API (off without one), the metrics.
+    live: Arc<Live>,
 }
 
 impl AdminState {
-    /// A new state: ready. The session API is on when the proxy has sessions and a token is
-    /// given.
-    pub fn new(proxy: Arc<Proxy>, token: Option<String>) -> Arc<Self> {
+    /// A new state: ready. The session API is on when the configuration has sessions and an
+    /// admin token.
+    pub fn new(live: Arc<Live>) -> Arc<Self> {
         Arc::new(AdminState {
             ready: AtomicBool::new(true),
-            proxy,
-            token,
+            live,
         })
     }
 
     fn sessions(&self) -> Option<Arc<Sessions>> {
-        self.proxy.sessions()
+        self.live.proxy().sessions()
     }
 
     /// Marks the gateway as not ready (draining).
@@ -60,10 +58,13 @@ pub async fn handle<B>(
         let (status, body) = session_api(&state, &req).await;
         return Ok(reply(status, "application/json", body));
     }
+    if req.uri().path() == "/reload" {
+        let (status, body) = reload(&state, &req).await;
+        return Ok(reply(status, "application/json", body));
+    }
     let (status, text) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let proxy = &state.proxy;
-            let text = proxy.metrics().encode(proxy.snapshot());
+            let text = state.live.metrics().encode(state.live.proxy().snapshot());
             return Ok(reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, text));
         }
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
@@ -86,7 +87,7 @@ pub async fn handle<B>(
         (_, "/healthz" | "/readyz" | "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         _ => (
             StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n",
+            "not found: try /healthz, /readyz, /metrics or POST /reload\n",
         ),
     };
     Ok(reply(status, "text/plain; charset=utf-8", text.to_owned()))
@@ -110,23 +111,56 @@ fn json_error(status: StatusCode, message: &str) -> (StatusCode, String) {
     (status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// The session API; every answer is JSON.
-async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
-    let Some((sessions, token)) = state.sessions().zip(state.token.as_ref()) else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "the session API is off: configure sessions and admin.token_file",
-        );
-    };
+/// Whether the request carries the admin token (compared in constant time).
+fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
-        .is_err()
+    aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
+        .is_ok()
+}
+
+/// `POST /reload`: 200 with what needs a restart, or 422 with the file's problems (the
+/// configuration in use keeps serving).
+async fn reload<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
+    if req.method() != Method::POST {
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    if let Some(token) = state.live.admin_token().as_ref()
+        && !authorized(req, token)
     {
+        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    }
+    match state.live.reload().await {
+        Ok(restart) => (
+            StatusCode::OK,
+            serde_json::json!({ "reloaded": true, "needs_restart": restart }).to_string(),
+        ),
+        Err(problems) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({
+                "reloaded": false,
+                "error": "the configuration was refused; the previous one keeps serving",
+                "problems": problems.lines().collect::<Vec<_>>(),
+            })
+            .to_string(),
+        ),
+    }
+}
+
+/// The session API; every answer is JSON.
+async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
+    let token = state.live.admin_token();
+    let Some((sessions, token)) = state.sessions().zip(token.as_ref().as_ref()) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "the session API is off: configure sessions and admin.token_file",
+        );
+    };
+    if !authorized(req, token) {
         return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
     let store = sessions.store();

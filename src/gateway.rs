@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use tokio::sync::Semaphore;
@@ -14,6 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::listener::{self, Drain, Options};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::{ListenerInfo, Proxy};
+use crate::reload::{Live, NeedsRestart};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +52,10 @@ pub struct Running {
     listeners: Vec<BoundListener>,
     admin: Option<SocketAddr>,
     admin_state: Arc<AdminState>,
+    live: Arc<Live>,
     drain: Drain,
     /// The admin listener stops last, so `/readyz` can say "draining" while the rest drains.
     admin_drain: Drain,
-    drain_timeout: Duration,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
     admin_loop: Option<tokio::task::JoinHandle<()>>,
 }
@@ -66,20 +68,20 @@ pub struct Running {
 pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     for l in &config.listeners {
         if let Some(tls) = &l.tls {
-            listener::tls::acceptor(tls, &config.source)?;
+            listener::tls::server_config(tls, &config.source)?;
         }
     }
     for u in &config.upstreams {
         crate::upstream::Pool::check(u, &config.source)?;
     }
     if let Some(s) = &config.sessions {
-        crate::session::Sessions::load(s, &config.source, &Arc::new(Metrics::new()))?;
+        crate::session::Sessions::load(s, &config.source, &Arc::new(Metrics::new()), None)?;
     }
     admin_token(config)?;
     Ok(())
 }
 
-/// Binds every listener and starts serving.
+/// Binds every listener and starts serving. A reload reads `config.source` again.
 ///
 /// # Errors
 /// A certificate that cannot be loaded or an address that cannot be bound; nothing is left
@@ -87,13 +89,17 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     let drain = Drain::default();
     // Load everything that can fail before binding anything.
-    let mut acceptors = Vec::new();
+    let mut tls_sources = Vec::new();
     for l in &config.listeners {
-        acceptors.push(match &l.tls {
-            Some(tls) => Some(listener::tls::acceptor(tls, &config.source)?),
+        tls_sources.push(match &l.tls {
+            Some(tls) => Some(Arc::new(ArcSwap::new(listener::tls::server_config(
+                tls,
+                &config.source,
+            )?))),
             None => None,
         });
     }
+    let token = admin_token(config)?;
     let mut sockets = Vec::new();
     for l in &config.listeners {
         let socket = listener::bind(l.bind).map_err(|source| StartError::Bind {
@@ -113,17 +119,31 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
 
     let metrics = Arc::new(Metrics::new());
-    let proxy = Arc::new(Proxy::new(
+    let proxy = Proxy::new(
         config,
         &metrics,
         &drain.stop,
-        drain.tracker.clone(),
-        drain.force.clone(),
-    )?);
+        (drain.tracker.clone(), drain.force.clone()),
+        None,
+    )?;
+    let named_tls = config
+        .listeners
+        .iter()
+        .zip(&tls_sources)
+        .filter_map(|(l, t)| Some((l.name.clone(), t.clone()?)))
+        .collect();
+    let live = Arc::new(Live::new(
+        config.clone(),
+        proxy,
+        named_tls,
+        token,
+        metrics.clone(),
+        drain.clone(),
+    ));
     let limit = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut listeners = Vec::new();
     let mut accept_loops = Vec::new();
-    for ((l, socket), acceptor) in config.listeners.iter().zip(sockets).zip(acceptors) {
+    for ((l, socket), tls_source) in config.listeners.iter().zip(sockets).zip(tls_sources) {
         let addr = socket.local_addr().unwrap_or(l.bind);
         let tls = l.tls.as_ref();
         let info = Arc::new(ListenerInfo {
@@ -143,20 +163,26 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
                 .proxy_protocol
                 .then(|| config.trusted_proxies.clone().into()),
         };
-        let proxy = proxy.clone();
+        let live = live.clone();
         let make_service = move |peer: SocketAddr, guard| {
-            let conn = Arc::new((proxy.clone(), proxy.conn_info(peer, info.clone(), guard)));
+            // What is known of the client comes from the configuration in use when it
+            // connected; each request takes the configuration in use when it arrives.
+            let conn_info = live.proxy().conn_info(peer, info.clone(), guard);
+            let conn = Arc::new((live.clone(), conn_info));
             service_fn(move |req| {
                 let conn = conn.clone();
                 // Not boxed: hyper's HTTP/1 connection keeps its in-flight future in a slot it
                 // allocated once; boxing here cost an allocation and ~1.4k instructions per
                 // request (callgrind).
-                async move { Ok::<_, Infallible>(conn.0.handle(req, &conn.1).await) }
+                async move {
+                    let proxy = conn.0.proxy();
+                    Ok::<_, Infallible>(proxy.handle(req, &conn.1).await)
+                }
             })
         };
         accept_loops.push(listener::spawn(
             socket,
-            acceptor,
+            tls_source,
             options,
             limit.clone(),
             drain.clone(),
@@ -171,7 +197,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         });
     }
 
-    let admin_state = AdminState::new(proxy.clone(), admin_token(config)?);
+    let admin_state = AdminState::new(live.clone());
     let admin_drain = Drain::default();
     let mut admin_addr = None;
     let mut admin_loop = None;
@@ -207,17 +233,17 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         listeners,
         admin: admin_addr,
         admin_state,
+        live,
         drain,
         admin_drain,
         admin_loop,
-        drain_timeout: config.timeouts.drain,
         accept_loops,
     })
 }
 
 /// The admin API's bearer token, if `admin.token_file` is set: the file's first line, which
 /// must be too long to guess.
-fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
+pub(crate) fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
     let Some(admin) = &config.admin else {
         return Ok(None);
     };
@@ -257,6 +283,19 @@ impl Running {
         self.admin
     }
 
+    /// The configuration in use, and how to reload it.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Reads the configuration file again and swaps it in if it is good (see `reload`).
+    ///
+    /// # Errors
+    /// The new file's problems; the configuration in use keeps serving.
+    pub async fn reload(&self) -> Result<NeedsRestart, String> {
+        self.live.reload().await
+    }
+
     /// Stops accepting, lets in-flight requests finish for up to the drain timeout, then cuts
     /// what is left. Returns whether everything finished in time.
     pub async fn shutdown(self) -> bool {
@@ -268,11 +307,12 @@ impl Running {
         // Only once no listener accepts (see `Drain`).
         self.drain.closing.cancel();
         self.drain.tracker.close();
-        let drained = tokio::time::timeout(self.drain_timeout, self.drain.tracker.wait())
+        let drain_timeout = self.live.config().timeouts.drain;
+        let drained = tokio::time::timeout(drain_timeout, self.drain.tracker.wait())
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(timeout = ?self.drain_timeout, "drain timeout expired: closing remaining connections");
+            tracing::warn!(timeout = ?drain_timeout, "drain timeout expired: closing remaining connections");
             self.drain.force.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.drain.tracker.wait()).await;
         }
@@ -289,17 +329,50 @@ impl Running {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-///
-/// # Errors
-/// The signal handlers could not be installed.
-pub async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
+/// What a signal asks of the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: drain and stop.
+    Stop,
+    /// SIGHUP: read the configuration again.
+    Reload,
+}
+
+/// The signals the gateway answers, installed once (a signal that comes while the gateway is
+/// busy, say reloading, waits for the next `next`).
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// The signal handlers could not be installed.
+    pub fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
-    Ok(())
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => {
+                tracing::info!("SIGTERM: draining");
+                Signal::Stop
+            }
+            _ = self.int.recv() => {
+                tracing::info!("SIGINT: draining");
+                Signal::Stop
+            }
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }

@@ -15,6 +15,8 @@
 //! - [`path_param`]: `;NAME=VALUE` path parameters, read alike by `session` and `rewrite`.
 //! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
 //! - [`gateway`]: start, serve, drain.
+//! - [`reload`]: the configuration in use, and how a reload (SIGHUP, a file change,
+//!   `POST /reload`) swaps in a new one.
 //! - [`admin`]: `/healthz`, `/readyz`, the session API.
 //! - [`deadline`]: per-request timeouts that cost no timer registration when met.
 //! - [`idle`]: silence detection for HTTP/2 connections and WebSocket tunnels.
@@ -34,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod path_param;
 pub mod proxy;
+pub mod reload;
 pub mod rewrite;
 pub mod routing;
 pub mod session;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sessiongate::config::{Config, LogFormat};
 use sessiongate::gateway::{self, Running};
-use sessiongate::{certs, demo};
+use sessiongate::{certs, demo, reload};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -135,9 +135,18 @@ async fn serve_async(config: Config, path: &Path, with_demo: bool) -> anyhow::Re
     }
     let running = gateway::start(&config).await?;
     print_urls(&running, with_demo);
-    gateway::shutdown_signal()
-        .await
-        .context("cannot install signal handlers")?;
+    // A change of the file (or of its certificates) on disk reloads, as SIGHUP does.
+    let _watch = reload::watch(running.live().clone())
+        .map_err(
+            |e| tracing::warn!(error = %e, "configuration files not watched: reload with SIGHUP"),
+        )
+        .ok();
+    let mut signals = gateway::Signals::new().context("cannot install signal handlers")?;
+    while signals.next().await == gateway::Signal::Reload {
+        tracing::info!("SIGHUP: reloading the configuration");
+        // The outcome is logged (and counted) by the reload itself.
+        let _ = running.reload().await;
+    }
     let drained = running.shutdown().await;
     demo_stop.cancel();
     Ok(drained)

@@ -95,7 +95,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// accept queue. Connections and failed TLS handshakes are counted in `metrics`.
 pub fn spawn<F, S, B>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<tls::TlsSource>,
     options: Options,
     limit: Arc<Semaphore>,
     drain: Drain,
@@ -145,7 +145,7 @@ where
                 };
                 let service = make_service(peer, guard.clone());
                 let _guard = guard;
-                match tls {
+                match tls.map(|t| TlsAcceptor::from(t.load_full())) {
                     None => {
                         let Some(h2) = starts_like_h2(&stream, options.header_read_timeout).await
                         else {

@@ -7,16 +7,22 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{CertificateConfig, ConfigError, TlsConfig, TlsVersion};
 
-/// Builds the TLS acceptor of a listener. Errors point at the certificate entry in the file.
+/// A listener's TLS settings as they stand: a reload swaps in new ones (new certificates),
+/// which the connections accepted after it get.
+pub type TlsSource = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
+/// Builds the TLS settings of a listener. Errors point at the certificate entry in the file.
 ///
 /// # Errors
 /// A certificate or key file that cannot be read or parsed, or a key that does not match
 /// its certificate.
-pub fn acceptor(tls: &TlsConfig, file: &str) -> Result<TlsAcceptor, ConfigError> {
+pub fn server_config(
+    tls: &TlsConfig,
+    file: &str,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut certs = Vec::new();
     for c in &tls.certificates {
@@ -34,7 +40,7 @@ pub fn acceptor(tls: &TlsConfig, file: &str) -> Result<TlsAcceptor, ConfigError>
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// A certificate with the DNS names it is valid for.

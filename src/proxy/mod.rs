@@ -29,7 +29,7 @@ pub use body::ResponseBody;
 pub use error::ProxyError;
 
 use crate::config::Tracking;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, UpstreamConfig};
 use crate::deadline::{LazyTimer, TimerSlot};
 use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics};
 use crate::routing::{Route, Router, host_name, normalize_path};
@@ -89,6 +89,9 @@ pub struct Proxy {
     router: Router,
     sessions: Option<Arc<Sessions>>,
     pools: Vec<Arc<Pool>>,
+    /// Per pool: what it was made from (a reload keeps a pool whose settings are unchanged,
+    /// with its idle connections and health), and what stops its health checks.
+    pool_origins: Vec<(UpstreamConfig, CancellationToken)>,
     /// Per route, in configuration order (`Route::index`).
     route_metrics: Vec<Arc<RouteMetrics>>,
     /// Per pool, in the order of `pools`.
@@ -114,26 +117,39 @@ impl std::fmt::Debug for Proxy {
 
 impl Proxy {
     /// Builds the proxy for a configuration, starting upstream health checks (stopped by
-    /// `stop`). Upgraded connections are tracked by `tunnels` and cut by `force`.
+    /// `stop`). Upgraded connections are tracked by `tunnels` and cut by `force`. On a
+    /// reload, `previous` lends the pools and the session store that did not change.
     ///
     /// # Errors
-    /// An upstream's TLS settings (its CA file) cannot be loaded.
+    /// An upstream's TLS settings (its CA file) cannot be loaded, or the sessions' files.
     pub fn new(
         config: &Config,
         metrics: &Arc<Metrics>,
         stop: &CancellationToken,
-        tunnels: TaskTracker,
-        force: CancellationToken,
+        (tunnels, force): (TaskTracker, CancellationToken),
+        previous: Option<&Proxy>,
     ) -> Result<Proxy, ConfigError> {
-        let pools = config
-            .upstreams
-            .iter()
-            .map(|u| Pool::start(u, &config.source, stop))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut pools = Vec::new();
+        let mut pool_origins = Vec::new();
+        for u in &config.upstreams {
+            let kept = previous.and_then(|p| p.unchanged_pool(u));
+            let (pool, health) = match kept {
+                Some(kept) => kept,
+                None => {
+                    let health = stop.child_token();
+                    (Pool::start(u, &config.source, &health)?, health)
+                }
+            };
+            pools.push(pool);
+            pool_origins.push((u.clone(), health));
+        }
         let sessions = config
             .sessions
             .as_ref()
-            .map(|s| Sessions::load(s, &config.source, metrics).map(Arc::new))
+            .map(|s| {
+                let before = previous.and_then(|p| p.sessions.as_deref());
+                Sessions::load(s, &config.source, metrics, before).map(Arc::new)
+            })
             .transpose()?;
         Ok(Proxy {
             router: Router::new(config),
@@ -146,6 +162,7 @@ impl Proxy {
             upstream_metrics: pools.iter().map(|p| metrics.upstream(&p.name)).collect(),
             metrics: metrics.clone(),
             pools,
+            pool_origins,
             trusted_proxies: config.trusted_proxies.clone(),
             max_header_bytes: config.limits.max_header_bytes,
             body_read_timeout: config.timeouts.body_read,
@@ -154,6 +171,29 @@ impl Proxy {
             force,
             access_log: config.logs.access,
         })
+    }
+
+    /// This proxy's pool for `u`, and its health checks' stop, if its settings are the same
+    /// (a CA file is read again: it may have changed on disk).
+    fn unchanged_pool(&self, u: &UpstreamConfig) -> Option<(Arc<Pool>, CancellationToken)> {
+        let i = self
+            .pool_origins
+            .iter()
+            .position(|(o, _)| o.name == u.name && same_upstream(o, u))?;
+        Some((
+            self.pools.get(i)?.clone(),
+            self.pool_origins.get(i)?.1.clone(),
+        ))
+    }
+
+    /// Stops the health checks of the pools that `successor` did not keep (requests still in
+    /// flight on them finish).
+    pub fn retire(&self, successor: &Proxy) {
+        for (pool, (_, health)) in self.pools.iter().zip(&self.pool_origins) {
+            if !successor.pools.iter().any(|p| Arc::ptr_eq(p, pool)) {
+                health.cancel();
+            }
+        }
     }
 
     /// What the gateway's parts know of themselves now, for a metrics scrape.
@@ -468,6 +508,23 @@ impl Proxy {
         let pq = pq.map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         Ok((route, pq))
     }
+}
+
+/// Whether two upstream settings make the same pool (positions in the file aside). One with
+/// a CA file is never the same: the file is read again.
+fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    a.servers == b.servers
+        && a.balance == b.balance
+        && a.connect_timeout == b.connect_timeout
+        && a.response_timeout == b.response_timeout
+        && a.retries == b.retries
+        && a.passive == b.passive
+        && a.health == b.health
+        && a.max_idle_per_server == b.max_idle_per_server
+        && a.idle_timeout == b.idle_timeout
+        && a.tls.ca.is_none()
+        && b.tls.ca.is_none()
+        && a.tls.server_name == b.tls.server_name
 }
 
 /// Sends the request to a server of `pool`, trying another server when that is safe: when

@@ -111,7 +111,7 @@ fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
 
 /// Sessions as the proxy sees them.
 pub struct Sessions {
-    keys: SessionKeys,
+    keys: Arc<SessionKeys>,
     store: Store,
     names: Names,
     cookie: CookieConfig,
@@ -124,6 +124,28 @@ pub struct Sessions {
     grace: Duration,
     metrics: Arc<Metrics>,
     ops: StoreOps,
+    /// What the store was built from.
+    basis: StoreBasis,
+}
+
+/// What a store is built from: a reload keeps the store while these stay the same.
+#[derive(Debug, Clone, PartialEq)]
+struct StoreBasis {
+    store: StoreConfig,
+    idle: Duration,
+    absolute: Duration,
+    limits: crate::config::SessionLimits,
+}
+
+impl StoreBasis {
+    fn of(config: &SessionsConfig) -> StoreBasis {
+        StoreBasis {
+            store: config.store.clone(),
+            idle: config.idle_timeout,
+            absolute: config.absolute_timeout,
+            limits: config.limits,
+        }
+    }
 }
 
 /// The metrics of each store operation the request path makes.
@@ -290,10 +312,13 @@ impl Sessions {
     ///
     /// # Errors
     /// The secret file cannot be read or holds an unusable secret (with its position).
+    /// On a reload, the `previous` sessions' store is kept when what it was built from did
+    /// not change (so sessions in the memory store survive); the secrets are read again.
     pub fn load(
         config: &SessionsConfig,
         source: &str,
         metrics: &Arc<Metrics>,
+        previous: Option<&Sessions>,
     ) -> Result<Sessions, ConfigError> {
         let fail = |msg: String| {
             ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg)
@@ -312,9 +337,31 @@ impl Sessions {
                 Some(lines)
             }
         };
-        let store = build_store(config, secrets.as_ref())
-            .map_err(|msg| ConfigError::single(source, config.store_pos, "sessions.store", msg))?;
-        Self::new(config, secrets, store, metrics).map_err(fail)
+        let basis = StoreBasis::of(config);
+        // The sealed store is made from the secrets: built again when they are read again.
+        let kept = previous
+            .filter(|p| p.basis == basis)
+            .filter(|p| secrets.is_none() || !matches!(p.store, Store::Sealed(_)))
+            .map(|p| p.store.clone());
+        let store = match kept {
+            Some(store) => store,
+            None => {
+                if previous.is_some_and(|p| matches!(p.store, Store::Memory(_))) {
+                    tracing::warn!(
+                        "session store settings changed: a new memory store starts empty, and \
+                         the sessions of the old one end"
+                    );
+                }
+                build_store(config, secrets.as_ref()).map_err(|msg| {
+                    ConfigError::single(source, config.store_pos, "sessions.store", msg)
+                })?
+            }
+        };
+        // Without a secret file the key was made at start: a reload keeps it.
+        let kept_keys = previous
+            .filter(|_| secrets.is_none())
+            .map(|p| p.keys.clone());
+        Self::new(config, secrets, kept_keys, store, metrics).map_err(fail)
     }
 
     /// Sessions with signing keys from `secrets` (`None`: a key made now, and a warning that
@@ -322,21 +369,24 @@ impl Sessions {
     fn new(
         config: &SessionsConfig,
         secrets: Option<Vec<Vec<u8>>>,
+        kept_keys: Option<Arc<SessionKeys>>,
         store: Store,
         metrics: &Arc<Metrics>,
     ) -> Result<Sessions, String> {
-        let keys = match secrets {
-            Some(s) => SessionKeys::from_secrets(&s)?,
-            None => {
+        let keys = match (secrets, kept_keys) {
+            (Some(s), _) => Arc::new(SessionKeys::from_secrets(&s)?),
+            (None, Some(kept)) => kept,
+            (None, None) => {
                 tracing::warn!(
                     "no sessions.secret_file: using a key made at start; sessions will not \
                      survive a restart nor be shared with other gateways"
                 );
-                SessionKeys::generate()?
+                Arc::new(SessionKeys::generate()?)
             }
         };
         Ok(Sessions {
             keys,
+            basis: StoreBasis::of(config),
             ops: StoreOps::new(metrics, &store),
             metrics: metrics.clone(),
             store,

@@ -10,6 +10,7 @@ mod logs;
 mod metrics;
 mod proxy_protocol;
 mod redis_servers;
+mod reload;
 mod retry;
 mod routing;
 mod sealed_cookie;

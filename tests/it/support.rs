@@ -214,7 +214,7 @@ pub async fn dead_addr() -> SocketAddr {
 /// A gateway running in this process.
 pub struct Gateway {
     pub running: Option<Running>,
-    _dir: tempfile::TempDir,
+    home: tempfile::TempDir,
 }
 
 impl Gateway {
@@ -231,8 +231,32 @@ impl Gateway {
         let running = gateway::start(&config).await.unwrap();
         Gateway {
             running: Some(running),
-            _dir: dir,
+            home: dir,
         }
+    }
+
+    /// Starts a gateway from `yaml` written to `gateway.yaml` in `dir` (which a reload reads
+    /// again).
+    pub async fn start_file(yaml: &str, dir: tempfile::TempDir) -> Gateway {
+        init();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let running = gateway::start(&config).await.unwrap();
+        Gateway {
+            running: Some(running),
+            home: dir,
+        }
+    }
+
+    /// The directory the gateway's relative paths resolve in.
+    pub fn dir(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// The admin listener's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.running.as_ref().unwrap().admin_addr().unwrap()
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -330,23 +354,35 @@ pub fn tls_client(certs: &[&TestCert], name: &str, addr: SocketAddr) -> reqwest:
 pub struct GatewayProcess {
     pub child: std::process::Child,
     pub http: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// The admin listener, when the configuration has one.
+    pub admin: Option<SocketAddr>,
+    home: tempfile::TempDir,
 }
 
 impl GatewayProcess {
     pub fn start(yaml: &str) -> GatewayProcess {
-        Self::start_with(yaml, "warn", std::process::Stdio::inherit())
+        Self::start_in(yaml, tempfile::tempdir().unwrap())
+    }
+
+    /// The gateway with its `gateway.yaml` (and whatever the test put there) in `dir`.
+    pub fn start_in(yaml: &str, dir: tempfile::TempDir) -> GatewayProcess {
+        Self::start_with(yaml, dir, "warn", std::process::Stdio::inherit())
     }
 
     /// The gateway with access logs on (`RUST_LOG=info`), its stderr written to `log`.
     pub fn start_logged(yaml: &str, log: &Path) -> GatewayProcess {
         let file = std::fs::File::create(log).unwrap();
-        Self::start_with(yaml, "info", std::process::Stdio::from(file))
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(yaml, dir, "info", std::process::Stdio::from(file))
     }
 
-    fn start_with(yaml: &str, rust_log: &str, stderr: std::process::Stdio) -> GatewayProcess {
+    fn start_with(
+        yaml: &str,
+        dir: tempfile::TempDir,
+        rust_log: &str,
+        stderr: std::process::Stdio,
+    ) -> GatewayProcess {
         use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, yaml).unwrap();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
@@ -360,30 +396,49 @@ impl GatewayProcess {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = std::io::BufReader::new(stdout).lines();
-        // The binary prints one URL line per listener: "  http://127.0.0.1:PORT/   (listener web)".
-        let http = loop {
-            let line = lines
+        let mut next = || {
+            lines
                 .next()
                 .expect("the gateway exited before listening")
-                .unwrap();
-            if let Some(rest) = line.trim().strip_prefix("http://")
-                && line.contains("(listener web)")
-            {
-                let hostport = rest.split('/').next().unwrap();
-                break hostport.parse::<SocketAddr>().unwrap();
+                .unwrap()
+        };
+        // The binary prints one URL line per listener: "  http://127.0.0.1:PORT/   (listener web)",
+        // then "  http://ADDR/healthz   (admin)" when there is an admin listener.
+        let address = |line: &str| -> SocketAddr {
+            let rest = line.trim().strip_prefix("http://").unwrap();
+            rest.split('/').next().unwrap().parse().unwrap()
+        };
+        let http = loop {
+            let line = next();
+            if line.contains("(listener web)") {
+                break address(&line);
             }
         };
+        let admin = yaml.contains("admin:").then(|| {
+            loop {
+                let line = next();
+                if line.contains("(admin)") {
+                    break address(&line);
+                }
+            }
+        });
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         GatewayProcess {
             child,
             http,
-            _dir: dir,
+            admin,
+            home: dir,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The directory holding its `gateway.yaml` (relative paths in it resolve here).
+    pub fn dir(&self) -> &Path {
+        self.home.path()
     }
 
     pub fn signal(&self, sig: &str) {
