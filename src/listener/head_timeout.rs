@@ -27,19 +27,37 @@ const BUSY: u64 = u64::MAX;
 
 /// When a connection started waiting for a request head, or [`BUSY`].
 #[derive(Debug, Clone)]
-pub struct HeadWatch(Arc<AtomicU64>);
+pub struct HeadWatch(Arc<Watch>);
+
+/// What a connection's requests share with its watchdog.
+#[derive(Debug)]
+struct Watch {
+    /// When the connection started waiting for a request head, or [`BUSY`].
+    since: AtomicU64,
+    /// Fires when the gateway drains: responses then carry `Connection: close`.
+    closing: CancellationToken,
+}
 
 impl HeadWatch {
     /// A connection that starts waiting now.
     pub fn new() -> Self {
-        HeadWatch(Arc::new(AtomicU64::new(now_ms())))
+        Self::closing_with(CancellationToken::new())
+    }
+
+    /// A connection that starts waiting now and closes after its next response once `closing`
+    /// fires.
+    pub fn closing_with(closing: CancellationToken) -> Self {
+        HeadWatch(Arc::new(Watch {
+            since: AtomicU64::new(now_ms()),
+            closing,
+        }))
     }
 
     /// Resolves when the connection has waited for a request head for longer than `limit`.
     pub async fn expired(&self, limit: Duration) {
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         loop {
-            let since = self.0.load(Ordering::Relaxed);
+            let since = self.0.since.load(Ordering::Relaxed);
             let wait_ms = if since == BUSY {
                 limit_ms
             } else {
@@ -54,21 +72,20 @@ impl HeadWatch {
     }
 
     /// Wraps a service so that its requests mark the connection busy until their response body
-    /// is done; once `closing` fires, responses carry `Connection: close`.
-    pub fn service<S>(&self, inner: S, closing: CancellationToken) -> Watched<S> {
+    /// is done; once the watch's `closing` fires, responses carry `Connection: close`.
+    pub fn service<S>(&self, inner: S) -> Watched<S> {
         Watched {
             inner,
             watch: self.clone(),
-            closing,
         }
     }
 
     fn busy(&self) {
-        self.0.store(BUSY, Ordering::Relaxed);
+        self.0.since.store(BUSY, Ordering::Relaxed);
     }
 
     fn waiting(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+        self.0.since.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -83,7 +100,6 @@ impl Default for HeadWatch {
 pub struct Watched<S> {
     inner: S,
     watch: HeadWatch,
-    closing: CancellationToken,
 }
 
 impl<S, ReqB, B> Service<Request<ReqB>> for Watched<S>
@@ -100,7 +116,6 @@ where
         WatchedFuture {
             inner: self.inner.call(req),
             watch: Some(self.watch.clone()),
-            closing: self.closing.clone(),
         }
     }
 }
@@ -111,7 +126,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         watch: Option<HeadWatch>,
-        closing: CancellationToken,
     }
 }
 
@@ -126,13 +140,14 @@ where
         let Poll::Ready(Ok(mut resp)) = this.inner.poll(cx) else {
             return Poll::Pending;
         };
-        if this.closing.is_cancelled() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let watch = this.watch.take().unwrap_or_default();
+        if watch.0.closing.is_cancelled() && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
             // Draining: the client learns that this connection ends with this response, and
             // takes its next request elsewhere (hyper closes after sending it).
             resp.headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        let watch = this.watch.take().unwrap_or_default();
         Poll::Ready(Ok(resp.map(|inner| WatchedBody { inner, watch })))
     }
 }

@@ -325,11 +325,11 @@ async fn serve_connection<I, S, B>(
         // once it has been idle for a moment, since a request may be on its way at any time
         // (closing then would reset it).
         let io = TokioIo::new(io);
-        let watch = HeadWatch::new();
+        let watch = HeadWatch::closing_with(drain.closing.clone());
         drive!(
             builders
                 .h1
-                .serve_connection(io, watch.service(service, drain.closing.clone()))
+                .serve_connection(io, watch.service(service))
                 .with_upgrades(),
             watch.expired(options.header_read_timeout),
             watch.expired(DRAIN_IDLE_GRACE)
