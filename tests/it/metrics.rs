@@ -92,7 +92,7 @@ sessions: {{ regenerate_grace: 300ms }}
 async fn metrics_count_requests_sessions_store_operations_and_upstream_failures() {
     let b = shop().await;
     let gw = Gateway::start(&config(&b, dead_addr().await)).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let admin = gw.admin();
     let before = Scrape::from(admin).await;
     assert_eq!(before.get("sessiongate_requests_total", &[]), 0.0);
     assert_eq!(before.get("sessiongate_build_info", &[]), 1.0);
@@ -204,7 +204,7 @@ async fn metrics_count_requests_sessions_store_operations_and_upstream_failures(
 async fn a_session_presented_after_it_ended_counts_as_expired() {
     let b = shop().await;
     let gw = Gateway::start(&config(&b, dead_addr().await)).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let admin = gw.admin();
     let mut c = Client::new(&gw);
     c.get("/login").await;
     let token = c.cookie.clone().unwrap();
@@ -245,7 +245,7 @@ routes:
         b.addr
     );
     let gw = Gateway::start_in(&yaml, dir).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let admin = gw.admin();
     // Plain text to the TLS port: a failed handshake. Silence: a timed-out one.
     let mut garbage = tokio::net::TcpStream::connect(gw.addr("secure"))
         .await
@@ -306,7 +306,7 @@ async fn near_cache_hits_and_misses_are_counted_with_the_redis_store() {
         ),
     );
     let gw = Gateway::start(&yaml).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let admin = gw.admin();
     let mut c = Client::new(&gw);
     c.get("/login").await;
     for _ in 0..5 {
@@ -347,15 +347,8 @@ async fn rewritten_pages_and_their_bytes_are_counted() {
         "admin: { bind: \"127.0.0.1:0\" }\nsessions: { tracking: url }\n",
     );
     let gw = Gateway::start(&yaml).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
-    let page = client()
-        .get(gw.url("web", "/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let admin = gw.admin();
+    let page = get_text(&gw.url("web", "/login")).await;
     assert!(page.contains(";sgsid="), "{page}");
     let m = Scrape::from(admin).await;
     assert_eq!(m.get("sessiongate_rewrites_total", &[]), 1.0);

@@ -71,16 +71,7 @@ async fn reload_switches_a_route_while_a_long_request_on_the_old_route_finishes(
     // On a connection of its own: the one above stays free for the request after the reload.
     let slow = tokio::spawn({
         let url = gw.url("web", "/slow");
-        async move {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
+        async move { get_text(&url).await }
     });
     assert!(eventually(Duration::from_secs(2), || async { a.requests().len() == 2 }).await);
 
@@ -258,16 +249,7 @@ async fn a_file_change_and_sighup_reload_the_real_binary() {
     .await
     .unwrap();
     let url = format!("http://{}/", gw.http);
-    let get = || async {
-        client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let get = || get_text(&url);
     assert_eq!(get().await, "A");
 
     // An editor's save: a new file renamed over the old one.

@@ -122,7 +122,7 @@ async fn a_directive_that_would_outgrow_max_bytes_is_refused_and_the_cookie_stay
 async fn the_admin_api_says_sealed_sessions_cannot_be_revoked() {
     let b = shop().await;
     let gw = sealed_gateway(&b, SECRET).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let admin = gw.admin();
     let resp = client()
         .delete(format!("http://{admin}/sessions?attr=user:alice"))
         .bearer_auth("admin-token-for-tests-0123456789")

@@ -316,10 +316,7 @@ async fn gateway_with_admin(b: &Backend) -> Gateway {
 async fn admin_api_reads_and_revokes_sessions_with_a_bearer_token() {
     let b = shop().await;
     let gw = gateway_with_admin(&b).await;
-    let admin = format!(
-        "http://{}",
-        gw.running.as_ref().unwrap().admin_addr().unwrap()
-    );
+    let admin = format!("http://{}", gw.admin());
     let http = client();
 
     // Two sessions of alice (two browsers), one of bob.

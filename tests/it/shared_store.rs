@@ -179,10 +179,7 @@ async fn the_gateway_starts_without_redis_and_fails_closed_while_it_is_unreachab
         ),
     );
     let gw = Gateway::start_in(&yaml, dir).await;
-    let admin = format!(
-        "http://{}/readyz",
-        gw.running.as_ref().unwrap().admin_addr().unwrap()
-    );
+    let admin = format!("http://{}/readyz", gw.admin());
     let http = client();
     // Redis is down: not ready, but requests that need no session are served.
     assert_eq!(http.get(&admin).send().await.unwrap().status(), 503);

@@ -88,7 +88,7 @@ async fn readyz_says_draining_while_requests_finish() {
         simple_config(&[slow.addr], "", "timeouts: { drain: 10s }")
     );
     let mut gw = Gateway::start(&yaml).await;
-    let admin = gw.running.as_ref().unwrap().admin_addr().unwrap();
+    let admin = gw.admin();
     let readyz = format!("http://{admin}/readyz");
     assert_eq!(client().get(&readyz).send().await.unwrap().status(), 200);
     let url = gw.url("web", "/");

@@ -284,6 +284,18 @@ pub fn simple_config(servers: &[SocketAddr], upstream_extra: &str, top_extra: &s
     )
 }
 
+/// The body of a GET of `url` (any status).
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A plain HTTP client that does not pool connections between tests' requests.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
