@@ -31,9 +31,15 @@ pub type NeedsRestart = Vec<String>;
 /// The running configuration and what was built from it.
 pub struct Live {
     proxy: ArcSwap<Proxy>,
-    /// The configuration in use (what a reload compares against), and where it came from.
+    /// The configuration in use, and where it came from.
     config: Mutex<Arc<Config>>,
     path: PathBuf,
+    /// The configuration the listeners were started with: what needs a restart is judged
+    /// against it, so it is reported until a restart, not only by the reload that changed it.
+    started: Arc<Config>,
+    /// A hash of the contents of the file and its certificates as last read: the file watch
+    /// reloads only when it changes (reading the files makes events too).
+    seen: Mutex<u64>,
     /// The TLS settings of each TLS listener, by listener name.
     tls: Vec<(String, TlsSource)>,
     admin_token: ArcSwap<Option<String>>,
@@ -62,10 +68,13 @@ impl Live {
         metrics: Arc<Metrics>,
         drain: Drain,
     ) -> Live {
+        let config = Arc::new(config);
         Live {
             proxy: ArcSwap::from_pointee(proxy),
             path: PathBuf::from(&config.source),
-            config: Mutex::new(Arc::new(config)),
+            seen: Mutex::new(fingerprint(&watched_files(&config))),
+            started: config.clone(),
+            config: Mutex::new(config),
             tls,
             admin_token: ArcSwap::from_pointee(admin_token),
             metrics,
@@ -103,7 +112,12 @@ impl Live {
     /// The file's problems (every one, each with its position); nothing changed.
     pub async fn reload(&self) -> Result<NeedsRestart, String> {
         let _one = self.reloading.lock().await;
+        self.note_seen(&self.config());
         let outcome = self.try_reload();
+        if outcome.is_ok() {
+            // The new configuration may name other certificates.
+            self.note_seen(&self.config());
+        }
         self.metrics.reload(outcome.is_ok());
         match &outcome {
             Ok(restart) => {
@@ -118,6 +132,17 @@ impl Live {
             ),
         }
         outcome
+    }
+
+    fn note_seen(&self, config: &Config) {
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
+            fingerprint(&watched_files(config));
+    }
+
+    /// Whether the watched files' contents differ from what was last read.
+    fn changed_on_disk(&self) -> bool {
+        let now = fingerprint(&watched_files(&self.config()));
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) != now
     }
 
     fn try_reload(&self) -> Result<NeedsRestart, String> {
@@ -141,8 +166,7 @@ impl Live {
         )
         .map_err(|e| e.to_string())?;
 
-        let before = self.config();
-        let restart = needs_restart(&before, &config);
+        let restart = needs_restart(&self.started, &config);
         for (name, source) in &self.tls {
             if let Some((_, built)) = certificates.iter().find(|(n, _)| n == name) {
                 source.store(built.clone());
@@ -211,7 +235,10 @@ fn needs_restart(old: &Config, new: &Config) -> NeedsRestart {
         note("timeouts.header_read".to_owned());
     }
     if old.timeouts.idle != new.timeouts.idle {
-        note("timeouts.idle".to_owned());
+        note(
+            "timeouts.idle (for HTTP/2 connections; WebSocket tunnels take the new value)"
+                .to_owned(),
+        );
     }
     let proxied = new.listeners.iter().any(|l| l.proxy_protocol);
     if proxied && old.trusted_proxies != new.trusted_proxies {
@@ -223,44 +250,65 @@ fn needs_restart(old: &Config, new: &Config) -> NeedsRestart {
     out
 }
 
-/// Reloads when the configuration file, or a certificate or key it names, changes on disk
-/// (editors and deploy tools write a new file and rename it over the old: the directories are
-/// watched, and events debounced for half a second). The watch stops when the returned value
-/// is dropped.
+/// The files whose contents make the configuration: the file itself, and the certificates
+/// and keys it names.
+fn watched_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![absolute(Path::new(&config.source))];
+    for l in &config.listeners {
+        for c in l.tls.iter().flat_map(|t| &t.certificates) {
+            files.push(absolute(&c.cert));
+            files.push(absolute(&c.key));
+        }
+    }
+    files
+}
+
+/// A hash of the files' contents (a missing file counts as such).
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Reloads when the contents of the configuration file, or of a certificate or key it names,
+/// change on disk. The files' directories are watched (editors and deploy tools write a new
+/// file and rename it over the old; Kubernetes swaps a `..data` link), events are debounced
+/// for half a second, and a reload happens only when the files' contents differ from what was
+/// last read: reading them (a reload does) makes events too. Directories named only by a
+/// later configuration are watched after a restart (SIGHUP reloads whatever changed). The
+/// watch stops when the returned value is dropped.
 ///
 /// # Errors
 /// The files' directories cannot be watched.
 pub fn watch(live: Arc<Live>) -> notify::Result<impl Drop> {
-    use notify::RecursiveMode;
+    use notify::{EventKind, RecursiveMode};
     use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 
-    let config = live.config();
-    let mut files: Vec<PathBuf> = vec![live.path.clone()];
-    for l in &config.listeners {
-        for c in l.tls.iter().flat_map(|t| &t.certificates) {
-            files.push(c.cert.clone());
-            files.push(c.key.clone());
-        }
-    }
-    let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+    let files = watched_files(&live.config());
     let runtime = tokio::runtime::Handle::current();
-    let watched = files.clone();
     let mut debouncer = new_debouncer(
         Duration::from_millis(500),
         None,
         move |events: DebounceEventResult| {
             let Ok(events) = events else { return };
-            let ours = events
+            // Opening and reading a file changes nothing.
+            if events
                 .iter()
-                .flat_map(|e| &e.paths)
-                .any(|p| watched.iter().any(|f| f == p));
-            if ours {
-                let live = live.clone();
-                runtime.spawn(async move {
-                    tracing::info!("configuration files changed on disk: reloading");
-                    let _ = live.reload().await;
-                });
+                .all(|e| matches!(e.kind, EventKind::Access(_)))
+            {
+                return;
             }
+            if !live.changed_on_disk() {
+                return;
+            }
+            let live = live.clone();
+            runtime.spawn(async move {
+                tracing::info!("configuration files changed on disk: reloading");
+                let _ = live.reload().await;
+            });
         },
     )?;
     let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();

@@ -232,7 +232,9 @@ async fn handshake(
                 None
             }
         },
-        _ = drain.closing.cancelled() => None,
+        // Not cut when the drain begins: a client accepted just before (or taken from the
+        // accept queue) is answered once; the handshake timeout bounds the wait.
+        _ = drain.force.cancelled() => None,
     }
 }
 

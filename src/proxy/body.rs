@@ -98,6 +98,37 @@ impl LogSlot {
             f(log);
         }
     }
+
+    /// Records the request, once: its metrics (with the bytes of a rewritten body), and its
+    /// access line.
+    fn finish(&mut self, bytes: u64, complete: bool, rewritten: bool) {
+        let t = &mut self.tally;
+        if let (Some(route), Some(start)) = (t.route.take(), t.start) {
+            route.record(
+                t.method,
+                t.status,
+                start.elapsed(),
+                rewritten.then_some(bytes),
+            );
+        }
+        if let Some(log) = self.log.take() {
+            log.write(bytes, complete);
+        }
+    }
+}
+
+impl Drop for LogSlot {
+    /// A record no response body took: the client went away (or the drain timeout cut the
+    /// request) before the response began. It is counted and logged as 499, nginx's "client
+    /// closed request", rather than not at all.
+    fn drop(&mut self) {
+        if self.tally.route.is_none() && self.log.is_none() {
+            return;
+        }
+        self.status(499);
+        self.note(|l| l.error = Some("the client went away before the response".to_owned()));
+        self.finish(0, false, false);
+    }
 }
 
 /// What one access-log line says about a request.
@@ -360,13 +391,6 @@ impl Drop for ResponseBody {
             // A body with nothing to read (HEAD, 204, 304) is never polled: still reusable.
             lease.release();
         }
-        let t = &self.log.tally;
-        if let (Some(route), Some(start)) = (&t.route, t.start) {
-            let rewritten = self.rewritten.then_some(self.bytes);
-            route.record(t.method, t.status, start.elapsed(), rewritten);
-        }
-        if let Some(log) = &self.log.log {
-            log.write(self.bytes, complete);
-        }
+        self.log.finish(self.bytes, complete, self.rewritten);
     }
 }

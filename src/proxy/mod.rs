@@ -67,8 +67,6 @@ pub struct ConnInfo {
     peer_ip: IpAddr,
     /// The peer's IP as a header value, for `X-Forwarded-For`.
     peer_header: HeaderValue,
-    /// Whether the peer is a trusted proxy (its `X-Forwarded-*` headers are kept).
-    trusted: bool,
     guard: ConnGuard,
     /// The response timeout's timer, reused by the connection's requests.
     timer: Arc<TimerSlot>,
@@ -79,7 +77,6 @@ impl std::fmt::Debug for ConnInfo {
         f.debug_struct("ConnInfo")
             .field("peer", &self.peer)
             .field("listener", &self.listener.name)
-            .field("trusted", &self.trusted)
             .finish_non_exhaustive()
     }
 }
@@ -129,20 +126,7 @@ impl Proxy {
         (tunnels, force): (TaskTracker, CancellationToken),
         previous: Option<&Proxy>,
     ) -> Result<Proxy, ConfigError> {
-        let mut pools = Vec::new();
-        let mut pool_origins = Vec::new();
-        for u in &config.upstreams {
-            let kept = previous.and_then(|p| p.unchanged_pool(u));
-            let (pool, health) = match kept {
-                Some(kept) => kept,
-                None => {
-                    let health = stop.child_token();
-                    (Pool::start(u, &config.source, &health)?, health)
-                }
-            };
-            pools.push(pool);
-            pool_origins.push((u.clone(), health));
-        }
+        // Sessions first: nothing runs yet if they fail.
         let sessions = config
             .sessions
             .as_ref()
@@ -151,6 +135,32 @@ impl Proxy {
                 Sessions::load(s, &config.source, metrics, before).map(Arc::new)
             })
             .transpose()?;
+        let mut pools = Vec::new();
+        let mut pool_origins = Vec::new();
+        // The health checks started here stop again if a later pool fails (a refused reload
+        // must leave nothing running).
+        let mut started: Vec<CancellationToken> = Vec::new();
+        for u in &config.upstreams {
+            let kept = previous.and_then(|p| p.unchanged_pool(u));
+            let (pool, health) = match kept {
+                Some(kept) => kept,
+                None => {
+                    let health = stop.child_token();
+                    match Pool::start(u, &config.source, &health) {
+                        Ok(pool) => {
+                            started.push(health.clone());
+                            (pool, health)
+                        }
+                        Err(e) => {
+                            started.iter().for_each(CancellationToken::cancel);
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            pools.push(pool);
+            pool_origins.push((u.clone(), health));
+        }
         Ok(Proxy {
             router: Router::new(config),
             sessions,
@@ -243,7 +253,6 @@ impl Proxy {
             listener,
             peer_ip,
             peer_header,
-            trusted: self.trusted_proxies.iter().any(|n| n.contains(&peer_ip)),
             guard,
             timer: Arc::default(),
         }
@@ -356,7 +365,13 @@ impl Proxy {
             }
             _ => None,
         };
-        prepare_upstream_headers(&mut parts, found, host, conn, upgrade);
+        // Judged per request: a reload that stops trusting a proxy applies to its open
+        // connections too.
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&conn.peer_ip));
+        prepare_upstream_headers(&mut parts, found, host, conn, trusted, upgrade);
         let mut session = match (&self.sessions, &route.session) {
             // Boxed: it lives across the upstream exchange, and inline it would grow (and so
             // copy) the request future of every route, with sessions or without.
@@ -634,6 +649,7 @@ fn prepare_upstream_headers(
     found: headers::Found,
     host: HeaderValue,
     conn: &ConnInfo,
+    trusted: bool,
     upgrade: Option<HeaderValue>,
 ) {
     let h2 = parts.version == Version::HTTP_2;
@@ -651,14 +667,7 @@ fn prepare_upstream_headers(
         headers::join_cookies(headers);
     }
     let proto = if conn.listener.tls { "https" } else { "http" };
-    headers::set_forwarded(
-        headers,
-        found,
-        &conn.peer_header,
-        conn.trusted,
-        proto,
-        &host,
-    );
+    headers::set_forwarded(headers, found, &conn.peer_header, trusted, proto, &host);
     // Without an authority in the target, `host` is the request's one Host header already.
     if parts.uri.authority().is_some() {
         headers.insert(header::HOST, host);

@@ -357,3 +357,28 @@ async fn rewritten_pages_and_their_bytes_are_counted() {
         page.len() as f64
     );
 }
+
+#[tokio::test]
+async fn a_request_whose_client_went_away_is_counted_as_499() {
+    let slow = Backend::start(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        text(200, "late")
+    })
+    .await;
+    let yaml = simple_config(&[slow.addr], "", "admin: { bind: \"127.0.0.1:0\" }\n");
+    let gw = Gateway::start(&yaml).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert!(impatient.get(gw.url("web", "/")).send().await.is_err());
+    let counted = eventually(Duration::from_secs(3), || async {
+        let m = Scrape::from(gw.admin()).await;
+        m.get(
+            "sessiongate_requests_total",
+            &[("route", "app"), ("method", "GET"), ("status", "4xx")],
+        ) == 1.0
+    })
+    .await;
+    assert!(counted, "the abandoned request was not counted");
+}

@@ -262,10 +262,18 @@ async fn a_file_change_and_sighup_reload_the_real_binary() {
         eventually(Duration::from_secs(5), || async { get().await == "B" }).await,
         "the change on disk was not picked up"
     );
+    // Once: reading the files to reload makes events too, which must not reload again.
+    let admin = gw.admin.unwrap();
+    let reloads = || async move {
+        crate::metrics::Scrape::from(admin)
+            .await
+            .get("sessiongate_config_reloads_total", &[("result", "ok")])
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(reloads().await, 1.0, "the file watch reloads in a loop");
 
     // The admin token file is not watched: SIGHUP makes the gateway read it again.
     std::fs::write(gw.dir().join("admin.token"), "second-token-0123456789\n").unwrap();
-    let admin = gw.admin.unwrap();
     let reload_with = |token: &'static str| async move {
         client()
             .post(format!("http://{admin}/reload"))
@@ -286,6 +294,9 @@ async fn a_file_change_and_sighup_reload_the_real_binary() {
         "SIGHUP did not reload"
     );
     assert_eq!(reload_with("first-token-0123456789").await, 401);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The file watch's reload, SIGHUP's, and the one POST /reload that got through.
+    assert_eq!(reloads().await, 3.0);
 }
 
 #[tokio::test]
@@ -320,5 +331,96 @@ async fn an_unchanged_upstream_keeps_its_health_across_a_reload() {
             &[("upstream", "gone")]
         ),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn a_refused_reload_leaves_no_health_checks_of_its_own_running() {
+    let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = checks.clone();
+    let a = Backend::start(move |req| {
+        let counted = counted.clone();
+        async move {
+            if req.uri().path() == "/healthz" {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            text(200, "A")
+        }
+    })
+    .await;
+    let gw = Gateway::start_file(
+        &config("127.0.0.1:0", a.addr, ""),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    // One health checker runs: the pool of `app` with checks (reloaded in once).
+    let with_checks = config("127.0.0.1:0", a.addr, "").replace(
+        "  app: { servers: [ { url: \"http://",
+        "  app: { health: { path: /healthz, interval: 100ms }, servers: [ { url: \"http://",
+    );
+    rewrite(&gw, &with_checks);
+    assert_eq!(reload(gw.admin()).await.0, 200);
+    let rate = || async {
+        let before = checks.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        checks.load(std::sync::atomic::Ordering::Relaxed) - before
+    };
+    let one = rate().await;
+    assert!(
+        (5..=15).contains(&one),
+        "{one} checks a second from one checker"
+    );
+    // A changed `app` (a new pool, with checks) and an upstream whose CA file is missing: the
+    // reload is refused, and the new pool's checks must not run on.
+    let refused = with_checks
+        .replace("interval: 100ms }", "interval: 100ms }, retries: 1")
+        .replace(
+            "routes:\n",
+            &format!("  broken: {{ servers: [ {{ url: \"https://{}\" }} ], tls: {{ ca: missing-ca.pem }} }}\nroutes:\n", a.addr),
+        );
+    rewrite(&gw, &refused);
+    assert_eq!(reload(gw.admin()).await.0, 422);
+    let after = rate().await;
+    assert!(
+        after <= one + 4,
+        "{after} checks a second after the refused reload (one checker: {one})"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_no_longer_trusted_after_a_reload_is_not_believed_on_its_open_connection() {
+    let b = Backend::named("ok").await;
+    let trusted = "trusted_proxies: [ 127.0.0.1/32 ]";
+    let gw = Gateway::start_file(
+        &config("127.0.0.1:0", b.addr, trusted),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let http = client();
+    let send = || async {
+        http.get(gw.url("web", "/"))
+            .header("x-forwarded-for", "203.0.113.7")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    send().await;
+    let xff = || {
+        b.last().headers["x-forwarded-for"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(xff(), "203.0.113.7, 127.0.0.1");
+    rewrite(&gw, &config("127.0.0.1:0", b.addr, "trusted_proxies: []"));
+    assert_eq!(reload(gw.admin()).await.0, 200);
+    send().await;
+    assert_eq!(
+        xff(),
+        "127.0.0.1",
+        "the same connection's forged header was believed"
     );
 }
