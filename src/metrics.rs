@@ -155,8 +155,9 @@ pub struct Metrics {
     rewritten_bytes: Counter,
     reloads: Family<ResultLabel, Counter>,
     last_reload: Gauge,
-    /// Requests that matched no route (404, and requests refused before routing).
-    unrouted: Arc<RouteMetrics>,
+    /// Requests that matched no route (404, and requests refused before routing); made on
+    /// first use, from the families above.
+    unrouted: OnceLock<Arc<RouteMetrics>>,
 }
 
 impl Default for Metrics {
@@ -263,8 +264,8 @@ impl Metrics {
             "The gateway's version",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
-        let mut metrics = Metrics {
-            unrouted: Arc::new(RouteMetrics::placeholder()),
+        let metrics = Metrics {
+            unrouted: OnceLock::new(),
             registry,
             requests,
             request_duration,
@@ -281,7 +282,6 @@ impl Metrics {
             reloads,
             last_reload,
         };
-        metrics.unrouted = metrics.route("-");
         metrics.loaded();
         metrics
     }
@@ -293,7 +293,7 @@ impl Metrics {
 
     /// The handles of requests that matched no route.
     pub fn unrouted(&self) -> Arc<RouteMetrics> {
-        self.unrouted.clone()
+        self.unrouted.get_or_init(|| self.route("-")).clone()
     }
 
     /// The handles of an upstream's metrics.
@@ -395,18 +395,6 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
-    /// Counts nothing anywhere (stands in until the real one is made).
-    fn placeholder() -> RouteMetrics {
-        RouteMetrics {
-            name: String::new(),
-            family: Family::default(),
-            counts: Default::default(),
-            duration: latency(),
-            rewrites: Counter::default(),
-            rewritten_bytes: Counter::default(),
-        }
-    }
-
     fn new(name: &str, m: &Metrics) -> RouteMetrics {
         RouteMetrics {
             name: name.to_owned(),

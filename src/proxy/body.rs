@@ -31,9 +31,9 @@ pub(crate) struct LogSlot {
 /// The request's metrics, recorded when its response is done.
 #[derive(Debug, Default)]
 struct Tally {
-    /// The route's metrics (`None`: not counted, as in unit tests).
-    route: Option<Arc<RouteMetrics>>,
-    start: Option<Instant>,
+    /// The route's metrics and when the request arrived (`None`: not counted, as in unit
+    /// tests, or counted already).
+    route: Option<(Arc<RouteMetrics>, Instant)>,
     method: u8,
     status: u16,
 }
@@ -51,8 +51,7 @@ impl LogSlot {
     ) -> Self {
         let start = Instant::now();
         let tally = Tally {
-            route: Some(route),
-            start: Some(start),
+            route: Some((route, start)),
             method: metrics::method_index(method),
             status: 0,
         };
@@ -78,7 +77,9 @@ impl LogSlot {
 
     /// The request matched `name`: it is counted under that route's `metrics`.
     pub fn route(&mut self, name: &Arc<str>, metrics: &Arc<RouteMetrics>) {
-        self.tally.route = Some(metrics.clone());
+        if let Some((route, _)) = &mut self.tally.route {
+            *route = metrics.clone();
+        }
         if let Some(log) = &mut self.log {
             log.route = Some(name.clone());
         }
@@ -103,7 +104,7 @@ impl LogSlot {
     /// access line.
     fn finish(&mut self, bytes: u64, complete: bool, rewritten: bool) {
         let t = &mut self.tally;
-        if let (Some(route), Some(start)) = (t.route.take(), t.start) {
+        if let Some((route, start)) = t.route.take() {
             route.record(
                 t.method,
                 t.status,

@@ -228,11 +228,6 @@ impl Proxy {
         now
     }
 
-    /// The gateway's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// The sessions, when configured (for the admin API).
     pub fn sessions(&self) -> Option<Arc<Sessions>> {
         self.sessions.clone()
