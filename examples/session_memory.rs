@@ -29,6 +29,7 @@ async fn main() {
         .unwrap_or(1_000_000);
     let store = MemoryStore::new(MemoryOptions {
         max_sessions: n,
+        max_bytes: u64::MAX,
         idle_timeout: Duration::from_secs(3600),
         absolute_timeout: Duration::from_secs(12 * 3600),
         limits: Limits::default(),

@@ -111,16 +111,25 @@ fn json_error(status: StatusCode, message: &str) -> (StatusCode, String) {
     (status, serde_json::json!({ "error": message }).to_string())
 }
 
-/// Whether the request carries the admin token (compared in constant time).
+/// Whether the request carries the admin token: `Authorization: Bearer TOKEN` (the scheme in
+/// any case, RFC 9110 §11.1). The comparison takes the same time whatever the presented value
+/// and reveals nothing of the token's length: both sides are hashed, and the digests compared
+/// in constant time.
 fn authorized<B>(req: &Request<B>, token: &str) -> bool {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), token.as_bytes())
-        .is_ok()
+        .map(|v| v.as_bytes())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_at_checked(6)?;
+            (scheme.eq_ignore_ascii_case(b"bearer") && rest.first() == Some(&b' '))
+                .then(|| rest.trim_ascii_start())
+        })
+        .unwrap_or_default();
+    let digest = |b: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let (a, b) = (digest(presented), digest(token.as_bytes()));
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_ref(), b.as_ref()).is_ok()
+        && !presented.is_empty()
 }
 
 /// `POST /reload`: 200 with what needs a restart, or 422 with the file's problems (the
@@ -205,11 +214,10 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
         };
     }
     if path == "/sessions" && req.method() == Method::DELETE {
-        let attr = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("attr=")))
-            .and_then(|a| a.split_once(':'));
+        // The query as a form encodes it: `attr=user:alice%20smith`, `+` for a space.
+        let attr = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find_map(|(k, v)| (k == "attr").then_some(v));
+        let attr = attr.as_deref().and_then(|a| a.split_once(':'));
         let Some((name, value)) = attr else {
             return json_error(
                 StatusCode::BAD_REQUEST,

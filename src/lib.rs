@@ -13,6 +13,7 @@
 //!   store, the header contract with backends, tracking modes, handoffs to sibling hosts.
 //! - [`rewrite`]: URL rewriting for cookieless clients: streaming HTML, redirect headers.
 //! - [`path_param`]: `;NAME=VALUE` path parameters, read alike by `session` and `rewrite`.
+//! - [`cache_control`]: keeping responses that carry a credential out of shared caches.
 //! - [`upstream`]: backend pools, balancing, health, the pooled client, retries' safety.
 //! - [`gateway`]: start, serve, drain.
 //! - [`reload`]: the configuration in use, and how a reload (SIGHUP, a file change,
@@ -26,6 +27,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod cache_control;
 pub mod certs;
 pub mod config;
 pub mod deadline;

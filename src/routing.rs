@@ -22,6 +22,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Request body limit.
     pub max_body_bytes: u64,
+    /// Protocols a client may upgrade to (lower case).
+    pub upgrades: Vec<String>,
     /// `Some` when the route has sessions.
     pub session: Option<RouteSessions>,
     host: HostMatch,
@@ -51,6 +53,23 @@ impl Route {
             Some(rest) if rest.starts_with('/') => rest,
             _ => "/",
         }
+    }
+
+    /// Whether a client may upgrade to every protocol an `Upgrade` value offers (`name` or
+    /// `name/version`, comma-separated, any case).
+    pub fn allows_upgrade(&self, offered: &[u8]) -> bool {
+        let Ok(offered) = std::str::from_utf8(offered) else {
+            return false;
+        };
+        let mut any = false;
+        for protocol in offered.split(',').map(str::trim) {
+            let name = protocol.split('/').next().unwrap_or("").trim();
+            if !self.upgrades.iter().any(|u| u.eq_ignore_ascii_case(name)) {
+                return false;
+            }
+            any = true;
+        }
+        any
     }
 
     fn specificity(&self) -> (u8, usize, usize) {
@@ -109,6 +128,7 @@ impl Router {
                     upstream,
                     strip_prefix: r.strip_prefix,
                     max_body_bytes: r.max_body_bytes,
+                    upgrades: r.upgrades.clone(),
                     // Header names were checked when the configuration was read.
                     session: r.session.as_ref().map(|s| RouteSessions {
                         mapped: s

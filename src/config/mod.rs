@@ -354,6 +354,9 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Request body limit for this route (defaults to `limits.max_body_bytes`).
     pub max_body_bytes: u64,
+    /// Protocols a client may upgrade to on this route (lower case; `websocket` by default).
+    /// Any other `Upgrade` is dropped, and the request goes on as a plain one.
+    pub upgrades: Vec<String>,
     /// The route's sessions: `None` when off (`session: off`, or no `sessions:` section).
     pub session: Option<RouteSession>,
 }

@@ -741,6 +741,10 @@ fn read_routes(
             .get("max_body_bytes")
             .and_then(|n| size(n, &m.child("max_body_bytes"), p))
             .unwrap_or(limits.max_body_bytes);
+        let upgrades = m
+            .get("upgrades")
+            .map(|n| read_upgrades(n, &m.child("upgrades"), p))
+            .unwrap_or_else(|| vec!["websocket".to_owned()]);
         let session_node = m.get("session");
         let session = match session_node {
             None => sessions_on.then(RouteSession::default),
@@ -805,11 +809,44 @@ fn read_routes(
             upstream,
             strip_prefix,
             max_body_bytes,
+            upgrades,
             session,
         });
     }
     if items.is_empty() {
         p.push(node.pos, path, "at least one route is needed");
+    }
+    out
+}
+
+/// A route's `upgrades`: protocol names (`websocket`), lower case. `h2c` is refused: an h2c
+/// upgrade would let a client speak HTTP/2 to the backend past the gateway's checks.
+fn read_upgrades(node: &Node, path: &str, p: &mut Problems) -> Vec<String> {
+    let Some(items) = list(node, path, p) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let Some(s) = non_empty(n, &ipath, p) else {
+            continue;
+        };
+        let name = s.to_ascii_lowercase();
+        if name == "h2c" || name.starts_with("h2c/") {
+            p.push(
+                n.pos,
+                &ipath,
+                "h2c is never forwarded: a client would speak HTTP/2 to the backend past the gateway",
+            );
+        } else if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.contains('/') {
+            p.push(
+                n.pos,
+                &ipath,
+                format!("{s:?} is not a protocol name (e.g. websocket)"),
+            );
+        } else {
+            out.push(name);
+        }
     }
     out
 }
@@ -944,7 +981,8 @@ mod tests {
         assert_eq!(
             s.store,
             StoreConfig::Memory {
-                max_sessions: 1_000_000
+                max_sessions: 1_000_000,
+                max_bytes: super::sessions::DEFAULT_MEMORY_BYTES,
             }
         );
         assert_eq!(c.routes[0].session, Some(RouteSession::default()));
@@ -959,7 +997,13 @@ mod tests {
         let c = load(&text).unwrap();
         let s = c.sessions.unwrap();
         assert_eq!(s.secret_file.unwrap(), Path::new("/etc/sg/secrets/key"));
-        assert_eq!(s.store, StoreConfig::Memory { max_sessions: 500 });
+        assert_eq!(
+            s.store,
+            StoreConfig::Memory {
+                max_sessions: 500,
+                max_bytes: super::sessions::DEFAULT_MEMORY_BYTES
+            }
+        );
         assert_eq!(s.cookie.same_site, SameSite::Strict);
         assert_eq!(s.cookie.secure, Secure::Always);
         assert_eq!(s.cookie.max_age, Some(Duration::from_secs(3600)));

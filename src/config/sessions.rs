@@ -63,6 +63,11 @@ pub const DEFAULT_CRAWLERS: &[&str] = &[
     "spider",
 ];
 
+/// The memory store's default byte budget: a million sessions of a few small attributes
+/// count about 160 MB, so it bounds only sessions far larger than those (a million sessions
+/// at `max_session_bytes` would be 16 GiB).
+pub const DEFAULT_MEMORY_BYTES: u64 = 1 << 30;
+
 /// How a client carries its session token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Tracking {
@@ -94,6 +99,8 @@ pub enum StoreConfig {
     Memory {
         /// Most sessions kept.
         max_sessions: u64,
+        /// Most bytes of sessions kept.
+        max_bytes: u64,
     },
     /// In the client's cookie, sealed (AEAD): no server state at all.
     Cookie {
@@ -221,6 +228,7 @@ impl Default for SessionsConfig {
             store_pos: Pos::default(),
             store: StoreConfig::Memory {
                 max_sessions: 1_000_000,
+                max_bytes: DEFAULT_MEMORY_BYTES,
             },
             cookie: CookieConfig {
                 name: "sg".to_owned(),
@@ -582,7 +590,7 @@ fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<
             ca,
         });
     }
-    let mut max_sessions = 1_000_000;
+    let (mut max_sessions, mut max_bytes) = (1_000_000, DEFAULT_MEMORY_BYTES);
     if let Some(n) = memory
         && let Some(mut mm) = MapReader::new(n, &mpath, p)
     {
@@ -592,9 +600,19 @@ fn read_store(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<
         {
             max_sessions = v;
         }
+        if let Some(n) = mm.get("max_bytes") {
+            match size(n, &mm.child("max_bytes"), p) {
+                Some(v) if v >= 64 * 1024 => max_bytes = v,
+                Some(_) => p.push(n.pos, &mm.child("max_bytes"), "at least 64KiB"),
+                None => {}
+            }
+        }
         mm.finish(p);
     }
-    Some(StoreConfig::Memory { max_sessions })
+    Some(StoreConfig::Memory {
+        max_sessions,
+        max_bytes,
+    })
 }
 
 fn read_cookie(node: &Node, path: &str, p: &mut Problems) -> Option<CookieConfig> {

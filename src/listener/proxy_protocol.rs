@@ -36,8 +36,14 @@ pub(crate) async fn client(
             false => Some(peer),
         };
     }
-    match tokio::time::timeout_at(deadline, read_header(stream)).await {
-        Ok(Some(header)) => source(&header).or(Some(peer)),
+    let header = tokio::time::timeout_at(deadline, read_header(stream))
+        .await
+        .ok()
+        .flatten();
+    match header.as_deref().map(source) {
+        Some(Ok(Some(client))) => Some(client),
+        // LOCAL or UNKNOWN: the proxy's own connection (a health check).
+        Some(Ok(None)) => Some(peer),
         _ => {
             tracing::warn!(client = %peer, "trusted proxy sent no valid PROXY header");
             None
@@ -99,12 +105,13 @@ async fn read_header(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(head)
 }
 
-/// The source address a header names (`None` for LOCAL, UNKNOWN or a malformed header: the
-/// connection then counts as the proxy's own, or is closed by the caller if unparsable).
-fn source(header: &[u8]) -> Option<SocketAddr> {
+/// The source address a header names: `Ok(None)` for LOCAL or UNKNOWN (the connection then
+/// counts as the proxy's own); `Err` for a malformed header (the caller closes the
+/// connection: a trusted peer that garbles its header is not believed about anything).
+fn source(header: &[u8]) -> Result<Option<SocketAddr>, ()> {
     use ppp::HeaderResult;
     match HeaderResult::parse(header) {
-        HeaderResult::V1(Ok(h)) => match h.addresses {
+        HeaderResult::V1(Ok(h)) => Ok(match h.addresses {
             ppp::v1::Addresses::Tcp4(a) => {
                 Some(SocketAddr::from((a.source_address, a.source_port)))
             }
@@ -112,8 +119,8 @@ fn source(header: &[u8]) -> Option<SocketAddr> {
                 Some(SocketAddr::from((a.source_address, a.source_port)))
             }
             ppp::v1::Addresses::Unknown => None,
-        },
-        HeaderResult::V2(Ok(h)) => match h.addresses {
+        }),
+        HeaderResult::V2(Ok(h)) => Ok(match h.addresses {
             ppp::v2::Addresses::IPv4(a) => {
                 Some(SocketAddr::from((a.source_address, a.source_port)))
             }
@@ -121,8 +128,8 @@ fn source(header: &[u8]) -> Option<SocketAddr> {
                 Some(SocketAddr::from((a.source_address, a.source_port)))
             }
             _ => None,
-        },
-        _ => None,
+        }),
+        _ => Err(()),
     }
 }
 
@@ -134,13 +141,15 @@ mod tests {
     fn v1_and_v2_sources_are_read() {
         assert_eq!(
             source(b"PROXY TCP4 203.0.113.7 10.0.0.1 56324 80\r\n"),
-            Some("203.0.113.7:56324".parse().unwrap())
+            Ok(Some("203.0.113.7:56324".parse().unwrap()))
         );
         assert_eq!(
             source(b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 443\r\n"),
-            Some("[2001:db8::7]:4000".parse().unwrap())
+            Ok(Some("[2001:db8::7]:4000".parse().unwrap()))
         );
-        assert_eq!(source(b"PROXY UNKNOWN\r\n"), None);
+        assert_eq!(source(b"PROXY UNKNOWN\r\n"), Ok(None));
+        assert_eq!(source(b"PROXY TCP4 nonsense\r\n"), Err(()));
+        assert_eq!(source(b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n"), Err(()));
         let v2 = ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
@@ -151,6 +160,6 @@ mod tests {
         )
         .build()
         .unwrap();
-        assert_eq!(source(&v2), Some("198.51.100.9:1234".parse().unwrap()));
+        assert_eq!(source(&v2), Ok(Some("198.51.100.9:1234".parse().unwrap())));
     }
 }

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 
 use crate::metrics::{self, RouteMetrics};
 use crate::rewrite::{Html, RewriteError};
+use crate::session::Sessions;
 use crate::upstream::Lease;
 
 /// What is noted of one request as it goes: its metrics (always), and its access-log record
@@ -206,6 +207,8 @@ pub struct ResponseBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The page's rewriter, for URL-tracked HTML responses.
     html: Option<Box<Html>>,
+    /// The sessions, when configured: their headers never leave in trailers either.
+    sessions: Option<Arc<Sessions>>,
     /// The body went through a rewriter (counted when it is done).
     rewritten: bool,
     bytes: u64,
@@ -220,19 +223,28 @@ impl ResponseBody {
             lease: None,
             stall: None,
             html: None,
+            sessions: None,
             rewritten: false,
             bytes: 0,
             complete: false,
         }
     }
 
-    pub(crate) fn upstream(body: Incoming, log: LogSlot, lease: Lease) -> Self {
+    /// A backend's body; its trailers lose hop-by-hop fields, cookies and (with `sessions`)
+    /// every header of the session contract.
+    pub(crate) fn upstream(
+        body: Incoming,
+        log: LogSlot,
+        lease: Lease,
+        sessions: Option<Arc<Sessions>>,
+    ) -> Self {
         ResponseBody {
             inner: Inner::Upstream(body),
             log,
             lease: Some(lease),
             stall: None,
             html: None,
+            sessions,
             rewritten: false,
             bytes: 0,
             complete: false,
@@ -366,6 +378,10 @@ impl ResponseBody {
                     }
                     Poll::Pending
                 }
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    this.stall = None;
+                    Poll::Ready(Some(Ok(clean_trailers(frame, this.sessions.as_deref()))))
+                }
                 ready => {
                     this.stall = None;
                     ready.map(|f| f.map(|r| r.map_err(ResponseBodyError::from)))
@@ -381,6 +397,27 @@ impl ResponseBody {
         }
         polled
     }
+}
+
+/// A trailers frame without what must not reach a client: hop-by-hop fields (a trailer can
+/// name none that means anything here), `Set-Cookie` (credentials go in the head, where the
+/// gateway sees them) and, with sessions, every name of the session contract in any spelling
+/// (a backend's directive, or its copy of the session key).
+fn clean_trailers(frame: Frame<Bytes>, sessions: Option<&Sessions>) -> Frame<Bytes> {
+    let mut trailers = match frame.into_trailers() {
+        Ok(trailers) => trailers,
+        Err(data) => return data,
+    };
+    super::headers::remove_hop_by_hop(&mut trailers);
+    trailers.remove(http::header::SET_COOKIE);
+    if let Some(s) = sessions {
+        let ours: Vec<http::HeaderName> =
+            trailers.keys().filter(|n| s.is_ours(n)).cloned().collect();
+        for name in ours {
+            trailers.remove(name);
+        }
+    }
+    Frame::trailers(trailers)
 }
 
 impl Drop for ResponseBody {

@@ -34,6 +34,13 @@ pub enum ProxyError {
     /// the backend is not asked without the session it may rely on.
     #[error("the session store is unavailable; try again shortly")]
     SessionStore,
+    /// The backend switched protocols (`101`) to one the client did not ask for or the route
+    /// does not allow: the gateway does not open such a tunnel.
+    #[error("upstream {pool:?} switched to a protocol that was not asked for")]
+    UnwantedUpgrade {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
     /// Forwarding to the upstream pool failed.
     #[error("upstream {pool:?}: {source}")]
     Upstream {
@@ -53,6 +60,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UnwantedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 UpstreamError::Connect {
@@ -188,6 +196,14 @@ mod tests {
         });
         assert_eq!(e.status(), 504);
         assert!(e.public_message().contains("within 3s"));
+    }
+
+    #[test]
+    fn an_upgrade_nobody_asked_for_is_502() {
+        let e = ProxyError::UnwantedUpgrade {
+            pool: Arc::from("app"),
+        };
+        assert_eq!(e.status(), 502);
     }
 
     #[test]

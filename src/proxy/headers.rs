@@ -16,6 +16,8 @@ fn is_hop_by_hop(name: &str) -> bool {
             | "upgrade"
             | "proxy-authorization"
             | "proxy-authenticate"
+            // Only an h2c upgrade uses it, and h2c never goes through.
+            | "http2-settings"
     )
 }
 
@@ -110,6 +112,22 @@ pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
     } else {
         None
     }
+}
+
+/// Whether an `Upgrade` request value (`a, b/2`) offers the protocol a response names.
+pub fn offers(asked: &HeaderValue, answered: &HeaderValue) -> bool {
+    let name = |p: &str| {
+        p.split('/')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let (Ok(asked), Ok(answered)) = (asked.to_str(), answered.to_str()) else {
+        return false;
+    };
+    let answered = name(answered);
+    !answered.is_empty() && asked.split(',').any(|p| name(p) == answered)
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host`. A trusted peer's values are kept (its client address

@@ -127,12 +127,23 @@ impl Proxy {
         previous: Option<&Proxy>,
     ) -> Result<Proxy, ConfigError> {
         // Sessions first: nothing runs yet if they fail.
+        // Every header any route maps an attribute to: guarded on every route.
+        let mut guarded: Vec<http::HeaderName> = config
+            .routes
+            .iter()
+            .filter_map(|r| r.session.as_ref())
+            .flat_map(|s| &s.headers)
+            .filter_map(|(_, h)| http::HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
+        guarded.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        guarded.dedup();
         let sessions = config
             .sessions
             .as_ref()
             .map(|s| {
                 let before = previous.and_then(|p| p.sessions.as_deref());
-                Sessions::load(s, &config.source, metrics, before).map(Arc::new)
+                Sessions::load(s, &config.source, metrics, before)
+                    .map(|s| Arc::new(s.guarding(guarded)))
             })
             .transpose()?;
         let mut pools = Vec::new();
@@ -296,7 +307,7 @@ impl Proxy {
     /// so that the error response carries it.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         conn: &ConnInfo,
         mut log: LogSlot,
         url_tokens: Option<Box<UrlTokens>>,
@@ -315,14 +326,6 @@ impl Proxy {
             return Ok(https_redirect(host_str(&host), req.uri(), port, log));
         }
         let found = headers::scan(req.headers());
-        // An upgrade needs `Connection: upgrade`, and Connection is hop-by-hop.
-        let upgrade = match req.version() {
-            Version::HTTP_11 | Version::HTTP_10 if found.hop_by_hop => {
-                headers::upgrade_request(req.headers())
-            }
-            _ => None,
-        };
-        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let (route, path_and_query) = attempt!(self.route(&parts, host_str(&host)));
         if let Some(m) = self.route_metrics.get(route.index) {
@@ -335,48 +338,59 @@ impl Proxy {
                 limit: route.max_body_bytes
             }));
         }
-
-        // upstream_request (the client's headers made safe), then resolve and load: the
-        // session, if the route has them, in the headers the backend gets.
-        // With URL tracking, sibling hosts or a handoff code in the URL, the client's own URL
-        // is what its links (and redirects) resolve against.
-        let client_url = match &route.session {
-            Some(rs)
-                if rs.tracking != Tracking::Cookie
-                    || !rs.share_with.is_empty()
-                    || url_tokens.is_some() =>
-            {
-                Some(Box::new(ClientUrl {
-                    scheme: if conn.listener.tls { "https" } else { "http" },
-                    host: host_str(&host).to_owned(),
-                    target: parts
-                        .uri
-                        .path_and_query()
-                        .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-                    accepts_gzip: url_tracking::accepts_gzip(&parts.headers),
-                    links: rs.links.clone(),
-                    share_with: rs.share_with.clone(),
-                }))
+        // An upgrade needs `Connection: upgrade` (HTTP/1 only: Connection is hop-by-hop),
+        // and goes through only to a protocol the route allows: never h2c, which would let
+        // the client speak HTTP/2 to the backend past every check here.
+        let upgrade = match parts.version {
+            Version::HTTP_11 | Version::HTTP_10 if found.hop_by_hop => {
+                headers::upgrade_request(&parts.headers)
+                    .filter(|p| route.allows_upgrade(p.as_bytes()))
             }
             _ => None,
         };
+        let downstream_upgrade = upgrade
+            .as_ref()
+            .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+
+        // upstream_request (the client's headers made safe), then resolve and load: the
+        // session, if the route has them, in the headers the backend gets.
         // Judged per request: a reload that stops trusting a proxy applies to its open
         // connections too.
         let trusted = self
             .trusted_proxies
             .iter()
             .any(|n| n.contains(&conn.peer_ip));
-        prepare_upstream_headers(&mut parts, found, host, conn, trusted, upgrade);
+        // With URL tracking, sibling hosts or a token (or code) in the URL, the client's own
+        // URL is what its links (and redirects) resolve against, and its origin is what
+        // requests must come from.
+        let had_url_token = url_tokens.is_some();
+        let client_url = match (&self.sessions, &route.session) {
+            (Some(_), Some(rs))
+                if rs.tracking != Tracking::Cookie
+                    || !rs.share_with.is_empty()
+                    || had_url_token =>
+            {
+                self.client_url(&parts, &host, conn, trusted, &rs.links, &rs.share_with)
+            }
+            (Some(_), None) if had_url_token => {
+                let links: Arc<[(String, String)]> = Arc::from([]);
+                let siblings: Arc<[String]> = Arc::from([]);
+                self.client_url(&parts, &host, conn, trusted, &links, &siblings)
+            }
+            _ => None,
+        };
+        prepare_upstream_headers(&mut parts, found, host, conn, trusted, upgrade.clone());
         let mut session = match (&self.sessions, &route.session) {
             // Boxed: it lives across the upstream exchange, and inline it would grow (and so
             // copy) the request future of every route, with sessions or without.
             (Some(s), Some(rs)) => {
                 let info = RequestInfo {
                     tls: conn.listener.tls,
-                    host: client_url.as_ref().map_or("", |c| c.host.as_str()),
+                    origin: client_url.as_ref().map(|c| c.origin.as_str()),
                     method: &parts.method,
                     mapped: &rs.mapped,
                     tracking: rs.tracking,
+                    share_with: &rs.share_with,
                     url: url_tokens,
                 };
                 let rs = s.on_request(&mut parts.headers, info).await;
@@ -388,6 +402,12 @@ impl Proxy {
                     attempt!(Err(ProxyError::SessionStore));
                 }
                 Some(Box::new(rs))
+            }
+            // Sessions exist but not on this route: no client poses as the gateway here
+            // either (the same application may sit behind routes with sessions).
+            (Some(s), None) => {
+                s.strip_forged(&mut parts.headers);
+                None
             }
             _ => None,
         };
@@ -404,13 +424,14 @@ impl Proxy {
             if rs.clean_redirect() {
                 return Ok(url_tracking::clean_redirect(client, log));
             }
-            if rs.may_rewrite() {
-                // Pages are rewritten as they stream: ask for them uncompressed.
-                parts.headers.insert(
-                    header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("identity"),
-                );
-            }
+        }
+        let rewrites = session.as_ref().is_some_and(|rs| rs.may_rewrite()) || had_url_token;
+        if rewrites && client_url.is_some() {
+            // Pages are rewritten as they stream: ask for them uncompressed.
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         let body = RequestBody::new(body, route.max_body_bytes, self.body_read_timeout);
 
@@ -446,50 +467,120 @@ impl Proxy {
         if switching {
             // The connection becomes a tunnel (or, without a client upgrade, is useless).
             lease.discard_connection();
-            if let Some(downstream) = downstream_upgrade {
-                let upstream = hyper::upgrade::on(&mut resp);
-                upgrade::spawn_tunnel(
-                    downstream,
-                    upstream,
-                    self.tunnel_idle_timeout,
-                    conn.guard.clone(),
-                    &self.tunnels,
-                    self.force.clone(),
-                );
-            }
+            // A backend may switch only to the protocol the client asked for and the route
+            // allows: anything else would be a tunnel past the gateway.
+            let agreed = match (&upgrade, resp.headers().get(header::UPGRADE)) {
+                (Some(asked), Some(answered)) => {
+                    asked.as_bytes().eq_ignore_ascii_case(answered.as_bytes())
+                        || (route.allows_upgrade(answered.as_bytes())
+                            && headers::offers(asked, answered))
+                }
+                _ => false,
+            };
+            let Some(downstream) = downstream_upgrade.filter(|_| agreed) else {
+                let pool = pool.name.clone();
+                return Err((ProxyError::UnwantedUpgrade { pool }, log));
+            };
+            let upstream = hyper::upgrade::on(&mut resp);
+            upgrade::spawn_tunnel(
+                downstream,
+                upstream,
+                self.tunnel_idle_timeout,
+                conn.guard.clone(),
+                &self.tunnels,
+                self.force.clone(),
+            );
         }
         let (mut rparts, rbody) = resp.into_parts();
         clean_response_headers(&mut rparts.headers, switching);
 
         // commit: the backend's session directives, always taken out of the response.
         let mut held = None;
-        if let (Some(s), Some(rs)) = (&self.sessions, session) {
-            held = s
-                .on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
-                .await;
-            // A new token (a login) is logged as the one the client holds now; after a
-            // logout the line keeps the one it presented.
-            if let Some(h) = &held {
-                log.note(|l| l.session = Some(h.token.to_string()));
+        match (&self.sessions, session) {
+            (Some(s), Some(rs)) => {
+                held = s
+                    .on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
+                    .await;
+                // A new token (a login) is logged as the one the client holds now; after a
+                // logout the line keeps the one it presented.
+                if let Some(h) = &held {
+                    log.note(|l| l.session = Some(h.token.to_string()));
+                }
             }
+            (Some(s), None) => {
+                s.strip_directives(&mut rparts.headers);
+            }
+            _ => {}
         }
         // rewrite: with URL tracking, the token the client now holds goes into the response;
-        // links to sibling hosts get handoff codes.
+        // links to sibling hosts get handoff codes; a page whose URL carried a token is kept
+        // from sending it elsewhere.
         let html = match (&self.sessions, held, &client_url) {
-            (Some(s), Some(held), Some(client)) if held.by_url || !client.share_with.is_empty() => {
-                url_tracking::apply(s, held, client, &mut rparts.headers)
+            (Some(s), Some(held), Some(client))
+                if held.by_url || !client.share_with.is_empty() || had_url_token =>
+            {
+                url_tracking::apply(s, held, client, &mut rparts.headers, had_url_token)
+            }
+            (Some(s), _, Some(client)) if had_url_token => {
+                url_tracking::guard(s, client, &mut rparts.headers)
             }
             _ => None,
         };
 
         // log: written when the body is done (see `body`).
         log.status(rparts.status.as_u16());
-        let body = ResponseBody::upstream(rbody, log, lease);
+        // Trailers are headers too: a backend's directives, or hop-by-hop fields, must not
+        // reach an HTTP/2 client in them.
+        let body = ResponseBody::upstream(rbody, log, lease, self.sessions.clone());
         let body = match html {
             Some(html) => body.rewritten(html),
             None => body,
         };
         Ok(Response::from_parts(rparts, body))
+    }
+
+    /// The client's URL as its browser sees it: the scheme and host a trusted proxy in front
+    /// reports (`X-Forwarded-Proto`, `X-Forwarded-Host`), else the listener's and the
+    /// request's own.
+    fn client_url(
+        &self,
+        parts: &Parts,
+        host: &HeaderValue,
+        conn: &ConnInfo,
+        trusted: bool,
+        links: &Arc<[(String, String)]>,
+        share_with: &Arc<[String]>,
+    ) -> Option<Box<ClientUrl>> {
+        let first = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+        };
+        let scheme = match first("x-forwarded-proto").filter(|_| trusted) {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ if conn.listener.tls => "https",
+            _ => "http",
+        };
+        let host = first("x-forwarded-host")
+            .filter(|h| trusted && valid_host(h.as_bytes()))
+            .unwrap_or_else(|| host_str(host));
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        ClientUrl::new(
+            scheme,
+            host,
+            target,
+            url_tracking::accepts_gzip(&parts.headers),
+            links.clone(),
+            share_with.clone(),
+        )
+        .map(Box::new)
     }
 
     /// Checks the request head: size limit, and a usable host (returned).
@@ -750,7 +841,12 @@ fn https_redirect(host: &str, uri: &Uri, port: u16, mut log: LogSlot) -> Respons
     } else {
         name.to_owned()
     };
-    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    // Never `*` (OPTIONS *) or anything else that would run into the host.
+    let pq = uri
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/");
     let location = if port == 443 {
         format!("https://{name}{pq}")
     } else {

@@ -1,6 +1,7 @@
-//! The `rewrite` phase for URL-tracked sessions: the token the client holds goes into the
+//! The `rewrite` phase for tokens in URLs: the token the client holds goes into the
 //! response's redirect headers and, for an HTML page, into its same-origin links as the page
-//! streams through; and the response is kept out of shared caches and referrers.
+//! streams through; and a response whose URL carries a token (or whose links will) is kept
+//! out of shared caches and from sending its URL to other sites.
 
 use std::sync::Arc;
 
@@ -15,10 +16,12 @@ use crate::rewrite::{Coding, Html, Issuer, Tagger, html_charset, rewrite_headers
 use crate::session::handoff::HANDOFF_PARAMETER;
 use crate::session::{Arrival, Held, Sessions};
 
-/// The URL the client asked for, as it sees it (without the token): what the page's relative
-/// links resolve against, and the origin a link must have to get the token.
+/// The URL the client asked for, as its browser sees it (without the token): what the
+/// page's relative links resolve against, and the origin a link must have to get the token.
 #[derive(Debug)]
 pub(super) struct ClientUrl {
+    /// `scheme://host[:port]`, as `Url::origin` serializes it (lower case, no default port).
+    pub origin: String,
     pub scheme: &'static str,
     pub host: String,
     pub target: String,
@@ -28,6 +31,44 @@ pub(super) struct ClientUrl {
     pub links: Arc<[(String, String)]>,
     /// Sibling hosts sharing the route's sessions.
     pub share_with: Arc<[String]>,
+}
+
+impl ClientUrl {
+    /// The client's URL, if `scheme://host` is one (the host was checked, so it is).
+    pub fn new(
+        scheme: &'static str,
+        host: &str,
+        target: String,
+        accepts_gzip: bool,
+        links: Arc<[(String, String)]>,
+        share_with: Arc<[String]>,
+    ) -> Option<ClientUrl> {
+        let origin = url::Url::parse(&format!("{scheme}://{host}/"))
+            .ok()?
+            .origin()
+            .ascii_serialization();
+        Some(ClientUrl {
+            origin,
+            scheme,
+            host: host.to_owned(),
+            target,
+            accepts_gzip,
+            links,
+            share_with,
+        })
+    }
+
+    /// `target` (a request target) on the client's own origin, as an absolute URL: a redirect
+    /// the gateway makes itself goes nowhere else, however the target is spelled
+    /// (`//other.example/x` is a path here, not a host).
+    pub fn own(&self, target: &str) -> String {
+        let path = if target.starts_with('/') { target } else { "/" };
+        format!("{}{path}", self.origin)
+    }
+
+    fn tagger(&self, param: &str, token: &str) -> Option<Tagger> {
+        Tagger::new(param, token, self.scheme, &self.host, &self.target)
+    }
 }
 
 /// Whether an `Accept-Encoding` value takes gzip (`gzip` or `*`, without `q=0`).
@@ -51,42 +92,68 @@ pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// Tags the response's headers with the token the client holds (if it carries it in URLs)
 /// and handoff codes for links to sibling hosts; for an HTML page it can rewrite, returns the
 /// rewriter its body must go through (with `Content-Length` dropped and `ETag` weakened, as
-/// the body changes).
+/// the body changes). `url_carried_token`: the request's own URL had a token in it, so the
+/// page is guarded whatever the client holds now.
 pub(super) fn apply(
     sessions: &Arc<Sessions>,
     held: Held,
     client: &ClientUrl,
     headers: &mut HeaderMap,
+    url_carried_token: bool,
 ) -> Option<Html> {
-    let tagger = Tagger::new(
-        sessions.url_parameter(),
-        &held.token.expose(),
-        client.scheme,
-        &client.host,
-        &client.target,
-    )?;
-    let tagger = if held.by_url {
-        tagger
-    } else {
-        tagger.without_token()
+    let tagger = client.tagger(sessions.url_parameter(), &held.token.expose());
+    let (by_url, read_only) = (held.by_url, held.read_only);
+    let guarded = by_url || url_carried_token;
+    let Some(mut tagger) = tagger else {
+        if guarded {
+            keep_home(headers, false);
+        }
+        return None;
     };
-    let (by_url, token) = (held.by_url, held.token);
-    let s = sessions.clone();
-    let issue: Issuer = Arc::new(move || s.issue_handoff(&token, by_url));
-    let tagger = tagger.with_siblings(client.share_with.clone(), HANDOFF_PARAMETER, issue);
-    rewrite_headers(&tagger, headers);
-    // Leak guards: a URL with a token must not travel in a Referer to another site, nor
-    // be kept by a shared cache (nor a page with handoff codes).
-    let referrer_ok = headers
-        .get(header::REFERRER_POLICY)
-        .is_some_and(|v| v == "no-referrer" || v == "same-origin");
-    if by_url && !referrer_ok {
-        headers.insert(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        );
+    if !by_url {
+        tagger = tagger.without_token();
     }
-    keep_private(headers);
+    if guarded {
+        tagger = tagger.guarding();
+    }
+    // A token a regenerate retired mints no handoff code.
+    if !read_only {
+        let token = held.token;
+        let s = sessions.clone();
+        let issue: Issuer = Arc::new(move || s.issue_handoff(&token, by_url));
+        tagger = tagger.with_siblings(client.share_with.clone(), HANDOFF_PARAMETER, issue);
+    }
+    let to_sibling = rewrite_headers(&tagger, headers);
+    if guarded {
+        keep_home(headers, to_sibling);
+    } else if to_sibling {
+        // The sibling redeems the code only when the Referer names this host.
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("origin"));
+        crate::cache_control::make_private(headers);
+    } else {
+        // Handoff codes in the page: one-time credentials, for this client only.
+        crate::cache_control::make_private(headers);
+    }
+    page_rewriter(tagger, client, headers)
+}
+
+/// For a response to a request whose URL carried a token (or a handoff code) on a route that
+/// puts none into its URLs: nothing in it may send its URL to another site or a shared cache.
+pub(super) fn guard(
+    sessions: &Sessions,
+    client: &ClientUrl,
+    headers: &mut HeaderMap,
+) -> Option<Html> {
+    keep_home(headers, false);
+    let tagger = client
+        .tagger(sessions.url_parameter(), "")?
+        .without_token()
+        .guarding();
+    page_rewriter(tagger, client, headers)
+}
+
+/// The rewriter for an HTML page's body, if the response is one we can rewrite.
+fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) -> Option<Html> {
     let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
     // We asked for identity; a backend that compresses anyway is decoded, and the page
     // re-compressed with gzip for a client that takes it. A coding we cannot decode passes.
@@ -127,38 +194,48 @@ pub(super) fn apply(
     ))
 }
 
-/// `Cache-Control: private` added (a `public` and `s-maxage` dropped), unless the response
-/// is already private or not stored at all.
-fn keep_private(headers: &mut HeaderMap) {
-    let cache = headers
-        .get(header::CACHE_CONTROL)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    match cache {
-        Some(c) if c.contains("private") || c.contains("no-store") => {}
-        Some(c) => {
-            let kept: Vec<&str> = c
-                .split(',')
-                .map(str::trim)
-                .filter(|d| !d.is_empty() && *d != "public" && !d.starts_with("s-maxage"))
-                .collect();
-            let value = std::iter::once("private")
-                .chain(kept)
-                .collect::<Vec<_>>()
-                .join(", ");
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(header::CACHE_CONTROL, v);
-            }
-        }
-        None => {
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
-        }
+/// The referrer policy a browser takes from a response's `Referrer-Policy` fields: the last
+/// value it knows, across all of them.
+fn effective_referrer_policy(headers: &HeaderMap) -> Option<String> {
+    const KNOWN: &[&str] = &[
+        "no-referrer",
+        "no-referrer-when-downgrade",
+        "same-origin",
+        "origin",
+        "strict-origin",
+        "origin-when-cross-origin",
+        "strict-origin-when-cross-origin",
+        "unsafe-url",
+    ];
+    headers
+        .get_all(header::REFERRER_POLICY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_ascii_lowercase())
+        .rfind(|p| KNOWN.contains(&p.as_str()))
+}
+
+/// Leak guards for a response whose URL carries a token, or whose URLs will: a URL with a
+/// token must not travel in a `Referer` to another site (the policy is `same-origin` unless
+/// the backend's is `no-referrer` already; `origin` for a redirect to a sibling host, whose
+/// handoff needs the Referer's origin and never sees a path), nor be kept by a shared cache.
+fn keep_home(headers: &mut HeaderMap, to_sibling: bool) {
+    let policy = effective_referrer_policy(headers);
+    if to_sibling {
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("origin"));
+    } else if !matches!(policy.as_deref(), Some("no-referrer" | "same-origin")) {
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
     }
+    crate::cache_control::make_private(headers);
 }
 
 /// The answer to a client arriving from a sibling host with a handoff code: a redirect to the
-/// URL it asked for (without the code), with its token for this host in a cookie, or in the
-/// `Location` for a client that refuses cookies.
+/// URL it asked for (without the code), on its own origin, with its token for this host in a
+/// cookie (if new), or in the `Location` for a client that refuses cookies.
 pub(super) fn arrival_redirect(
     sessions: &Sessions,
     arrival: Arrival,
@@ -170,42 +247,40 @@ pub(super) fn arrival_redirect(
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::SEE_OTHER;
     let headers = resp.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&client.target) {
+    if let Ok(location) = HeaderValue::from_str(&client.own(&client.target)) {
         headers.insert(header::LOCATION, location);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if arrival.by_url {
         let token = arrival.token.expose();
-        if let Some(tagger) = Tagger::new(
-            sessions.url_parameter(),
-            &token,
-            client.scheme,
-            &client.host,
-            &client.target,
-        ) {
+        if let Some(tagger) = client.tagger(sessions.url_parameter(), &token) {
             rewrite_headers(&tagger, headers);
         }
-        headers.insert(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("same-origin"),
-        );
-    } else {
+    } else if arrival.fresh {
         sessions.arrival_cookie(headers, &arrival.token, tls);
     }
     resp
 }
 
-/// A redirect to the URL the client asked for, without its token (it was taken out already):
-/// the client keeps the cookie, so the address bar can come clean.
+/// A redirect to the URL the client asked for, without its token (it was taken out already),
+/// on its own origin: the client keeps the cookie, so the address bar can come clean.
 pub(super) fn clean_redirect(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
     log.status(302);
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::FOUND;
-    if let Ok(location) = HeaderValue::from_str(&client.target) {
+    if let Ok(location) = HeaderValue::from_str(&client.own(&client.target)) {
         resp.headers_mut().insert(header::LOCATION, location);
     }
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     resp
 }
 
@@ -226,5 +301,52 @@ mod tests {
         assert!(!accepts_gzip(&h("gzip;q=0, br")));
         assert!(!accepts_gzip(&h("identity")));
         assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_gateways_own_redirects_stay_on_the_clients_origin() {
+        let c = ClientUrl::new(
+            "https",
+            "Shop.Example:443",
+            String::new(),
+            false,
+            Arc::from(Vec::new()),
+            Arc::from(Vec::new()),
+        )
+        .unwrap();
+        assert_eq!(
+            c.own("//other.example/x"),
+            "https://shop.example//other.example/x"
+        );
+        assert_eq!(c.own("*"), "https://shop.example/");
+        assert_eq!(c.own("/a?b"), "https://shop.example/a?b");
+    }
+
+    #[test]
+    fn the_referrer_policy_counts_as_a_browser_reads_it() {
+        let h = |vs: &[&'static str]| {
+            let mut m = HeaderMap::new();
+            for v in vs {
+                m.append(header::REFERRER_POLICY, HeaderValue::from_static(v));
+            }
+            m
+        };
+        for (given, kept) in [
+            (vec!["same-origin"], "same-origin"),
+            (vec!["no-referrer"], "no-referrer"),
+            (vec!["same-origin, unsafe-url"], "same-origin"),
+            (vec!["no-referrer", "always"], "no-referrer"),
+            (vec!["unsafe-url, bogus"], "same-origin"),
+            (vec!["origin"], "same-origin"),
+        ] {
+            let mut headers = h(&given);
+            keep_home(&mut headers, false);
+            let got: Vec<_> = headers.get_all(header::REFERRER_POLICY).iter().collect();
+            if kept == "same-origin" {
+                assert_eq!(got, ["same-origin"], "{given:?}");
+            } else {
+                assert_eq!(effective_referrer_policy(&headers).as_deref(), Some(kept));
+            }
+        }
     }
 }

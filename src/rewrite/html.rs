@@ -3,7 +3,7 @@
 //! rewriter's memory is bounded (past the bound it passes the rest through unchanged).
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use lol_html::{
 };
 use std::borrow::Cow;
 
-use super::link::{Tagger, tag_refresh};
+use super::link::{Led, Tagger, tag_refresh};
 
 /// Pages whose rewriting failed (the rest passed unchanged, or a corrupt compressed page was
 /// cut): a counter for the metrics.
@@ -252,8 +252,20 @@ impl Html {
     }
 }
 
+/// The HTML namespace: a `<base>` in SVG or MathML is not the document's.
+const HTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
+
+/// Referrer policies that never send a page's URL (nor its path) to another origin.
+fn keeps_referrer_home(policy: &str) -> bool {
+    matches!(
+        policy.trim().to_ascii_lowercase().as_str(),
+        "no-referrer" | "same-origin"
+    )
+}
+
 /// The rewriter's settings: the charset, bounded memory, and a handler per element that
-/// carries a URL.
+/// carries a URL; for a page whose URL carries a token, handlers that keep the page from
+/// sending that URL to another site.
 fn settings(
     tagger: Tagger,
     charset: Option<&str>,
@@ -263,19 +275,28 @@ fn settings(
         .and_then(|c| encoding_rs::Encoding::for_label(c.as_bytes()))
         .and_then(AsciiCompatibleEncoding::new)
         .unwrap_or_else(AsciiCompatibleEncoding::utf_8);
+    let guard = tagger.guards();
     let tagger = Arc::new(Mutex::new(tagger));
     let link = |attr: String, tagger: Arc<Mutex<Tagger>>| {
         move |el: &mut Element<'_, '_, _>| {
             if let Some(value) = el.get_attribute(&attr) {
-                let tagged = lock(&tagger).tag(&value);
-                if let Some(tagged) = tagged {
+                let tagged = lock(&tagger).tag_attribute(&value);
+                if let Some((tagged, led)) = tagged {
+                    // A link to a sibling carries a code the sibling redeems only when the
+                    // Referer names this host: sent as the origin alone, never the path.
+                    if led == Led::Sibling {
+                        el.set_attribute("referrerpolicy", "origin")?;
+                    }
                     el.set_attribute(&attr, &tagged)?;
                 }
             }
             Ok(())
         }
     };
-    let base_seen = std::sync::atomic::AtomicBool::new(false);
+    // Open <template> elements: what is inside one is not (yet) part of the document.
+    let templates = Arc::new(AtomicUsize::new(0));
+    let in_template = templates.clone();
+    let base_seen = Arc::new(AtomicBool::new(false));
     let base_tagger = tagger.clone();
     let meta_tagger = tagger.clone();
     let mut settings = Settings::new_send()
@@ -287,9 +308,26 @@ fn settings(
                 .with_max_allowed_memory_usage(MAX_MEMORY)
                 .with_graceful_bail_out_on_memory_limit_exceeded(true),
         )
+        .append_element_content_handler(element!("template", move |el| {
+            if el.namespace_uri() == HTML_NAMESPACE {
+                templates.fetch_add(1, Ordering::Relaxed);
+                let closing = templates.clone();
+                // A template without an end tag keeps everything after it inside.
+                let _ = el.on_end_tag(lol_html::end_tag!(move |_| {
+                    let _ = closing
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    Ok(())
+                }));
+            }
+            Ok(())
+        }))
         .append_element_content_handler(element!("base[href]", move |el| {
-            // Only the first <base href> counts (HTML spec).
-            if !base_seen.swap(true, std::sync::atomic::Ordering::Relaxed)
+            // Only the first <base href> the browser honours counts: the document's own
+            // (HTML namespace, not inside a template), wherever it stands. Tagged links are
+            // absolute, so no later one can move them.
+            if el.namespace_uri() == HTML_NAMESPACE
+                && in_template.load(Ordering::Relaxed) == 0
+                && !base_seen.swap(true, Ordering::Relaxed)
                 && let Some(href) = el.get_attribute("href")
             {
                 lock(&base_tagger).set_base(&href);
@@ -297,9 +335,11 @@ fn settings(
             Ok(())
         }))
         .append_element_content_handler(element!("meta[http-equiv][content]", move |el| {
-            let refresh = el
-                .get_attribute("http-equiv")
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("refresh"));
+            let refresh = el.get_attribute("http-equiv").is_some_and(|v| {
+                htmlize::unescape_attribute(&v)
+                    .trim()
+                    .eq_ignore_ascii_case("refresh")
+            });
             if refresh
                 && let Some(content) = el.get_attribute("content")
                 && let Some(tagged) = tag_refresh(&lock(&meta_tagger), &content)
@@ -308,6 +348,41 @@ fn settings(
             }
             Ok(())
         }));
+    if guard {
+        settings = settings
+            // A page's <meta name=referrer> beats the Referrer-Policy header: on a page whose
+            // URL carries a token it may only narrow it.
+            .append_element_content_handler(element!("meta[name]", |el| {
+                let named = el.get_attribute("name").is_some_and(|n| {
+                    htmlize::unescape_attribute(&n)
+                        .trim()
+                        .eq_ignore_ascii_case("referrer")
+                });
+                let kept = el
+                    .get_attribute("content")
+                    .is_some_and(|c| keeps_referrer_home(&htmlize::unescape_attribute(&c)));
+                if named && !kept {
+                    el.set_attribute("content", "same-origin")?;
+                }
+                Ok(())
+            }))
+            // So does an element's own referrerpolicy (links, images, frames, scripts...).
+            .append_element_content_handler(element!("[referrerpolicy]", |el| {
+                let kept = el
+                    .get_attribute("referrerpolicy")
+                    .is_some_and(|p| keeps_referrer_home(&htmlize::unescape_attribute(&p)));
+                if !kept {
+                    el.remove_attribute("referrerpolicy");
+                }
+                Ok(())
+            }))
+            // Hyperlink auditing sends the page's URL (Ping-From) and the link's, token and
+            // all (Ping-To), wherever the ping goes.
+            .append_element_content_handler(element!("[ping]", |el| {
+                el.remove_attribute("ping");
+                Ok(())
+            }));
+    }
     for (element, attr) in links {
         // The pairs were checked when the configuration was read; one that does not parse
         // anyway is skipped rather than failing the response.
@@ -363,16 +438,16 @@ mod tests {
     fn same_origin_links_forms_frames_and_refresh_get_the_token() {
         let out = rewrite_in_chunks(PAGE, 1 << 16);
         for want in [
-            r#"content="30; url=/again;sgsid=T""#,
-            r#"href="cart;sgsid=T""#,
+            r#"content="30; url=http://shop.example/again;sgsid=T""#,
+            r#"href="http://shop.example/dir/cart;sgsid=T""#,
             r#"href="https://elsewhere.example/""#,
             r##"href="#top""##,
             r#"href="mailto:a@shop.example""#,
-            r#"area href="/map;sgsid=T""#,
-            r#"src="frame.html;sgsid=T""#,
-            r#"src="left.html;sgsid=T""#,
-            r#"action="/search;sgsid=T""#,
-            r#"action="/login;sgsid=T""#,
+            r#"area href="http://shop.example/map;sgsid=T""#,
+            r#"src="http://shop.example/dir/frame.html;sgsid=T""#,
+            r#"src="http://shop.example/dir/left.html;sgsid=T""#,
+            r#"action="http://shop.example/search;sgsid=T""#,
+            r#"action="http://shop.example/login;sgsid=T""#,
             r#"'<a href="/not-a-link">'"#,
         ] {
             assert!(out.contains(want), "{want} missing from {out}");
@@ -428,7 +503,7 @@ mod tests {
         out.extend_from_slice(&html.finish().unwrap());
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"<a href="/a">a</a><img src="/i.png;sgsid=T"><form action="/f"></form>"#
+            r#"<a href="/a">a</a><img src="http://shop.example/i.png;sgsid=T"><form action="/f"></form>"#
         );
     }
 
@@ -440,10 +515,12 @@ mod tests {
         assert_eq!(out, rewrite_in_chunks(page, 1 << 16));
         // Only the tags whose links change are written anew, the way a browser parses them
         // (`title="q"uote"` is `title="q"` and an attribute `uote"`); the rest is untouched.
-        let expected = page.replace("href=/x>", "href=\"/x;sgsid=T\">").replace(
-            "href='y' title=\"q\"uote",
-            "href=\"y;sgsid=T\" title=\"q\" uote",
-        );
+        let expected = page
+            .replace("href=/x>", "href=\"http://shop.example/x;sgsid=T\">")
+            .replace(
+                "href='y' title=\"q\"uote",
+                "href=\"http://shop.example/dir/y;sgsid=T\" title=\"q\" uote",
+            );
         assert_eq!(out, expected);
     }
 
@@ -458,8 +535,60 @@ mod tests {
         assert!(out.contains(r#"href="/abs""#), "{out}");
     }
 
+    #[test]
+    fn only_the_base_a_browser_honours_counts_and_tagged_links_outlive_any_base() {
+        for (page, want) in [
+            // In a template or SVG: not the document's base.
+            (
+                r#"<template><base href="https://cdn.example/"></template><a href="x">x</a>"#,
+                r#"href="http://shop.example/dir/x;sgsid=T""#,
+            ),
+            (
+                r#"<svg><base href="https://cdn.example/"/></svg><a href="x">x</a>"#,
+                r#"href="http://shop.example/dir/x;sgsid=T""#,
+            ),
+            // A same-origin base, decoded.
+            (
+                r#"<base href="&sol;y&sol;"><a href="x">x</a>"#,
+                r#"href="http://shop.example/y/x;sgsid=T""#,
+            ),
+            // A base after the link: the tagged link is absolute already.
+            (
+                r#"<a href="x">x</a><base href="https://cdn.example/">"#,
+                r#"href="http://shop.example/dir/x;sgsid=T""#,
+            ),
+        ] {
+            let out = rewrite_in_chunks(page, 5);
+            assert!(out.contains(want), "{page}: {out}");
+        }
+    }
+
+    fn guarded(page: &str) -> String {
+        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/")
+            .unwrap()
+            .guarding();
+        let mut html = Html::new(tagger, None, &links(), Coding::Identity, false);
+        let mut out = html.feed(page.as_bytes()).unwrap().to_vec();
+        out.extend_from_slice(&html.finish().unwrap());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_guarded_page_cannot_widen_its_referrer_policy_nor_ping() {
+        let out = guarded(
+            r#"<meta name="Referr&#101;r" content="unsafe-url"><meta name=referrer content="no-referrer"><img referrerpolicy="unsafe&#45;url" src="https://x.example/i"><a ping="https://x.example/p" referrerpolicy=same-origin href="/a">a</a>"#,
+        );
+        assert_eq!(
+            out,
+            r#"<meta name="Referr&#101;r" content="same-origin"><meta name=referrer content="no-referrer"><img src="https://x.example/i"><a referrerpolicy=same-origin href="http://shop.example/a;sgsid=T">a</a>"#
+        );
+        // Unguarded (a cookie client's page with sibling links), the page is its own.
+        let out = rewrite_in_chunks(r#"<meta name="referrer" content="unsafe-url">"#, 64);
+        assert!(out.contains("unsafe-url"), "{out}");
+    }
+
     fn through(coding: Coding, compressed: &[u8], gzip_out: bool, chunk: usize) -> Vec<u8> {
-        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
+        let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/dir/").unwrap();
         let mut html = Html::new(tagger, None, &links(), coding, gzip_out);
         let mut out = Vec::new();
         for c in compressed.chunks(chunk) {
@@ -546,6 +675,9 @@ mod tests {
         let page = b"<p>caf\xe9</p><a href=\"/x\">\xe9</a>";
         let mut out = html.feed(page).unwrap().to_vec();
         out.extend_from_slice(&html.finish().unwrap());
-        assert_eq!(out, b"<p>caf\xe9</p><a href=\"/x;sgsid=T\">\xe9</a>");
+        assert_eq!(
+            out,
+            b"<p>caf\xe9</p><a href=\"http://shop.example/x;sgsid=T\">\xe9</a>"
+        );
     }
 }

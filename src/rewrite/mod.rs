@@ -7,4 +7,4 @@ mod html;
 mod link;
 
 pub use html::{Coding, Html, RewriteError, html_charset, rewrite_errors};
-pub use link::{Issuer, Tagger, rewrite_headers, tag_refresh};
+pub use link::{Issuer, Led, MAX_CODES_PER_RESPONSE, Tagger, rewrite_headers, tag_refresh};

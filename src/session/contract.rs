@@ -1,8 +1,9 @@
 //! The header contract with backends (ARCHITECTURE §4), as pure functions on header maps.
 //!
 //! Requests: every client-sent header with the prefix and every mapped header name is removed
-//! first (any case, repeated, with `_` for `-`), then the gateway's own are set. Responses:
-//! the backend's directives are read and always removed, whatever the status.
+//! first (any case, repeated, with `_` or `.` for `-`: CGI gateways and frameworks read
+//! `X_Session_Key` as `X-Session-Key`), then the gateway's own are set. Responses: the
+//! backend's directives are read and always removed, whatever the status, in every spelling.
 
 use rustc_hash::FxHashMap;
 use std::sync::{Arc, RwLock};
@@ -91,31 +92,56 @@ impl Names {
     }
 }
 
-/// `x_session_key` and `X-Session-Key` are one name to many backends (CGI maps `-` to `_`).
-fn normalized(name: &str) -> String {
-    name.replace('_', "-")
+/// A header name as a backend may read it: `x_session_key`, `X.Session.Key` and
+/// `X-Session-Key` are one name to CGI gateways and many frameworks (every character that is
+/// not a letter or digit stands for `-`). `None` when the name has no such character (it is
+/// its own normal form: names come lower case).
+fn normalized(name: &str) -> Option<String> {
+    name.bytes()
+        .any(|b| !b.is_ascii_alphanumeric() && b != b'-')
+        .then(|| {
+            name.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect()
+        })
+}
+
+/// Whether `name` (lower case) is one of ours in some spelling: under the prefix, or one of
+/// `guarded`.
+fn poses_as_ours(name: &str, names: &Names, guarded: &[HeaderName]) -> bool {
+    let looks = |n: &str| n.starts_with(&names.prefix) || guarded.iter().any(|m| m == n);
+    looks(name) || normalized(name).is_some_and(|n| looks(&n))
+}
+
+/// Whether `name` (lower case) is under the prefix, in any spelling.
+pub fn under_prefix(name: &str, names: &Names) -> bool {
+    poses_as_ours(name, names, &[])
 }
 
 /// Removes every header a client could use to pose as the gateway: those with the prefix and
-/// the route's mapped header names (attribute, header), in any spelling.
-pub fn strip_client_headers(
-    headers: &mut HeaderMap,
-    names: &Names,
-    mapped: &[(String, HeaderName)],
-) {
-    let forged: Vec<HeaderName> = headers
+/// those named in `guarded` (every header any route maps an attribute to), in any spelling.
+pub fn strip_client_headers(headers: &mut HeaderMap, names: &Names, guarded: &[HeaderName]) {
+    remove_where(headers, |n| poses_as_ours(n, names, guarded));
+}
+
+/// Removes every header under the prefix, in any spelling (a backend's directives on a route
+/// without sessions, or a typo); `true` if there were any.
+pub fn strip_prefixed(headers: &mut HeaderMap, names: &Names) -> bool {
+    remove_where(headers, |n| under_prefix(n, names))
+}
+
+/// Removes the headers whose names `pick` selects; `true` if there were any. Most messages
+/// carry none: one pass over the names, and no allocation.
+fn remove_where(headers: &mut HeaderMap, pick: impl Fn(&str) -> bool) -> bool {
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            let n = k.as_str();
-            let looks =
-                |n: &str| n.starts_with(&names.prefix) || mapped.iter().any(|(_, m)| m == n);
-            looks(n) || (n.contains('_') && looks(&normalized(n)))
-        })
+        .filter(|k| pick(k.as_str()))
         .cloned()
         .collect();
-    for name in forged {
+    for name in &doomed {
         headers.remove(name);
     }
+    !doomed.is_empty()
 }
 
 /// Sets the session headers for the backend (after [`strip_client_headers`]). `mapped` pairs
@@ -222,16 +248,9 @@ pub fn take_directives(headers: &mut HeaderMap, names: &Names) -> Directives {
             _ => d.ignored.push(format!("unknown action {v:?}")),
         }
     }
-    // Anything else under the prefix is ours too (a typo, or a future directive): never let
-    // it reach the client.
-    let ours: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(&names.prefix))
-        .cloned()
-        .collect();
-    for name in ours {
-        headers.remove(name);
-    }
+    // Anything else under the prefix is ours too (a typo, another spelling, a future
+    // directive): never let it reach the client.
+    strip_prefixed(headers, names);
     d
 }
 
@@ -254,12 +273,16 @@ mod tests {
             ("x-session-attr-user", "again"),
             ("X-Remote-User", "root"),
             ("x_remote_user", "root"),
+            ("x.session.key", "forged"),
+            ("X-Remote_User", "root"),
             ("x-kept", "1"),
+            ("x_kept_too", "1"),
         ]);
-        let mapped = [("user".to_owned(), HeaderName::from_static("x-remote-user"))];
-        strip_client_headers(&mut h, &names(), &mapped);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["x-kept"]);
+        let guarded = [HeaderName::from_static("x-remote-user")];
+        strip_client_headers(&mut h, &names(), &guarded);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-kept", "x_kept_too"]);
     }
 
     #[test]
@@ -288,6 +311,7 @@ mod tests {
             ("X-Session-Unset", "a, b"),
             ("X-Session-Action", "Regenerate"),
             ("X-Session-Typo", "x"),
+            ("x_session_set", "user=other"),
             ("content-type", "text/html"),
         ]);
         let d = take_directives(&mut h, &names());

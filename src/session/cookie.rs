@@ -1,6 +1,8 @@
 //! Our cookies in a request: taken out of `Cookie` (the backend never sees them) and read.
 //! There are two: the session cookie, and with `tracking: auto` a non-secret probe that
-//! shows the client keeps cookies.
+//! shows the client keeps cookies. Each has a name on plain listeners (`sg`) and one on TLS
+//! listeners (`__Host-sg`): a request loses both, but only the listener's own is read (a token
+//! sent under the other name is still a token, and never reaches a backend).
 
 use cookie::Cookie;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -14,8 +16,9 @@ pub struct Taken {
     pub probe: bool,
 }
 
-/// Takes the cookies `session` and `probe` out of the request's `Cookie` headers.
-pub fn take(headers: &mut HeaderMap, session: &str, probe: &str) -> Taken {
+/// Takes the cookies `session` and `probe` out of the request's `Cookie` headers and reads
+/// them; cookies named in `also` are taken out unread.
+pub fn take(headers: &mut HeaderMap, session: &str, probe: &str, also: &[&str]) -> Taken {
     let mut all = headers.get_all(header::COOKIE).iter();
     let Some(first) = all.next() else {
         return Taken::default();
@@ -57,6 +60,7 @@ pub fn take(headers: &mut HeaderMap, session: &str, probe: &str) -> Taken {
                     ours = true;
                     taken.probe = true;
                 }
+                Ok(c) if also.contains(&c.name()) => ours = true,
                 _ => others.push(pair),
             }
         }
@@ -91,7 +95,7 @@ mod tests {
             HeaderValue::from_static("a=1; sg=TOKEN; sg_probe=1; b=2"),
         );
         h.append(header::COOKIE, HeaderValue::from_static("sg=second"));
-        let t = take(&mut h, "sg", "sg_probe");
+        let t = take(&mut h, "sg", "sg_probe", &[]);
         assert_eq!(t.session.as_deref(), Some("TOKEN"));
         assert!(t.probe);
         let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
@@ -99,18 +103,44 @@ mod tests {
         // Not ours: untouched.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sgx=1; xsg=2"));
-        assert_eq!(take(&mut h, "sg", "sg_probe"), Taken::default());
+        assert_eq!(take(&mut h, "sg", "sg_probe", &[]), Taken::default());
         assert_eq!(h[header::COOKIE], "sgx=1; xsg=2");
         // The session cookie alone: the header goes.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sg=TOKEN"));
-        assert_eq!(session(take(&mut h, "sg", "p")).as_deref(), Some("TOKEN"));
+        assert_eq!(
+            session(take(&mut h, "sg", "p", &[])).as_deref(),
+            Some("TOKEN")
+        );
         assert!(h.is_empty());
         // The probe alone.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sg_probe=1"));
-        let t = take(&mut h, "sg", "sg_probe");
+        let t = take(&mut h, "sg", "sg_probe", &[]);
         assert!(t.probe && t.session.is_none());
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn the_other_listeners_names_are_taken_out_unread() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("sg=PLAIN; a=1; __Host-sg_probe=1"),
+        );
+        let t = take(&mut h, "__Host-sg", "__Host-sg_probe", &["sg", "sg_probe"]);
+        assert_eq!(
+            t,
+            Taken {
+                session: None,
+                probe: true
+            }
+        );
+        assert_eq!(h[header::COOKIE], "a=1");
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("sg=PLAIN"));
+        let t = take(&mut h, "__Host-sg", "__Host-sg_probe", &["sg", "sg_probe"]);
+        assert_eq!(t, Taken::default());
         assert!(h.is_empty());
     }
 }

@@ -18,14 +18,14 @@ use http::{Method, StatusCode, Uri};
 
 use super::contract::{self, Names, Status};
 use super::cookie::take as take_cookies;
-use super::handoff::{self, HANDOFF_PARAMETER, HANDOFF_TTL, Handoff};
+use super::handoff::{self, HANDOFF_PARAMETER, HANDOFF_TTL};
 use super::memory::{MemoryOptions, MemoryStore};
 use super::redis::{RedisOptions, RedisStore};
 use super::sealed::{Jar, SealedOptions, Sealer};
 use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
 use super::stores::Store;
 use super::token::{SessionKeys, Token};
-use super::tracking::{self, Evidence, Source};
+use super::tracking::{self, Evidence, Provenance, Source};
 use super::url::{self, UrlTokens};
 use crate::config::{
     ConfigError, CookieConfig, SameSite, Secure, SessionsConfig, StoreConfig, Tracking,
@@ -47,14 +47,16 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
             .map_err(|e| e.to_string())?;
             Store::Sealed(Jar::new(Arc::new(sealer)))
         }
-        StoreConfig::Memory { max_sessions } => {
-            Store::Memory(Box::new(MemoryStore::new(MemoryOptions {
-                max_sessions: *max_sessions,
-                idle_timeout: config.idle_timeout,
-                absolute_timeout: config.absolute_timeout,
-                limits: config.limits,
-            })))
-        }
+        StoreConfig::Memory {
+            max_sessions,
+            max_bytes,
+        } => Store::Memory(Box::new(MemoryStore::new(MemoryOptions {
+            max_sessions: *max_sessions,
+            max_bytes: *max_bytes,
+            idle_timeout: config.idle_timeout,
+            absolute_timeout: config.absolute_timeout,
+            limits: config.limits,
+        }))),
         StoreConfig::Redis {
             topology,
             key_prefix,
@@ -109,11 +111,17 @@ fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
     }
 }
 
+/// `Sec-Fetch-Site`: where a browser says a request comes from.
+const FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Sessions as the proxy sees them.
 pub struct Sessions {
     keys: Arc<SessionKeys>,
     store: Store,
     names: Names,
+    /// Every header name any route maps an attribute to: no client may send one, on any
+    /// route.
+    guarded: Vec<HeaderName>,
     cookie: CookieConfig,
     url_parameter: String,
     crawlers: Vec<String>,
@@ -205,14 +213,18 @@ impl std::fmt::Debug for Sessions {
 pub struct RequestInfo<'a> {
     /// It came over TLS.
     pub tls: bool,
-    /// The host the client addressed (`host[:port]`).
-    pub host: &'a str,
+    /// The origin the client's browser sees (`Url::origin().ascii_serialization()`, e.g.
+    /// `https://shop.example`), when the route needs to know where requests come from: URL
+    /// tracking, sibling hosts, or a token in the URL. `None`: nothing comes from here.
+    pub origin: Option<&'a str>,
     /// Its method.
     pub method: &'a Method,
     /// The route's attributes also sent under a header of their own.
     pub mapped: &'a [(String, HeaderName)],
     /// How clients carry the token on the route.
     pub tracking: Tracking,
+    /// The route's sibling hosts (`host[:port]`), whose links may bring handoff codes.
+    pub share_with: &'a [String],
     /// The tokens taken out of the URL by [`Sessions::take_url_tokens`].
     pub url: Option<Box<UrlTokens>>,
 }
@@ -248,13 +260,16 @@ impl std::fmt::Debug for SealedRequest {
     }
 }
 
-/// A client arriving from a sibling host with a handoff code: its new token for the session.
+/// A client arriving from a sibling host with a handoff code: the token it holds here now.
 #[derive(Debug)]
 pub struct Arrival {
-    /// The token this host gives it.
+    /// The token: a new one for the sibling's session, or the one the client already had
+    /// here (a handoff never replaces a live session).
     pub token: Token,
     /// It carries tokens in URLs (it refuses cookies).
     pub by_url: bool,
+    /// The token is new: a cookie client gets it in a cookie.
+    pub fresh: bool,
 }
 
 /// The token a client holds after a response, and how it carries it.
@@ -264,6 +279,9 @@ pub struct Held {
     pub token: Token,
     /// It goes into the response's URLs (else it is in the cookie).
     pub by_url: bool,
+    /// It reaches its session only read-only (a regenerate retired it): it may hand off
+    /// nothing to sibling hosts.
+    pub read_only: bool,
 }
 
 impl RequestSession {
@@ -393,6 +411,7 @@ impl Sessions {
             metrics: metrics.clone(),
             store,
             names: Names::new(&config.header_prefix)?,
+            guarded: Vec::new(),
             cookie: config.cookie.clone(),
             url_parameter: config.url_parameter.clone(),
             crawlers: config.crawlers.clone(),
@@ -401,6 +420,14 @@ impl Sessions {
             absolute: config.absolute_timeout,
             grace: config.regenerate_grace,
         })
+    }
+
+    /// The sessions, guarding `names` too: the header names every route maps attributes to,
+    /// which no client may send on any route.
+    #[must_use]
+    pub fn guarding(mut self, names: Vec<HeaderName>) -> Sessions {
+        self.guarded = names;
+        self
     }
 
     /// The store (for the admin API).
@@ -432,6 +459,13 @@ impl Sessions {
     /// The probe cookie's name on this listener (see `tracking`).
     fn probe_name(&self, tls: bool) -> &str {
         &self.names_by_listener[usize::from(tls)].1
+    }
+
+    /// The cookie names of the other kind of listener (plain or TLS): taken out of requests
+    /// too, never read.
+    fn other_listeners_names(&self, tls: bool) -> [&str; 2] {
+        let (session, probe) = &self.names_by_listener[usize::from(!tls)];
+        [session, probe]
     }
 
     /// Adds the probe cookie: not a credential, it only shows that the client keeps cookies.
@@ -497,31 +531,41 @@ impl Sessions {
     }
 
     /// The rest of `resolve`, then `load`: the request's headers are rewritten for the backend.
-    /// A token counts from the cookie, else the path parameter, else the query: the first of
-    /// them that is correctly signed.
+    /// A token counts from the cookie, else (on a route that tracks by URL, and for a request
+    /// that does not come from another site) the path parameter, else the query: the first
+    /// of them that is correctly signed.
     pub async fn on_request(
         &self,
         headers: &mut HeaderMap,
         info: RequestInfo<'_>,
     ) -> RequestSession {
-        contract::strip_client_headers(headers, &self.names, info.mapped);
+        // Strip before anything reads or sets: a client must not pose as the gateway, under
+        // any name that any route maps (a route's backend may be another route's too).
+        contract::strip_client_headers(headers, &self.names, &self.guarded);
+        let tls = info.tls;
         let taken = take_cookies(
             headers,
-            self.cookie_name(info.tls),
-            self.probe_name(info.tls),
+            self.cookie_name(tls),
+            self.probe_name(tls),
+            &self.other_listeners_names(tls),
         );
         let mut evidence = Evidence {
             takes_cookies: taken.probe || taken.session.is_some(),
             ..Evidence::default()
         };
+        if let Some(origin) = info.origin {
+            let came = Provenance::of(
+                headers.get(FETCH_SITE).map(HeaderValue::as_bytes),
+                headers.get(header::REFERER).and_then(|r| r.to_str().ok()),
+                origin,
+            );
+            evidence.from_here = came.here;
+            evidence.from_elsewhere = came.elsewhere;
+        }
         if info.tracking != Tracking::Cookie {
             evidence.crawler = headers
                 .get(header::USER_AGENT)
                 .is_some_and(|ua| tracking::is_crawler(ua.as_bytes(), &self.crawlers));
-            evidence.from_here = headers
-                .get(header::REFERER)
-                .and_then(|r| r.to_str().ok())
-                .is_some_and(|r| tracking::from_here(r, info.host));
         }
         let (from_path, from_query, handoff) = match info.url {
             Some(u) => {
@@ -530,35 +574,23 @@ impl Sessions {
             }
             None => (None, None, None),
         };
-        // A sibling host's handoff: this client gets a token of its own for that session.
-        if let Some(h) = self.redeem(handoff.as_deref()).await
-            && let Some(arrival) = self.arrive(h).await
-        {
-            return RequestSession {
-                token: None,
-                session: None,
-                status: Status::None,
-                tracking: info.tracking,
-                source: Source::None,
-                evidence,
-                clean_redirect: false,
-                arrival: Some(arrival),
-                store_failed: false,
-                sealed: None,
-            };
-        }
         if let Store::Sealed(template) = &self.store {
+            // The sealed store tracks by cookie only, and has no handoffs (`check` refuses
+            // both): a URL's token or code counts for nothing here.
             return self
                 .on_sealed_request(headers, info.mapped, taken.session, evidence, template)
                 .await;
         }
         let in_url = from_path.is_some() || from_query.is_some();
+        // A URL token counts only where the route tracks by URL, and never when the request
+        // comes from another site: anyone can put a token in a link (a fixation).
+        let url_counts = info.tracking != Tracking::Cookie && !evidence.from_elsewhere;
         let candidates = [
             (Source::Cookie, taken.session),
-            (Source::Url, from_path),
-            (Source::Url, from_query),
+            (Source::Url, from_path.filter(|_| url_counts)),
+            (Source::Url, from_query.filter(|_| url_counts)),
         ];
-        let (source, token) = candidates
+        let (mut source, mut token) = candidates
             .into_iter()
             .filter_map(|(src, t)| Some((src, t?)))
             .find_map(|(src, t)| match Token::parse(&t, &self.keys) {
@@ -569,6 +601,19 @@ impl Sessions {
                 }
             })
             .unwrap_or((Source::None, None));
+        // `auto` moves a URL token into the cookie of a client that keeps cookies: only when
+        // the request comes from one of our own pages. Otherwise the link came from someone
+        // else, who would plant their session in this browser: it starts one of its own.
+        if source == Source::Url
+            && info.tracking == Tracking::Auto
+            && evidence.takes_cookies
+            && !evidence.from_here
+        {
+            tracing::debug!(
+                "a URL token for a client that keeps cookies, not from our pages: refused"
+            );
+            (source, token) = (Source::None, None);
+        }
         let clean_redirect = info.tracking == Tracking::Auto
             && source == Source::Cookie
             && in_url
@@ -593,7 +638,27 @@ impl Sessions {
                 }
             },
         };
-        contract::set_session_headers(headers, &self.names, status, session.as_ref(), info.mapped);
+        // A sibling host's handoff: answered by the proxy, never by the backend.
+        let arrival = match handoff {
+            Some(code) if !store_failed => {
+                let live = token
+                    .as_ref()
+                    .filter(|_| session.is_some())
+                    .map(|t| (t.clone(), source == Source::Url));
+                self.hand_in(&code, headers, info.method, info.share_with, live)
+                    .await
+            }
+            _ => None,
+        };
+        if arrival.is_none() {
+            contract::set_session_headers(
+                headers,
+                &self.names,
+                status,
+                session.as_ref(),
+                info.mapped,
+            );
+        }
         RequestSession {
             token,
             session,
@@ -602,10 +667,33 @@ impl Sessions {
             source,
             evidence,
             clean_redirect,
-            arrival: None,
+            arrival,
             store_failed,
             sealed: None,
         }
+    }
+
+    /// For a route without sessions: the client's headers that pose as the gateway's go, as
+    /// on routes with sessions (the same application may sit behind both).
+    pub fn strip_forged(&self, headers: &mut HeaderMap) {
+        contract::strip_client_headers(headers, &self.names, &self.guarded);
+    }
+
+    /// For a response on a route without sessions: the backend's directives (anything under
+    /// the prefix) go, unapplied; `true` if there were any.
+    pub fn strip_directives(&self, headers: &mut HeaderMap) -> bool {
+        let found = contract::strip_prefixed(headers, &self.names);
+        if found {
+            self.metrics.session(SessionEvent::DirectiveRejected);
+            tracing::debug!("session directives on a route without sessions: removed");
+        }
+        found
+    }
+
+    /// Whether a trailer (or any header) name is one of ours: under the prefix, in any
+    /// spelling.
+    pub fn is_ours(&self, name: &HeaderName) -> bool {
+        contract::under_prefix(name.as_str(), &self.names)
     }
 
     /// `load` with the sealed-cookie store: the cookie is the session. It goes into a jar of
@@ -690,6 +778,7 @@ impl Sessions {
             rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
         // A URL-tracked client that now keeps cookies: its token moves into the cookie.
         let to_cookie = rs.tracking == Tracking::Auto && rs.source == Source::Url && carry.cookie();
+        let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let held = self
             .commit(rs, status, headers, tls, carry.cookie(), &self.store)
             .await;
@@ -710,19 +799,53 @@ impl Sessions {
         held.map(|token| Held {
             token,
             by_url: carry.url(),
+            read_only,
         })
     }
 
-    /// A new token for the session of handoff `h`, filed as an alias of it.
-    async fn arrive(&self, h: Handoff) -> Option<Arrival> {
+    /// A sibling host's handoff code in the URL. It counts only on a top-level navigation
+    /// that comes from one of the route's sibling hosts (see [`handoff::from_sibling`]), and
+    /// is taken then (once, whatever follows). A client that already has a live session here
+    /// keeps it (`live`: its token, and whether it came in the URL): a code never replaces a
+    /// session, or an attacker's link would log the victim into the attacker's account.
+    /// Otherwise the client gets a new token for the session, filed as an alias of it.
+    async fn hand_in(
+        &self,
+        code: &str,
+        headers: &HeaderMap,
+        method: &Method,
+        siblings: &[String],
+        live: Option<(Token, bool)>,
+    ) -> Option<Arrival> {
+        if !handoff::from_sibling(headers, method, siblings) {
+            tracing::debug!("a handoff code not on a navigation from a sibling host: ignored");
+            return None;
+        }
+        let (code, by_url) = handoff::read_code(code)?;
+        let target = match timed!(self.ops.take_code, self.store.take_code(&code)) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!(error = %e, "session handoff failed");
+                None
+            }
+        };
+        if let Some((token, in_url)) = live {
+            return Some(Arrival {
+                token,
+                by_url: in_url,
+                fresh: false,
+            });
+        }
+        let target = target?;
         let fresh = Token::generate(&self.keys).ok()?;
         match timed!(
             self.ops.alias,
-            self.store.alias(&fresh.store_id(), &h.id, self.absolute)
+            self.store.alias(&fresh.store_id(), &target, self.absolute)
         ) {
             Ok(true) => Some(Arrival {
                 token: fresh,
-                by_url: h.by_url,
+                by_url,
+                fresh: true,
             }),
             Ok(false) => None,
             Err(e) => {
@@ -750,18 +873,6 @@ impl Sessions {
             }
         });
         Some(code)
-    }
-
-    /// What a handoff code stands for, once.
-    async fn redeem(&self, code: Option<&str>) -> Option<Handoff> {
-        let (alias, by_url) = handoff::read_code(code?)?;
-        match timed!(self.ops.take_code, self.store.take_code(&alias)) {
-            Ok(id) => Some(Handoff { id: id?, by_url }),
-            Err(e) => {
-                tracing::warn!(error = %e, "session handoff failed");
-                None
-            }
-        }
     }
 
     /// Sets the cookie of an arriving client (see [`RequestSession::take_arrival`]).
@@ -814,6 +925,7 @@ impl Sessions {
             tracing::warn!(reason = %why, "session directive ignored");
         }
         // The token of a live session, or one whose session has expired.
+        let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let (live, expired) = match (rs.token, rs.session.is_some()) {
             (Some(t), true) => (Some(t), None),
             (t, _) => (None, t),
@@ -823,6 +935,14 @@ impl Sessions {
         }
         if status.is_server_error() {
             tracing::debug!(%status, "session directives of a 5xx response not applied");
+            return live;
+        }
+        if read_only && !d.destroy {
+            // A token a regenerate retired (perhaps a fixated one, in an attacker's hands):
+            // it reads the session as it was, and changes nothing. Its logout ends only its
+            // own view (below).
+            self.metrics.session(SessionEvent::DirectiveRejected);
+            tracing::warn!(session = %live.as_ref().map_or_else(String::new, Token::to_string), "session directives through a token retired by a regenerate: ignored");
             return live;
         }
         let now = unix_ms();
@@ -841,34 +961,21 @@ impl Sessions {
         }
         match live {
             Some(token) => {
-                let id = token.store_id();
-                if !d.changes.is_empty() {
-                    self.update(store, &id, None, &d.changes, now, &token).await;
-                }
-                if !d.regenerate {
-                    return Some(token);
-                }
-                let Ok(fresh) = Token::generate(&self.keys) else {
-                    tracing::warn!("no randomness: session not regenerated");
-                    return Some(token);
+                // A regenerate comes first: the old token's view (read-only, for the grace) is
+                // the session as it was before this response, never the login it carries.
+                let token = if d.regenerate {
+                    match self.regenerate(store, token, headers, tls, by_url).await {
+                        Some(token) => token,
+                        None => return None,
+                    }
+                } else {
+                    token
                 };
-                match timed!(
-                    self.ops.rename,
-                    store.rename(&id, &fresh.store_id(), self.grace)
-                ) {
-                    Ok(true) => {
-                        self.metrics.session(SessionEvent::Regenerated);
-                        if !by_url {
-                            self.set_cookie(headers, Some(&fresh), tls);
-                        }
-                        Some(fresh)
-                    }
-                    Ok(false) => None,
-                    Err(e) => {
-                        tracing::warn!(session = %token, error = %e, "regenerate failed");
-                        Some(token)
-                    }
+                if !d.changes.is_empty() {
+                    self.update(store, &token.store_id(), None, &d.changes, now, &token)
+                        .await;
                 }
+                Some(token)
             }
             None => {
                 // No live session: only a write creates one (bots and health checks never do).
@@ -895,6 +1002,39 @@ impl Sessions {
                     self.set_cookie(headers, Some(&fresh), tls);
                 }
                 Some(fresh)
+            }
+        }
+    }
+
+    /// Gives the session of `token` a new token (the old one is retired: read-only for the
+    /// grace); the token the client holds afterwards, `None` if the session is gone.
+    async fn regenerate(
+        &self,
+        store: &Store,
+        token: Token,
+        headers: &mut HeaderMap,
+        tls: bool,
+        by_url: bool,
+    ) -> Option<Token> {
+        let Ok(fresh) = Token::generate(&self.keys) else {
+            tracing::warn!("no randomness: session not regenerated");
+            return Some(token);
+        };
+        match timed!(
+            self.ops.rename,
+            store.rename(&token.store_id(), &fresh.store_id(), self.grace)
+        ) {
+            Ok(true) => {
+                self.metrics.session(SessionEvent::Regenerated);
+                if !by_url {
+                    self.set_cookie(headers, Some(&fresh), tls);
+                }
+                Some(fresh)
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(session = %token, error = %e, "regenerate failed");
+                Some(token)
             }
         }
     }
@@ -964,9 +1104,8 @@ impl Sessions {
         if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
             headers.append(header::SET_COOKIE, v);
         }
-        // A response that hands out a credential must not be stored by shared caches.
-        headers
-            .entry(header::CACHE_CONTROL)
-            .or_insert(HeaderValue::from_static("private"));
+        // A response that hands out (or clears) a credential must not be stored by shared
+        // caches, whatever the backend said.
+        crate::cache_control::make_private(headers);
     }
 }

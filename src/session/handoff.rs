@@ -4,15 +4,24 @@
 //!
 //! A code is filed in the session store (`put_code`) as the link is rewritten, and taken
 //! (once, `take_code`) by whichever gateway the click reaches: with Redis, several gateways
-//! behind an L4 balancer honour each other's codes. This module only makes and reads codes.
-//! The code's last byte says whether the client carries tokens in URLs; it is not signed (it
-//! only chooses how the sibling hands the client its new token).
+//! behind an L4 balancer honour each other's codes. This module makes and reads codes, and
+//! judges whether a request may redeem one ([`from_sibling`]). The code's last byte says
+//! whether the client carries tokens in URLs; it is not signed (it only chooses how the
+//! sibling hands the client its new token).
+//!
+//! A code is a bearer credential for a few seconds: it is redeemed only by what a click on
+//! the sibling's link is, a top-level navigation whose `Referer` names the sibling (the
+//! rewriter gives such links `referrerpolicy="origin"`, so the `Referer` is there even from a
+//! page whose policy hides it, and carries no path), never by a subresource, a frame, a
+//! script's fetch or a form's POST that an attacker's page could make.
 
 use std::time::Duration;
 
 use aws_lc_rs::rand;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::Method;
+use http::header::{self, HeaderMap};
 
 use super::StoreId;
 
@@ -55,9 +64,92 @@ pub fn read_code(code: &str) -> Option<(StoreId, bool)> {
     }
 }
 
+/// Whether a request may redeem a handoff code: a `GET` or `HEAD` that is a top-level
+/// navigation (`Sec-Fetch-Mode: navigate` and `Sec-Fetch-Dest: document`, when the browser
+/// sends them) from one of `siblings` (`host[:port]`), as its `Referer` says.
+pub fn from_sibling(headers: &HeaderMap, method: &Method, siblings: &[String]) -> bool {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return false;
+    }
+    let fetch = |name: &str, want: &str| {
+        headers
+            .get(name)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
+    };
+    if !fetch("sec-fetch-mode", "navigate") || !fetch("sec-fetch-dest", "document") {
+        return false;
+    }
+    let Some(referer) = headers
+        .get(header::REFERER)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| url::Url::parse(r).ok())
+    else {
+        return false;
+    };
+    let (true, Some(host)) = (
+        matches!(referer.scheme(), "http" | "https"),
+        referer.host_str(),
+    ) else {
+        return false;
+    };
+    let authority = match referer.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    siblings.iter().any(|s| s.eq_ignore_ascii_case(&authority))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_navigation_from_a_sibling_redeems() {
+        let siblings = ["shop.example".to_owned(), "www.example:8443".to_owned()];
+        let req = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.insert(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        let nav = [
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+        ];
+        for ok in [
+            req(&[("referer", "http://shop.example/home")]),
+            req(&[("referer", "https://SHOP.example/"), nav[0], nav[1]]),
+            req(&[("referer", "https://www.example:8443/x?y")]),
+        ] {
+            assert!(from_sibling(&ok, &Method::GET, &siblings), "{ok:?}");
+        }
+        for bad in [
+            req(&[]),
+            req(&nav),
+            req(&[("referer", "http://evil.example/")]),
+            req(&[("referer", "http://shop.example.evil/")]),
+            req(&[("referer", "http://www.example/")]),
+            req(&[("referer", "http://evil.example/?shop.example")]),
+            req(&[("referer", "http://shop.example@evil.example/")]),
+            req(&[("referer", "/relative")]),
+            req(&[
+                ("referer", "http://shop.example/"),
+                ("sec-fetch-dest", "iframe"),
+            ]),
+            req(&[
+                ("referer", "http://shop.example/"),
+                ("sec-fetch-mode", "no-cors"),
+            ]),
+        ] {
+            assert!(!from_sibling(&bad, &Method::GET, &siblings), "{bad:?}");
+        }
+        let ok = req(&[("referer", "http://shop.example/")]);
+        assert!(!from_sibling(&ok, &Method::POST, &siblings));
+    }
 
     #[test]
     fn a_code_reads_back_and_anything_else_does_not() {

@@ -1,8 +1,8 @@
 //! The embedded store: sessions in this process, in a `moka` cache.
 //!
 //! Each entry expires after the idle timeout since its last use; one past the absolute
-//! timeout since its creation is dropped when next read; past `max_sessions` the least useful
-//! entries are evicted. Updates of one session run under moka's per-key compute, so concurrent changes
+//! timeout since its creation is dropped when next read; past `max_sessions` or `max_bytes`
+//! the least useful entries are evicted. Updates of one session run under moka's per-key compute, so concurrent changes
 //! to different attributes both survive.
 
 use std::sync::Arc;
@@ -25,6 +25,9 @@ use crate::metrics::Tally;
 pub struct MemoryOptions {
     /// Most sessions kept; beyond this, entries are evicted.
     pub max_sessions: u64,
+    /// Most bytes of sessions kept (their data, and a fixed cost per entry); beyond this,
+    /// entries are evicted, so that large sessions cannot take the memory of many small ones.
+    pub max_bytes: u64,
     /// A session unused for this long is dropped.
     pub idle_timeout: Duration,
     /// A session older than this is dropped, used or not.
@@ -67,17 +70,32 @@ impl Packed {
 #[derive(Debug, Clone)]
 enum Entry {
     Live(Packed),
-    /// Another id of a session: a regenerated session's old id (until the grace window
-    /// ends), or a sibling host's alias (until the absolute timeout).
-    Moved {
+    /// A sibling host's alias of a session, by the session's own id (until the absolute
+    /// timeout; it reaches nothing once that id holds no session).
+    Alias {
         to: StoreId,
+        until: Instant,
+    },
+    /// A regenerated session's old id, during the grace: the session as it was, read-only,
+    /// while the one it became (`successor`) lives.
+    Retired {
+        snapshot: Packed,
+        successor: StoreId,
         until: Instant,
     },
 }
 
+/// How far a retired id follows its successors (a session regenerated again within the
+/// grace) before it counts as gone.
+const MAX_RETIRED_HOPS: usize = 4;
+
 /// Most one-time codes held, and longest any lives (each also has its own, shorter, ttl).
 const CODES_MAX: u64 = 100_000;
 const CODES_LIVE: Duration = Duration::from_secs(60);
+
+/// What an entry costs beyond its session's packed bytes (moka's node, the id, the `Arc`):
+/// counted against `max_bytes`, so that a million aliases are not free.
+const ENTRY_OVERHEAD: u64 = 128;
 
 /// Sessions kept in this process.
 #[derive(Clone)]
@@ -101,13 +119,29 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+/// An entry's weight in the cache, whose capacity is `max_sessions`: one for an entry of up
+/// to `max_bytes / max_sessions` bytes, more for a larger one, so that the cache holds at
+/// most `max_sessions` entries and at most about `max_bytes` bytes.
+fn weight(entry: &Entry, max_sessions: u64, max_bytes: u64) -> u32 {
+    let bytes = ENTRY_OVERHEAD
+        + match entry {
+            Entry::Live(p) | Entry::Retired { snapshot: p, .. } => p.bytes.len() as u64,
+            Entry::Alias { .. } => 0,
+        };
+    let units =
+        (u128::from(bytes) * u128::from(max_sessions)).div_ceil(u128::from(max_bytes.max(1)));
+    u32::try_from(units.max(1)).unwrap_or(u32::MAX)
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new(options: MemoryOptions) -> MemoryStore {
         let evicted = Arc::new(Tally::default());
         let counted = evicted.clone();
+        let (max_sessions, max_bytes) = (options.max_sessions, options.max_bytes);
         let cache = Cache::builder()
-            .max_capacity(options.max_sessions)
+            .max_capacity(max_sessions)
+            .weigher(move |_, e: &Entry| weight(e, max_sessions, max_bytes))
             // Sliding idle expiry for the whole cache, rather than a per-entry policy: a
             // per-entry timer costs a node per session (about 8% of the memory of a session
             // of five small attributes). The absolute timeout is checked when a session is
@@ -136,7 +170,7 @@ impl MemoryStore {
         self.cache.entry_count()
     }
 
-    /// Sessions evicted so far to stay within `max_sessions`.
+    /// Sessions evicted so far to stay within `max_sessions` and `max_bytes`.
     pub fn evictions(&self) -> u64 {
         self.evicted.get()
     }
@@ -146,21 +180,12 @@ impl MemoryStore {
         self.cache.run_pending_tasks().await;
     }
 
-    /// The id whose entry holds the session: `id` itself, or where it moved (within the
-    /// grace window).
-    async fn live_id(&self, id: &StoreId) -> StoreId {
-        match self.cache.get(id).await {
-            Some(Entry::Moved { to, until }) if Instant::now() < until => to,
-            _ => *id,
-        }
-    }
-
-    /// The entry under `id` if it still counts: an alias past its grace window, or a session
-    /// past its absolute timeout, is dropped instead.
+    /// The entry under `id` if it still counts: an alias or retired id past its time, or a
+    /// session past its absolute timeout, is dropped instead.
     async fn current(&self, id: &StoreId) -> Option<Entry> {
         let entry = self.cache.get(id).await?;
         let stale = match &entry {
-            Entry::Moved { until, .. } => Instant::now() >= *until,
+            Entry::Alias { until, .. } | Entry::Retired { until, .. } => Instant::now() >= *until,
             Entry::Live(s) => {
                 Duration::from_millis(unix_ms().saturating_sub(s.created_ms)) > self.absolute
             }
@@ -171,20 +196,66 @@ impl MemoryStore {
         }
         Some(entry)
     }
+
+    /// The id of the live session `id` reaches (itself, or the one its alias names), for a
+    /// change; `None` for nothing, or a retired session (read-only).
+    async fn writable_id(&self, id: &StoreId) -> Option<StoreId> {
+        match self.current(id).await? {
+            Entry::Live(_) => Some(*id),
+            Entry::Alias { to, .. } => match self.current(&to).await? {
+                Entry::Live(_) => Some(to),
+                _ => None,
+            },
+            Entry::Retired { .. } => None,
+        }
+    }
+
+    /// Whether `successor` (the session a retired id became) still lives, following further
+    /// regenerates.
+    async fn lives(&self, mut successor: StoreId) -> bool {
+        for _ in 0..MAX_RETIRED_HOPS {
+            match self.current(&successor).await {
+                Some(Entry::Live(_)) => return true,
+                Some(Entry::Retired {
+                    successor: next, ..
+                }) => successor = next,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// A retired id's snapshot, read-only, while its successor lives.
+    async fn retired_view(&self, snapshot: &Packed, successor: StoreId) -> Option<Session> {
+        if !self.lives(successor).await {
+            return None;
+        }
+        snapshot.session().map(Session::retired)
+    }
 }
 
 impl SessionStore for MemoryStore {
     async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        let (id, session) = match self.current(id).await {
+        let (own, session) = match self.current(id).await {
             None => return Ok(None),
             Some(Entry::Live(s)) => (*id, s),
-            Some(Entry::Moved { to, .. }) => match self.current(&to).await {
+            Some(Entry::Retired {
+                snapshot,
+                successor,
+                ..
+            }) => return Ok(self.retired_view(&snapshot, successor).await),
+            Some(Entry::Alias { to, .. }) => match self.current(&to).await {
                 Some(Entry::Live(s)) => (to, s),
+                Some(Entry::Retired {
+                    snapshot,
+                    successor,
+                    ..
+                }) => return Ok(self.retired_view(&snapshot, successor).await),
                 _ => return Ok(None),
             },
         };
         if now_ms.saturating_sub(session.last_seen_ms) >= TOUCH_EVERY_MS {
-            let touched = self.update(&id, None, &[], now_ms).await?;
+            let touched = self.update(&own, None, &[], now_ms).await?;
             return Ok(touched.map(|a| a.session));
         }
         Ok(session.session())
@@ -197,12 +268,18 @@ impl SessionStore for MemoryStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        let id = self.live_id(id).await;
+        // A live session (through an alias too); or, for a creation, the id itself, which
+        // must hold nothing (a retired id never becomes a session again).
+        let target = match self.writable_id(id).await {
+            Some(own) => own,
+            None if create.is_some() && self.cache.get(id).await.is_none() => *id,
+            None => return Ok(None),
+        };
         let limits = self.limits;
         let mut rejected = Vec::new();
         let result = self
             .cache
-            .entry(id)
+            .entry(target)
             .and_compute_with(|current| {
                 let op = match current.map(moka::Entry::into_value) {
                     Some(Entry::Live(s)) => {
@@ -213,8 +290,8 @@ impl SessionStore for MemoryStore {
                         s.last_seen_ms = s.last_seen_ms.max(now_ms);
                         Op::Put(Entry::Live(Packed::pack(&s)))
                     }
-                    // Moved again since `live_id` looked: too late for this request.
-                    Some(Entry::Moved { .. }) => Op::Nop,
+                    // Retired or moved since `writable_id` looked: too late for this request.
+                    Some(Entry::Alias { .. } | Entry::Retired { .. }) => Op::Nop,
                     None => match create {
                         Some(key) => {
                             let mut s = Session::new(key, now_ms);
@@ -238,13 +315,18 @@ impl SessionStore for MemoryStore {
                 rejected,
                 created,
             })),
-            Entry::Moved { .. } => Ok(None),
+            Entry::Alias { .. } | Entry::Retired { .. } => Ok(None),
         }
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let live = self.live_id(id).await;
-        self.cache.invalidate(&live).await;
+        // Through an alias, the session it names goes (unless that one is a retired view,
+        // which is all the alias can reach then).
+        if let Some(Entry::Alias { to, .. }) = self.current(id).await
+            && let Some(Entry::Live(_)) = self.current(&to).await
+        {
+            self.cache.invalidate(&to).await;
+        }
         self.cache.invalidate(id).await;
         Ok(())
     }
@@ -255,15 +337,47 @@ impl SessionStore for MemoryStore {
         to: &StoreId,
         grace: Duration,
     ) -> Result<bool, StoreError> {
-        let Some(Entry::Live(s)) = self.current(from).await else {
+        let Some(own) = self.writable_id(from).await else {
             return Ok(false);
         };
-        self.cache.insert(*to, Entry::Live(s)).await;
         let until = Instant::now() + grace;
-        self.cache
-            .insert(*from, Entry::Moved { to: *to, until })
-            .await;
-        Ok(true)
+        // The copy goes in first, then the old id is retired only if nothing changed it
+        // meanwhile (else copy again): a reader of either id never finds neither.
+        for _attempt in 0..5 {
+            let Some(Entry::Live(snapshot)) = self.current(&own).await else {
+                self.cache.invalidate(to).await;
+                return Ok(false);
+            };
+            self.cache.insert(*to, Entry::Live(snapshot.clone())).await;
+            let result = self
+                .cache
+                .entry(own)
+                .and_compute_with(|current| {
+                    let op = match current.map(moka::Entry::into_value) {
+                        Some(Entry::Live(now)) if Arc::ptr_eq(&now.bytes, &snapshot.bytes) => {
+                            if grace.is_zero() {
+                                Op::Remove
+                            } else {
+                                Op::Put(Entry::Retired {
+                                    snapshot: now,
+                                    successor: *to,
+                                    until,
+                                })
+                            }
+                        }
+                        _ => Op::Nop,
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            if matches!(result, CompResult::ReplacedWith(_) | CompResult::Removed(_)) {
+                return Ok(true);
+            }
+        }
+        self.cache.invalidate(to).await;
+        Err(StoreError(
+            "the session kept changing while it was renamed".to_owned(),
+        ))
     }
 
     async fn alias(
@@ -272,13 +386,12 @@ impl SessionStore for MemoryStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let live = self.live_id(to).await;
-        let Some(Entry::Live(_)) = self.current(&live).await else {
+        let Some(own) = self.writable_id(to).await else {
             return Ok(false);
         };
         let until = Instant::now() + ttl;
         self.cache
-            .insert(*alias, Entry::Moved { to: live, until })
+            .insert(*alias, Entry::Alias { to: own, until })
             .await;
         Ok(true)
     }
@@ -289,11 +402,10 @@ impl SessionStore for MemoryStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let live = self.live_id(to).await;
-        let Some(Entry::Live(_)) = self.current(&live).await else {
+        let Some(own) = self.writable_id(to).await else {
             return Ok(false);
         };
-        self.codes.insert(*code, (live, Instant::now() + ttl)).await;
+        self.codes.insert(*code, (own, Instant::now() + ttl)).await;
         Ok(true)
     }
 
@@ -309,18 +421,26 @@ impl SessionStore for MemoryStore {
 
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         // A scan: this is the admin API's "log a user out everywhere", not a request path.
-        let doomed: Vec<StoreId> = self
+        // Retired views of such a session go too; only live sessions are counted.
+        let mut deleted = 0;
+        let doomed: Vec<(StoreId, bool)> = self
             .cache
             .iter()
             .filter_map(|(id, e)| match e {
-                Entry::Live(s) if s.session()?.attr(name) == Some(value) => Some(*id),
+                Entry::Live(s) if s.session()?.attr(name) == Some(value) => Some((*id, true)),
+                Entry::Retired { snapshot, .. }
+                    if snapshot.session()?.attr(name) == Some(value) =>
+                {
+                    Some((*id, false))
+                }
                 _ => None,
             })
             .collect();
-        for id in &doomed {
+        for (id, live) in &doomed {
             self.cache.invalidate(id).await;
+            deleted += usize::from(*live);
         }
-        Ok(doomed.len())
+        Ok(deleted)
     }
 
     async fn find_by_key(
@@ -329,7 +449,7 @@ impl SessionStore for MemoryStore {
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         Ok(self.cache.iter().find_map(|(id, e)| match e {
             Entry::Live(s) => s.session().filter(|s| s.key() == key.0).map(|s| (*id, s)),
-            Entry::Moved { .. } => None,
+            Entry::Alias { .. } | Entry::Retired { .. } => None,
         }))
     }
 

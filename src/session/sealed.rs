@@ -211,13 +211,19 @@ impl Sealer {
     }
 }
 
-/// A cookie a client holds, or another id of one (a regenerated cookie's predecessor, for the
-/// grace window; an alias).
+/// A cookie a client holds, or another id of one (an alias; a regenerated cookie's
+/// predecessor, read-only, for the grace window).
 #[derive(Debug, Clone)]
 enum Entry {
     Sealed(String),
     Alias {
         to: StoreId,
+        until_ms: u64,
+    },
+    /// The cookie as it was before a regenerate, while the one it became is there.
+    Retired {
+        value: String,
+        successor: StoreId,
         until_ms: u64,
     },
     /// A one-time code (not an id: loads through it find nothing).
@@ -271,15 +277,41 @@ impl Jar {
     }
 }
 
-/// The id of the cookie `id` reaches (itself, or the one its live alias names).
+/// The id of the cookie `id` reaches (itself, or the one its live alias names), for a read
+/// or a change; a retired id reaches none.
 fn resolve(entries: &HashMap<StoreId, Entry>, id: &StoreId, now: u64) -> Option<StoreId> {
     match entries.get(id)? {
         Entry::Sealed(_) => Some(*id),
         Entry::Alias { to, until_ms } if *until_ms > now => {
             matches!(entries.get(to), Some(Entry::Sealed(_))).then_some(*to)
         }
-        Entry::Alias { .. } | Entry::Code { .. } => None,
+        Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
     }
+}
+
+/// The retired view `id` reaches (itself, or through an alias), while its successor lives.
+fn retired<'a>(entries: &'a HashMap<StoreId, Entry>, id: &StoreId, now: u64) -> Option<&'a str> {
+    let entry = match entries.get(id)? {
+        Entry::Alias { to, until_ms } if *until_ms > now => entries.get(to)?,
+        other => other,
+    };
+    let Entry::Retired {
+        value,
+        successor,
+        until_ms,
+    } = entry
+    else {
+        return None;
+    };
+    let mut next = *successor;
+    for _ in 0..4 {
+        match entries.get(&next) {
+            Some(Entry::Sealed(_)) => return (*until_ms > now).then_some(value.as_str()),
+            Some(Entry::Retired { successor, .. }) => next = *successor,
+            _ => return None,
+        }
+    }
+    None
 }
 
 impl Jar {
@@ -314,7 +346,9 @@ impl SessionStore for Jar {
     async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
         let mut entries = self.lock();
         let Some(own) = resolve(&entries, id, now_ms) else {
-            return Ok(None);
+            return Ok(retired(&entries, id, now_ms)
+                .and_then(|v| self.sealer.open(v))
+                .map(Session::retired));
         };
         let Some(mut session) = self.open_at(&entries, &own) else {
             return Ok(None);
@@ -391,10 +425,16 @@ impl SessionStore for Jar {
             None => return Ok(false),
         };
         entries.insert(*to, Entry::Sealed(resealed));
-        entries.remove(from);
         if !grace.is_zero() {
             let until_ms = now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(0));
-            entries.insert(*from, Entry::Alias { to: *to, until_ms });
+            entries.insert(
+                own,
+                Entry::Retired {
+                    value,
+                    successor: *to,
+                    until_ms,
+                },
+            );
         }
         Ok(true)
     }
@@ -440,7 +480,7 @@ impl SessionStore for Jar {
                     .open(v)
                     .filter(|s| s.attr(name) == Some(value))
                     .map(|_| *id),
-                Entry::Alias { .. } | Entry::Code { .. } => None,
+                Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
             })
             .collect();
         for id in &doomed {
@@ -460,7 +500,7 @@ impl SessionStore for Jar {
                 .open(v)
                 .filter(|s| s.key() == key.0)
                 .map(|s| (*id, s)),
-            Entry::Alias { .. } | Entry::Code { .. } => None,
+            Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
         }))
     }
 

@@ -76,6 +76,9 @@ pub struct Session {
     /// When it was last used (Unix ms, coalesced to [`TOUCH_EVERY_MS`]): the idle timeout
     /// counts from here.
     pub last_seen_ms: u64,
+    /// Read through an id that a regenerate retired (see [`SessionStore::rename`]): the
+    /// session as it was then, which nothing may change.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -85,6 +88,7 @@ impl std::fmt::Debug for Session {
             .field("attrs", &self.attrs().collect::<BTreeMap<_, _>>())
             .field("created_ms", &self.created_ms)
             .field("last_seen_ms", &self.last_seen_ms)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -100,6 +104,7 @@ impl Session {
             packed: pack(&key.0, std::iter::empty()),
             created_ms: now_ms,
             last_seen_ms: now_ms,
+            read_only: false,
         }
     }
 
@@ -115,6 +120,7 @@ impl Session {
             packed: pack(key, sorted.into_iter()),
             created_ms,
             last_seen_ms,
+            read_only: false,
         }
     }
 
@@ -130,7 +136,21 @@ impl Session {
             packed,
             created_ms,
             last_seen_ms,
+            read_only: false,
         })
+    }
+
+    /// The session as read through a retired id: the same data, which nothing may change.
+    #[must_use]
+    pub fn retired(mut self) -> Session {
+        self.read_only = true;
+        self
+    }
+
+    /// Whether it was read through a retired id (see [`Session::retired`]): the request may
+    /// read it, and write, regenerate, alias or hand off nothing.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The packed key and attributes, for stores that keep them as one value.
@@ -310,18 +330,20 @@ pub fn unix_ms() -> u64 {
 
 /// A session store. Every store must pass the conformance suite (`tests/it/store.rs`).
 pub trait SessionStore: Send + Sync {
-    /// The session under `id`, if any; notes the use (see [`TOUCH_EVERY_MS`]). A session
-    /// renamed by [`SessionStore::rename`] is still found under its old id during the grace
-    /// window. Expired sessions may be returned: the caller judges expiry.
+    /// The session under `id`, if any; notes the use (see [`TOUCH_EVERY_MS`]). Through an id
+    /// that [`SessionStore::rename`] retired, during its grace: the session as it was before
+    /// the rename, [read-only](Session::is_read_only), and only while the session it was
+    /// renamed to lives. Expired sessions may be returned: the caller judges expiry.
     fn load(
         &self,
         id: &StoreId,
         now_ms: u64,
     ) -> impl Future<Output = Result<Option<Session>, StoreError>> + Send;
 
-    /// Applies `changes` to the session under `id` atomically with other updates of it, and
-    /// notes the use. Without a session there, one is created with key `create` if given;
-    /// otherwise nothing happens (`None`).
+    /// Applies `changes` to the session under `id` (or the one its alias names) atomically
+    /// with other updates of it, and notes the use. Without a session there, one is created
+    /// with key `create` if given; otherwise nothing happens (`None`). A retired id changes
+    /// nothing (`None`).
     fn update(
         &self,
         id: &StoreId,
@@ -330,12 +352,16 @@ pub trait SessionStore: Send + Sync {
         now_ms: u64,
     ) -> impl Future<Output = Result<Option<Applied>, StoreError>> + Send;
 
-    /// Deletes the session under `id` (no error if there is none).
+    /// Deletes the session `id` reaches: its own, or the one its alias names (a logout through
+    /// any id ends the session for every id). Through a retired id, only that id's read-only
+    /// view goes. No error if there is nothing.
     fn delete(&self, id: &StoreId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Moves the session from `from` to `to` (a regenerated token), keeping its data and key;
-    /// `from` keeps finding it for `grace` (requests already in flight). `false` if there was
-    /// no session under `from`.
+    /// Moves the session `from` reaches (its own, or the one its alias names) to `to` (a
+    /// regenerated token), keeping its data and key. Its old id is retired: for `grace` it
+    /// reads as the session was before (requests already in flight), read-only, then it is
+    /// gone; every other id of the session (aliases) reads through it, and ends with it.
+    /// `false` if `from` reaches no session, or only a retired one.
     fn rename(
         &self,
         from: &StoreId,
@@ -343,9 +369,10 @@ pub trait SessionStore: Send + Sync {
         grace: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Files the session under `to` under `alias` too, for at most `ttl`: a second token for
-    /// one session (a sibling host's, after a handoff). Loads, updates and deletes through
-    /// `alias` reach the same session. `false` if there is no session under `to`.
+    /// Files the session `to` reaches under `alias` too, for at most `ttl`: a second token for
+    /// one session (a sibling host's, after a handoff). Loads, updates, renames and deletes
+    /// through `alias` reach the same session, which it names by its own id: when that id is
+    /// retired or deleted, the alias is too. `false` if `to` reaches no live session.
     fn alias(
         &self,
         alias: &StoreId,
@@ -353,9 +380,9 @@ pub trait SessionStore: Send + Sync {
         ttl: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Files a one-time code for the session under `to` (a handoff to a sibling host), for
-    /// at most `ttl`. A code is not an id: loads through it find nothing. `false` if there is
-    /// no session under `to`.
+    /// Files a one-time code for the session `to` reaches (a handoff to a sibling host), for
+    /// at most `ttl`. A code is not an id: loads through it find nothing. `false` if `to`
+    /// reaches no live session (a retired id mints nothing).
     fn put_code(
         &self,
         code: &StoreId,

@@ -9,6 +9,10 @@
 //! sent the probe) refuses cookies, and its session lives in the URL. Without either sign (a
 //! first visit that creates a session at once), the token goes both ways, and the next request
 //! tells which one the client kept.
+//!
+//! A token in a URL is a credential anyone can put in a link, so where the request came from
+//! counts too ([`Provenance`]): a URL token that arrives from another site is refused on every
+//! route, and one moves into a cookie only on a request that comes from one of our own pages.
 
 use crate::config::Tracking;
 
@@ -28,11 +32,54 @@ pub enum Source {
 pub struct Evidence {
     /// It returned one of our cookies (the probe, or a session cookie even if refused).
     pub takes_cookies: bool,
-    /// It came from one of our pages (same-origin `Referer`).
+    /// It came from one of our pages (see [`Provenance`]).
     pub from_here: bool,
+    /// It came from another site (see [`Provenance`]).
+    pub from_elsewhere: bool,
     /// A known crawler: it never gets a token in a URL (a search index would hand the
     /// session to anyone).
     pub crawler: bool,
+}
+
+/// Where a request came from, as a browser tells it: `Sec-Fetch-Site` (sent by every current
+/// browser, and not settable by a page's scripts), else the `Referer`'s origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// From a page of our own origin.
+    pub here: bool,
+    /// From a page of another origin (another site, or a sibling host).
+    pub elsewhere: bool,
+}
+
+impl Provenance {
+    /// Judges `Sec-Fetch-Site` and `Referer` against `origin` (ours, as
+    /// `Url::origin().ascii_serialization()` writes it). A request with neither (typed in,
+    /// a bookmark, a client that is no browser) is from neither.
+    pub fn of(fetch_site: Option<&[u8]>, referer: Option<&str>, origin: &str) -> Provenance {
+        let referer_origin = referer
+            .and_then(|r| url::Url::parse(r).ok())
+            .map(|u| u.origin().ascii_serialization());
+        let same_referer = referer_origin.as_deref().map(|o| o == origin);
+        match fetch_site.map(<[u8]>::to_ascii_lowercase).as_deref() {
+            Some(b"same-origin") => Provenance {
+                here: same_referer != Some(false),
+                elsewhere: same_referer == Some(false),
+            },
+            Some(b"cross-site" | b"same-site") => Provenance {
+                here: false,
+                elsewhere: true,
+            },
+            // `none`: the user typed it, or opened a bookmark.
+            Some(_) => Provenance {
+                here: false,
+                elsewhere: same_referer == Some(false),
+            },
+            None => Provenance {
+                here: same_referer == Some(true),
+                elsewhere: same_referer == Some(false),
+            },
+        }
+    }
 }
 
 /// How the client gets its token in a response.
@@ -87,15 +134,6 @@ pub fn is_crawler(user_agent: &[u8], patterns: &[String]) -> bool {
     })
 }
 
-/// Whether `referer` is a URL on `host` (`host[:port]` as the client addressed us).
-pub fn from_here(referer: &str, host: &str) -> bool {
-    let Some((_, rest)) = referer.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    authority.eq_ignore_ascii_case(host)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn crawlers_and_referers_are_recognised() {
+    fn crawlers_are_recognised() {
         let patterns = vec!["googlebot".to_owned(), "spider".to_owned()];
         assert!(is_crawler(
             b"Mozilla/5.0 (compatible; Googlebot/2.1)",
@@ -141,13 +179,45 @@ mod tests {
             b"Mozilla/5.0 (X11; Linux) Chrome/130",
             &patterns
         ));
-        assert!(from_here(
-            "http://shop.example:8080/cart?x",
-            "shop.example:8080"
-        ));
-        assert!(from_here("https://SHOP.example/", "shop.example"));
-        assert!(!from_here("https://shop.example.evil/", "shop.example"));
-        assert!(!from_here("https://shop.example:8443/", "shop.example"));
-        assert!(!from_here("/relative", "shop.example"));
+    }
+
+    #[test]
+    fn provenance_reads_sec_fetch_site_then_the_referers_origin() {
+        let here = "http://shop.example:8080";
+        let of = |site: Option<&str>, referer: Option<&str>| {
+            let p = Provenance::of(site.map(str::as_bytes), referer, here);
+            (p.here, p.elsewhere)
+        };
+        assert_eq!(
+            of(None, Some("http://shop.example:8080/cart?x")),
+            (true, false)
+        );
+        assert_eq!(of(None, Some("http://SHOP.example:8080/")), (true, false));
+        for foreign in [
+            "http://shop.example.evil:8080/",
+            "https://shop.example:8080/",
+            "http://shop.example/",
+            "http://shop.example:8080@evil.example/",
+        ] {
+            assert_eq!(of(None, Some(foreign)), (false, true), "{foreign}");
+        }
+        assert_eq!(of(None, Some("/relative")), (false, false));
+        assert_eq!(of(None, None), (false, false));
+        assert_eq!(of(Some("same-origin"), None), (true, false));
+        assert_eq!(
+            of(Some("Same-Origin"), Some("http://shop.example:8080/")),
+            (true, false)
+        );
+        // A Referer that contradicts the browser's own header is not believed either way.
+        assert_eq!(
+            of(Some("same-origin"), Some("http://evil.example/")),
+            (false, true)
+        );
+        assert_eq!(
+            of(Some("cross-site"), Some("http://shop.example:8080/")),
+            (false, true)
+        );
+        assert_eq!(of(Some("same-site"), None), (false, true));
+        assert_eq!(of(Some("none"), None), (false, false));
     }
 }

@@ -1,6 +1,8 @@
 //! The request body sent upstream: streamed, size-limited, replayable until first read, and
 //! telling when it has been sent completely.
 //!
+//! A client's trailers never go upstream: they are headers no check has seen.
+//!
 //! A retry on another server must resend the body, but bodies are streamed, never buffered.
 //! The way out: the client's body waits in a shared slot until the upstream connection first
 //! asks for it. If the attempt fails before that (connection refused, say), the body is still
@@ -248,6 +250,16 @@ impl Streamed {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => this.fail(BodyError::Downstream(e)),
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                // A client's trailers are headers the gateway never checked (a forged
+                // session header could hide there): they end the body and go no further.
+                this.state = State::Done;
+                this.stall = None;
+                if let Some(sent) = &this.sent {
+                    sent.finish();
+                }
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall = None;
                 // hyper stops polling once the body says it has ended, so the last frame may

@@ -5,6 +5,7 @@ mod browser;
 mod check;
 mod errors;
 mod headers;
+mod hostile;
 mod limits;
 mod logs;
 mod metrics;

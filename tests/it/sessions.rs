@@ -100,6 +100,14 @@ fn config(b: &Backend) -> String {
     simple_config(&[b.addr], "", "sessions: { regenerate_grace: 300ms }")
 }
 
+/// As `config`, and `/u/...` on a route that tracks by URL (the prefix taken off).
+fn url_route_config(b: &Backend) -> String {
+    config(b).replace(
+        "routes:\n",
+        "routes:\n  - { name: by-url, match: { path_prefix: /u }, upstream: app, strip_prefix: true, session: { tracking: url } }\n",
+    )
+}
+
 pub fn field<'a>(body: &'a str, name: &str) -> &'a str {
     body.split(' ')
         .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
@@ -513,14 +521,17 @@ async fn the_memory_store_evicts_past_max_sessions() {
 #[tokio::test]
 async fn a_token_in_the_path_or_query_resumes_the_session_and_never_reaches_the_backend() {
     let b = shop().await;
-    let gw = Gateway::start(&config(&b)).await;
+    let gw = Gateway::start(&url_route_config(&b)).await;
     let mut c = Client::new(&gw);
     c.get("/login").await;
     let token = c.cookie.clone().unwrap();
     for (target, seen_target) in [
-        (format!("/cart;sgsid={token}?item=7"), "/cart?item=7"),
-        (format!("/cart?a=%2F&sgsid={token}&b=2"), "/cart?a=%2F&b=2"),
-        (format!("/cart?sgsid={token}"), "/cart"),
+        (format!("/u/cart;sgsid={token}?item=7"), "/cart?item=7"),
+        (
+            format!("/u/cart?a=%2F&sgsid={token}&b=2"),
+            "/cart?a=%2F&b=2",
+        ),
+        (format!("/u/cart?sgsid={token}"), "/cart"),
     ] {
         let resp = client()
             .get(gw.url("web", &target))
@@ -553,7 +564,7 @@ async fn a_token_in_the_path_or_query_resumes_the_session_and_never_reaches_the_
 #[tokio::test]
 async fn the_cookie_counts_before_the_path_parameter_and_that_before_the_query() {
     let b = shop().await;
-    let gw = Gateway::start(&config(&b)).await;
+    let gw = Gateway::start(&url_route_config(&b)).await;
     // Three sessions, told apart by their cart.
     let mut tokens = Vec::new();
     for n in 1..=3 {
@@ -570,14 +581,16 @@ async fn the_cookie_counts_before_the_path_parameter_and_that_before_the_query()
     };
     let (one, two, three) = (&tokens[0], &tokens[1], &tokens[2]);
     assert_eq!(
-        cart(Some(one), format!("/w;sgsid={two}?sgsid={three}")).await,
+        cart(Some(one), format!("/u/w;sgsid={two}?sgsid={three}")).await,
         "1"
     );
     assert_eq!(
-        cart(None, format!("/w;sgsid={two}?sgsid={three}")).await,
+        cart(None, format!("/u/w;sgsid={two}?sgsid={three}")).await,
         "2"
     );
-    assert_eq!(cart(None, format!("/w?sgsid={three}")).await, "3");
+    assert_eq!(cart(None, format!("/u/w?sgsid={three}")).await, "3");
     // A forged cookie does not hide a good token in the URL.
-    assert_eq!(cart(Some("forged"), format!("/w;sgsid={two}")).await, "2");
+    assert_eq!(cart(Some("forged"), format!("/u/w;sgsid={two}")).await, "2");
+    // On a route that tracks by cookie, a URL token counts for nothing.
+    assert_eq!(cart(None, format!("/w;sgsid={two}")).await, "-");
 }

@@ -143,7 +143,7 @@ async fn delete_removes_the_session(s: impl SessionStore) {
     s.delete(&new_id()).await.unwrap();
 }
 
-async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(s: impl SessionStore) {
+async fn rename_retires_the_old_id_read_only_for_the_grace(s: impl SessionStore) {
     let (old, new, k) = (new_id(), new_id(), key());
     s.update(&old, Some(k.clone()), &[set("user", "alice")], unix_ms())
         .await
@@ -158,19 +158,46 @@ async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(s: im
         (moved.session_key(), moved.attr("user")),
         (k.clone(), Some("alice"))
     );
-    // In flight with the old token: same session, and its writes land there.
-    let via_old = s.load(&old, unix_ms()).await.unwrap().unwrap();
-    assert_eq!(via_old.session_key(), k);
-    s.update(&old, None, &[set("late", "1")], unix_ms())
+    assert!(!moved.is_read_only());
+    // The new id's changes are its own.
+    s.update(&new, None, &[set("user", "bob")], unix_ms())
         .await
         .unwrap();
+    // In flight with the old token: the session as it was, and nothing it does lands.
+    let via_old = s.load(&old, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(via_old.session_key(), k);
+    assert_eq!(
+        via_old.attr("user"),
+        Some("alice"),
+        "the old id sees the change"
+    );
+    assert!(via_old.is_read_only());
     assert!(
-        s.load(&new, unix_ms())
+        s.update(&old, None, &[set("late", "1")], unix_ms())
             .await
             .unwrap()
+            .is_none(),
+        "a retired id wrote"
+    );
+    assert!(
+        s.update(&old, Some(key()), &[set("late", "1")], unix_ms())
+            .await
             .unwrap()
-            .attr("late")
-            .is_some()
+            .is_none(),
+        "a retired id became a session again"
+    );
+    let now = s.load(&new, unix_ms()).await.unwrap().unwrap();
+    assert_eq!((now.attr("user"), now.attr("late")), (Some("bob"), None));
+    assert!(!s.rename(&old, &new_id(), Duration::ZERO).await.unwrap());
+    assert!(
+        !s.alias(&new_id(), &old, Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.put_code(&new_id(), &old, Duration::from_secs(60))
+            .await
+            .unwrap()
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(s.load(&old, unix_ms()).await.unwrap().is_none());
@@ -179,6 +206,71 @@ async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(s: im
         !s.rename(&new_id(), &new_id(), Duration::ZERO)
             .await
             .unwrap()
+    );
+}
+
+async fn a_retired_id_ends_with_its_successor_and_its_own_logout_ends_only_it(
+    s: impl SessionStore,
+) {
+    let (old, new) = (new_id(), new_id());
+    s.update(&old, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(s.rename(&old, &new, Duration::from_secs(60)).await.unwrap());
+    s.delete(&new).await.unwrap();
+    assert!(
+        s.load(&old, unix_ms()).await.unwrap().is_none(),
+        "outlived its successor"
+    );
+    let (old, new) = (new_id(), new_id());
+    s.update(&old, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(s.rename(&old, &new, Duration::from_secs(60)).await.unwrap());
+    s.delete(&old).await.unwrap();
+    assert!(s.load(&old, unix_ms()).await.unwrap().is_none());
+    assert!(
+        s.load(&new, unix_ms()).await.unwrap().is_some(),
+        "the old id's logout ended the new"
+    );
+}
+
+async fn a_rename_through_an_alias_moves_the_session_and_retires_both_old_ids(
+    s: impl SessionStore,
+) {
+    let (id, alias, new) = (new_id(), new_id(), new_id());
+    s.update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(s.alias(&alias, &id, Duration::from_secs(60)).await.unwrap());
+    assert!(
+        s.rename(&alias, &new, Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.load(&new, unix_ms())
+            .await
+            .unwrap()
+            .unwrap()
+            .is_read_only()
+    );
+    for old in [&id, &alias] {
+        let view = s.load(old, unix_ms()).await.unwrap().unwrap();
+        assert!(view.is_read_only());
+        assert!(
+            s.update(old, None, &[set("x", "1")], unix_ms())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
+    assert_eq!(
+        s.load(&new, unix_ms()).await.unwrap().unwrap().attr("user"),
+        Some("alice")
     );
 }
 
@@ -343,8 +435,19 @@ macro_rules! conformance {
                 super::delete_removes_the_session(make(RELAXED).await).await;
             }
             #[tokio::test]
-            async fn rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace() {
-                super::rename_keeps_data_and_key_and_the_old_id_works_only_for_the_grace(
+            async fn rename_retires_the_old_id_read_only_for_the_grace() {
+                super::rename_retires_the_old_id_read_only_for_the_grace(make(RELAXED).await).await;
+            }
+            #[tokio::test]
+            async fn a_retired_id_ends_with_its_successor_and_its_own_logout_ends_only_it() {
+                super::a_retired_id_ends_with_its_successor_and_its_own_logout_ends_only_it(
+                    make(RELAXED).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn a_rename_through_an_alias_moves_the_session_and_retires_both_old_ids() {
+                super::a_rename_through_an_alias_moves_the_session_and_retires_both_old_ids(
                     make(RELAXED).await,
                 )
                 .await;
@@ -398,6 +501,7 @@ macro_rules! conformance {
 conformance!(memory, |setup: Setup| async move {
     MemoryStore::new(MemoryOptions {
         max_sessions: 10_000,
+        max_bytes: 1 << 30,
         idle_timeout: setup.idle,
         absolute_timeout: setup.absolute,
         limits: setup.limits,
@@ -457,6 +561,7 @@ conformance!(sealed_cookie, |setup: Setup| async move {
 async fn memory_store_evicts_past_its_capacity() {
     let s = MemoryStore::new(MemoryOptions {
         max_sessions: 100,
+        max_bytes: 1 << 30,
         idle_timeout: Duration::from_secs(60),
         absolute_timeout: Duration::from_secs(600),
         limits: Limits::default(),

@@ -124,6 +124,17 @@ fn attr(page: &str, id: &str, attr: &str) -> String {
     rest[at..at + rest[at..].find('"').unwrap()].to_owned()
 }
 
+/// The path (and query) of a URL the gateway wrote: tagged URLs are absolute, on the page's
+/// own origin.
+fn local(url: &str) -> String {
+    match url.split_once("://") {
+        Some((_, rest)) => rest
+            .find('/')
+            .map_or("/".to_owned(), |i| rest[i..].to_owned()),
+        None => url.to_owned(),
+    }
+}
+
 fn me(page: &str) -> &str {
     let start = page.find("<p id=me>").unwrap() + "<p id=me>".len();
     &page[start..start + page[start..].find('<').unwrap()]
@@ -161,43 +172,40 @@ async fn cookieless_client_keeps_session_across_redirect_links_and_forms() {
     let (h, _) = page(resp).await;
     assert!(h.get("set-cookie").is_none(), "{h:?}");
     let location = h["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/home;sgsid="), "{location}");
-    let token = location.trim_start_matches("/home;sgsid=").to_owned();
+    assert!(
+        location.starts_with(&format!("{base}/home;sgsid=")),
+        "{location}"
+    );
+    let token = location
+        .trim_start_matches(&format!("{base}/home;sgsid="))
+        .to_owned();
     assert_eq!(h["referrer-policy"], "same-origin");
     assert_eq!(h["cache-control"], "private");
 
-    // The page: same-origin links and forms carry the token, others do not.
-    let (h, home) = page(http.get(format!("{base}{location}")).send().await.unwrap()).await;
+    // The page: same-origin links and forms carry the token (written absolute, so that no
+    // <base> can move them), others do not.
+    let (h, home) = page(http.get(&location).send().await.unwrap()).await;
     assert!(me(&home).contains("status=active user=alice"), "{home}");
     assert!(me(&home).contains("encoding=identity"), "{home}");
     assert_eq!(b.last().uri, "/home");
     assert!(h.get("content-length").is_none());
     assert_eq!(h["etag"], "W/\"v1\"");
-    assert_eq!(attr(&home, "cart", "href"), format!("/cart;sgsid={token}"));
+    assert_eq!(
+        attr(&home, "cart", "href"),
+        format!("{base}/cart;sgsid={token}")
+    );
     assert_eq!(attr(&home, "out", "href"), "https://elsewhere.example/x");
     assert_eq!(attr(&home, "top", "href"), "#top");
 
     // A link, a POST form, then a GET form (its query replaces the link's, the token stays).
-    let (_, cart) = fetch(
-        &http,
-        Method::GET,
-        format!("{base}{}", attr(&home, "cart", "href")),
-        &[],
-    )
-    .await;
+    let (_, cart) = fetch(&http, Method::GET, attr(&home, "cart", "href"), &[]).await;
     assert!(me(&cart).contains("user=alice cart=-"), "{cart}");
-    let (_, bought) = fetch(
-        &http,
-        Method::POST,
-        format!("{base}{}", attr(&cart, "buy", "action")),
-        &[],
-    )
-    .await;
+    let (_, bought) = fetch(&http, Method::POST, attr(&cart, "buy", "action"), &[]).await;
     assert!(me(&bought).contains("user=alice cart=1"), "{bought}");
     assert_eq!(b.last().uri, "/cart");
     let search = attr(&bought, "search", "action");
-    assert_eq!(search, format!("search;sgsid={token}"));
-    let (_, found) = fetch(&http, Method::GET, format!("{base}/{search}?q=shoes"), &[]).await;
+    assert_eq!(search, format!("{base}/search;sgsid={token}"));
+    let (_, found) = fetch(&http, Method::GET, format!("{search}?q=shoes"), &[]).await;
     assert!(me(&found).contains("user=alice cart=2"), "{found}");
     assert_eq!(b.last().uri, "/search?q=shoes");
 
@@ -309,14 +317,17 @@ async fn auto_tracks_by_url_a_client_that_drops_cookies() {
         .unwrap();
     let (h, _) = page(resp).await;
     let location = h["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/home;sgsid="), "{location}");
+    assert!(
+        location.starts_with(&format!("{base}/home;sgsid=")),
+        "{location}"
+    );
     assert!(
         !set_cookies(&h).iter().any(|c| c.starts_with("sg=")),
         "{h:?}"
     );
-    let (_, home) = page(http.get(format!("{base}{location}")).send().await.unwrap()).await;
+    let (_, home) = page(http.get(&location).send().await.unwrap()).await;
     assert!(me(&home).contains("user=alice"), "{home}");
-    assert!(attr(&home, "cart", "href").starts_with("/cart;sgsid="));
+    assert!(attr(&home, "cart", "href").starts_with(&format!("{base}/cart;sgsid=")));
 }
 
 #[tokio::test]
@@ -328,19 +339,22 @@ async fn auto_without_evidence_goes_both_ways_then_cleans_the_address_bar() {
     // A deep link that creates a session at once: cookie and URL both.
     let (h, _) = page(http.post(format!("{base}/login")).send().await.unwrap()).await;
     let location = h["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/home;sgsid="), "{location}");
+    assert!(
+        location.starts_with(&format!("{base}/home;sgsid=")),
+        "{location}"
+    );
     let cookie = session_cookie_in(&h);
     // The client kept the cookie: the tagged URL is answered with a redirect to the clean
-    // one, without asking the backend.
+    // one (on its own origin), without asking the backend.
     let seen = b.requests().len();
     let resp = http
-        .get(format!("{base}{location}"))
+        .get(&location)
         .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 302);
-    assert_eq!(resp.headers()["location"], "/home");
+    assert_eq!(resp.headers()["location"], format!("{base}/home").as_str());
     assert_eq!(b.requests().len(), seen);
     let (_, home) = fetch(
         &http,
@@ -373,7 +387,9 @@ async fn crawlers_never_get_a_token_in_a_url() {
 async fn url_session(http: &reqwest::Client, base: &str) -> String {
     let resp = http.post(format!("{base}/login")).send().await.unwrap();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    location.trim_start_matches("/home;sgsid=").to_owned()
+    location
+        .trim_start_matches(&format!("{base}/home;sgsid="))
+        .to_owned()
 }
 
 #[tokio::test]
@@ -392,7 +408,7 @@ async fn redirects_of_every_kind_carry_the_token() {
         assert_eq!(resp.status().as_u16(), status);
         assert_eq!(
             resp.headers()["location"],
-            format!("/target;sgsid={token}?from=redirect").as_str()
+            format!("{base}/target;sgsid={token}?from=redirect").as_str()
         );
     }
 }
@@ -419,7 +435,7 @@ async fn compressed_pages_are_decoded_rewritten_and_gzipped_for_clients_that_tak
             .unwrap();
         assert_eq!(
             attr(&html, "cart", "href"),
-            format!("/cart;sgsid={token}"),
+            format!("{base}/cart;sgsid={token}"),
             "{path}"
         );
         // One that does not gets it plain.
@@ -432,7 +448,7 @@ async fn compressed_pages_are_decoded_rewritten_and_gzipped_for_clients_that_tak
         let html = resp.text().await.unwrap();
         assert_eq!(
             attr(&html, "cart", "href"),
-            format!("/cart;sgsid={token}"),
+            format!("{base}/cart;sgsid={token}"),
             "{path}"
         );
     }
@@ -497,8 +513,10 @@ async fn a_twenty_megabyte_page_streams_through_the_rewriter_with_flat_memory() 
         .to_str()
         .unwrap()
         .to_owned();
-    let token = location.trim_start_matches("/big;sgsid=").to_owned();
-    let resp = http.get(format!("{base}{location}")).send().await.unwrap();
+    let token = local(&location)
+        .trim_start_matches("/big;sgsid=")
+        .to_owned();
+    let resp = http.get(&location).send().await.unwrap();
     let mut stream = resp.bytes_stream();
     let (mut received, mut tagged, mut released) = (0usize, 0usize, false);
     let mut tail = String::new();
@@ -589,6 +607,7 @@ async fn a_handoff_code_from_one_gateway_works_once_on_another_sharing_redis() {
         .strip_prefix("http://account.example/me;sghandoff=")
         .unwrap_or_else(|| panic!("{acct}"))
         .to_owned();
+    // A click on the shop's link: a navigation whose Referer names the shop.
     let redeem = |gw: &Gateway| {
         on(
             gw,
@@ -596,6 +615,7 @@ async fn a_handoff_code_from_one_gateway_works_once_on_another_sharing_redis() {
             &format!("/me;sghandoff={code}"),
             None,
         )
+        .header("referer", "http://shop.example/")
         .send()
     };
     let resp = redeem(&other).await.unwrap();
@@ -661,16 +681,22 @@ async fn a_sibling_host_gets_the_session_through_a_one_time_code() {
         .unwrap_or_else(|| panic!("{acct}"))
         .to_owned();
     assert!(!home.contains(shop_cookie.trim_start_matches("sg=")));
+    // The link sends the shop's origin (never its path) as Referer: the sibling's evidence.
+    assert!(
+        home.contains(&format!(r#"href="{acct}" referrerpolicy="origin""#)),
+        "{home}"
+    );
 
     // On the sibling: the code becomes a cookie of its own and a redirect to the clean URL,
     // without the backend being asked.
     let seen = b.requests().len();
     let resp = on("account.example", &format!("/me;sghandoff={code}"), None)
+        .header("referer", "http://shop.example/")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
-    assert_eq!(resp.headers()["location"], "/me");
+    assert_eq!(resp.headers()["location"], "http://account.example/me");
     assert_eq!(b.requests().len(), seen);
     let acct_cookie = set_cookies(resp.headers()).pop().unwrap();
     assert_ne!(acct_cookie, shop_cookie);
@@ -689,6 +715,7 @@ async fn a_sibling_host_gets_the_session_through_a_one_time_code() {
     // A code works once.
     let (_, again) = page(
         on("account.example", &format!("/me;sghandoff={code}"), None)
+            .header("referer", "http://shop.example/")
             .send()
             .await
             .unwrap(),
@@ -729,33 +756,38 @@ async fn a_cookieless_client_keeps_url_tracking_on_the_sibling() {
         .await
         .unwrap();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let token = location.trim_start_matches("/home;sgsid=").to_owned();
+    let token = location
+        .trim_start_matches("http://shop.example/home;sgsid=")
+        .to_owned();
     let (_, home) = fetch(
         &http,
         Method::GET,
-        format!("{base}{location}"),
+        format!("{base}{}", local(&location)),
         &[("host", "shop.example")],
     )
     .await;
     let acct = attr(&home, "acct", "href");
     assert!(acct.contains(";sghandoff="), "{acct}");
     assert!(!acct.contains(&token), "{acct}");
-    let path = acct.trim_start_matches("http://account.example");
     let resp = http
-        .get(format!("{base}{path}"))
+        .get(format!("{base}{}", local(&acct)))
         .header("host", "account.example")
+        .header("referer", "http://shop.example/")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
     assert!(resp.headers().get("set-cookie").is_none());
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    assert!(location.starts_with("/me;sgsid="), "{location}");
+    assert!(
+        location.starts_with("http://account.example/me;sgsid="),
+        "{location}"
+    );
     assert!(!location.contains(&token), "a token of its own: {location}");
     let (_, me_page) = fetch(
         &http,
         Method::GET,
-        format!("{base}{location}"),
+        format!("{base}{}", local(&location)),
         &[("host", "account.example")],
     )
     .await;
@@ -816,11 +848,16 @@ async fn a_url_tracked_client_that_starts_keeping_cookies_moves_to_the_cookie() 
         .await
         .unwrap();
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let token = location.trim_start_matches("/home;sgsid=").to_owned();
-    // Now it returns the probe: the token goes into a cookie and the page's links are clean.
+    let token = local(&location)
+        .trim_start_matches("/home;sgsid=")
+        .to_owned();
+    // Now it returns the probe, on a click on one of our pages: the token goes into a cookie
+    // and the page's links are clean. (From elsewhere, the link would be someone else's, and
+    // it would start a session of its own: see the hostile suite.)
     let resp = http
         .get(format!("{base}/cart;sgsid={token}"))
         .header("cookie", "sg_probe=1")
+        .header("referer", format!("{base}/home;sgsid={token}"))
         .send()
         .await
         .unwrap();

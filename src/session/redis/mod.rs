@@ -148,7 +148,13 @@ struct Read {
     last: u64,
     /// Its key and attributes, packed.
     packed: Vec<u8>,
+    /// For a hash a regenerate retired: the id the session was renamed to.
+    renamed_to: Option<String>,
 }
+
+/// How far a retired id follows its successors (a session regenerated again within the
+/// grace) before it counts as gone.
+const MAX_RETIRED_HOPS: usize = 4;
 
 /// What a script found under an id.
 enum Found<T = Vec<Value>> {
@@ -508,14 +514,11 @@ impl RedisStore {
     ) -> Result<Option<Session>, StoreError> {
         let mut target = hex(id);
         for hop in 0..2 {
-            let step = match hop {
-                // The common case needs no script: see `read`.
-                0 => match self.read(&target, now_ms).await {
-                    Ok(Some(read)) => Ok(Found::Here(read)),
-                    Ok(None) => self.load_script(&target, now_ms).await,
-                    Err(e) => Err(e),
-                },
-                _ => self.load_script(&target, now_ms).await,
+            // The common case needs no script: see `read`.
+            let step = match self.read(&target, now_ms).await {
+                Ok(Some(read)) => Ok(Found::Here(read)),
+                Ok(None) => self.load_script(&target, now_ms).await,
+                Err(e) => Err(e),
             };
             let read = match step {
                 Ok(Found::Here(read)) => read,
@@ -541,6 +544,14 @@ impl RedisStore {
             } else {
                 Session::from_packed(Bytes::from(read.packed), read.created, read.last)
             };
+            // A retired id reads the session as it was, while the one it became lives; it is
+            // never kept near (it must die with its grace, or with its successor, at once).
+            if let Some(successor) = read.renamed_to {
+                if session.is_none() || !self.lives(successor).await? {
+                    return Ok(None);
+                }
+                return Ok(session.map(Session::retired));
+            }
             // Only a session reached by its own id is kept near: invalidations name that id.
             if let (Some(near), Some(s), 0) = (&self.near, &session, hop) {
                 let expires_ms = now_ms.saturating_add(read.ttl_ms);
@@ -562,13 +573,14 @@ impl RedisStore {
             .await?;
         Ok(match Found::from_reply(reply)? {
             Found::Here(parts) => {
-                let (ttl_ms, created, last, packed): (i64, u64, u64, Vec<u8>) =
+                let (ttl_ms, created, last, packed, renamed_to): (i64, u64, u64, Vec<u8>, String) =
                     redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
                 Found::Here(Read {
                     ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
                     created,
                     last,
                     packed,
+                    renamed_to: (!renamed_to.is_empty()).then_some(renamed_to),
                 })
             }
             Found::Alias(to) => Found::Alias(to),
@@ -601,6 +613,20 @@ impl RedisStore {
         else {
             return Ok(None);
         };
+        let renamed_to = match fields.next() {
+            Some(Value::BulkString(to)) => Some(String::from_utf8_lossy(&to).into_owned()),
+            _ => None,
+        };
+        if renamed_to.is_some() {
+            // Retired: read as it was, never touched (its expiry is its grace).
+            return Ok(Some(Read {
+                ttl_ms: 0,
+                created,
+                last,
+                packed,
+                renamed_to,
+            }));
+        }
         let idle = ms(self.idle).max(1);
         // Every write sets the expiry to the idle timeout as it writes the last use, so the key
         // expires about `idle` after `l`, and no PTTL is needed: the use is noted once per
@@ -619,7 +645,32 @@ impl RedisStore {
             created,
             last,
             packed,
+            renamed_to: None,
         }))
+    }
+
+    /// Whether the session a retired id was renamed to still lives (following further
+    /// regenerates within the grace).
+    async fn lives(&self, mut successor: String) -> Result<bool, StoreError> {
+        for _ in 0..MAX_RETIRED_HOPS {
+            let key = scripts::session_key(&self.prefix, &successor);
+            let mut conn = self.conn().await?;
+            let (created, renamed): (Option<String>, Option<String>) = self
+                .timed(
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg("c")
+                        .arg("r")
+                        .query_async(&mut conn),
+                )
+                .await?;
+            match (created, renamed) {
+                (None, _) => return Ok(false),
+                (Some(_), None) => return Ok(true),
+                (Some(_), Some(next)) => successor = next,
+            }
+        }
+        Ok(false)
     }
 
     /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
@@ -792,13 +843,12 @@ impl SessionStore for RedisStore {
         let moved = match self.rename_here(&from_hex, &to_hex, grace).await? {
             Moved::Yes => true,
             Moved::No => false,
+            // Renamed through an alias: the session moves, and the alias, which names its
+            // old id, now reads that id's retired view, and ends with it.
             Moved::Alias(own) => {
-                // Renamed through an alias: the session moves, and the alias follows it.
                 let moved = matches!(self.rename_here(&own, &to_hex, grace).await?, Moved::Yes);
-                if moved && grace > 0 {
-                    let mut conn = self.conn().await?;
-                    let alias = scripts::alias_key(&self.prefix, &from_hex);
-                    let _: () = self.timed(conn.pset_ex(&alias, &to_hex, grace)).await?;
+                if moved && let Some(own) = parse_hex(&own) {
+                    self.forget(&StoreId(own)).await;
                 }
                 moved
             }
@@ -858,8 +908,16 @@ impl SessionStore for RedisStore {
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         let mut conn = self.conn().await?;
         for hash_key in self.session_keys().await? {
-            let k: Option<String> = self.timed(conn.hget(&hash_key, "k")).await?;
-            if k.as_deref() != Some(key.0.as_str()) {
+            let (k, renamed): (Option<String>, Option<String>) = self
+                .timed(
+                    redis::cmd("HMGET")
+                        .arg(&hash_key)
+                        .arg("k")
+                        .arg("r")
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if k.as_deref() != Some(key.0.as_str()) || renamed.is_some() {
                 continue;
             }
             let Some(id) = scripts::id_of(&self.prefix, &hash_key)

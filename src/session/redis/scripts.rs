@@ -10,13 +10,14 @@
 /// `l` (last used, Unix ms), `v` (version, counts updates), `a:NAME` per attribute, and `p`
 /// (key and attributes packed for the read path). It
 /// expires (`PEXPIRE`) after the idle timeout since its last write; the absolute timeout is
-/// judged from `c`.
+/// judged from `c`. A regenerate leaves the old id's hash as it was, read-only, with `r` (the
+/// id it was renamed to) and the grace as its expiry: no script changes a hash with `r`.
 pub(super) fn session_key(prefix: &str, id: &str) -> String {
     format!("{prefix}s:{{{id}}}")
 }
 
-/// `PREFIX m:{ID}` — another id of a session (a regenerated token's predecessor during the
-/// grace window, a sibling host's alias): the session's id, with its own expiry.
+/// `PREFIX m:{ID}` — another id of a session (a sibling host's alias): the session's own id,
+/// with its own expiry.
 pub(super) fn alias_key(prefix: &str, id: &str) -> String {
     format!("{prefix}m:{{{id}}}")
 }
@@ -61,14 +62,16 @@ end
 ";
 
 /// The read path's one command, no script (a script costs Redis several times a plain read):
-/// `HMGET p c l` of the session's hash. A session without `p`, or an id that is an alias,
-/// goes through [`LOAD`] instead.
-pub(super) const READ_FIELDS: [&str; 3] = ["p", "c", "l"];
+/// `HMGET p c l r` of the session's hash (`r`: the id a retired hash was renamed to). A
+/// session without `p`, or an id that is an alias, goes through [`LOAD`] instead.
+pub(super) const READ_FIELDS: [&str; 4] = ["p", "c", "l", "r"];
 
 /// KEYS: session. ARGV: now, idle ms. Notes a use (last use, expiry) of a session that
-/// exists; the read path runs it at most once per touch interval.
+/// exists; the read path runs it at most once per touch interval. A retired hash keeps its
+/// grace as its expiry.
 pub(super) const TOUCH: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'r') == 1 then return 1 end
 local last = tonumber(redis.call('HGET', KEYS[1], 'l') or '0')
 if tonumber(ARGV[1]) > last then redis.call('HSET', KEYS[1], 'l', ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -76,7 +79,8 @@ return 1
 ";
 
 /// KEYS: session, alias. ARGV: now, idle ms, touch ms.
-/// Returns {1, TTL ms, created, last used, PACKED} (see `pack`). A use is written back (last
+/// Returns {1, TTL ms, created, last used, PACKED, RENAMED TO} (see `pack`; the last is ''
+/// but for a retired hash, which is read and never touched). A use is written back (last
 /// use, expiry) only when the last one is older than `touch`, or less than half the idle
 /// timeout is left.
 pub(super) const LOAD: &str = r"
@@ -84,15 +88,17 @@ local key = KEYS[1]
 local h = redis.call('HGETALL', key)
 if #h == 0 then return follow() end
 local now, idle, touch = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local k, created, last, attrs = '', 0, 0, {}
+local k, created, last, attrs, renamed = '', 0, 0, {}, ''
 for i = 1, #h, 2 do
   local f = h[i]
   if f == 'k' then k = h[i + 1]
   elseif f == 'c' then created = tonumber(h[i + 1])
   elseif f == 'l' then last = tonumber(h[i + 1])
+  elseif f == 'r' then renamed = h[i + 1]
   elseif string.sub(f, 1, 2) == 'a:' then attrs[string.sub(f, 3)] = h[i + 1] end
 end
 local ttl = redis.call('PTTL', key)
+if renamed ~= '' then return {1, ttl, created, last, pack(k, attrs), renamed} end
 if now - last >= touch or ttl < idle / 2 then
   if now > last then
     redis.call('HSET', key, 'l', now)
@@ -103,14 +109,14 @@ if now - last >= touch or ttl < idle / 2 then
 end
 local packed = pack(k, attrs)
 redis.call('HSET', key, 'p', packed)
-return {1, ttl, created, last, packed}
+return {1, ttl, created, last, packed, ''}
 ";
 
 /// KEYS: session, alias. ARGV: channel, id, now, idle ms, create key ('' for none), max
 /// attributes, max value bytes, max session bytes, then (op 'S'/'U', name, value) per change.
 /// Returns {1, created, {rejected name, reason, ...}, created ms, last used ms, PACKED}. A
 /// change is announced on the channel (other gateways drop their near-cache copy). No session
-/// is created under an alias.
+/// is created under an alias; a retired hash changes nothing (false).
 pub(super) const UPDATE: &str = r"
 local key = KEYS[1]
 local now, idle, create = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
@@ -121,6 +127,8 @@ if redis.call('EXISTS', key) == 0 then
   if f or create == '' then return f end
   redis.call('HSET', key, 'k', create, 'c', now, 'l', now, 'v', 0)
   created = 1
+elseif redis.call('HEXISTS', key, 'r') == 1 then
+  return false
 end
 local h = redis.call('HGETALL', key)
 local attrs, count, size = {}, 0, 0
@@ -184,22 +192,30 @@ return to
 ";
 
 /// KEYS: session, alias, new session (same node: standalone or Sentinel). ARGV: channel, id,
-/// new id, grace ms. The session moves at once; the old id answers for `grace`. Returns {1}
-/// when moved, {0} when there is nothing to move.
+/// new id, grace ms. The session is copied to the new id at once; the old hash stays, as it
+/// was, retired (`r`: the new id) for `grace`, then expires. Returns {1} when moved, {0}
+/// when there is nothing to move (or only a retired hash).
 pub(super) const RENAME: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return follow() or {0} end
-redis.call('RENAME', KEYS[1], KEYS[3])
+if redis.call('HEXISTS', KEYS[1], 'r') == 1 then return {0} end
+redis.call('COPY', KEYS[1], KEYS[3], 'REPLACE')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 local grace = tonumber(ARGV[4])
-if grace > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', grace)
-else redis.call('DEL', KEYS[2]) end
+if grace > 0 then
+  redis.call('HSET', KEYS[1], 'r', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], grace)
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[2])
 return {1}
 ";
 
 /// A rename across Cluster nodes, step 1. KEYS: session, alias. Returns {1, TTL ms, HGETALL}
-/// (`v` in it is the version step 3 checks).
+/// (`v` in it is the version step 3 checks); {0} for nothing, or a retired hash.
 pub(super) const SNAPSHOT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return follow() or {0} end
+if redis.call('HEXISTS', KEYS[1], 'r') == 1 then return {0} end
 return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
 ";
 
@@ -212,23 +228,31 @@ return 1
 ";
 
 /// Step 3. KEYS: session, alias. ARGV: channel, id, new id, grace ms, version. Retires the
-/// old session if it is still at the copied version: 1 done, 0 changed since (copy again),
-/// -1 gone (deleted meanwhile).
+/// old session (as [`RENAME`] does) if it is still at the copied version: 1 done, 0 changed
+/// since (copy again), -1 gone (deleted, or retired, meanwhile).
 pub(super) const SEAL: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
-if not v then return -1 end
+if not v or redis.call('HEXISTS', KEYS[1], 'r') == 1 then return -1 end
 if v ~= ARGV[5] then return 0 end
-redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 local grace = tonumber(ARGV[4])
-if grace > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', grace)
-else redis.call('DEL', KEYS[2]) end
+if grace > 0 then
+  redis.call('HSET', KEYS[1], 'r', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], grace)
+else
+  redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[2])
 return 1
 ";
 
-/// KEYS: session, alias. Returns {1} if a session is there, {2, TARGET} if an alias, false.
+/// KEYS: session, alias. Returns {1} if a live session is there, {2, TARGET} if an alias,
+/// false for nothing or a retired hash (which nothing may alias, nor mint a code for).
 pub(super) const PROBE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HEXISTS', KEYS[1], 'r') == 1 then return false end
+  return {1}
+end
 return follow()
 ";
 

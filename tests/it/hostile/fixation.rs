@@ -1,0 +1,429 @@
+//! Classes 5–9: a session cannot be planted in a victim's browser, kept by an attacker after
+//! the victim logs in, or taken over through a handoff code. Each chain runs on the memory
+//! store and on Redis.
+
+use std::time::Duration;
+
+use super::redirects::{code_for_account, siblings};
+use super::*;
+
+/// The `sessions:` sections under test: the memory store and Redis (a key prefix of the
+/// test's own), each with a one-second regenerate grace.
+fn stores() -> Vec<(&'static str, String)> {
+    let prefix = redis_test_prefix();
+    vec![
+        (
+            "memory",
+            "{ secret_file: session.keys, regenerate_grace: 1s }".to_owned(),
+        ),
+        (
+            "redis",
+            format!(
+                "{{ secret_file: session.keys, regenerate_grace: 1s, store: {{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\" }} }} }}"
+            ),
+        ),
+    ]
+}
+
+const COOKIE_ROUTE: &str = "{ name: app, match: { path_prefix: / }, upstream: app }";
+const AUTO_ROUTE: &str =
+    "{ name: app, match: { path_prefix: / }, upstream: app, session: { tracking: auto } }";
+
+async fn whoami(base: &str, headers: &[(&str, &str)]) -> String {
+    get(base, "/whoami", headers).await.2
+}
+
+fn cookie(token: &str) -> String {
+    format!("sg={token}")
+}
+
+#[tokio::test]
+async fn a_cookie_route_takes_the_token_from_the_cookie_only() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let gw = gateway(&config(&app, &[COOKIE_ROUTE], &sessions)).await;
+        let base = gw.url("web", "");
+        let (_, h, _) = get(&base, "/login?user=victim", &[]).await;
+        let token = session_cookie(&h).unwrap();
+        for target in [
+            format!("/whoami;sgsid={token}"),
+            format!("/whoami?sgsid={token}"),
+            format!("/whoami;sgsid={token}?sgsid={token}"),
+            format!("/whoami?a=1&sgsid={token}&b=2"),
+        ] {
+            let (_, h, body) = get(&base, &target, &[]).await;
+            assert_eq!(field(&body, "status"), "none", "{store} {target}: {body}");
+            assert!(session_cookie(&h).is_none(), "{store} {target}");
+            let seen = app.backend.last().uri;
+            assert!(!seen.contains("sgsid"), "{store}: the backend saw {seen}");
+        }
+        // The cookie still works.
+        let body = whoami(&base, &[("cookie", &cookie(&token))]).await;
+        assert_eq!(field(&body, "user"), "victim", "{store}");
+    }
+}
+
+#[tokio::test]
+async fn auto_never_moves_a_url_token_from_another_site_into_a_cookie() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        app.page(
+            "/go",
+            Page::html(r#"<a id=next href="/whoami">next</a>"#)
+                .with("x-session-set", "user=mallory"),
+        );
+        let gw = gateway(&config(&app, &[AUTO_ROUTE], &sessions)).await;
+        let base = gw.url("web", "");
+        // Mallory's session, in her URL (she comes from the site's own page, without cookies).
+        let (_, _, page) = get(&base, "/go", &[("referer", &format!("{base}/"))]).await;
+        let at = page.find("sgsid=").unwrap_or_else(|| panic!("{page}")) + "sgsid=".len();
+        let token = page[at..at + 64].to_owned();
+        // The victim's browser keeps cookies (it returns the probe) and follows her link from
+        // elsewhere: it must start a session of its own, and never get hers in a cookie.
+        for evidence in [
+            vec![],
+            vec![("referer", "http://evil.example/post")],
+            vec![("sec-fetch-site", "cross-site")],
+            vec![("sec-fetch-site", "same-site")],
+            vec![("sec-fetch-site", "none")],
+            vec![
+                ("sec-fetch-site", "cross-site"),
+                ("referer", "http://evil.example/"),
+            ],
+        ] {
+            let mut headers = vec![("cookie", "sg_probe=1")];
+            headers.extend(evidence.iter().copied());
+            let (_, h, body) = get(&base, &format!("/whoami;sgsid={token}"), &headers).await;
+            assert!(
+                !set_cookies(&h).contains(&format!("sg={token}")),
+                "{store} {evidence:?}: planted"
+            );
+            assert_ne!(
+                field(&body, "user"),
+                "mallory",
+                "{store} {evidence:?}: {body}"
+            );
+        }
+        // From the site's own page, the move into the cookie is the client's own.
+        let (_, h, body) = get(
+            &base,
+            &format!("/whoami;sgsid={token}"),
+            &[("cookie", "sg_probe=1"), ("referer", &format!("{base}/go"))],
+        )
+        .await;
+        assert!(
+            set_cookies(&h).contains(&format!("sg={token}")),
+            "{store}: {h:?}"
+        );
+        assert_eq!(field(&body, "user"), "mallory", "{store}");
+    }
+}
+
+#[tokio::test]
+async fn an_old_token_in_its_grace_sees_the_session_before_the_regenerate_and_writes_nothing() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let yaml = siblings(&app, &sessions);
+        let gw = gateway(&yaml).await;
+        let other = gateway(&yaml).await;
+        let base = gw.url("web", "");
+        let shop = [("host", "shop.example")];
+        // A pre-login session (the attacker's, planted somehow), then the victim logs in.
+        let (_, h, _) = get(&base, "/set?cart=1", &shop).await;
+        let old = session_cookie(&h).unwrap();
+        let old_cookie = cookie(&old);
+        let (_, h, _) = get(
+            &base,
+            "/login?user=victim",
+            &[shop[0], ("cookie", &old_cookie)],
+        )
+        .await;
+        let new = session_cookie(&h).expect("a new token");
+        assert_ne!(new, old);
+        let as_old = [shop[0], ("cookie", old_cookie.as_str())];
+        // Within the grace: the session as it was, never the login.
+        let body = whoami(&base, &as_old).await;
+        assert_eq!(
+            field(&body, "user"),
+            "-",
+            "{store}: the old token sees {body}"
+        );
+        // It writes nothing, regenerates nothing, mints no handoff code.
+        get(&base, "/set?user=mallory", &as_old).await;
+        let (_, h, _) = get(&base, "/regen", &as_old).await;
+        assert!(
+            session_cookie(&h).is_none(),
+            "{store}: regenerated through the old token"
+        );
+        let (_, _, home) = get(&base, "/home", &as_old).await;
+        assert!(!home.contains("sghandoff"), "{store}: minted {home}");
+        let (_, h, _) = get(&base, "/login?user=mallory", &as_old).await;
+        assert!(session_cookie(&h).is_none(), "{store}");
+        let body = whoami(&base, &[shop[0], ("cookie", &cookie(&new))]).await;
+        assert_eq!(field(&body, "user"), "victim", "{store}: {body}");
+        // After the grace: dead, here and on every gateway.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        for g in [&gw, &other] {
+            if store == "memory" && std::ptr::eq(g, &other) {
+                continue;
+            }
+            let body = whoami(&g.url("web", ""), &as_old).await;
+            assert_ne!(field(&body, "status"), "active", "{store}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_handoff_code_counts_only_on_a_top_level_navigation_from_the_issuing_sibling() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let gw = gateway(&siblings(&app, &sessions)).await;
+        let base = gw.url("web", "");
+        let (_, h, _) = get(&base, "/login?user=alice", &[("host", "shop.example")]).await;
+        let token = session_cookie(&h).unwrap();
+        let navigate = [
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+            ("sec-fetch-site", "cross-site"),
+        ];
+        let refused: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            navigate.to_vec(),
+            vec![("referer", "http://evil.example/")],
+            vec![("referer", "http://account.example/x")],
+            vec![("referer", "http://shop.example.evil/")],
+            vec![
+                ("referer", "http://shop.example/"),
+                ("sec-fetch-dest", "iframe"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            vec![
+                ("referer", "http://shop.example/"),
+                ("sec-fetch-mode", "no-cors"),
+                ("sec-fetch-dest", "image"),
+            ],
+            vec![
+                ("referer", "http://shop.example/"),
+                ("sec-fetch-mode", "cors"),
+                ("sec-fetch-dest", "empty"),
+            ],
+        ];
+        for headers in refused {
+            let code = code_for_account(&base, &token).await;
+            let mut all = vec![("host", "account.example")];
+            all.extend(headers.iter().copied());
+            let (_, h, _) = get(&base, &format!("/me;sghandoff={code}"), &all).await;
+            assert!(
+                session_cookie(&h).is_none(),
+                "{store} {headers:?}: redeemed"
+            );
+        }
+        // A POST never redeems.
+        let code = code_for_account(&base, &token).await;
+        let resp = client()
+            .post(format!("{base}/me;sghandoff={code}"))
+            .header("host", "account.example")
+            .header("referer", "http://shop.example/home")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            session_cookie(resp.headers()).is_none(),
+            "{store}: a POST redeemed"
+        );
+        // The real thing: a click on the shop's page.
+        let code = code_for_account(&base, &token).await;
+        let mut all = vec![
+            ("host", "account.example"),
+            ("referer", "http://shop.example/home"),
+        ];
+        all.extend(navigate);
+        let (status, h, _) = get(&base, &format!("/me;sghandoff={code}"), &all).await;
+        assert_eq!(status, 303, "{store}");
+        let alias = session_cookie(&h).expect("a cookie for the sibling");
+        let body = whoami(
+            &base,
+            &[("host", "account.example"), ("cookie", &cookie(&alias))],
+        )
+        .await;
+        assert_eq!(field(&body, "user"), "alice", "{store}");
+    }
+}
+
+/// Follows the shop's link to the account host as a browser would: the sibling's token.
+async fn hand_off(base: &str, shop_token: &str) -> String {
+    let code = code_for_account(base, shop_token).await;
+    let (_, h, _) = get(
+        base,
+        &format!("/me;sghandoff={code}"),
+        &[
+            ("host", "account.example"),
+            ("referer", "http://shop.example/home"),
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+        ],
+    )
+    .await;
+    session_cookie(&h).expect("the handoff gave a token")
+}
+
+#[tokio::test]
+async fn a_handoff_never_replaces_a_session_the_client_already_has() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let gw = gateway(&siblings(&app, &sessions)).await;
+        let base = gw.url("web", "");
+        // The victim, logged in on the account host.
+        let (_, h, _) = get(&base, "/login?user=victim", &[("host", "account.example")]).await;
+        let victim = session_cookie(&h).unwrap();
+        // Mallory's code, from her own session on the shop, clicked by the victim.
+        let (_, h, _) = get(&base, "/login?user=mallory", &[("host", "shop.example")]).await;
+        let mallory = session_cookie(&h).unwrap();
+        let code = code_for_account(&base, &mallory).await;
+        let (_, h, _) = get(
+            &base,
+            &format!("/me;sghandoff={code}"),
+            &[
+                ("host", "account.example"),
+                ("cookie", &cookie(&victim)),
+                ("referer", "http://shop.example/home"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "document"),
+            ],
+        )
+        .await;
+        assert!(
+            session_cookie(&h).is_none(),
+            "{store}: the victim's session was replaced"
+        );
+        let body = whoami(
+            &base,
+            &[("host", "account.example"), ("cookie", &cookie(&victim))],
+        )
+        .await;
+        assert_eq!(field(&body, "user"), "victim", "{store}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_handoff_alias_ends_with_the_session_and_with_its_regenerate() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let gw = gateway(&siblings(&app, &sessions)).await;
+        let base = gw.url("web", "");
+        let acct = |t: &str| {
+            vec![
+                ("host", "account.example"),
+                ("cookie", Box::leak(cookie(t).into_boxed_str()) as &str),
+            ]
+        };
+        // A regenerate on the shop: the account's alias is the old id's, read-only, then dead.
+        let (_, h, _) = get(&base, "/login?user=alice", &[("host", "shop.example")]).await;
+        let shop = session_cookie(&h).unwrap();
+        let alias = hand_off(&base, &shop).await;
+        let (_, h, _) = get(
+            &base,
+            "/regen",
+            &[("host", "shop.example"), ("cookie", &cookie(&shop))],
+        )
+        .await;
+        let shop2 = session_cookie(&h).expect("regenerated");
+        get(&base, "/set?user=mallory", &acct(&alias)).await;
+        let body = whoami(
+            &base,
+            &[("host", "shop.example"), ("cookie", &cookie(&shop2))],
+        )
+        .await;
+        assert_eq!(
+            field(&body, "user"),
+            "alice",
+            "{store}: written through the old alias"
+        );
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let body = whoami(&base, &acct(&alias)).await;
+        assert_ne!(
+            field(&body, "status"),
+            "active",
+            "{store}: the alias outlived the regenerate"
+        );
+        // A logout on the shop ends the account's alias at once.
+        let alias = hand_off(&base, &shop2).await;
+        get(
+            &base,
+            "/logout",
+            &[("host", "shop.example"), ("cookie", &cookie(&shop2))],
+        )
+        .await;
+        let body = whoami(&base, &acct(&alias)).await;
+        assert_ne!(
+            field(&body, "status"),
+            "active",
+            "{store}: the alias outlived the logout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn regenerate_and_destroy_work_through_a_sibling_alias() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let gw = gateway(&siblings(&app, &sessions)).await;
+        let base = gw.url("web", "");
+        let (_, h, _) = get(&base, "/login?user=alice", &[("host", "shop.example")]).await;
+        let shop = session_cookie(&h).unwrap();
+        let alias = hand_off(&base, &shop).await;
+        // A login on the account host, through the alias: a new token, the same session.
+        let (_, h, _) = get(
+            &base,
+            "/login?user=alice2",
+            &[("host", "account.example"), ("cookie", &cookie(&alias))],
+        )
+        .await;
+        let alias2 = session_cookie(&h).unwrap_or_else(|| panic!("{store}: no new token"));
+        assert_ne!(alias2, alias);
+        let body = whoami(
+            &base,
+            &[("host", "account.example"), ("cookie", &cookie(&alias2))],
+        )
+        .await;
+        assert_eq!(field(&body, "user"), "alice2", "{store}: {body}");
+        // The alias's holder does not follow it into the new session.
+        let body = whoami(
+            &base,
+            &[("host", "account.example"), ("cookie", &cookie(&alias))],
+        )
+        .await;
+        assert_ne!(field(&body, "user"), "alice2", "{store}: {body}");
+        // A logout through the new alias ends the session everywhere.
+        get(
+            &base,
+            "/logout",
+            &[("host", "account.example"), ("cookie", &cookie(&alias2))],
+        )
+        .await;
+        for (host, t) in [("account.example", &alias2), ("shop.example", &shop)] {
+            let body = whoami(&base, &[("host", host), ("cookie", &cookie(t))]).await;
+            assert_ne!(field(&body, "status"), "active", "{store} {host}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_page_mints_a_bounded_number_of_handoff_codes() {
+    let app = App::start().await;
+    let yaml = siblings(&app, "{ secret_file: session.keys }");
+    let links = r#"<a href="http://account.example/x">x</a>"#.repeat(200);
+    app.page("/many", Page::html(&links));
+    let gw = gateway(&yaml).await;
+    let base = gw.url("web", "");
+    let (_, h, _) = get(&base, "/login", &[("host", "shop.example")]).await;
+    let token = session_cookie(&h).unwrap();
+    let (_, _, page) = get(
+        &base,
+        "/many",
+        &[("host", "shop.example"), ("cookie", &cookie(&token))],
+    )
+    .await;
+    let codes = page.matches("sghandoff=").count();
+    assert!((1..=16).contains(&codes), "{codes} codes on one page");
+}
