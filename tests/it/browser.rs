@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::*;
 
 /// A chromedriver on a free loopback port, killed when dropped.
-struct Driver {
+pub struct Driver {
     child: Child,
     url: String,
 }
@@ -25,7 +25,7 @@ impl Drop for Driver {
     }
 }
 
-async fn driver() -> Driver {
+pub async fn driver() -> Driver {
     let port = crate::support::free_port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
@@ -44,7 +44,7 @@ async fn driver() -> Driver {
     Driver { child, url }
 }
 
-async fn browser(driver: &Driver, block_cookies: bool) -> Client {
+pub async fn browser(driver: &Driver, block_cookies: bool) -> Client {
     let mut options = serde_json::json!({
         "binary": "/usr/bin/chromium",
         "args": [

@@ -4,6 +4,7 @@
 //! example each. Any later change runs them.
 
 mod admin;
+mod browser;
 mod cache;
 mod corpus;
 mod fixation;
