@@ -113,6 +113,9 @@ fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
 
 /// `Sec-Fetch-Site`: where a browser says a request comes from.
 const FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+/// Hyperlink auditing's headers: the page a link was on, and where it led.
+const PING_FROM: HeaderName = HeaderName::from_static("ping-from");
+const PING_TO: HeaderName = HeaderName::from_static("ping-to");
 
 /// Sessions as the proxy sees them.
 pub struct Sessions {
@@ -483,7 +486,8 @@ impl Sessions {
 
     /// The first part of `resolve`, done for every request before it is logged or routed: a
     /// token in the URL (path or query parameter) is taken out of the request target, and out
-    /// of a `Referer` that carries one, so that no backend and no log sees it.
+    /// of a `Referer`, `Ping-From` or `Ping-To` that carries one, so that no backend and no
+    /// log sees it.
     ///
     /// # Errors
     /// The target without its token is no longer a valid URI (it cannot happen for a target
@@ -493,13 +497,17 @@ impl Sessions {
         uri: &mut Uri,
         headers: &mut HeaderMap,
     ) -> Result<Option<Box<UrlTokens>>, url::BadTarget> {
-        if let Some(referer) = headers.get(header::REFERER).and_then(|v| v.to_str().ok())
-            && let Some((clean, _)) = url::take_tokens(referer, &self.url_parameter)
-        {
-            match HeaderValue::from_str(&clean) {
-                Ok(v) => headers.insert(header::REFERER, v),
-                Err(_) => headers.remove(header::REFERER),
-            };
+        // Headers that carry a page's URL: `Referer`, and hyperlink auditing's `Ping-From`
+        // and `Ping-To` (a page the gateway rewrote has no ping, but another may).
+        for name in [header::REFERER, PING_FROM, PING_TO] {
+            if let Some(url) = headers.get(&name).and_then(|v| v.to_str().ok())
+                && let Some((clean, _)) = url::take_tokens(url, &self.url_parameter)
+            {
+                match HeaderValue::from_str(&clean) {
+                    Ok(v) => headers.insert(name, v),
+                    Err(_) => headers.remove(name),
+                };
+            }
         }
         let Some(pq) = uri.path_and_query() else {
             return Ok(None);

@@ -49,10 +49,15 @@ pub fn take_tokens(url: &str, name: &str) -> Option<(String, UrlTokens)> {
     let (mut path, first, mut found) = crate::path_param::remove(before_query, name);
     tokens.path = first.map(str::to_owned);
 
-    // Query parameters: `&`-separated; `NAME` alone or `NAME=VALUE`.
-    let mut kept: Vec<&str> = Vec::new();
+    // Query parameters: `&`-separated, or `;` as some servers read them; `NAME` alone or
+    // `NAME=VALUE`. The others keep their separators.
+    let mut kept = String::new();
     if let Some(q) = query {
-        for pair in q.split('&') {
+        let mut rest = q;
+        let mut separator = "";
+        loop {
+            let end = rest.find(['&', ';']).unwrap_or(rest.len());
+            let pair = &rest[..end];
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if key == name {
                 found = true;
@@ -60,8 +65,16 @@ pub fn take_tokens(url: &str, name: &str) -> Option<(String, UrlTokens)> {
                     tokens.query = Some(value.to_owned());
                 }
             } else {
-                kept.push(pair);
+                if !kept.is_empty() {
+                    kept.push_str(separator);
+                }
+                kept.push_str(pair);
             }
+            let Some(next) = rest.get(end..end + 1) else {
+                break;
+            };
+            separator = next;
+            rest = &rest[end + 1..];
         }
     }
     if !found {
@@ -69,7 +82,7 @@ pub fn take_tokens(url: &str, name: &str) -> Option<(String, UrlTokens)> {
     }
     if query.is_some() && !kept.is_empty() {
         path.push('?');
-        path.push_str(&kept.join("&"));
+        path.push_str(&kept);
     }
     Some((path, tokens))
 }
@@ -123,6 +136,15 @@ mod tests {
         assert_eq!(
             take("/p;sgsid=P?sgsid=Q"),
             Some(("/p".into(), s("P"), s("Q")))
+        );
+        // `;` as a query separator, as some servers read it: no token hides behind one.
+        assert_eq!(
+            take("/c?x=1;sgsid=TOK&y=2;z"),
+            Some(("/c?x=1&y=2;z".into(), None, s("TOK")))
+        );
+        assert_eq!(
+            take("/c?sgsid=TOK;y=2"),
+            Some(("/c?y=2".into(), None, s("TOK")))
         );
     }
 

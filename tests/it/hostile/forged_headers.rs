@@ -131,6 +131,52 @@ async fn forged_session_headers_reach_no_application_over_http2_either() {
     }
 }
 
+#[tokio::test]
+async fn no_token_reaches_an_application_in_any_header_or_url_spelling() {
+    let app = App::start().await;
+    let gw = gateway(&config(
+        &app,
+        &[
+            "{ name: open, match: { path_prefix: /open }, upstream: app, session: off }",
+            "{ name: app, match: { path_prefix: / }, upstream: app, session: { tracking: url } }",
+        ],
+        "{ secret_file: session.keys }",
+    ))
+    .await;
+    let base = gw.url("web", "");
+    app.page(
+        "/start",
+        Page::html("<a href=/x>x</a>").with("x-session-set", "user=alice"),
+    );
+    let (_, _, start) = get(&base, "/start", &[]).await;
+    let at = start.find("sgsid=").unwrap() + 6;
+    let token = start[at..at + 64].to_owned();
+    let page = format!("{base}/page;sgsid={token}");
+    for path in ["/whoami", "/open/x"] {
+        for target in [
+            format!("{path};sgsid={token}"),
+            format!("{path}?sgsid={token}"),
+            format!("{path}?x=1;sgsid={token}"),
+            format!("{path}?x=1&sgsid={token};y=2"),
+            format!("{path};a=1;sgsid={token}/?b=2"),
+        ] {
+            get(
+                &base,
+                &target,
+                &[
+                    ("referer", page.as_str()),
+                    ("ping-from", page.as_str()),
+                    ("ping-to", page.as_str()),
+                ],
+            )
+            .await;
+            let seen = app.backend.last();
+            let everything = format!("{} {:?}", seen.uri, seen.headers);
+            assert!(!everything.contains(&token), "{target}: {everything}");
+        }
+    }
+}
+
 /// A backend that records the trailers of the requests it receives.
 async fn trailer_recorder(seen_trailers: Arc<Mutex<Vec<HeaderMap>>>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -192,9 +192,10 @@ pub fn resolve(page_url: &str, location: &str) -> url::Url {
 }
 
 /// A raw HTTP/1.1 exchange (for request targets no client library will send), one request on
-/// a fresh connection; the response's status line and headers.
+/// a fresh connection; what came back within a second (the gateway answers in milliseconds,
+/// and may keep the connection open).
 pub async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
-    raw_exchange(addr, request.as_bytes(), std::time::Duration::from_secs(3)).await
+    raw_exchange(addr, request.as_bytes(), std::time::Duration::from_secs(1)).await
 }
 
 /// A header's value in a raw response (`raw`), if present (first occurrence).
