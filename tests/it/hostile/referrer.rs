@@ -53,6 +53,10 @@ fn assert_nothing_widens(h: &HeaderMap, page: &str, what: &str) {
     let safe = |p: &str| matches!(p, "same-origin" | "no-referrer");
     let policy = header_policy(h).unwrap_or_default();
     assert!(safe(&policy), "{what}: Referrer-Policy {policy:?}");
+    for link in h.get_all("link") {
+        let link = link.to_str().unwrap().to_ascii_lowercase();
+        assert!(!link.contains("referrerpolicy"), "{what}: Link: {link}");
+    }
     let attrs = browser_attributes(page);
     for (i, a) in attrs.iter().enumerate() {
         match a.name.as_str() {
@@ -95,7 +99,10 @@ async fn a_url_tracked_page_cannot_widen_the_referrer_policy() {
     .iter()
     .enumerate()
     {
-        let mut p = Page::html(WIDENING);
+        let mut p = Page::html(WIDENING).with(
+            "link",
+            "<https://other.example/p.css>; rel=preload; as=style; ReferrerPolicy=unsafe-url",
+        );
         if !header.is_empty() {
             p = p.with("referrer-policy", header);
         }
