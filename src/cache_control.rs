@@ -9,8 +9,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Makes the response private. `Cache-Control` keeps the backend's directives, from every
 /// field, except those that let a shared cache store it (`public`, `s-maxage`, and a
 /// field-qualified `private="..."`, which allows storing the rest of the response), and gains
-/// an unqualified `private`. The headers some CDNs obey instead of `Cache-Control`
-/// (`CDN-Cache-Control` and its vendor forms, `Surrogate-Control`) go.
+/// an unqualified `private`. The headers some caches obey instead of `Cache-Control`
+/// (`CDN-Cache-Control` and its vendor forms, `Surrogate-Control`, Akamai's `Edge-Control`,
+/// nginx's `X-Accel-Expires`) go.
 pub fn make_private(headers: &mut HeaderMap) {
     let mut kept = String::from("private");
     for value in headers.get_all(header::CACHE_CONTROL) {
@@ -36,7 +37,8 @@ pub fn make_private(headers: &mut HeaderMap) {
         .keys()
         .filter(|n| {
             let n = n.as_str();
-            n == "surrogate-control" || n.ends_with("cdn-cache-control")
+            matches!(n, "surrogate-control" | "x-accel-expires" | "edge-control")
+                || n.ends_with("cdn-cache-control")
         })
         .cloned()
         .collect();
@@ -130,6 +132,8 @@ mod tests {
                 ("cdn-cache-control", "public, max-age=600"),
                 ("cloudflare-cdn-cache-control", "max-age=600"),
                 ("surrogate-control", "max-age=600"),
+                ("x-accel-expires", "600"),
+                ("edge-control", "cache-maxage=600"),
                 ("expires", "Thu, 01 Jan 2099 00:00:00 GMT"),
             ],
         );

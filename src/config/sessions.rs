@@ -271,6 +271,9 @@ pub const DEFAULT_LINKS: &[(&str, &str)] = &[
     ("a", "href"),
     ("area", "href"),
     ("form", "action"),
+    // A submit button's own target overrides its form's.
+    ("button", "formaction"),
+    ("input", "formaction"),
     ("frame", "src"),
     ("iframe", "src"),
 ];

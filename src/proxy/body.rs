@@ -207,6 +207,8 @@ pub struct ResponseBody {
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The page's rewriter, for URL-tracked HTML responses.
     html: Option<Box<Html>>,
+    /// The backend's trailers, held while the rewriter's last output goes first.
+    held_trailers: Option<Frame<Bytes>>,
     /// The sessions, when configured: their headers never leave in trailers either.
     sessions: Option<Arc<Sessions>>,
     /// The body went through a rewriter (counted when it is done).
@@ -223,6 +225,7 @@ impl ResponseBody {
             lease: None,
             stall: None,
             html: None,
+            held_trailers: None,
             sessions: None,
             rewritten: false,
             bytes: 0,
@@ -244,6 +247,7 @@ impl ResponseBody {
             lease: Some(lease),
             stall: None,
             html: None,
+            held_trailers: None,
             sessions,
             rewritten: false,
             bytes: 0,
@@ -286,7 +290,21 @@ impl ResponseBody {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
                     }
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    // Trailers end the body: the rewriter's last output (all of a compressed
+                    // page's, held by its decoder) goes first, then they do.
+                    Err(trailers) => {
+                        let out = html.finish();
+                        self.html = None;
+                        let out = match out {
+                            Ok(out) => out,
+                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                        };
+                        if out.is_empty() {
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                        self.held_trailers = Some(trailers);
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
                 },
                 Poll::Ready(None) => {
                     let out = html.finish();
@@ -315,7 +333,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let this = &mut *self;
-        let polled = if this.html.is_some() {
+        let polled = if let Some(trailers) = this.held_trailers.take() {
+            Poll::Ready(Some(Ok(trailers)))
+        } else if this.html.is_some() {
             this.poll_rewritten(cx)
         } else {
             this.poll_inner(cx)
@@ -333,7 +353,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.html.is_some() {
+        if self.html.is_some() || self.held_trailers.is_some() {
             return false;
         }
         match &self.inner {

@@ -364,6 +364,16 @@ impl Proxy {
         // URL is what its links (and redirects) resolve against, and its origin is what
         // requests must come from.
         let had_url_token = url_tokens.is_some();
+        // Whether the client will render the response as a document (a navigation, a frame):
+        // at a URL with a token, one whose markup cannot be guarded is not served there.
+        let as_document = had_url_token
+            && parts.method == Method::GET
+            && parts.headers.get("sec-fetch-dest").is_none_or(|d| {
+                matches!(
+                    d.as_bytes(),
+                    b"document" | b"iframe" | b"frame" | b"object" | b"embed"
+                )
+            });
         let client_url = match (&self.sessions, &route.session) {
             (Some(_), Some(rs))
                 if rs.tracking != Tracking::Cookie
@@ -425,7 +435,18 @@ impl Proxy {
                 return Ok(url_tracking::clean_redirect(client, log));
             }
         }
-        let rewrites = session.as_ref().is_some_and(|rs| rs.may_rewrite()) || had_url_token;
+        // Pages through which a client could be handed a token or code someone else put there
+        // (a comment, an upload): for a client that would take a URL token, and on a route
+        // with siblings, such parameters are scrubbed from the page's links.
+        let scrub = match (&route.session, &session) {
+            (Some(rs), Some(s)) => {
+                !rs.share_with.is_empty()
+                    || (rs.tracking != Tracking::Cookie && s.takes_url_tokens())
+            }
+            _ => false,
+        };
+        let rewrites =
+            session.as_ref().is_some_and(|rs| rs.may_rewrite()) || had_url_token || scrub;
         if rewrites && client_url.is_some() {
             // Pages are rewritten as they stream: ask for them uncompressed.
             parts.headers.insert(
@@ -512,6 +533,15 @@ impl Proxy {
             }
             _ => {}
         }
+        if as_document
+            && !matches!(rparts.status.as_u16(), 101..=199 | 204 | 300..=399)
+            && url_tracking::unguardable(&rparts.headers)
+            && let Some(client) = &client_url
+        {
+            // The backend's body is not read: the connection is closed, not pooled.
+            drop((rbody, lease));
+            return Ok(url_tracking::leave_token_behind(client, log));
+        }
         // rewrite: with URL tracking, the token the client now holds goes into the response;
         // links to sibling hosts get handoff codes; a page whose URL carried a token is kept
         // from sending it elsewhere.
@@ -521,8 +551,8 @@ impl Proxy {
             {
                 url_tracking::apply(s, held, client, &mut rparts.headers, had_url_token)
             }
-            (Some(s), _, Some(client)) if had_url_token => {
-                url_tracking::guard(s, client, &mut rparts.headers)
+            (Some(s), _, Some(client)) if had_url_token || scrub => {
+                url_tracking::clean(s, client, &mut rparts.headers, had_url_token)
             }
             _ => None,
         };
@@ -530,8 +560,12 @@ impl Proxy {
         // log: written when the body is done (see `body`).
         log.status(rparts.status.as_u16());
         // Trailers are headers too: a backend's directives, or hop-by-hop fields, must not
-        // reach an HTTP/2 client in them.
-        let body = ResponseBody::upstream(rbody, log, lease, self.sessions.clone());
+        // reach an HTTP/2 client in them. Only a body of unknown length (HTTP/1's chunked)
+        // can end in trailers: the others do without the sessions' filter.
+        let trailers_possible = rparts.version == Version::HTTP_2
+            || !rparts.headers.contains_key(header::CONTENT_LENGTH);
+        let filter = self.sessions.clone().filter(|_| trailers_possible);
+        let body = ResponseBody::upstream(rbody, log, lease, filter);
         let body = match html {
             Some(html) => body.rewritten(html),
             None => body,

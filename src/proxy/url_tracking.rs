@@ -137,18 +137,30 @@ pub(super) fn apply(
     page_rewriter(tagger, client, headers)
 }
 
-/// For a response to a request whose URL carried a token (or a handoff code) on a route that
-/// puts none into its URLs: nothing in it may send its URL to another site or a shared cache.
-pub(super) fn guard(
+/// For a response that puts no token of its own into its URLs: tokens and handoff codes
+/// someone else put in its links go (a page must not hand a client an attacker's session),
+/// and, when the request's URL carried a token (or a code), nothing in it may send that URL
+/// to another site or a shared cache (`guarded`).
+pub(super) fn clean(
     sessions: &Sessions,
     client: &ClientUrl,
     headers: &mut HeaderMap,
+    guarded: bool,
 ) -> Option<Html> {
-    keep_home(headers, false);
-    let tagger = client
+    if guarded {
+        keep_home(headers, false);
+    }
+    // Sibling links are judged too (for a code someone else put there), and get none.
+    let none: Issuer = Arc::new(|| None);
+    let mut tagger = client
         .tagger(sessions.url_parameter(), "")?
         .without_token()
-        .guarding();
+        .scrubbing(HANDOFF_PARAMETER)
+        .with_siblings(client.share_with.clone(), HANDOFF_PARAMETER, none);
+    if guarded {
+        tagger = tagger.guarding();
+    }
+    rewrite_headers(&tagger, headers);
     page_rewriter(tagger, client, headers)
 }
 
@@ -192,6 +204,51 @@ fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) ->
         coding,
         gzip_out,
     ))
+}
+
+/// Whether a response at a URL that carried a token is a document whose markup the gateway
+/// cannot guard: XML of any kind (SVG, XHTML: an XML parser reads them, and an HTML rewriter
+/// cannot judge for it), HTML in a charset or coding it cannot read, or no declared type
+/// (which browsers sniff, and may render as HTML).
+pub(super) fn unguardable(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "text/html" {
+        let coding = headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?"));
+        return html_charset(content_type).is_none() || Coding::from_header(coding).is_none();
+    }
+    mime.ends_with("+xml") || mime.ends_with("/xml") || mime.is_empty()
+}
+
+/// The answer instead of a document the gateway cannot guard at a URL with a token (see
+/// [`unguardable`]): a redirect to the same URL without the token, on the client's own
+/// origin, where the document has nothing to leak.
+pub(super) fn leave_token_behind(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
+    log.status(303);
+    let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let headers = resp.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&client.own(&client.target)) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// The referrer policy a browser takes from a response's `Referrer-Policy` fields: the last
@@ -249,6 +306,12 @@ fn keep_home(headers: &mut HeaderMap, to_sibling: bool) {
             headers.append(header::LINK, v);
         }
     }
+    // No content sniffing: a body is only ever what its type says (text is never read as a
+    // page that could be rendered unguarded).
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     crate::cache_control::make_private(headers);
 }
 

@@ -31,14 +31,13 @@ pub fn rewrite_errors() -> u64 {
 /// Most memory the rewriter may buffer (an element's start tag, mostly).
 const MAX_MEMORY: usize = 1 << 20;
 
-/// Whether a response with this `Content-Type` is a page to rewrite: HTML (or XHTML) in a
-/// charset that keeps ASCII as ASCII (UTF-16 does not, and is passed through).
+/// Whether a response with this `Content-Type` is a page to rewrite: HTML in a charset that
+/// keeps ASCII as ASCII (UTF-16 does not, and is passed through). XHTML is not: an XML parser
+/// reads it, which an HTML rewriter cannot judge for (see `proxy::url_tracking`).
 pub fn html_charset(content_type: &str) -> Option<Option<String>> {
     let mut parts = content_type.split(';');
     let mime = parts.next()?.trim();
-    if !mime.eq_ignore_ascii_case("text/html")
-        && !mime.eq_ignore_ascii_case("application/xhtml+xml")
-    {
+    if !mime.eq_ignore_ascii_case("text/html") {
         return None;
     }
     let charset = parts.find_map(|p| {
@@ -144,9 +143,12 @@ pub struct RewriteError(#[from] io::Error);
 
 /// One page being rewritten.
 pub struct Html {
-    /// `None` once ended, or after a rewriter error on a plain page (the rest then passes
-    /// through unchanged).
+    /// `None` once ended, or after a rewriter error on a plain page that is not guarded (the
+    /// rest then passes through unchanged).
     input: Option<Input>,
+    /// The page's URL carries a token: a page the rewriter cannot finish is cut, never passed
+    /// on unguarded (whatever follows could widen the referrer policy).
+    guarded: bool,
     /// Output compression, when the client takes gzip and the page came compressed.
     gzip: Option<GzEncoder<Vec<u8>>>,
     out: Arc<Mutex<Vec<u8>>>,
@@ -174,6 +176,7 @@ impl Html {
         gzip_out: bool,
     ) -> Html {
         let out = Arc::new(Mutex::new(Vec::new()));
+        let guarded = tagger.guards();
         let feed = Feed(HtmlRewriter::new(
             settings(tagger, charset, links),
             Collect(out.clone()),
@@ -186,6 +189,7 @@ impl Html {
         };
         Html {
             input: Some(input),
+            guarded,
             gzip: gzip_out.then(|| GzEncoder::new(Vec::new(), Compression::fast())),
             out,
         }
@@ -195,21 +199,26 @@ impl Html {
     /// yet: a tag cut by the chunk boundary waits for the next one).
     ///
     /// # Errors
-    /// A compressed page is corrupt, or its output cannot be compressed.
+    /// A compressed page is corrupt, or its output cannot be compressed; or a guarded page
+    /// cannot be rewritten (a tag over the memory bound, markup the parser cannot read
+    /// unambiguously): it is cut there.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, RewriteError> {
         let Some(input) = &mut self.input else {
             return Ok(Bytes::copy_from_slice(chunk));
         };
         if let Err(e) = input.write_all(chunk) {
             ERRORS.fetch_add(1, Ordering::Relaxed);
-            if !matches!(input, Input::Plain(_)) {
+            if self.guarded || !matches!(input, Input::Plain(_)) {
+                self.input = None;
+                tracing::warn!(error = %e, "HTML rewriting failed; the page is cut");
                 return Err(e.into());
             }
-            // A plain page: what could not be rewritten passes unchanged.
+            // A plain page that carries no token: what could not be rewritten passes
+            // unchanged (lol_html's graceful bail-out has flushed what it held, this chunk
+            // included).
             tracing::warn!(error = %e, "HTML rewriting failed; the rest of the page passes unchanged");
             self.input = None;
-            let mut out = self.take();
-            out.extend_from_slice(chunk);
+            let out = self.take();
             return self.encode(&out, false);
         }
         let out = self.take();
@@ -219,13 +228,17 @@ impl Html {
     /// The end of the page: whatever the decoder and rewriter still held.
     ///
     /// # Errors
-    /// As for [`Html::feed`]: a compressed page that ends early.
+    /// As for [`Html::feed`]: a compressed page that ends early, a guarded one that cannot be
+    /// finished.
     pub fn finish(&mut self) -> Result<Bytes, RewriteError> {
         if let Some(input) = self.input.take()
             && let Err(e) = input.end()
         {
             ERRORS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "HTML rewriting failed at the end of the page");
+            if self.guarded {
+                return Err(e.into());
+            }
         }
         let out = self.take();
         self.encode(&out, true)
@@ -337,7 +350,9 @@ fn guarded_document(html: &str, depth: u8) -> Option<String> {
 /// Text for an attribute value that a browser decodes back to `s` (lol_html escapes `"`
 /// only).
 fn escape_for_attribute(s: &str) -> String {
-    s.replace('&', "&amp;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
 }
 
 /// The rewriter's settings: the charset, bounded memory, and a handler per element that
@@ -354,21 +369,10 @@ fn settings(
         .unwrap_or_else(AsciiCompatibleEncoding::utf_8);
     let guard = tagger.guards();
     let tagger = Arc::new(Mutex::new(tagger));
+    // A guarded page is read strictly (markup that browsers may read two ways is an error)
+    // and never bails out into passing bytes through unread: it is cut instead (`feed`).
     let link = |attr: String, tagger: Arc<Mutex<Tagger>>| {
-        move |el: &mut Element<'_, '_, _>| {
-            if let Some(value) = el.get_attribute(&attr) {
-                let tagged = lock(&tagger).tag_attribute(&value);
-                if let Some((tagged, led)) = tagged {
-                    // A link to a sibling carries a code the sibling redeems only when the
-                    // Referer names this host: sent as the origin alone, never the path.
-                    if led == Led::Sibling {
-                        el.set_attribute("referrerpolicy", "origin")?;
-                    }
-                    el.set_attribute(&attr, &tagged)?;
-                }
-            }
-            Ok(())
-        }
+        move |el: &mut Element<'_, '_, _>| tag_link(el, &attr, &tagger)
     };
     // Open <template> elements: what is inside one is not (yet) part of the document.
     let templates = Arc::new(AtomicUsize::new(0));
@@ -379,11 +383,11 @@ fn settings(
     let mut settings = Settings::new_send()
         .with_encoding(encoding)
         .with_adjust_charset_on_meta_tag(charset.is_none())
-        .with_strict(false)
+        .with_strict(guard)
         .with_memory_settings(
             MemorySettings::new()
                 .with_max_allowed_memory_usage(MAX_MEMORY)
-                .with_graceful_bail_out_on_memory_limit_exceeded(true),
+                .with_graceful_bail_out_on_memory_limit_exceeded(!guard),
         )
         .append_element_content_handler(element!("template", move |el| {
             if el.namespace_uri() == HTML_NAMESPACE {
@@ -426,12 +430,26 @@ fn settings(
             Ok(())
         }));
     if guard {
+        let noscript = Noscript {
+            tagger: tagger.clone(),
+            links: links.to_vec(),
+            held: String::new(),
+            overflowed: false,
+        };
+        let noscript = Mutex::new(noscript);
         settings = settings
             .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
             .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
             .append_element_content_handler(element!("[ping]", strip_ping))
             .append_element_content_handler(element!("iframe[srcdoc]", |el| {
                 guard_srcdoc(el, 0)
+            }))
+            .append_element_content_handler(lol_html::text!("noscript", move |chunk| {
+                noscript
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(chunk);
+                Ok(())
             }));
     }
     for (element, attr) in links {
@@ -446,6 +464,85 @@ fn settings(
         ));
     }
     settings
+}
+
+/// Tags the URL in `el`'s `attr`, if it gets the token or a code (or loses someone else's).
+fn tag_link<H: HandlerTypes>(
+    el: &mut Element<'_, '_, H>,
+    attr: &str,
+    tagger: &Mutex<Tagger>,
+) -> HandlerResult {
+    if let Some(value) = el.get_attribute(attr) {
+        let tagged = lock(tagger).tag_attribute(&value);
+        if let Some((tagged, led)) = tagged {
+            // A link to a sibling carries a code the sibling redeems only when the Referer
+            // names this host: sent as the origin alone, never the path.
+            if led == Led::Sibling {
+                el.set_attribute("referrerpolicy", "origin")?;
+            }
+            el.set_attribute(attr, &tagged)?;
+        }
+    }
+    Ok(())
+}
+
+/// Most of a `<noscript>`'s content that is rewritten; past it, the content goes.
+const MAX_NOSCRIPT: usize = 256 * 1024;
+
+/// A `<noscript>` on a guarded page. The rewriter reads its content as text, as a browser
+/// that runs scripts does; a browser that runs none (the very clients that refuse cookies,
+/// often) reads it as markup, whose `<meta name=referrer>` or links would be neither guarded
+/// nor tagged. The content is held, then written back as a fragment with the page's guards
+/// and links.
+struct Noscript {
+    tagger: Arc<Mutex<Tagger>>,
+    links: Vec<(String, String)>,
+    held: String,
+    overflowed: bool,
+}
+
+impl Noscript {
+    fn take(&mut self, chunk: &mut lol_html::html_content::TextChunk<'_>) {
+        if !self.overflowed {
+            self.held.push_str(chunk.as_str());
+            self.overflowed = self.held.len() > MAX_NOSCRIPT;
+        }
+        if !chunk.last_in_text_node() {
+            chunk.remove();
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let overflowed = std::mem::replace(&mut self.overflowed, false);
+        match self.fragment(&held).filter(|_| !overflowed) {
+            Some(out) => chunk.replace(&out, lol_html::html_content::ContentType::Html),
+            None => chunk.remove(),
+        }
+    }
+
+    /// `html` with the guards and the page's links applied.
+    fn fragment(&self, html: &str) -> Option<String> {
+        let mut settings = lol_html::RewriteStrSettings::new()
+            .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
+            .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
+            .append_element_content_handler(element!("[ping]", strip_ping))
+            .append_element_content_handler(element!("iframe[srcdoc]", |el| {
+                guard_srcdoc(el, 0)
+            }));
+        for (element, attr) in &self.links {
+            let Ok(selector) = format!("{element}[{attr}]").parse::<Selector>() else {
+                continue;
+            };
+            let tagger = self.tagger.clone();
+            settings = settings.append_element_content_handler((
+                Cow::Owned(selector),
+                ElementContentHandlers::default()
+                    .element(move |el: &mut Element<'_, '_>| tag_link(el, attr, &tagger)),
+            ));
+        }
+        let out = lol_html::rewrite_str(html, settings).ok()?;
+        // The content must not end its element early (it could not before).
+        (!out.to_ascii_lowercase().contains("</noscript")).then_some(out)
+    }
 }
 
 fn lock(t: &Mutex<Tagger>) -> std::sync::MutexGuard<'_, Tagger> {
@@ -615,11 +712,22 @@ mod tests {
     }
 
     fn guarded(page: &str) -> String {
+        let whole = guarded_in_chunks(page, page.len());
+        for chunk in [1, 3, 17] {
+            assert_eq!(guarded_in_chunks(page, chunk), whole, "chunks of {chunk}");
+        }
+        whole
+    }
+
+    fn guarded_in_chunks(page: &str, chunk: usize) -> String {
         let tagger = Tagger::new("sgsid", "T", "http", "shop.example", "/")
             .unwrap()
             .guarding();
         let mut html = Html::new(tagger, None, &links(), Coding::Identity, false);
-        let mut out = html.feed(page.as_bytes()).unwrap().to_vec();
+        let mut out = Vec::new();
+        for c in page.as_bytes().chunks(chunk.max(1)) {
+            out.extend_from_slice(&html.feed(c).unwrap());
+        }
         out.extend_from_slice(&html.finish().unwrap());
         String::from_utf8(out).unwrap()
     }
@@ -639,7 +747,15 @@ mod tests {
         );
         assert_eq!(
             out,
-            r#"<iframe srcdoc="<meta name=referrer content=&quot;same-origin&quot;><iframe srcdoc=&quot;<img src=x>&quot;></iframe>"></iframe>"#
+            r#"<iframe srcdoc="&lt;meta name=referrer content=&quot;same-origin&quot;>&lt;iframe srcdoc=&quot;&amp;lt;img src=x>&quot;>&lt;/iframe>"></iframe>"#
+        );
+        // What a browser without scripts reads in <noscript> is guarded and tagged too.
+        let out = guarded(
+            r#"<noscript><meta name=referrer content=unsafe-url><a href="/x" ping="//e/p">x</a><img referrerpolicy=unsafe-url src=//e/i></noscript>"#,
+        );
+        assert_eq!(
+            out,
+            r#"<noscript><meta name=referrer content="same-origin"><a href="http://shop.example/x;sgsid=T">x</a><img src=//e/i></noscript>"#
         );
         // Nested deeper than we guard: the deepest srcdoc goes.
         fn nested(n: usize) -> String {
@@ -740,6 +856,37 @@ mod tests {
         assert_eq!(html_charset("text/html; charset=utf-16"), None);
         assert_eq!(html_charset("application/json"), None);
         assert_eq!(html_charset("text/plain; charset=utf-8"), None);
+    }
+
+    #[test]
+    fn a_tag_over_the_memory_bound_cuts_a_guarded_page_and_passes_an_unguarded_one_whole() {
+        let page = format!(
+            r#"<a href="/a">a</a><div title="{}"></div><meta name=referrer content=unsafe-url>"#,
+            "x".repeat(MAX_MEMORY + 1024)
+        );
+        let run = |tagger: Tagger| {
+            let mut html = Html::new(tagger, None, &links(), Coding::Identity, false);
+            let mut out = Vec::new();
+            for c in page.as_bytes().chunks(64 * 1024) {
+                match html.feed(c) {
+                    Ok(b) => out.extend_from_slice(&b),
+                    Err(_) => return (out, true),
+                }
+            }
+            match html.finish() {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(_) => return (out, true),
+            }
+            (out, false)
+        };
+        let tagger = || Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
+        let (out, cut) = run(tagger().guarding());
+        assert!(cut, "a guarded page past the bound was not cut");
+        assert!(!String::from_utf8_lossy(&out).contains("unsafe-url"));
+        // Not guarded (a cookie client's page): the rest passes, once.
+        let (out, cut) = run(tagger().without_token());
+        assert!(!cut);
+        assert_eq!(String::from_utf8(out).unwrap(), page);
     }
 
     #[test]

@@ -37,13 +37,15 @@ struct Siblings {
     issued: Arc<AtomicUsize>,
 }
 
-/// Where a tagged URL leads.
+/// What a rewritten URL became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Led {
-    /// The page's own origin: it carries the token.
+    /// It leads to the page's own origin, with the token.
     Home,
-    /// A sibling host: it carries a handoff code.
+    /// It leads to a sibling host, with a handoff code.
     Sibling,
+    /// It leads home or to a sibling, and lost a token or code someone else had put in it.
+    Cleaned,
 }
 
 /// Adds one token to the same-origin URLs of one response, and handoff codes to its links
@@ -64,6 +66,10 @@ pub struct Tagger {
     /// The page's URL carries a token (or the client will hold one in its URLs): nothing in
     /// the page may send it to another site.
     guard: bool,
+    /// Parameters that no URL to this origin or a sibling keeps unless the gateway put them
+    /// there (the token's, the handoff code's): a page may hold someone else's, in a comment
+    /// or an upload, for a victim to click and be logged into the attacker's session.
+    scrubbed: Vec<String>,
 }
 
 impl Tagger {
@@ -87,7 +93,16 @@ impl Tagger {
             base: document.clone(),
             document,
             guard: false,
+            scrubbed: vec![param.to_owned()],
         })
+    }
+
+    /// URLs to this origin or a sibling lose any `name` parameter (path or query) someone
+    /// else put there, as they lose the token's.
+    #[must_use]
+    pub fn scrubbing(mut self, name: &str) -> Tagger {
+        self.scrubbed.push(name.to_owned());
+        self
     }
 
     /// Same-origin URLs keep no token (the client has it in a cookie): only sibling links
@@ -116,6 +131,7 @@ impl Tagger {
     #[must_use]
     pub fn with_siblings(mut self, hosts: Arc<[String]>, param: &str, issue: Issuer) -> Tagger {
         if !hosts.is_empty() {
+            self.scrubbed.push(param.to_owned());
             self.siblings = Some(Siblings {
                 hosts,
                 param: param.to_owned(),
@@ -171,53 +187,97 @@ impl Tagger {
             return None;
         }
         if target.origin() == self.document.origin() {
-            let token = self.token.as_deref()?;
-            return Some((self.write(&target, &cleaned, &self.param, token), Led::Home));
+            if let Some(token) = self.token.as_deref() {
+                let written = self.write(&target, &cleaned, Some((&self.param, token)));
+                return Some((written.0, Led::Home));
+            }
+        } else {
+            let siblings = self.sibling_of(&target)?;
+            if siblings.issued.fetch_add(1, Ordering::Relaxed) < MAX_CODES_PER_RESPONSE
+                && let Some(code) = (siblings.issue)()
+            {
+                let written = self.write(&target, &cleaned, Some((&siblings.param, &code)));
+                return Some((written.0, Led::Sibling));
+            }
         }
+        // Ours, and getting nothing: only a parameter someone else put there goes.
+        if !self.scrubbed.iter().any(|p| cleaned.contains(p.as_str())) {
+            return None;
+        }
+        let (written, scrubbed) = self.write(&target, &cleaned, None);
+        scrubbed.then_some((written, Led::Cleaned))
+    }
+
+    /// The sibling host `target` is on, if it is on one.
+    fn sibling_of(&self, target: &Url) -> Option<&Siblings> {
         let siblings = self.siblings.as_ref()?;
         let host = target.host_str()?;
         let authority = match target.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        if !siblings
+        siblings
             .hosts
             .iter()
             .any(|h| h.eq_ignore_ascii_case(&authority))
-        {
-            return None;
-        }
-        if siblings.issued.fetch_add(1, Ordering::Relaxed) >= MAX_CODES_PER_RESPONSE {
-            return None;
-        }
-        let code = (siblings.issue)()?;
-        Some((
-            self.write(&target, &cleaned, &siblings.param, &code),
-            Led::Sibling,
-        ))
+            .then_some(siblings)
     }
 
-    /// `target` absolute, with `param=value` at the end of its path (any older value of it,
-    /// and any token, gone), and the query and fragment of `cleaned` as they were written.
-    fn write(&self, target: &Url, cleaned: &str, param: &str, value: &str) -> String {
-        let (path, _, _) = crate::path_param::remove(target.path(), param);
-        let path = if param == self.param {
-            path
-        } else {
-            crate::path_param::remove(&path, &self.param).0
-        };
+    /// `target` absolute, with `param=value` (if any) at the end of its path, and the query
+    /// and fragment of `cleaned` as they were written; without any parameter the gateway
+    /// scrubs (an older token, someone else's code), in the path or the query. Also whether
+    /// one was scrubbed.
+    fn write(&self, target: &Url, cleaned: &str, param: Option<(&str, &str)>) -> (String, bool) {
+        let mut path = target.path().to_owned();
+        let mut scrubbed = false;
+        for name in &self.scrubbed {
+            let (rest, _, found) = crate::path_param::remove(&path, name);
+            if found {
+                (path, scrubbed) = (rest, true);
+            }
+        }
         let mut out = target.origin().ascii_serialization();
         out.push_str(&path);
-        out.push(';');
-        out.push_str(param);
-        out.push('=');
-        out.push_str(value);
+        if let Some((name, value)) = param {
+            out.push(';');
+            out.push_str(name);
+            out.push('=');
+            out.push_str(value);
+        }
         // The first `?` or `#` of the cleaned input starts the query or fragment in every
         // WHATWG state of an http(s) URL: the rest is the page's own text.
-        if let Some(at) = cleaned.find(['?', '#']) {
-            out.push_str(&cleaned[at..]);
+        let Some(at) = cleaned.find(['?', '#']) else {
+            return (out, scrubbed);
+        };
+        let (query, fragment) = match cleaned[at..].strip_prefix('?') {
+            Some(rest) => rest.split_at(rest.find('#').unwrap_or(rest.len())),
+            None => ("", &cleaned[at..]),
+        };
+        if cleaned[at..].starts_with('?') {
+            let mut query = query.to_owned();
+            let mut emptied = false;
+            for name in &self.scrubbed {
+                let (rest, _, found) = crate::path_param::remove_from_query(&query, name);
+                if found {
+                    (query, scrubbed, emptied) = (rest, true, true);
+                }
+            }
+            // A query that held only a scrubbed parameter goes with it; an empty one stays.
+            if !(emptied && query.is_empty()) {
+                out.push('?');
+                out.push_str(&query);
+            }
         }
-        out
+        out.push_str(fragment);
+        // What was inside the URL may end it now (a parameter after it went): a browser
+        // would drop it there, so it is written encoded, as the browser would have sent it.
+        let kept = out.trim_end_matches(|c: char| c <= ' ').len();
+        if kept < out.len() {
+            let tail: String = out[kept..].bytes().map(|b| format!("%{b:02X}")).collect();
+            out.truncate(kept);
+            out.push_str(&tail);
+        }
+        (out, scrubbed)
     }
 }
 
@@ -248,12 +308,14 @@ fn browser_cleaned(value: &str) -> Cow<'_, str> {
 }
 
 /// Text for an attribute value that the browser decodes back to `s` (lol_html quotes it and
-/// escapes `"`, but leaves `&` as it is).
+/// escapes `"`, but leaves `&` as it is; `<` is escaped too, which XML-parsed pages need).
 fn escape_attribute(s: &str) -> String {
-    if !s.contains(['&', '"']) {
+    if !s.contains(['&', '"', '<']) {
         return s.to_owned();
     }
-    s.replace('&', "&amp;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
 }
 
 /// Where the URL of a refresh instruction (`5; url=/next`) starts and ends in `value`, read

@@ -22,7 +22,7 @@ use super::handoff::{self, HANDOFF_PARAMETER, HANDOFF_TTL};
 use super::memory::{MemoryOptions, MemoryStore};
 use super::redis::{RedisOptions, RedisStore};
 use super::sealed::{Jar, SealedOptions, Sealer};
-use super::store::{Change, Session, SessionKey, SessionStore, unix_ms};
+use super::store::{Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::stores::Store;
 use super::token::{SessionKeys, Token};
 use super::tracking::{self, Evidence, Provenance, Source};
@@ -327,6 +327,12 @@ impl RequestSession {
     pub fn may_rewrite(&self) -> bool {
         tracking::carry(self.tracking, self.source, self.evidence).url()
     }
+
+    /// The client would take a token from a URL here (the route tracks by URL, and it shows
+    /// no cookie of ours): a page must not hand it one that someone else put in a link.
+    pub fn takes_url_tokens(&self) -> bool {
+        self.tracking != Tracking::Cookie && !self.evidence.takes_cookies
+    }
 }
 
 impl Sessions {
@@ -609,17 +615,11 @@ impl Sessions {
                 }
             })
             .unwrap_or((Source::None, None));
-        // `auto` moves a URL token into the cookie of a client that keeps cookies: only when
-        // the request comes from one of our own pages. Otherwise the link came from someone
-        // else, who would plant their session in this browser: it starts one of its own.
-        if source == Source::Url
-            && info.tracking == Tracking::Auto
-            && evidence.takes_cookies
-            && !evidence.from_here
-        {
-            tracing::debug!(
-                "a URL token for a client that keeps cookies, not from our pages: refused"
-            );
+        // A client that keeps cookies never takes a token from a URL: anyone can put one in a
+        // link, or an image, on another site or on this one (a comment, an upload), and the
+        // gateway would plant that session in the browser's cookie. It starts one of its own.
+        if source == Source::Url && evidence.takes_cookies {
+            tracing::debug!("a URL token for a client that keeps cookies: refused");
             (source, token) = (Source::None, None);
         }
         let clean_redirect = info.tracking == Tracking::Auto
@@ -784,22 +784,10 @@ impl Sessions {
         let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
         let probe =
             rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
-        // A URL-tracked client that now keeps cookies: its token moves into the cookie.
-        let to_cookie = rs.tracking == Tracking::Auto && rs.source == Source::Url && carry.cookie();
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let held = self
             .commit(rs, status, headers, tls, carry.cookie(), &self.store)
             .await;
-        if to_cookie && let Some(token) = &held {
-            let name = self.cookie_name(tls);
-            let already = headers
-                .get_all(header::SET_COOKIE)
-                .iter()
-                .any(|v| v.as_bytes().starts_with(format!("{name}=").as_bytes()));
-            if !already {
-                self.set_cookie(headers, Some(token), tls);
-            }
-        }
         if probe && !(held.is_some() && carry.cookie()) {
             // No cookie of ours went out: the probe asks whether the client keeps one.
             self.set_probe(headers, tls);
@@ -972,10 +960,7 @@ impl Sessions {
                 // A regenerate comes first: the old token's view (read-only, for the grace) is
                 // the session as it was before this response, never the login it carries.
                 let token = if d.regenerate {
-                    match self.regenerate(store, token, headers, tls, by_url).await {
-                        Some(token) => token,
-                        None => return None,
-                    }
+                    self.regenerate(store, token, headers, tls, by_url).await?
                 } else {
                     token
                 };
@@ -1015,7 +1000,10 @@ impl Sessions {
     }
 
     /// Gives the session of `token` a new token (the old one is retired: read-only for the
-    /// grace); the token the client holds afterwards, `None` if the session is gone.
+    /// grace); the token the client holds afterwards. `None` if the session is gone, or if it
+    /// could not be regenerated: then it is ended rather than kept under the old token (a
+    /// login applied to a token that someone else may hold is a fixation), and the client
+    /// logs in again.
     async fn regenerate(
         &self,
         store: &Store,
@@ -1024,25 +1012,32 @@ impl Sessions {
         tls: bool,
         by_url: bool,
     ) -> Option<Token> {
-        let Ok(fresh) = Token::generate(&self.keys) else {
-            tracing::warn!("no randomness: session not regenerated");
-            return Some(token);
+        let renamed = match Token::generate(&self.keys) {
+            Ok(fresh) => timed!(
+                self.ops.rename,
+                store.rename(&token.store_id(), &fresh.store_id(), self.grace)
+            )
+            .map(|moved| moved.then_some(fresh)),
+            Err(e) => Err(StoreError(e.to_string())),
         };
-        match timed!(
-            self.ops.rename,
-            store.rename(&token.store_id(), &fresh.store_id(), self.grace)
-        ) {
-            Ok(true) => {
+        match renamed {
+            Ok(Some(fresh)) => {
                 self.metrics.session(SessionEvent::Regenerated);
                 if !by_url {
                     self.set_cookie(headers, Some(&fresh), tls);
                 }
                 Some(fresh)
             }
-            Ok(false) => None,
+            Ok(None) => None,
             Err(e) => {
-                tracing::warn!(session = %token, error = %e, "regenerate failed");
-                Some(token)
+                tracing::warn!(session = %token, error = %e, "regenerate failed: the session is ended, its changes not applied");
+                if let Err(e) = timed!(self.ops.delete, store.delete(&token.store_id())) {
+                    tracing::warn!(session = %token, error = %e, "session delete failed");
+                }
+                if !by_url {
+                    self.set_cookie(headers, None, tls);
+                }
+                None
             }
         }
     }

@@ -89,9 +89,10 @@ enum Entry {
 /// grace) before it counts as gone.
 const MAX_RETIRED_HOPS: usize = 4;
 
-/// Most one-time codes held, and longest any lives (each also has its own, shorter, ttl).
+/// Most one-time codes held, and longest any lives (each also has its own ttl, 10 s for a
+/// handoff): a code past its time is dead weight, and must leave room for new ones.
 const CODES_MAX: u64 = 100_000;
-const CODES_LIVE: Duration = Duration::from_secs(60);
+const CODES_LIVE: Duration = Duration::from_secs(15);
 
 /// What an entry costs beyond its session's packed bytes (moka's node, the id, the `Arc`):
 /// counted against `max_bytes`, so that a million aliases are not free.
@@ -156,9 +157,12 @@ impl MemoryStore {
         MemoryStore {
             evicted,
             cache,
+            // Least recently used goes first: a full cache always takes a new code (moka's
+            // default admission would refuse newcomers to codes nobody redeems).
             codes: Cache::builder()
                 .max_capacity(CODES_MAX)
                 .time_to_live(CODES_LIVE)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .build_with_hasher(FxBuildHasher),
             limits: options.limits,
             absolute: options.absolute_timeout,

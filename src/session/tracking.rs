@@ -12,7 +12,9 @@
 //!
 //! A token in a URL is a credential anyone can put in a link, so where the request came from
 //! counts too ([`Provenance`]): a URL token that arrives from another site is refused on every
-//! route, and one moves into a cookie only on a request that comes from one of our own pages.
+//! route, and a client that keeps cookies never takes one (it would plant someone else's
+//! session in the browser's cookie): a URL-tracked client that starts keeping cookies starts
+//! a session of its own.
 
 use crate::config::Tracking;
 
@@ -114,9 +116,8 @@ pub fn carry(tracking: Tracking, source: Source, ev: Evidence) -> Carry {
         (Tracking::Cookie, _) => Carry::Cookie,
         (Tracking::Url, _) => Carry::Url,
         (Tracking::Auto, Source::Cookie) => Carry::Cookie,
-        // A URL-tracked client that now returns a cookie of ours takes cookies after all:
-        // its token moves to the cookie and its URLs come clean.
-        (Tracking::Auto, Source::Url) if ev.takes_cookies => Carry::Cookie,
+        // (A URL token never comes from a client that keeps cookies: `resolve` refuses it,
+        // and the client starts a session of its own.)
         (Tracking::Auto, Source::Url) => Carry::Url,
         (Tracking::Auto, Source::None) if ev.takes_cookies => Carry::Cookie,
         (Tracking::Auto, Source::None) if ev.from_here => Carry::Url,
@@ -157,7 +158,6 @@ mod tests {
         let auto = Tracking::Auto;
         assert_eq!(carry(auto, Source::Cookie, here), Carry::Cookie);
         assert_eq!(carry(auto, Source::Url, none), Carry::Url);
-        assert_eq!(carry(auto, Source::Url, cookies), Carry::Cookie);
         assert_eq!(carry(auto, Source::None, cookies), Carry::Cookie);
         assert_eq!(carry(auto, Source::None, here), Carry::Url);
         assert_eq!(carry(auto, Source::None, none), Carry::Both);

@@ -53,29 +53,10 @@ pub fn take_tokens(url: &str, name: &str) -> Option<(String, UrlTokens)> {
     // `NAME=VALUE`. The others keep their separators.
     let mut kept = String::new();
     if let Some(q) = query {
-        let mut rest = q;
-        let mut separator = "";
-        loop {
-            let end = rest.find(['&', ';']).unwrap_or(rest.len());
-            let pair = &rest[..end];
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if key == name {
-                found = true;
-                if tokens.query.is_none() && !value.is_empty() {
-                    tokens.query = Some(value.to_owned());
-                }
-            } else {
-                if !kept.is_empty() {
-                    kept.push_str(separator);
-                }
-                kept.push_str(pair);
-            }
-            let Some(next) = rest.get(end..end + 1) else {
-                break;
-            };
-            separator = next;
-            rest = &rest[end + 1..];
-        }
+        let (rest, first, in_query) = crate::path_param::remove_from_query(q, name);
+        kept = rest;
+        tokens.query = first.map(str::to_owned);
+        found |= in_query;
     }
     if !found {
         return None;

@@ -41,9 +41,14 @@ pub fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|e| match e {}).boxed()
 }
 
+/// A text answer (`text/plain`, as a backend declares it; the page helpers replace it).
 pub fn text(status: u16, s: &str) -> Response<Body> {
     let mut r = Response::new(full(s.to_owned()));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 

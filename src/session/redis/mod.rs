@@ -23,7 +23,7 @@ use rustc_hash::FxBuildHasher;
 use batch::Batcher;
 pub use conn::Topology;
 use conn::{Conn, Connector};
-use near::{Listener, Near, NearCopy};
+use near::{Epoch, Listener, Near, NearCopy};
 use pending::{Pending, PendingWrite};
 
 use super::StoreId;
@@ -76,6 +76,9 @@ pub struct RedisStore {
     /// The near cache's invalidation listener: started with the connection, stopped when the
     /// last clone of the store goes.
     listener: Arc<Listener>,
+    /// Counts invalidations (any gateway's, this one's): a read keeps a near copy only if
+    /// none came while it was in flight.
+    epoch: Epoch,
     /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
     pending: Option<Arc<Pending>>,
     prefix: String,
@@ -223,6 +226,7 @@ impl RedisStore {
             connector: Arc::new(connector),
             near,
             listener: Arc::new(Listener::default()),
+            epoch: Epoch::default(),
             pending: (options.serve_stale && !options.near_ttl.is_zero())
                 .then(|| Arc::new(Pending::default())),
             channel: format!("{}changed", options.key_prefix),
@@ -273,7 +277,7 @@ impl RedisStore {
             self.listener.start(
                 self.connector.clone(),
                 self.channel.clone(),
-                near.clone(),
+                (near.clone(), self.epoch.clone()),
                 self.pending.is_some(),
             );
         }
@@ -356,6 +360,9 @@ impl RedisStore {
 
     /// Replays a write queued while Redis did not answer.
     async fn replay(&self, w: &PendingWrite) -> Result<(), StoreError> {
+        if w.delete {
+            return self.delete_in_redis(&w.id).await;
+        }
         self.update_in_redis(&w.id, w.create.as_ref(), &w.changes, w.now_ms)
             .await
             .map(|_| ())
@@ -387,6 +394,7 @@ impl RedisStore {
             create,
             changes: changes.to_vec(),
             now_ms,
+            delete: false,
         });
         pending.start(self.clone());
         tracing::warn!(error = %error, "session store down: change kept here, queued for Redis");
@@ -397,9 +405,36 @@ impl RedisStore {
         }))
     }
 
-    /// Drops this gateway's near copy of `id` (other gateways hear of it by pub/sub).
+    /// Deletes the session `id` reaches in Redis (through an alias, the session it names).
+    async fn delete_in_redis(&self, id: &StoreId) -> Result<(), StoreError> {
+        let own = hex(id);
+        let named: Option<String> = redis::from_redis_value(
+            self.eval(&self.delete, &own, &[], |call| {
+                call.arg(&self.channel).arg(&own);
+            })
+            .await?,
+        )
+        .map_err(failed)?;
+        self.forget(id).await;
+        // Deleting through an alias ends the session it names.
+        if let Some(to) = named {
+            let _: Value = self
+                .eval(&self.delete, &to, &[], |call| {
+                    call.arg(&self.channel).arg(&to);
+                })
+                .await?;
+            if let Some(to) = parse_hex(&to) {
+                self.forget(&StoreId(to)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops this gateway's near copy of `id` (other gateways hear of it by pub/sub); a read
+    /// in flight meanwhile keeps no copy either (see [`Epoch`]).
     async fn forget(&self, id: &StoreId) {
         if let Some(near) = &self.near {
+            self.epoch.bump();
             near.invalidate(id).await;
         }
     }
@@ -512,6 +547,7 @@ impl RedisStore {
         id: &StoreId,
         now_ms: u64,
     ) -> Result<Option<Session>, StoreError> {
+        let epoch = self.epoch.now();
         let mut target = hex(id);
         for hop in 0..2 {
             // The common case needs no script: see `read`.
@@ -553,7 +589,11 @@ impl RedisStore {
                 return Ok(session.map(Session::retired));
             }
             // Only a session reached by its own id is kept near: invalidations name that id.
-            if let (Some(near), Some(s), 0) = (&self.near, &session, hop) {
+            // And only if no invalidation came while it was read: the copy could be of a
+            // session that was changed, regenerated or ended meanwhile.
+            if let (Some(near), Some(s), 0) = (&self.near, &session, hop)
+                && self.epoch.now() == epoch
+            {
                 let expires_ms = now_ms.saturating_add(read.ttl_ms);
                 near.insert(*id, NearCopy::new(s.clone(), expires_ms)).await;
             }
@@ -810,27 +850,27 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let own = hex(id);
-        let named: Option<String> = redis::from_redis_value(
-            self.eval(&self.delete, &own, &[], |call| {
-                call.arg(&self.channel).arg(&own);
-            })
-            .await?,
-        )
-        .map_err(failed)?;
-        self.forget(id).await;
-        // Deleting through an alias ends the session it names.
-        if let Some(to) = named {
-            let _: Value = self
-                .eval(&self.delete, &to, &[], |call| {
-                    call.arg(&self.channel).arg(&to);
-                })
-                .await?;
-            if let Some(to) = parse_hex(&to) {
-                self.forget(&StoreId(to)).await;
+        match self.delete_in_redis(id).await {
+            Ok(()) => Ok(()),
+            // With serve_stale, a logout while Redis does not answer is not lost: this
+            // gateway stops serving the session at once, and the delete is replayed.
+            Err(e) => {
+                let Some(pending) = &self.pending else {
+                    return Err(e);
+                };
+                self.forget(id).await;
+                pending.push(PendingWrite {
+                    id: *id,
+                    create: None,
+                    changes: Vec::new(),
+                    now_ms: 0,
+                    delete: true,
+                });
+                pending.start(self.clone());
+                tracing::warn!(error = %e, "session store down: logout queued for Redis");
+                Ok(())
             }
         }
-        Ok(())
     }
 
     async fn rename(

@@ -2,7 +2,7 @@
 //! session (every change script publishes the session's id on `PREFIX changed`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -39,6 +39,24 @@ impl NearCopy {
     }
 }
 
+/// Counts the near cache's invalidations. A read from Redis notes the count before it asks,
+/// and keeps a copy only if the count is the same when the answer comes: an announcement
+/// that arrived meanwhile may be about the very session it read.
+#[derive(Clone, Default)]
+pub(super) struct Epoch(Arc<AtomicU64>);
+
+impl Epoch {
+    /// The count now.
+    pub(super) fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// One more invalidation.
+    pub(super) fn bump(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// Listens on `PREFIX changed` and drops the near-cache copies of the sessions named there.
 #[derive(Default)]
 pub(super) struct Listener {
@@ -67,7 +85,7 @@ impl Listener {
         &self,
         connector: Arc<Connector>,
         channel: String,
-        near: Near,
+        (near, epoch): (Near, Epoch),
         serve_stale: bool,
     ) {
         if self.started.swap(true, Ordering::Relaxed) {
@@ -79,12 +97,13 @@ impl Listener {
             loop {
                 let listened = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = listen(&connector, &channel, &near, again) => r,
+                    r = listen(&connector, &channel, (&near, &epoch), again) => r,
                 };
                 if let Err(e) = listened {
                     tracing::warn!(error = %e, "near-cache invalidations: subscription lost");
                 }
                 again = true;
+                epoch.bump();
                 if !serve_stale {
                     near.invalidate_all();
                 }
@@ -100,7 +119,7 @@ impl Listener {
 async fn listen(
     connector: &Connector,
     channel: &str,
-    near: &Near,
+    (near, epoch): (&Near, &Epoch),
     again: bool,
 ) -> redis::RedisResult<()> {
     let client = connector.pubsub_client().await?;
@@ -108,6 +127,7 @@ async fn listen(
     pubsub.subscribe(channel).await?;
     if again {
         // Announcements made while it was away never arrived.
+        epoch.bump();
         near.invalidate_all();
     }
     let mut messages = pubsub.on_message();
@@ -116,6 +136,7 @@ async fn listen(
             .ok()
             .and_then(super::parse_hex)
         {
+            epoch.bump();
             near.invalidate(&StoreId(id)).await;
         }
     }

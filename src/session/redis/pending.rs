@@ -16,6 +16,8 @@ pub(super) struct PendingWrite {
     pub(super) create: Option<SessionKey>,
     pub(super) changes: Vec<Change>,
     pub(super) now_ms: u64,
+    /// A logout: the session is deleted (the rest is unused).
+    pub(super) delete: bool,
 }
 
 /// Writes queued while Redis did not answer (at most `MAX`; the oldest go first), and the task

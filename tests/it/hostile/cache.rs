@@ -20,6 +20,8 @@ const CACHEABLE: &[&[(&str, &str)]] = &[
     &[("cdn-cache-control", "public, max-age=600")],
     &[("surrogate-control", "max-age=600")],
     &[("cloudflare-cdn-cache-control", "max-age=600")],
+    &[("x-accel-expires", "600")],
+    &[("edge-control", "cache-maxage=600")],
     &[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")],
 ];
 
@@ -41,7 +43,9 @@ fn kept_from_shared_caches(h: &HeaderMap) -> Result<(), String> {
     }
     for name in h.keys() {
         let n = name.as_str();
-        if n.ends_with("cdn-cache-control") || n == "surrogate-control" {
+        if n.ends_with("cdn-cache-control")
+            || matches!(n, "surrogate-control" | "x-accel-expires" | "edge-control")
+        {
             return Err(format!("{n} kept"));
         }
     }

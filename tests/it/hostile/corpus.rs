@@ -226,8 +226,16 @@ fn rewrite(page: &str, target: &str, token: &str, chunk: usize) -> String {
 
 const TOKEN: &str = "TOKEN0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW";
 
+/// How many generated pages a run judges: 3,000 in CI; `SG_CORPUS_CASES` asks for more.
+fn cases() -> u32 {
+    std::env::var("SG_CORPUS_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn a_generated_link_is_tagged_exactly_when_a_browser_would_stay_on_the_origin(

@@ -64,7 +64,7 @@ async fn a_cookie_route_takes_the_token_from_the_cookie_only() {
 }
 
 #[tokio::test]
-async fn auto_never_moves_a_url_token_from_another_site_into_a_cookie() {
+async fn a_browser_that_keeps_cookies_never_takes_a_token_from_a_url() {
     for (store, sessions) in stores() {
         let app = App::start().await;
         app.page(
@@ -78,8 +78,10 @@ async fn auto_never_moves_a_url_token_from_another_site_into_a_cookie() {
         let (_, _, page) = get(&base, "/go", &[("referer", &format!("{base}/"))]).await;
         let at = page.find("sgsid=").unwrap_or_else(|| panic!("{page}")) + "sgsid=".len();
         let token = page[at..at + 64].to_owned();
-        // The victim's browser keeps cookies (it returns the probe) and follows her link from
-        // elsewhere: it must start a session of its own, and never get hers in a cookie.
+        // The victim's browser keeps cookies (it returns the probe) and meets her token in a
+        // link or an image, elsewhere or on the site itself (a comment, an upload): it must
+        // start a session of its own, and never get hers in a cookie.
+        let here = format!("{base}/comments");
         for evidence in [
             vec![],
             vec![("referer", "http://evil.example/post")],
@@ -90,32 +92,34 @@ async fn auto_never_moves_a_url_token_from_another_site_into_a_cookie() {
                 ("sec-fetch-site", "cross-site"),
                 ("referer", "http://evil.example/"),
             ],
+            vec![
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-dest", "image"),
+                ("referer", here.as_str()),
+            ],
+            vec![
+                ("sec-fetch-site", "same-origin"),
+                ("sec-fetch-mode", "navigate"),
+                ("sec-fetch-dest", "document"),
+                ("referer", here.as_str()),
+            ],
+            vec![("referer", here.as_str())],
         ] {
-            let mut headers = vec![("cookie", "sg_probe=1")];
-            headers.extend(evidence.iter().copied());
-            let (_, h, body) = get(&base, &format!("/whoami;sgsid={token}"), &headers).await;
-            assert!(
-                !set_cookies(&h).contains(&format!("sg={token}")),
-                "{store} {evidence:?}: planted"
-            );
-            assert_ne!(
-                field(&body, "user"),
-                "mallory",
-                "{store} {evidence:?}: {body}"
-            );
+            for cookie in ["sg_probe=1", "sg=expired-or-forged; theme=dark"] {
+                let mut headers = vec![("cookie", cookie)];
+                headers.extend(evidence.iter().copied());
+                let (_, h, body) = get(&base, &format!("/whoami;sgsid={token}"), &headers).await;
+                assert!(
+                    !set_cookies(&h).contains(&format!("sg={token}")),
+                    "{store} {evidence:?}: planted"
+                );
+                assert_ne!(
+                    field(&body, "user"),
+                    "mallory",
+                    "{store} {evidence:?}: {body}"
+                );
+            }
         }
-        // From the site's own page, the move into the cookie is the client's own.
-        let (_, h, body) = get(
-            &base,
-            &format!("/whoami;sgsid={token}"),
-            &[("cookie", "sg_probe=1"), ("referer", &format!("{base}/go"))],
-        )
-        .await;
-        assert!(
-            set_cookies(&h).contains(&format!("sg={token}")),
-            "{store}: {h:?}"
-        );
-        assert_eq!(field(&body, "user"), "mallory", "{store}");
     }
 }
 
@@ -426,4 +430,101 @@ async fn a_page_mints_a_bounded_number_of_handoff_codes() {
     .await;
     let codes = page.matches("sghandoff=").count();
     assert!((1..=16).contains(&codes), "{codes} codes on one page");
+}
+
+#[tokio::test]
+async fn a_page_hands_no_client_someone_elses_token_or_code() {
+    let app = App::start().await;
+    let yaml = redirects_siblings_with_url(&app);
+    let gw = gateway(&yaml).await;
+    let base = gw.url("web", "");
+    // Mallory's token and a code of hers, as a comment on the shop's page would hold them.
+    let (_, h, _) = get(&base, "/login?user=mallory", &[("host", "shop.example")]).await;
+    let mallory = session_cookie(&h).unwrap();
+    let code = code_for_account(&base, &mallory).await;
+    app.page(
+        "/comments",
+        Page::html(&format!(
+            r#"<a id=t1 href="/x;sgsid={mallory}">1</a><a id=t2 href="http://shop.example/x?a=1&amp;sgsid={mallory}">2</a><a id=c1 href="http://account.example/me;sghandoff={code}">3</a><a id=c2 href="//account.example/me?sghandoff={code}&amp;b=2">4</a><form action="/f;sgsid={mallory}"><button formaction="/g;sgsid={mallory}">go</button></form>"#
+        ))
+        .with("location", &format!("/next;sgsid={mallory}")),
+    );
+    // To a visitor without a session (who would take a URL token), and to one with a cookie.
+    for cookie in [None, Some(format!("sg={mallory}"))] {
+        let mut headers = vec![("host", "shop.example")];
+        if let Some(c) = &cookie {
+            headers.push(("cookie", c.as_str()));
+        }
+        let (_, h, page) = get(&base, "/comments", &headers).await;
+        assert!(!page.contains(&mallory[..20]), "{cookie:?}: {page}");
+        assert!(!page.contains(&code), "{cookie:?}: {page}");
+        let location = h
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        assert!(!location.contains(&mallory[..20]), "{location}");
+    }
+}
+
+/// The siblings of `redirects::siblings`, the shop tracking by URL.
+fn redirects_siblings_with_url(app: &App) -> String {
+    siblings(app, "{ secret_file: session.keys }").replace(
+        "session: { share_with: [account.example] }",
+        "session: { share_with: [account.example], tracking: auto }",
+    )
+}
+
+/// A gateway on a Redis of the test's own (which the test freezes), serving stale copies.
+async fn gateway_on_own_redis(app: &App) -> (Gateway, crate::redis_servers::OwnRedis) {
+    let port = crate::support::free_port();
+    let redis = crate::redis_servers::OwnRedis::start(port);
+    crate::redis_servers::wait_until(Duration::from_secs(5), "redis up", || {
+        crate::redis_servers::redis_cli(port, &["PING"]).is_some_and(|r| r.trim() == "PONG")
+    });
+    let sessions = format!(
+        "{{ secret_file: session.keys, regenerate_grace: 1s, store: {{ kind: redis, redis: {{ url: \"redis://127.0.0.1:{port}\", timeout: 300ms, on_error: serve_stale }} }} }}"
+    );
+    (
+        gateway(&config(app, &[COOKIE_ROUTE], &sessions)).await,
+        redis,
+    )
+}
+
+#[tokio::test]
+async fn a_login_or_a_logout_while_redis_does_not_answer_never_keeps_the_old_token_logged_in() {
+    let app = App::start().await;
+    let (gw, redis) = gateway_on_own_redis(&app).await;
+    let base = gw.url("web", "");
+    let as_ = |t: &str| cookie(t);
+    // A pre-login session (planted, say), read once so the gateway keeps a copy.
+    let (_, h, _) = get(&base, "/set?cart=1", &[]).await;
+    let planted = session_cookie(&h).unwrap();
+    whoami(&base, &[("cookie", &as_(&planted))]).await;
+    // A session that will log out.
+    let (_, h, _) = get(&base, "/login?user=leaving", &[]).await;
+    let leaving = session_cookie(&h).unwrap();
+    whoami(&base, &[("cookie", &as_(&leaving))]).await;
+
+    redis.signal("STOP");
+    // The login cannot regenerate: the session ends rather than become the victim's under a
+    // token someone else holds.
+    let (_, h, _) = get(&base, "/login?user=victim", &[("cookie", &as_(&planted))]).await;
+    assert!(set_cookies(&h).contains(&"sg=".to_owned()), "{h:?}");
+    // The logout is not lost.
+    get(&base, "/logout", &[("cookie", &as_(&leaving))]).await;
+    for t in [&planted, &leaving] {
+        let body = whoami(&base, &[("cookie", &as_(t))]).await;
+        assert_ne!(
+            field(&body, "status"),
+            "active",
+            "during the outage: {body}"
+        );
+    }
+    redis.signal("CONT");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for t in [&planted, &leaving] {
+        let body = whoami(&base, &[("cookie", &as_(t))]).await;
+        assert_ne!(field(&body, "status"), "active", "after the outage: {body}");
+        assert_ne!(field(&body, "user"), "victim", "{body}");
+    }
 }

@@ -79,6 +79,12 @@ impl App {
                 );
                 if let Some(p) = canned {
                     let mut r = text(p.status, &p.body);
+                    if p.headers
+                        .iter()
+                        .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                    {
+                        r.headers_mut().remove("content-type");
+                    }
                     for (n, v) in &p.headers {
                         r.headers_mut().append(
                             http::HeaderName::from_bytes(n.as_bytes()).unwrap(),

@@ -147,11 +147,18 @@ pub fn judge(original: &str, rewritten: &str, page_url: &str, token: &str) -> Re
     Ok(())
 }
 
-/// `u` with every `;sgsid=VALUE` path parameter taken out of its path.
+/// `u` with every `sgsid` parameter taken out of its path and its query (a link's older
+/// token, or someone else's, is replaced by the client's own).
 fn without_param(u: &url::Url) -> String {
     let mut u = u.clone();
     let (path, _, _) = sessiongate::path_param::remove(u.path(), "sgsid");
     u.set_path(&path);
+    if let Some(query) = u.query().map(str::to_owned) {
+        let (rest, _, found) = sessiongate::path_param::remove_from_query(&query, "sgsid");
+        if found {
+            u.set_query((!rest.is_empty()).then_some(rest.as_str()));
+        }
+    }
     u.to_string()
 }
 
