@@ -276,6 +276,9 @@ pub const DEFAULT_LINKS: &[(&str, &str)] = &[
     ("input", "formaction"),
     ("frame", "src"),
     ("iframe", "src"),
+    // Documents embedded in the page, whose own links would carry the session on.
+    ("object", "data"),
+    ("embed", "src"),
 ];
 
 /// `host` or `host:port`, as a client addresses the sibling.

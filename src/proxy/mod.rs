@@ -367,7 +367,7 @@ impl Proxy {
         // Whether the client will render the response as a document (a navigation, a frame):
         // at a URL with a token, one whose markup cannot be guarded is not served there.
         let as_document = had_url_token
-            && parts.method == Method::GET
+            && parts.method != Method::HEAD
             && parts.headers.get("sec-fetch-dest").is_none_or(|d| {
                 matches!(
                     d.as_bytes(),
@@ -535,7 +535,7 @@ impl Proxy {
         }
         if as_document
             && !matches!(rparts.status.as_u16(), 101..=199 | 204 | 300..=399)
-            && url_tracking::unguardable(&rparts.headers)
+            && url_tracking::unguardable(&mut rparts.headers)
             && let Some(client) = &client_url
         {
             // The backend's body is not read: the connection is closed, not pooled.
@@ -545,6 +545,9 @@ impl Proxy {
         // rewrite: with URL tracking, the token the client now holds goes into the response;
         // links to sibling hosts get handoff codes; a page whose URL carried a token is kept
         // from sending it elsewhere.
+        let bounce = held
+            .as_ref()
+            .is_some_and(|h| h.by_url && h.from_elsewhere && rparts.status.is_redirection());
         let html = match (&self.sessions, held, &client_url) {
             (Some(s), Some(held), Some(client))
                 if held.by_url || !client.share_with.is_empty() || had_url_token =>
@@ -556,6 +559,27 @@ impl Proxy {
             }
             _ => None,
         };
+        // A redirect that hands a token in its URL to a request another site made goes on
+        // as a page of ours instead (see `url_tracking::bounce`).
+        if let (true, Some(s), Some(to)) = (
+            bounce,
+            &self.sessions,
+            rparts
+                .headers
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok()),
+        ) && to.contains(&format!(";{}=", s.url_parameter()))
+        {
+            let to = to.to_owned();
+            let cookies = rparts
+                .headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .cloned()
+                .collect();
+            drop((rbody, lease));
+            return Ok(url_tracking::bounce(&to, cookies, log));
+        }
 
         // log: written when the body is done (see `body`).
         log.status(rparts.status.as_u16());

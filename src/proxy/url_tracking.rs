@@ -166,6 +166,7 @@ pub(super) fn clean(
 
 /// The rewriter for an HTML page's body, if the response is one we can rewrite.
 fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) -> Option<Html> {
+    one_content_type(headers);
     let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
     // We asked for identity; a backend that compresses anyway is decoded, and the page
     // re-compressed with gzip for a client that takes it. A coding we cannot decode passes.
@@ -210,7 +211,8 @@ fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) ->
 /// cannot guard: XML of any kind (SVG, XHTML: an XML parser reads them, and an HTML rewriter
 /// cannot judge for it), HTML in a charset or coding it cannot read, or no declared type
 /// (which browsers sniff, and may render as HTML).
-pub(super) fn unguardable(headers: &HeaderMap) -> bool {
+pub(super) fn unguardable(headers: &mut HeaderMap) -> bool {
+    one_content_type(headers);
     let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -230,6 +232,43 @@ pub(super) fn unguardable(headers: &HeaderMap) -> bool {
         return html_charset(content_type).is_none() || Coding::from_header(coding).is_none();
     }
     mime.ends_with("+xml") || mime.ends_with("/xml") || mime.is_empty()
+}
+
+/// Leaves one `Content-Type`, the one a browser reads: of several fields, or a value with
+/// commas (`text/plain, text/html`), the last that names a type (the Fetch standard's
+/// "extract a MIME type"); none if none does. Judged on anything else, the rewriter and the
+/// browser could read a response differently.
+pub(super) fn one_content_type(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(first), None) = (fields.next(), fields.next()) else {
+        if headers.contains_key(header::CONTENT_TYPE) {
+            replace_content_type(headers);
+        }
+        return;
+    };
+    if first.as_bytes().contains(&b',') {
+        replace_content_type(headers);
+    }
+}
+
+fn replace_content_type(headers: &mut HeaderMap) {
+    let last = headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|t| {
+            let essence = t.split(';').next().unwrap_or("").trim();
+            essence
+                .split_once('/')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !essence.contains('*'))
+        })
+        .map(str::to_owned);
+    headers.remove(header::CONTENT_TYPE);
+    if let Some(v) = last.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
 }
 
 /// The answer instead of a document the gateway cannot guard at a URL with a token (see
@@ -315,9 +354,49 @@ fn keep_home(headers: &mut HeaderMap, to_sibling: bool) {
     crate::cache_control::make_private(headers);
 }
 
+/// A page that sends the client on to `to` (a URL of this origin that carries its token) by
+/// a refresh: a navigation from this origin's own page. A redirect would not do, in answer
+/// to a request another site made: the request that follows it arrives looking cross-site
+/// (`Sec-Fetch-Site` counts the whole chain), and a URL token on it is refused.
+/// `cookies`: the `Set-Cookie` fields the redirect carried (the session's, the application's).
+pub(super) fn bounce(
+    to: &str,
+    cookies: Vec<HeaderValue>,
+    mut log: LogSlot,
+) -> Response<ResponseBody> {
+    let to = to
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;");
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><meta http-equiv=\"refresh\" content=\"0; url={to}\"><title>Continue</title><a href=\"{to}\">Continue</a>\n"
+    );
+    log.status(200);
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(page), log));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    for cookie in cookies {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    resp
+}
+
 /// The answer to a client arriving from a sibling host with a handoff code: a redirect to the
 /// URL it asked for (without the code), on its own origin, with its token for this host in a
-/// cookie (if new), or in the `Location` for a client that refuses cookies.
+/// cookie (if new); for a client that refuses cookies, a page that goes on to that URL with
+/// the token in it (see [`bounce`]: the arrival came from the sibling, another site).
 pub(super) fn arrival_redirect(
     sessions: &Sessions,
     arrival: Arrival,
@@ -325,6 +404,15 @@ pub(super) fn arrival_redirect(
     tls: bool,
     mut log: LogSlot,
 ) -> Response<ResponseBody> {
+    if arrival.by_url {
+        let token = arrival.token.expose();
+        let tagged = client
+            .tagger(sessions.url_parameter(), &token)
+            .and_then(|t| t.tag(&client.own(&client.target)));
+        if let Some(to) = tagged {
+            return bounce(&to, Vec::new(), log);
+        }
+    }
     log.status(303);
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
     *resp.status_mut() = StatusCode::SEE_OTHER;
@@ -337,12 +425,7 @@ pub(super) fn arrival_redirect(
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
-    if arrival.by_url {
-        let token = arrival.token.expose();
-        if let Some(tagger) = client.tagger(sessions.url_parameter(), &token) {
-            rewrite_headers(&tagger, headers);
-        }
-    } else if arrival.fresh {
+    if arrival.fresh && !arrival.by_url {
         sessions.arrival_cookie(headers, &arrival.token, tls);
     }
     resp

@@ -91,12 +91,50 @@ impl Coding {
     }
 }
 
-/// The rewriter as a `Write`, so that a decoder in write mode can feed it.
-struct Feed(HtmlRewriter<'static, Collect>);
+/// The rewriter as a `Write`, so that a decoder in write mode can feed it. It holds the
+/// page's first two bytes until it has them: a UTF-16 byte order mark makes a browser read
+/// the page as UTF-16, whatever its `Content-Type` says, and the rewriter cannot read that.
+struct Feed {
+    rewriter: HtmlRewriter<'static, Collect>,
+    /// The first bytes, until there are two (then `None`).
+    start: Option<Vec<u8>>,
+}
+
+impl Feed {
+    fn new(rewriter: HtmlRewriter<'static, Collect>) -> Feed {
+        Feed {
+            rewriter,
+            start: Some(Vec::new()),
+        }
+    }
+
+    /// Hands over the first bytes once they tell, or at the end.
+    fn pass_start(&mut self) -> io::Result<()> {
+        if let Some(start) = self.start.take() {
+            if start.starts_with(&[0xFE, 0xFF]) || start.starts_with(&[0xFF, 0xFE]) {
+                return Err(io::Error::other("a UTF-16 page the rewriter cannot read"));
+            }
+            self.rewriter.write(&start).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    fn end(mut self) -> io::Result<()> {
+        self.pass_start()?;
+        self.rewriter.end().map_err(io::Error::other)
+    }
+}
 
 impl Write for Feed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf).map_err(io::Error::other)?;
+        match &mut self.start {
+            Some(start) if start.len() + buf.len() < 2 => start.extend_from_slice(buf),
+            Some(start) => {
+                start.extend_from_slice(buf);
+                self.pass_start()?;
+            }
+            None => self.rewriter.write(buf).map_err(io::Error::other)?,
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -132,7 +170,7 @@ impl Input {
                 .into_inner()
                 .map_err(|_| io::Error::other("truncated brotli stream"))?,
         };
-        feed.0.end().map_err(io::Error::other)
+        feed.end()
     }
 }
 
@@ -143,12 +181,9 @@ pub struct RewriteError(#[from] io::Error);
 
 /// One page being rewritten.
 pub struct Html {
-    /// `None` once ended, or after a rewriter error on a plain page that is not guarded (the
-    /// rest then passes through unchanged).
+    /// `None` once ended, or after an error (the page is cut there: what follows was not
+    /// read, and could widen the referrer policy, or carry someone else's token).
     input: Option<Input>,
-    /// The page's URL carries a token: a page the rewriter cannot finish is cut, never passed
-    /// on unguarded (whatever follows could widen the referrer policy).
-    guarded: bool,
     /// Output compression, when the client takes gzip and the page came compressed.
     gzip: Option<GzEncoder<Vec<u8>>>,
     out: Arc<Mutex<Vec<u8>>>,
@@ -176,8 +211,7 @@ impl Html {
         gzip_out: bool,
     ) -> Html {
         let out = Arc::new(Mutex::new(Vec::new()));
-        let guarded = tagger.guards();
-        let feed = Feed(HtmlRewriter::new(
+        let feed = Feed::new(HtmlRewriter::new(
             settings(tagger, charset, links),
             Collect(out.clone()),
         ));
@@ -189,7 +223,6 @@ impl Html {
         };
         Html {
             input: Some(input),
-            guarded,
             gzip: gzip_out.then(|| GzEncoder::new(Vec::new(), Compression::fast())),
             out,
         }
@@ -199,27 +232,19 @@ impl Html {
     /// yet: a tag cut by the chunk boundary waits for the next one).
     ///
     /// # Errors
-    /// A compressed page is corrupt, or its output cannot be compressed; or a guarded page
-    /// cannot be rewritten (a tag over the memory bound, markup the parser cannot read
-    /// unambiguously): it is cut there.
+    /// The page cannot be rewritten to its end: a compressed page is corrupt, a tag is over
+    /// the memory bound, markup browsers may read two ways, a charset the rewriter cannot
+    /// read. It is cut there: passing the rest on unread would let it hand a client someone
+    /// else's token, or send the page's URL elsewhere.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Bytes, RewriteError> {
         let Some(input) = &mut self.input else {
             return Ok(Bytes::copy_from_slice(chunk));
         };
         if let Err(e) = input.write_all(chunk) {
             ERRORS.fetch_add(1, Ordering::Relaxed);
-            if self.guarded || !matches!(input, Input::Plain(_)) {
-                self.input = None;
-                tracing::warn!(error = %e, "HTML rewriting failed; the page is cut");
-                return Err(e.into());
-            }
-            // A plain page that carries no token: what could not be rewritten passes
-            // unchanged (lol_html's graceful bail-out has flushed what it held, this chunk
-            // included).
-            tracing::warn!(error = %e, "HTML rewriting failed; the rest of the page passes unchanged");
             self.input = None;
-            let out = self.take();
-            return self.encode(&out, false);
+            tracing::warn!(error = %e, "HTML rewriting failed; the page is cut");
+            return Err(e.into());
         }
         let out = self.take();
         self.encode(&out, false)
@@ -236,9 +261,7 @@ impl Html {
         {
             ERRORS.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "HTML rewriting failed at the end of the page");
-            if self.guarded {
-                return Err(e.into());
-            }
+            return Err(e.into());
         }
         let out = self.take();
         self.encode(&out, true)
@@ -277,8 +300,9 @@ fn keeps_referrer_home(policy: &str) -> bool {
     )
 }
 
-/// How deep `srcdoc` documents inside `srcdoc` documents are guarded; deeper ones go.
-const MAX_SRCDOC_DEPTH: u8 = 3;
+/// How deep documents inside documents (a frame's `srcdoc`, a `<noscript>`'s content) are
+/// rewritten; deeper ones go.
+const MAX_NESTED_DEPTH: u8 = 3;
 
 /// The guards of a page whose URL carries a token, as element handlers (for the page as it
 /// streams, and for the documents its frames' `srcdoc` hold).
@@ -318,35 +342,6 @@ fn strip_ping<H: HandlerTypes>(el: &mut Element<'_, '_, H>) -> HandlerResult {
     Ok(())
 }
 
-/// A frame's `srcdoc` is a document of its own whose requests carry the *parent's* URL as
-/// their Referer, under the policy the srcdoc document sets itself: its markup gets the same
-/// guards (or, nested too deep or unreadable, the attribute goes).
-fn guard_srcdoc<H: HandlerTypes>(el: &mut Element<'_, '_, H>, depth: u8) -> HandlerResult {
-    if let Some(raw) = el.get_attribute("srcdoc") {
-        match guarded_document(&htmlize::unescape_attribute(&raw), depth + 1) {
-            Some(safe) => el.set_attribute("srcdoc", &escape_for_attribute(&safe))?,
-            None => el.remove_attribute("srcdoc"),
-        }
-    }
-    Ok(())
-}
-
-/// A whole (small) document with the guards applied; `None` past [`MAX_SRCDOC_DEPTH`] or if
-/// it cannot be rewritten.
-fn guarded_document(html: &str, depth: u8) -> Option<String> {
-    if depth > MAX_SRCDOC_DEPTH {
-        return None;
-    }
-    let settings = lol_html::RewriteStrSettings::new()
-        .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
-        .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
-        .append_element_content_handler(element!("[ping]", strip_ping))
-        .append_element_content_handler(element!("iframe[srcdoc]", move |el| {
-            guard_srcdoc(el, depth)
-        }));
-    lol_html::rewrite_str(html, settings).ok()
-}
-
 /// Text for an attribute value that a browser decodes back to `s` (lol_html escapes `"`
 /// only).
 fn escape_for_attribute(s: &str) -> String {
@@ -368,9 +363,10 @@ fn settings(
         .and_then(AsciiCompatibleEncoding::new)
         .unwrap_or_else(AsciiCompatibleEncoding::utf_8);
     let guard = tagger.guards();
+    let charset_given = charset.is_some();
     let tagger = Arc::new(Mutex::new(tagger));
-    // A guarded page is read strictly (markup that browsers may read two ways is an error)
-    // and never bails out into passing bytes through unread: it is cut instead (`feed`).
+    // Pages are read strictly (markup that browsers may read two ways is an error) and never
+    // bail out into passing bytes through unread: they are cut instead (`Html::feed`).
     let link = |attr: String, tagger: Arc<Mutex<Tagger>>| {
         move |el: &mut Element<'_, '_, _>| tag_link(el, &attr, &tagger)
     };
@@ -383,11 +379,11 @@ fn settings(
     let mut settings = Settings::new_send()
         .with_encoding(encoding)
         .with_adjust_charset_on_meta_tag(charset.is_none())
-        .with_strict(guard)
+        .with_strict(true)
         .with_memory_settings(
             MemorySettings::new()
                 .with_max_allowed_memory_usage(MAX_MEMORY)
-                .with_graceful_bail_out_on_memory_limit_exceeded(!guard),
+                .with_graceful_bail_out_on_memory_limit_exceeded(false),
         )
         .append_element_content_handler(element!("template", move |el| {
             if el.namespace_uri() == HTML_NAMESPACE {
@@ -415,6 +411,36 @@ fn settings(
             }
             Ok(())
         }))
+        // A charset the rewriter cannot read (ISO-2022-JP: ASCII bytes inside its two-byte
+        // runs are not markup) would let a browser see markup the rewriter did not: such a
+        // page is cut (it may name one only when `Content-Type` names none).
+        .append_element_content_handler(element!("meta", move |el| {
+            if charset_given {
+                return Ok(());
+            }
+            let label = el.get_attribute("charset").or_else(|| {
+                let equiv = el.get_attribute("http-equiv")?;
+                if !equiv.trim().eq_ignore_ascii_case("content-type") {
+                    return None;
+                }
+                let content = el.get_attribute("content")?.to_ascii_lowercase();
+                let at = content.find("charset=")? + "charset=".len();
+                Some(content[at..].trim_matches(['"', '\'', ' ']).to_owned())
+            });
+            let unreadable = label
+                .as_deref()
+                .and_then(|l| encoding_rs::Encoding::for_label(l.trim().as_bytes()))
+                .is_some_and(|e| {
+                    // A page that names UTF-16 is read as UTF-8 (the HTML standard).
+                    !e.is_ascii_compatible()
+                        && e != encoding_rs::UTF_16LE
+                        && e != encoding_rs::UTF_16BE
+                });
+            if unreadable {
+                return Err("a page in a charset the rewriter cannot read".into());
+            }
+            Ok(())
+        }))
         .append_element_content_handler(element!("meta[http-equiv][content]", move |el| {
             let refresh = el.get_attribute("http-equiv").is_some_and(|v| {
                 htmlize::unescape_attribute(&v)
@@ -430,28 +456,37 @@ fn settings(
             Ok(())
         }));
     if guard {
-        let noscript = Noscript {
-            tagger: tagger.clone(),
-            links: links.to_vec(),
-            held: String::new(),
-            overflowed: false,
-        };
-        let noscript = Mutex::new(noscript);
         settings = settings
             .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
             .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
-            .append_element_content_handler(element!("[ping]", strip_ping))
-            .append_element_content_handler(element!("iframe[srcdoc]", |el| {
-                guard_srcdoc(el, 0)
-            }))
-            .append_element_content_handler(lol_html::text!("noscript", move |chunk| {
-                noscript
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take(chunk);
-                Ok(())
-            }));
+            .append_element_content_handler(element!("[ping]", strip_ping));
     }
+    // Documents inside the page: a frame's srcdoc (whose requests carry the page's URL as
+    // Referer, under a policy it sets itself) and <noscript> (which a browser without
+    // scripts reads as markup, where the rewriter read text) are rewritten as the page is.
+    let nested = Nested {
+        tagger: tagger.clone(),
+        links: links.to_vec().into(),
+        guard,
+    };
+    let in_srcdoc = nested.clone();
+    let noscript = Mutex::new(Noscript {
+        nested: nested.clone(),
+        held: String::new(),
+        overflowed: false,
+    });
+    settings = settings
+        .append_element_content_handler(element!("iframe[srcdoc]", move |el| {
+            in_srcdoc.srcdoc(el, 0)
+        }))
+        .append_element_content_handler(lol_html::text!("noscript", move |chunk| {
+            noscript
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(chunk, 0);
+            Ok(())
+        }));
+    settings = with_scrubbed_elements!(settings, tagger);
     for (element, attr) in links {
         // The pairs were checked when the configuration was read; one that does not parse
         // anyway is skipped rather than failing the response.
@@ -489,46 +524,65 @@ fn tag_link<H: HandlerTypes>(
 /// Most of a `<noscript>`'s content that is rewritten; past it, the content goes.
 const MAX_NOSCRIPT: usize = 256 * 1024;
 
-/// A `<noscript>` on a guarded page. The rewriter reads its content as text, as a browser
-/// that runs scripts does; a browser that runs none (the very clients that refuse cookies,
-/// often) reads it as markup, whose `<meta name=referrer>` or links would be neither guarded
-/// nor tagged. The content is held, then written back as a fragment with the page's guards
-/// and links.
-struct Noscript {
+/// How a page's nested documents are rewritten: with the page's tagger and links, and its
+/// guards if it has them.
+#[derive(Clone)]
+struct Nested {
     tagger: Arc<Mutex<Tagger>>,
-    links: Vec<(String, String)>,
-    held: String,
-    overflowed: bool,
+    links: Arc<[(String, String)]>,
+    guard: bool,
 }
 
-impl Noscript {
-    fn take(&mut self, chunk: &mut lol_html::html_content::TextChunk<'_>) {
-        if !self.overflowed {
-            self.held.push_str(chunk.as_str());
-            self.overflowed = self.held.len() > MAX_NOSCRIPT;
+/// An element no page writes, put after a `<noscript>`'s content when it is read again: if
+/// it is not found as an element, the content ended inside a tag, an attribute, a comment or
+/// raw text, where a browser would go on reading what follows differently.
+const SENTINEL: &str = "sessiongate-end-of-fragment";
+
+impl Nested {
+    /// A frame's `srcdoc`, rewritten (or, nested too deep or unreadable, gone).
+    fn srcdoc<H: HandlerTypes>(&self, el: &mut Element<'_, '_, H>, depth: u8) -> HandlerResult {
+        if let Some(raw) = el.get_attribute("srcdoc") {
+            match self.rewrite(&htmlize::unescape_attribute(&raw), depth + 1, false) {
+                Some(safe) => el.set_attribute("srcdoc", &escape_for_attribute(&safe))?,
+                None => el.remove_attribute("srcdoc"),
+            }
         }
-        if !chunk.last_in_text_node() {
-            chunk.remove();
-            return;
-        }
-        let held = std::mem::take(&mut self.held);
-        let overflowed = std::mem::replace(&mut self.overflowed, false);
-        match self.fragment(&held).filter(|_| !overflowed) {
-            Some(out) => chunk.replace(&out, lol_html::html_content::ContentType::Html),
-            None => chunk.remove(),
-        }
+        Ok(())
     }
 
-    /// `html` with the guards and the page's links applied.
-    fn fragment(&self, html: &str) -> Option<String> {
+    /// `html` (a whole srcdoc document, or a noscript's content when `fragment`) rewritten
+    /// as the page is; `None` past [`MAX_NESTED_DEPTH`], if it cannot be read, or (a
+    /// fragment) if it does not end where it began, outside any tag or raw text.
+    fn rewrite(&self, html: &str, depth: u8, fragment: bool) -> Option<String> {
+        if depth > MAX_NESTED_DEPTH {
+            return None;
+        }
+        let ended = std::cell::Cell::new(false);
+        let noscript = std::cell::RefCell::new(Noscript {
+            nested: self.clone(),
+            held: String::new(),
+            overflowed: false,
+        });
         let mut settings = lol_html::RewriteStrSettings::new()
-            .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
-            .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
-            .append_element_content_handler(element!("[ping]", strip_ping))
             .append_element_content_handler(element!("iframe[srcdoc]", |el| {
-                guard_srcdoc(el, 0)
+                self.srcdoc(el, depth)
+            }))
+            .append_element_content_handler(lol_html::text!("noscript", |chunk| {
+                noscript.borrow_mut().take(chunk, depth);
+                Ok(())
+            }))
+            .append_element_content_handler(element!(SENTINEL, |el| {
+                ended.set(true);
+                el.remove();
+                Ok(())
             }));
-        for (element, attr) in &self.links {
+        if self.guard {
+            settings = settings
+                .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
+                .append_element_content_handler(element!("[referrerpolicy]", strip_referrer_policy))
+                .append_element_content_handler(element!("[ping]", strip_ping));
+        }
+        for (element, attr) in self.links.iter() {
             let Ok(selector) = format!("{element}[{attr}]").parse::<Selector>() else {
                 continue;
             };
@@ -539,11 +593,83 @@ impl Noscript {
                     .element(move |el: &mut Element<'_, '_>| tag_link(el, attr, &tagger)),
             ));
         }
-        let out = lol_html::rewrite_str(html, settings).ok()?;
-        // The content must not end its element early (it could not before).
-        (!out.to_ascii_lowercase().contains("</noscript")).then_some(out)
+        let settings = with_scrubbed_elements!(settings, self.tagger);
+        let input = if fragment {
+            format!("{html}<{SENTINEL}></{SENTINEL}>")
+        } else {
+            html.to_owned()
+        };
+        let settings: lol_html::Settings<'_, '_> = settings.into();
+        let out = lol_html::rewrite_str(&input, settings.with_strict(true)).ok()?;
+        if fragment && (!ended.get() || out.to_ascii_lowercase().contains("</noscript")) {
+            return None;
+        }
+        Some(out)
     }
 }
+
+/// A `<noscript>`'s content, held as it comes in chunks, then written back rewritten (see
+/// [`Nested`]), or dropped if it cannot be.
+struct Noscript {
+    nested: Nested,
+    held: String,
+    overflowed: bool,
+}
+
+impl Noscript {
+    fn take(&mut self, chunk: &mut lol_html::html_content::TextChunk<'_>, depth: u8) {
+        if !self.overflowed {
+            self.held.push_str(chunk.as_str());
+            self.overflowed = self.held.len() > MAX_NOSCRIPT;
+        }
+        if !chunk.last_in_text_node() {
+            chunk.remove();
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let overflowed = std::mem::replace(&mut self.overflowed, false);
+        match self
+            .nested
+            .rewrite(&held, depth + 1, true)
+            .filter(|_| !overflowed)
+        {
+            Some(out) => chunk.replace(&out, lol_html::html_content::ContentType::Html),
+            None => chunk.remove(),
+        }
+    }
+}
+
+/// Adds to `settings` the handlers for what carries a URL outside the route's list, that a
+/// page could use to hand a client someone else's token or code: an SVG link's
+/// `xlink:href`, a GET form's field named like the parameter (which the submission puts in
+/// the query). Only someone else's parameter is taken out; nothing is tagged. (A macro: the
+/// page's streaming settings and a nested document's take different handler types.)
+macro_rules! with_scrubbed_elements {
+    ($settings:expr, $tagger:expr) => {{
+        let svg_tagger = $tagger.clone();
+        let form_tagger = $tagger.clone();
+        $settings
+            .append_element_content_handler(element!("a", move |el| {
+                let Some(raw) = el.get_attribute("xlink:href") else {
+                    return Ok(());
+                };
+                if let Some(clean) = lock(&svg_tagger).scrub_attribute(&raw) {
+                    el.set_attribute("xlink:href", &clean)?;
+                }
+                Ok(())
+            }))
+            .append_element_content_handler(element!("input[name], button[name]", move |el| {
+                let named = el.get_attribute("name").is_some_and(|n| {
+                    lock(&form_tagger).is_scrubbed(&htmlize::unescape_attribute(&n))
+                });
+                if named {
+                    el.remove_attribute("name");
+                }
+                Ok(())
+            }))
+    }};
+}
+use with_scrubbed_elements;
 
 fn lock(t: &Mutex<Tagger>) -> std::sync::MutexGuard<'_, Tagger> {
     t.lock().unwrap_or_else(PoisonError::into_inner)
@@ -776,7 +902,7 @@ mod tests {
         assert_eq!(decoded(guarded(&nested(2))).matches("srcdoc").count(), 2);
         assert_eq!(
             decoded(guarded(&nested(8))).matches("srcdoc").count(),
-            usize::from(MAX_SRCDOC_DEPTH)
+            usize::from(MAX_NESTED_DEPTH)
         );
         // Unguarded (a cookie client's page with sibling links), the page is its own.
         let out = rewrite_in_chunks(r#"<meta name="referrer" content="unsafe-url">"#, 64);
@@ -859,15 +985,11 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_over_the_memory_bound_cuts_a_guarded_page_and_passes_an_unguarded_one_whole() {
-        let page = format!(
-            r#"<a href="/a">a</a><div title="{}"></div><meta name=referrer content=unsafe-url>"#,
-            "x".repeat(MAX_MEMORY + 1024)
-        );
-        let run = |tagger: Tagger| {
+    fn a_page_the_rewriter_cannot_read_to_its_end_is_cut_there() {
+        let run = |tagger: Tagger, page: &[u8]| {
             let mut html = Html::new(tagger, None, &links(), Coding::Identity, false);
             let mut out = Vec::new();
-            for c in page.as_bytes().chunks(64 * 1024) {
+            for c in page.chunks(64 * 1024) {
                 match html.feed(c) {
                     Ok(b) => out.extend_from_slice(&b),
                     Err(_) => return (out, true),
@@ -880,13 +1002,43 @@ mod tests {
             (out, false)
         };
         let tagger = || Tagger::new("sgsid", "T", "http", "shop.example", "/").unwrap();
-        let (out, cut) = run(tagger().guarding());
-        assert!(cut, "a guarded page past the bound was not cut");
-        assert!(!String::from_utf8_lossy(&out).contains("unsafe-url"));
-        // Not guarded (a cookie client's page): the rest passes, once.
-        let (out, cut) = run(tagger().without_token());
-        assert!(!cut);
-        assert_eq!(String::from_utf8(out).unwrap(), page);
+        let huge = "x".repeat(MAX_MEMORY + 1024);
+        // A tag over the memory bound, on a guarded page and on one that only scrubs; what
+        // follows is never passed on unread.
+        for (tagger, page) in [
+            (
+                tagger().guarding(),
+                format!(r#"<div title="{huge}"></div><meta name=referrer content=unsafe-url>"#),
+            ),
+            (
+                tagger().without_token(),
+                format!(r#"<a title="{huge}" href="/a">a</a><a href="/b;sgsid=THEIRS">b</a>"#),
+            ),
+        ] {
+            let (out, cut) = run(tagger, page.as_bytes());
+            let out = String::from_utf8_lossy(&out);
+            assert!(cut, "not cut");
+            assert!(!out.contains("unsafe-url") && !out.contains("THEIRS"));
+        }
+        // A charset the rewriter cannot read: named in the page, or by a UTF-16 mark.
+        for page in [
+            &b"<meta charset=iso-2022-jp><a href=/x>x</a>"[..],
+            &b"<meta http-equiv=content-type content='text/html; charset=ISO-2022-JP'>"[..],
+            &b"\xff\xfe<\0a\0"[..],
+            &b"\xfe\xff\0<\0a"[..],
+        ] {
+            let (out, cut) = run(tagger().without_token(), page);
+            assert!(cut, "{page:?} was read: {out:?}");
+        }
+        // A UTF-16 name in the page is read as UTF-8 (the HTML standard), and a UTF-8 mark
+        // is fine.
+        for page in [
+            &b"<meta charset=utf-16><a href=/x>x</a>"[..],
+            &b"\xef\xbb\xbf<a href=/x>x</a>"[..],
+        ] {
+            let (_, cut) = run(tagger(), page);
+            assert!(!cut, "{page:?} was cut");
+        }
     }
 
     #[test]

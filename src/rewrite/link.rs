@@ -163,6 +163,30 @@ impl Tagger {
         Some((escape_attribute(&tagged), led))
     }
 
+    /// An HTML attribute's raw value that leads to this origin or a sibling, without someone
+    /// else's token or code (escaped for the attribute); `None` when it has none. Nothing is
+    /// added: for attributes outside the route's list.
+    pub fn scrub_attribute(&self, raw: &str) -> Option<String> {
+        let value = htmlize::unescape_attribute(raw);
+        let cleaned = browser_cleaned(&value);
+        if !self.scrubbed.iter().any(|p| cleaned.contains(p.as_str())) {
+            return None;
+        }
+        let target = self.base.join(&cleaned).ok()?;
+        let ours = target.origin() == self.document.origin() || self.sibling_of(&target).is_some();
+        if !matches!(target.scheme(), "http" | "https") || !ours {
+            return None;
+        }
+        let (written, scrubbed) = self.write(&target, &cleaned, None);
+        scrubbed.then(|| escape_attribute(&written))
+    }
+
+    /// Whether `name` is a parameter the gateway scrubs (a form field so named would put
+    /// one in a GET submission's query).
+    pub fn is_scrubbed(&self, name: &str) -> bool {
+        self.scrubbed.iter().any(|p| p == name)
+    }
+
     /// A header's URL (`Location`, which resolves against the request's URL, not a base)
     /// with the token or a handoff code; `None` when it must stay as it is.
     pub fn tag(&self, value: &str) -> Option<String> {

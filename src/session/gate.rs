@@ -285,6 +285,10 @@ pub struct Held {
     /// It reaches its session only read-only (a regenerate retired it): it may hand off
     /// nothing to sibling hosts.
     pub read_only: bool,
+    /// The request came from another site: a redirect that hands it a token in the URL
+    /// would arrive looking cross-site too, and the token would be refused (see
+    /// `url_tracking::bounce`).
+    pub from_elsewhere: bool,
 }
 
 impl RequestSession {
@@ -505,14 +509,20 @@ impl Sessions {
     ) -> Result<Option<Box<UrlTokens>>, url::BadTarget> {
         // Headers that carry a page's URL: `Referer`, and hyperlink auditing's `Ping-From`
         // and `Ping-To` (a page the gateway rewrote has no ping, but another may).
+        let mut referer_token = None;
         for name in [header::REFERER, PING_FROM, PING_TO] {
-            if let Some(url) = headers.get(&name).and_then(|v| v.to_str().ok())
-                && let Some((clean, _)) = url::take_tokens(url, &self.url_parameter)
-            {
-                match HeaderValue::from_str(&clean) {
-                    Ok(v) => headers.insert(name, v),
-                    Err(_) => headers.remove(name),
-                };
+            for param in [self.url_parameter.as_str(), HANDOFF_PARAMETER] {
+                if let Some(url) = headers.get(&name).and_then(|v| v.to_str().ok())
+                    && let Some((clean, taken)) = url::take_tokens(url, param)
+                {
+                    if name == header::REFERER && param == self.url_parameter {
+                        referer_token = taken.path.or(taken.query);
+                    }
+                    match HeaderValue::from_str(&clean) {
+                        Ok(v) => headers.insert(name.clone(), v),
+                        Err(_) => headers.remove(&name),
+                    };
+                }
             }
         }
         let Some(pq) = uri.path_and_query() else {
@@ -524,7 +534,7 @@ impl Sessions {
             .as_ref()
             .map_or(pq.as_str(), |(clean, _)| clean.as_str());
         let second = url::take_tokens(rest, HANDOFF_PARAMETER);
-        let (clean, tokens) = match (first, second) {
+        let (clean, mut tokens) = match (first, second) {
             (None, None) => return Ok(None),
             (Some((clean, tokens)), None) => (clean, tokens),
             (first, Some((clean, code))) => {
@@ -533,6 +543,7 @@ impl Sessions {
                 (clean, tokens)
             }
         };
+        tokens.referer = referer_token;
         let mut parts = std::mem::take(uri).into_parts();
         parts.path_and_query = PathAndQuery::try_from(clean).ok();
         match Uri::from_parts(parts) {
@@ -581,12 +592,12 @@ impl Sessions {
                 .get(header::USER_AGENT)
                 .is_some_and(|ua| tracking::is_crawler(ua.as_bytes(), &self.crawlers));
         }
-        let (from_path, from_query, handoff) = match info.url {
+        let (from_path, from_query, handoff, referer) = match info.url {
             Some(u) => {
                 let u = *u;
-                (u.path, u.query, u.handoff)
+                (u.path, u.query, u.handoff, u.referer)
             }
-            None => (None, None, None),
+            None => (None, None, None, None),
         };
         if let Store::Sealed(template) = &self.store {
             // The sealed store tracks by cookie only, and has no handoffs (`check` refuses
@@ -646,6 +657,20 @@ impl Sessions {
                 }
             },
         };
+        // A URL token from one of our pages whose own URL carried another token, of another
+        // session (a login renews the token, not the session), was put in the link by
+        // someone else (a comment, an upload): the client does not take it.
+        let (status, session) = match (&session, source, referer.as_deref()) {
+            (Some(s), Source::Url, Some(referer))
+                if !self.same_session_as(referer, token.as_ref(), s, now).await =>
+            {
+                tracing::debug!("a URL token unlike its Referer's: refused");
+                token = None;
+                source = Source::None;
+                (Status::None, None)
+            }
+            _ => (status, session),
+        };
         // A sibling host's handoff: answered by the proxy, never by the backend.
         let arrival = match handoff {
             Some(code) if !store_failed => {
@@ -678,6 +703,28 @@ impl Sessions {
             arrival,
             store_failed,
             sealed: None,
+        }
+    }
+
+    /// Whether the token in a page's URL (`referer`, as written) reaches the same session `s`
+    /// as `token` (itself, or a token of it from before a regenerate); `true` when it is no
+    /// token at all (nothing to compare).
+    async fn same_session_as(
+        &self,
+        referer: &str,
+        token: Option<&Token>,
+        s: &Session,
+        now: u64,
+    ) -> bool {
+        let Ok(theirs) = Token::parse(referer, &self.keys) else {
+            return true;
+        };
+        if Some(&theirs) == token {
+            return true;
+        }
+        match timed!(self.ops.load, self.store.load(&theirs.store_id(), now)) {
+            Ok(Some(other)) => other.key() == s.key(),
+            _ => false,
         }
     }
 
@@ -782,20 +829,26 @@ impl Sessions {
             return None;
         }
         let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
-        let probe =
-            rs.tracking == Tracking::Auto && !rs.evidence.takes_cookies && !rs.evidence.crawler;
+        let auto = rs.tracking == Tracking::Auto && !rs.evidence.crawler;
+        let kept_cookies = rs.evidence.takes_cookies;
+        let had_cookie_session = rs.session.is_some() && rs.source == Source::Cookie;
+        let from_elsewhere = rs.evidence.from_elsewhere;
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let held = self
             .commit(rs, status, headers, tls, carry.cookie(), &self.store)
             .await;
-        if probe && !(held.is_some() && carry.cookie()) {
-            // No cookie of ours went out: the probe asks whether the client keeps one.
+        // No session cookie of ours goes out (a client without a session, or one whose
+        // session just ended): the probe asks, or goes on showing, that the client keeps
+        // cookies, and so never takes a token from a URL.
+        let ended = had_cookie_session && held.is_none();
+        if auto && !(held.is_some() && carry.cookie()) && (!kept_cookies || ended) {
             self.set_probe(headers, tls);
         }
         held.map(|token| Held {
             token,
             by_url: carry.url(),
             read_only,
+            from_elsewhere,
         })
     }
 

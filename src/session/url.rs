@@ -20,6 +20,10 @@ pub struct UrlTokens {
     pub query: Option<String>,
     /// A sibling host's handoff code (see `handoff`), from the path or the query.
     pub handoff: Option<String>,
+    /// The token in the request's `Referer`: the page the request came from (when a request
+    /// from one of our pages carries a token other than its page's, someone else put it in
+    /// the link).
+    pub referer: Option<String>,
 }
 
 // Never print a token, not even in a debug dump.
@@ -29,6 +33,7 @@ impl std::fmt::Debug for UrlTokens {
             .field("path", &self.path.as_ref().map(|_| "…"))
             .field("query", &self.query.as_ref().map(|_| "…"))
             .field("handoff", &self.handoff.as_ref().map(|_| "…"))
+            .field("referer", &self.referer.as_ref().map(|_| "…"))
             .finish()
     }
 }

@@ -434,7 +434,7 @@ impl RedisStore {
     /// in flight meanwhile keeps no copy either (see [`Epoch`]).
     async fn forget(&self, id: &StoreId) {
         if let Some(near) = &self.near {
-            self.epoch.bump();
+            self.epoch.bump(id);
             near.invalidate(id).await;
         }
     }
@@ -547,7 +547,7 @@ impl RedisStore {
         id: &StoreId,
         now_ms: u64,
     ) -> Result<Option<Session>, StoreError> {
-        let epoch = self.epoch.now();
+        let epoch = self.epoch.now(id);
         let mut target = hex(id);
         for hop in 0..2 {
             // The common case needs no script: see `read`.
@@ -592,7 +592,7 @@ impl RedisStore {
             // And only if no invalidation came while it was read: the copy could be of a
             // session that was changed, regenerated or ended meanwhile.
             if let (Some(near), Some(s), 0) = (&self.near, &session, hop)
-                && self.epoch.now() == epoch
+                && self.epoch.now(id) == epoch
             {
                 let expires_ms = now_ms.saturating_add(read.ttl_ms);
                 near.insert(*id, NearCopy::new(s.clone(), expires_ms)).await;
@@ -757,6 +757,13 @@ fn reason(text: &str) -> &'static str {
 
 impl SessionStore for RedisStore {
     async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
+        // A logout made while Redis was down holds until it is replayed, even if Redis is
+        // back first and still has the session.
+        if let Some(p) = &self.pending
+            && p.ended(id)
+        {
+            return Ok(None);
+        }
         // A near copy serves while its last use is recent; once it is older, one request goes
         // to Redis, which notes the use (so the near cache never hides a session's use from
         // the idle timeout), and the copy serves the others until that one is back.

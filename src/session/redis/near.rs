@@ -39,21 +39,42 @@ impl NearCopy {
     }
 }
 
-/// Counts the near cache's invalidations. A read from Redis notes the count before it asks,
-/// and keeps a copy only if the count is the same when the answer comes: an announcement
-/// that arrived meanwhile may be about the very session it read.
-#[derive(Clone, Default)]
-pub(super) struct Epoch(Arc<AtomicU64>);
+/// Counts the near cache's invalidations, in a few slots by session id. A read from Redis
+/// notes its id's count before it asks, and keeps a copy only if the count is the same when
+/// the answer comes: an announcement that arrived meanwhile may be about the very session
+/// it read. (Slots, not one count: other sessions' changes cost a read its copy only now and
+/// then.)
+#[derive(Clone)]
+pub(super) struct Epoch(Arc<[AtomicU64; EPOCH_SLOTS]>);
+
+const EPOCH_SLOTS: usize = 64;
+
+impl Default for Epoch {
+    fn default() -> Self {
+        Epoch(Arc::new(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+}
 
 impl Epoch {
-    /// The count now.
-    pub(super) fn now(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+    fn slot(&self, id: &StoreId) -> &AtomicU64 {
+        &self.0[usize::from(id.0[0]) % EPOCH_SLOTS]
     }
 
-    /// One more invalidation.
-    pub(super) fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
+    /// The count of `id`'s slot now.
+    pub(super) fn now(&self, id: &StoreId) -> u64 {
+        self.slot(id).load(Ordering::Acquire)
+    }
+
+    /// One more invalidation, of `id`.
+    pub(super) fn bump(&self, id: &StoreId) {
+        self.slot(id).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Invalidations of every session (announcements lost while unsubscribed).
+    pub(super) fn bump_all(&self) {
+        for slot in self.0.iter() {
+            slot.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -103,7 +124,7 @@ impl Listener {
                     tracing::warn!(error = %e, "near-cache invalidations: subscription lost");
                 }
                 again = true;
-                epoch.bump();
+                epoch.bump_all();
                 if !serve_stale {
                     near.invalidate_all();
                 }
@@ -127,7 +148,7 @@ async fn listen(
     pubsub.subscribe(channel).await?;
     if again {
         // Announcements made while it was away never arrived.
-        epoch.bump();
+        epoch.bump_all();
         near.invalidate_all();
     }
     let mut messages = pubsub.on_message();
@@ -136,8 +157,9 @@ async fn listen(
             .ok()
             .and_then(super::parse_hex)
         {
-            epoch.bump();
-            near.invalidate(&StoreId(id)).await;
+            let id = StoreId(id);
+            epoch.bump(&id);
+            near.invalidate(&id).await;
         }
     }
     Ok(())
