@@ -30,6 +30,7 @@ pub mod admin;
 pub mod cache_control;
 pub mod certs;
 pub mod config;
+pub mod content_type;
 pub mod deadline;
 pub mod demo;
 pub mod gateway;

@@ -166,7 +166,7 @@ pub(super) fn clean(
 
 /// The rewriter for an HTML page's body, if the response is one we can rewrite.
 fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) -> Option<Html> {
-    one_content_type(headers);
+    crate::content_type::settle(headers);
     let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
     // We asked for identity; a backend that compresses anyway is decoded, and the page
     // re-compressed with gzip for a client that takes it. A coding we cannot decode passes.
@@ -212,7 +212,7 @@ fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) ->
 /// cannot judge for it), HTML in a charset or coding it cannot read, or no declared type
 /// (which browsers sniff, and may render as HTML).
 pub(super) fn unguardable(headers: &mut HeaderMap) -> bool {
-    one_content_type(headers);
+    crate::content_type::settle(headers);
     let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -232,43 +232,6 @@ pub(super) fn unguardable(headers: &mut HeaderMap) -> bool {
         return html_charset(content_type).is_none() || Coding::from_header(coding).is_none();
     }
     mime.ends_with("+xml") || mime.ends_with("/xml") || mime.is_empty()
-}
-
-/// Leaves one `Content-Type`, the one a browser reads: of several fields, or a value with
-/// commas (`text/plain, text/html`), the last that names a type (the Fetch standard's
-/// "extract a MIME type"); none if none does. Judged on anything else, the rewriter and the
-/// browser could read a response differently.
-pub(super) fn one_content_type(headers: &mut HeaderMap) {
-    let mut fields = headers.get_all(header::CONTENT_TYPE).iter();
-    let (Some(first), None) = (fields.next(), fields.next()) else {
-        if headers.contains_key(header::CONTENT_TYPE) {
-            replace_content_type(headers);
-        }
-        return;
-    };
-    if first.as_bytes().contains(&b',') {
-        replace_content_type(headers);
-    }
-}
-
-fn replace_content_type(headers: &mut HeaderMap) {
-    let last = headers
-        .get_all(header::CONTENT_TYPE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|t| {
-            let essence = t.split(';').next().unwrap_or("").trim();
-            essence
-                .split_once('/')
-                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !essence.contains('*'))
-        })
-        .map(str::to_owned);
-    headers.remove(header::CONTENT_TYPE);
-    if let Some(v) = last.and_then(|t| HeaderValue::from_str(&t).ok()) {
-        headers.insert(header::CONTENT_TYPE, v);
-    }
 }
 
 /// The answer instead of a document the gateway cannot guard at a URL with a token (see

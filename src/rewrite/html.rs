@@ -98,14 +98,29 @@ struct Feed {
     rewriter: HtmlRewriter<'static, Collect>,
     /// The first bytes, until there are two (then `None`).
     start: Option<Vec<u8>>,
+    /// `Content-Type` named no charset: a browser may guess one from the bytes.
+    unlabelled: bool,
 }
 
 impl Feed {
-    fn new(rewriter: HtmlRewriter<'static, Collect>) -> Feed {
+    fn new(rewriter: HtmlRewriter<'static, Collect>, unlabelled: bool) -> Feed {
         Feed {
             rewriter,
             start: Some(Vec::new()),
+            unlabelled,
         }
+    }
+
+    /// A page without a charset in its `Content-Type` may be guessed to be ISO-2022-JP by a
+    /// browser (Chromium's detector does) from its escape sequences, and read as markup the
+    /// rewriter did not see: no HTML needs a raw ESC byte, so such a page is cut.
+    fn check(&self, buf: &[u8]) -> io::Result<()> {
+        if self.unlabelled && buf.contains(&0x1B) {
+            return Err(io::Error::other(
+                "an escape byte in a page without a charset",
+            ));
+        }
+        Ok(())
     }
 
     /// Hands over the first bytes once they tell, or at the end.
@@ -127,6 +142,7 @@ impl Feed {
 
 impl Write for Feed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.check(buf)?;
         match &mut self.start {
             Some(start) if start.len() + buf.len() < 2 => start.extend_from_slice(buf),
             Some(start) => {
@@ -211,10 +227,10 @@ impl Html {
         gzip_out: bool,
     ) -> Html {
         let out = Arc::new(Mutex::new(Vec::new()));
-        let feed = Feed::new(HtmlRewriter::new(
-            settings(tagger, charset, links),
-            Collect(out.clone()),
-        ));
+        let feed = Feed::new(
+            HtmlRewriter::new(settings(tagger, charset, links), Collect(out.clone())),
+            charset.is_none(),
+        );
         let input = match coding {
             Coding::Identity => Input::Plain(feed),
             Coding::Gzip => Input::Gzip(GzDecoder::new(feed)),
@@ -641,8 +657,8 @@ impl Noscript {
 
 /// Adds to `settings` the handlers for what carries a URL outside the route's list, that a
 /// page could use to hand a client someone else's token or code: an SVG link's
-/// `xlink:href`, a GET form's field named like the parameter (which the submission puts in
-/// the query). Only someone else's parameter is taken out; nothing is tagged. (A macro: the
+/// `xlink:href`, a GET form's field (any submittable element) named like the parameter
+/// (which the submission puts in the query). Only someone else's parameter is taken out; nothing is tagged. (A macro: the
 /// page's streaming settings and a nested document's take different handler types.)
 macro_rules! with_scrubbed_elements {
     ($settings:expr, $tagger:expr) => {{
@@ -658,15 +674,18 @@ macro_rules! with_scrubbed_elements {
                 }
                 Ok(())
             }))
-            .append_element_content_handler(element!("input[name], button[name]", move |el| {
-                let named = el.get_attribute("name").is_some_and(|n| {
-                    lock(&form_tagger).is_scrubbed(&htmlize::unescape_attribute(&n))
-                });
-                if named {
-                    el.remove_attribute("name");
+            .append_element_content_handler(element!(
+                "input[name], button[name], select[name], textarea[name]",
+                move |el| {
+                    let named = el.get_attribute("name").is_some_and(|n| {
+                        lock(&form_tagger).is_scrubbed(&htmlize::unescape_attribute(&n))
+                    });
+                    if named {
+                        el.remove_attribute("name");
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }))
+            ))
     }};
 }
 use with_scrubbed_elements;
@@ -1020,9 +1039,11 @@ mod tests {
             assert!(cut, "not cut");
             assert!(!out.contains("unsafe-url") && !out.contains("THEIRS"));
         }
-        // A charset the rewriter cannot read: named in the page, or by a UTF-16 mark.
+        // A charset the rewriter cannot read: named in the page, by a UTF-16 mark, or one a
+        // browser may guess from escape sequences in a page that names none.
         for page in [
             &b"<meta charset=iso-2022-jp><a href=/x>x</a>"[..],
+            &b"<p>\x1b$B\"\x1b(B</p><a href=/x>x</a>"[..],
             &b"<meta http-equiv=content-type content='text/html; charset=ISO-2022-JP'>"[..],
             &b"\xff\xfe<\0a\0"[..],
             &b"\xfe\xff\0<\0a"[..],

@@ -708,7 +708,8 @@ impl Sessions {
 
     /// Whether the token in a page's URL (`referer`, as written) reaches the same session `s`
     /// as `token` (itself, or a token of it from before a regenerate); `true` when it is no
-    /// token at all (nothing to compare).
+    /// token at all, or one whose session is gone (nothing to take over: a client whose
+    /// session expired logs in again from its stale pages).
     async fn same_session_as(
         &self,
         referer: &str,
@@ -724,7 +725,9 @@ impl Sessions {
         }
         match timed!(self.ops.load, self.store.load(&theirs.store_id(), now)) {
             Ok(Some(other)) => other.key() == s.key(),
-            _ => false,
+            Ok(None) => true,
+            // Fail closed: the request goes on without the URL's token.
+            Err(_) => false,
         }
     }
 

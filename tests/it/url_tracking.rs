@@ -790,7 +790,9 @@ async fn a_cookieless_client_keeps_url_tracking_on_the_sibling() {
         "{location}"
     );
     assert!(
-        bounce.contains(&format!("http-equiv=\"refresh\" content=\"0; url={location}\"")),
+        bounce.contains(&format!(
+            "http-equiv=\"refresh\" content=\"0; url={location}\""
+        )),
         "{bounce}"
     );
     assert!(!location.contains(&token), "a token of its own: {location}");

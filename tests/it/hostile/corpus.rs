@@ -32,6 +32,8 @@ struct Sink {
     attrs: RefCell<Vec<Attr>>,
     /// Open `<template>`, `<svg>` and `<math>` elements.
     hidden: RefCell<Vec<String>>,
+    /// Read as a browser without scripts: a `<noscript>`'s content is markup.
+    no_scripts: bool,
 }
 
 impl TokenSink for Sink {
@@ -63,6 +65,7 @@ impl TokenSink for Sink {
         // What a browser with scripting on reads as text, not markup.
         match name.as_str() {
             "script" => TokenSinkResult::RawData(RawKind::ScriptData),
+            "noscript" if self.no_scripts => TokenSinkResult::Continue,
             "style" | "iframe" | "noscript" | "xmp" | "noembed" | "noframes" => {
                 TokenSinkResult::RawData(RawKind::Rawtext)
             }
@@ -74,12 +77,38 @@ impl TokenSink for Sink {
 
 /// Every attribute of every start tag in `html`, in order, as a browser decodes it.
 pub fn browser_attributes(html: &str) -> Vec<Attr> {
-    let tokenizer = Tokenizer::new(Sink::default(), TokenizerOpts::default());
+    tokenize(html, false)
+}
+
+fn tokenize(html: &str, no_scripts: bool) -> Vec<Attr> {
+    let sink = Sink {
+        no_scripts,
+        ..Sink::default()
+    };
+    let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
     let input = BufferQueue::default();
     input.push_back(StrTendril::from_slice(html));
     let _ = tokenizer.feed(&input);
     tokenizer.end();
     tokenizer.sink.attrs.take()
+}
+
+/// Every attribute in `html` and in the documents inside it (each frame's `srcdoc`, read in
+/// turn, however deep), as a browser with scripts (or without: `no_scripts`, where a
+/// `<noscript>`'s content is markup) reads them.
+pub fn attributes_of_every_document(html: &str, no_scripts: bool) -> Vec<Attr> {
+    let mut all = Vec::new();
+    let mut documents = vec![html.to_owned()];
+    // Bounded: a page cannot nest more documents than it has bytes.
+    while let Some(doc) = documents.pop() {
+        for a in tokenize(&doc, no_scripts) {
+            if a.element == "iframe" && a.name == "srcdoc" {
+                documents.push(a.value.clone());
+            }
+            all.push(a);
+        }
+    }
+    all
 }
 
 /// The base URL a browser uses for `html` served at `page_url`: the first `<base href>` in

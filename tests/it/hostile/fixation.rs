@@ -466,6 +466,165 @@ async fn a_page_hands_no_client_someone_elses_token_or_code() {
     }
 }
 
+#[tokio::test]
+async fn a_page_hides_no_one_elses_token_in_a_frame_an_object_svg_or_a_form() {
+    let app = App::start().await;
+    let yaml = redirects_siblings_with_url(&app);
+    let gw = gateway(&yaml).await;
+    let base = gw.url("web", "");
+    let (_, h, _) = get(&base, "/login?user=mallory", &[("host", "shop.example")]).await;
+    let mallory = session_cookie(&h).unwrap();
+    let code = code_for_account(&base, &mallory).await;
+    let m = &mallory;
+    app.page(
+        "/corners",
+        Page::html(&format!(
+            r#"<object data="/o;sgsid={m}"></object><embed src="/e?sgsid={m}">
+<svg><a xlink:href="/s;sgsid={m}"><text>s</text></a><a XLINK:HREF="http://account.example/me;sghandoff={code}"><text>t</text></a></svg>
+<iframe srcdoc="<a href=/f;sgsid={m}>f</a><a href=&quot;/g;&amp;#115;gsid={m}&quot;>g</a><iframe srcdoc='<a href=/h?sgsid={m}>h</a>'></iframe>"></iframe>
+<noscript><a href="/n;sgsid={m}">n</a><a href="//account.example/me?sghandoff={code}">c</a></noscript>
+<form action="/search"><input type=hidden name=sgsid value="{m}"><input name="&#115;gsid" value="{m}"><button name=sghandoff value="{code}">go</button><select name=sgsid><option>{m}</option></select></form>"#
+        )),
+    );
+    // To a visitor without a session (who would take a URL token), and to one with a cookie.
+    for cookie in [None, Some(format!("sg={mallory}"))] {
+        let mut headers = vec![("host", "shop.example")];
+        if let Some(c) = &cookie {
+            headers.push(("cookie", c.as_str()));
+        }
+        let (_, _, page) = get(&base, "/corners", &headers).await;
+        for no_scripts in [false, true] {
+            for a in super::corpus::attributes_of_every_document(&page, no_scripts) {
+                let what = format!("{cookie:?}, scripts {}: {a:?} in {page}", !no_scripts);
+                if a.name == "srcdoc" || a.name == "value" {
+                    continue;
+                }
+                assert!(!a.value.contains(&mallory[..20]), "{what}");
+                assert!(!a.value.contains(&code), "{what}");
+                // A GET form's field named like the parameter would put it in the query.
+                if a.name == "name" {
+                    assert!(!matches!(a.value.as_str(), "sgsid" | "sghandoff"), "{what}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_link_on_a_url_session_page_cannot_move_its_reader_into_another_session() {
+    for (store, sessions) in stores() {
+        let app = App::start().await;
+        let url_route =
+            "{ name: app, match: { path_prefix: / }, upstream: app, session: { tracking: url } }";
+        for user in ["mallory", "victim", "victim2", "again"] {
+            app.page(
+                &format!("/signin/{user}"),
+                Page {
+                    status: 303,
+                    headers: vec![
+                        ("location".into(), "/home".into()),
+                        ("x-session-set".into(), format!("user={user}")),
+                        ("x-session-action".into(), "regenerate".into()),
+                    ],
+                    body: String::new(),
+                },
+            );
+        }
+        let gw = gateway(&config(&app, &[url_route], &sessions)).await;
+        let base = gw.url("web", "");
+        // Mallory's token, and the victim's own session, both by URL.
+        let (_, h, _) = get(&base, "/signin/mallory", &[("host", "shop.example")]).await;
+        let mallory = h["location"].to_str().unwrap().to_owned();
+        let mallory = mallory.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+        let (_, h, _) = get(&base, "/signin/victim", &[("host", "shop.example")]).await;
+        let location = h["location"].to_str().unwrap().to_owned();
+        let victim = location.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+        // A script on the victim's page built a link with Mallory's token; the browser sends
+        // the page's URL (the same origin: all of it) as Referer.
+        let referer = format!("http://shop.example/page;sgsid={victim}");
+        let (_, _, body) = get(
+            &base,
+            &format!("/whoami;sgsid={mallory}"),
+            &[("host", "shop.example"), ("referer", &referer)],
+        )
+        .await;
+        assert_ne!(field(&body, "user"), "mallory", "{store}: {body}");
+        // Spelled in the query, or as the Referer's query.
+        let (_, _, body) = get(
+            &base,
+            &format!("/whoami?sgsid={mallory}"),
+            &[
+                ("host", "shop.example"),
+                (
+                    "referer",
+                    &format!("http://shop.example/page?a=1&sgsid={victim}"),
+                ),
+            ],
+        )
+        .await;
+        assert_ne!(field(&body, "user"), "mallory", "{store}: {body}");
+        // The victim's own links work; so does a login's redirect, whose Referer still names
+        // the token from before the regenerate (within its grace); and one whose Referer
+        // names a session that is gone (a client logging in again after it expired).
+        let (_, _, body) = get(
+            &base,
+            &format!("/whoami;sgsid={victim}"),
+            &[("host", "shop.example"), ("referer", &referer)],
+        )
+        .await;
+        assert_eq!(field(&body, "user"), "victim", "{store}: {body}");
+        let (_, h, _) = get(
+            &base,
+            &format!("/signin/victim2;sgsid={victim}"),
+            &[("host", "shop.example"), ("referer", &referer)],
+        )
+        .await;
+        let renewed = h["location"].to_str().unwrap().to_owned();
+        let renewed = renewed.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+        assert_ne!(renewed, victim, "{store}");
+        let (_, _, body) = get(
+            &base,
+            &format!("/whoami;sgsid={renewed}"),
+            &[("host", "shop.example"), ("referer", &referer)],
+        )
+        .await;
+        assert_eq!(field(&body, "user"), "victim2", "{store}: {body}");
+        get(
+            &base,
+            &format!("/logout;sgsid={renewed}"),
+            &[("host", "shop.example")],
+        )
+        .await;
+        let (_, h, _) = get(
+            &base,
+            "/signin/again",
+            &[
+                ("host", "shop.example"),
+                (
+                    "referer",
+                    &format!("http://shop.example/page;sgsid={renewed}"),
+                ),
+            ],
+        )
+        .await;
+        let again = h["location"].to_str().unwrap().to_owned();
+        let again = again.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+        let (_, _, body) = get(
+            &base,
+            &format!("/whoami;sgsid={again}"),
+            &[
+                ("host", "shop.example"),
+                (
+                    "referer",
+                    &format!("http://shop.example/signin;sgsid={renewed}"),
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(field(&body, "user"), "again", "{store}: {body}");
+    }
+}
+
 /// The siblings of `redirects::siblings`, the shop tracking by URL.
 fn redirects_siblings_with_url(app: &App) -> String {
     siblings(app, "{ secret_file: session.keys }").replace(

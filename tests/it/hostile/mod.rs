@@ -7,6 +7,7 @@ mod admin;
 mod browser;
 mod cache;
 mod corpus;
+mod documents;
 mod fixation;
 mod forged_headers;
 mod redirects;

@@ -1,0 +1,231 @@
+//! The `Content-Type` a browser reads. A response may carry several fields, or one with
+//! commas (`text/plain, text/html`); a browser takes the last value that parses, and keeps an
+//! earlier value's charset when that one names none (the Fetch standard's "extract a MIME
+//! type"). The gateway decides what to rewrite from the same reading, and leaves only that
+//! value in the response, so that no later cache or browser can read it another way. A shared
+//! leaf, like `cache_control`.
+
+use http::header::{self, HeaderMap, HeaderValue};
+
+/// Leaves one `Content-Type` field: the type a browser reads from them all; none if no value
+/// parses as a MIME type.
+pub fn settle(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::CONTENT_TYPE).iter();
+    match (fields.next(), fields.next()) {
+        (None, _) => return,
+        // The common case: one field, one value.
+        (Some(one), None) if !one.as_bytes().contains(&b',') => return,
+        _ => {}
+    }
+    let values: Vec<Vec<u8>> = headers
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    let read = extract(values.iter().map(Vec::as_slice));
+    headers.remove(header::CONTENT_TYPE);
+    if let Some(v) = read.and_then(|t| HeaderValue::from_bytes(&t).ok()) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+}
+
+/// The MIME type a browser extracts from the values of `Content-Type` fields (as bytes: a
+/// browser reads them isomorphically, as Latin-1).
+fn extract<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut found: Option<Vec<u8>> = None;
+    let mut essence: Option<Vec<u8>> = None;
+    let mut charset: Option<Vec<u8>> = None;
+    for field in fields {
+        for value in split(field) {
+            let Some(parsed) = parse(value) else { continue };
+            if parsed.essence == b"*/*" {
+                continue;
+            }
+            let mut chosen = value.to_vec();
+            if essence.as_deref() != Some(parsed.essence.as_slice()) {
+                charset = parsed.charset;
+                essence = Some(parsed.essence);
+            } else if parsed.charset.is_none()
+                && let Some(c) = &charset
+            {
+                // The same type again, without a charset: the earlier one's holds.
+                chosen.extend_from_slice(b";charset=");
+                chosen.extend_from_slice(c);
+            }
+            found = Some(chosen);
+        }
+    }
+    found
+}
+
+/// A field's values, split at commas outside quoted strings, trimmed.
+fn split(field: &[u8]) -> Vec<&[u8]> {
+    let mut values = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in field.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                values.push(trim(&field[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    values.push(trim(&field[start..]));
+    values
+}
+
+/// A parsed MIME type: what the extraction compares.
+struct Mime {
+    /// `type/subtype`, lowercase.
+    essence: Vec<u8>,
+    /// The first `charset` parameter's value, unquoted.
+    charset: Option<Vec<u8>>,
+}
+
+/// Parses a MIME type as the MIME Sniffing standard does (`None`: a failure).
+fn parse(value: &[u8]) -> Option<Mime> {
+    let value = trim(value);
+    let slash = value.iter().position(|&b| b == b'/')?;
+    let (kind, rest) = (&value[..slash], &value[slash + 1..]);
+    let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+    let subtype = trim(&rest[..end]);
+    if kind.is_empty() || subtype.is_empty() || !kind.iter().chain(subtype).all(|&b| token(b)) {
+        return None;
+    }
+    let mut essence = kind.to_ascii_lowercase();
+    essence.push(b'/');
+    essence.extend(subtype.to_ascii_lowercase());
+    Some(Mime {
+        essence,
+        charset: charset(&rest[end..]),
+    })
+}
+
+/// The first well-formed `charset` parameter in `params` (`;name=value;...`).
+fn charset(mut params: &[u8]) -> Option<Vec<u8>> {
+    while let Some(rest) = params.strip_prefix(b";") {
+        let rest = trim_start(rest);
+        let name_end = rest
+            .iter()
+            .position(|&b| b == b';' || b == b'=')
+            .unwrap_or(rest.len());
+        let name = rest[..name_end].to_ascii_lowercase();
+        let mut after = &rest[name_end..];
+        let mut value = Vec::new();
+        if let Some(v) = after.strip_prefix(b"=") {
+            if let Some(q) = v.strip_prefix(b"\"") {
+                // A quoted string: to its closing quote, `\` escaping the next byte; anything
+                // after it, up to the next `;`, is ignored.
+                let mut i = 0;
+                while i < q.len() && q[i] != b'"' {
+                    if q[i] == b'\\' && i + 1 < q.len() {
+                        i += 1;
+                    }
+                    value.push(q[i]);
+                    i += 1;
+                }
+                let tail = &q[i.min(q.len())..];
+                after = &tail[tail.iter().position(|&b| b == b';').unwrap_or(tail.len())..];
+            } else {
+                let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
+                value = trim(&v[..end]).to_vec();
+                after = &v[end..];
+            }
+            if name == b"charset" && !value.is_empty() && name.iter().all(|&b| token(b)) {
+                return Some(value);
+            }
+        }
+        params = after;
+    }
+    None
+}
+
+/// An HTTP token byte.
+fn token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let s = trim_start(s);
+    let end = s
+        .iter()
+        .rposition(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .map_or(0, |i| i + 1);
+    &s[..end]
+}
+
+fn trim_start(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .unwrap_or(s.len());
+    &s[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(fields: &[&str]) -> Option<String> {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(header::CONTENT_TYPE, HeaderValue::from_str(f).unwrap());
+        }
+        settle(&mut h);
+        assert!(h.get_all(header::CONTENT_TYPE).iter().count() <= 1);
+        h.get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn the_type_left_is_the_one_a_browser_reads() {
+        // One value stays as it is.
+        assert_eq!(
+            read(&["text/html; charset=utf-8"]).as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        // The last that parses, across fields and commas (the Fetch standard's examples).
+        assert_eq!(
+            read(&["text/plain", "text/html"]).as_deref(),
+            Some("text/html")
+        );
+        assert_eq!(
+            read(&["text/plain, text/html"]).as_deref(),
+            Some("text/html")
+        );
+        assert_eq!(
+            read(&["text/html, text/plain"]).as_deref(),
+            Some("text/plain")
+        );
+        assert_eq!(read(&["text/html", "*/*"]).as_deref(), Some("text/html"));
+        assert_eq!(
+            read(&["text/html", "nonsense", "x/"]).as_deref(),
+            Some("text/html")
+        );
+        // An earlier charset holds for the same type named again without one.
+        assert_eq!(
+            read(&["text/html;charset=iso-2022-jp", "TEXT/HTML"]).as_deref(),
+            Some("TEXT/HTML;charset=iso-2022-jp")
+        );
+        assert_eq!(
+            read(&["text/html;charset=\"shift_jis\"", "text/html"]).as_deref(),
+            Some("text/html;charset=shift_jis")
+        );
+        // ... but not for another type in between.
+        assert_eq!(
+            read(&["text/html;charset=gbk", "text/plain", "text/html"]).as_deref(),
+            Some("text/html")
+        );
+        // A comma inside a quoted parameter does not split.
+        assert_eq!(
+            read(&["text/plain", "text/html;x=\"a,b\""]).as_deref(),
+            Some("text/html;x=\"a,b\"")
+        );
+        // Nothing that parses: no type at all.
+        assert_eq!(read(&["*/*", "nonsense"]), None);
+    }
+}
