@@ -45,13 +45,30 @@ pub async fn driver() -> Driver {
 }
 
 pub async fn browser(driver: &Driver, block_cookies: bool) -> Client {
+    browser_with(driver, block_cookies, &[]).await
+}
+
+/// A browser with more command-line switches (`--host-resolver-rules`, say, for host names
+/// of other sites on the loopback).
+pub async fn browser_with(driver: &Driver, block_cookies: bool, extra: &[&str]) -> Client {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1000,900",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect();
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let mut options = serde_json::json!({
         "binary": "/usr/bin/chromium",
-        "args": [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--window-size=1000,900",
-        ],
+        "args": args,
     });
     if block_cookies {
         options["prefs"] =

@@ -303,6 +303,36 @@ async fn auto_keeps_urls_clean_for_a_client_that_returns_the_probe_cookie() {
 }
 
 #[tokio::test]
+async fn auto_offers_the_probe_again_when_a_cookie_session_ends() {
+    let b = html_shop().await;
+    let gw = Gateway::start(&auto_config(&b)).await;
+    let http = client();
+    let base = gw.url("web", "");
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("cookie", "sg_probe=1")
+        .header("referer", format!("{base}/home"))
+        .send()
+        .await
+        .unwrap();
+    let (h, _) = page(resp).await;
+    let cookie = session_cookie_in(&h);
+    // The client shows only its session cookie (the probe was a session cookie, gone with a
+    // restart); its logout clears that one: without the probe again, its next visit from one
+    // of our pages would look like a client that refuses cookies, and get a token in URLs.
+    let (h, _) = fetch(
+        &http,
+        Method::GET,
+        format!("{base}/logout"),
+        &[("cookie", cookie.as_str())],
+    )
+    .await;
+    let set = set_cookies(&h);
+    assert!(set.contains(&"sg=".to_owned()), "{set:?}");
+    assert!(set.contains(&"sg_probe=1".to_owned()), "{set:?}");
+}
+
+#[tokio::test]
 async fn auto_tracks_by_url_a_client_that_drops_cookies() {
     let b = html_shop().await;
     let gw = Gateway::start(&auto_config(&b)).await;

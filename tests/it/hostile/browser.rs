@@ -242,3 +242,175 @@ async fn no_request_carrying_the_token_reaches_another_origin_in_chromium() {
         assert!(!request.contains("/ping"), "a ping went out: {request}");
     }
 }
+
+/// The hosts of the cross-site test, all on the loopback: Chromium resolves them there.
+const RESOLVE_HOSTS: &str = "--host-resolver-rules=MAP shop.example 127.0.0.1, MAP account.example 127.0.0.1, MAP other.example 127.0.0.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sibling_in_chromium() {
+    let port = free_port();
+    let shop = format!("http://shop.example:{port}");
+    // Another site links to the shop's sign-in; it records what it gets.
+    let (evil_addr, seen) = other_origin_linking_to(&format!("{shop}/signin")).await;
+    let app = App::start().await;
+    app.page(
+        "/signin",
+        Page {
+            status: 303,
+            headers: vec![
+                ("location".into(), "/home".into()),
+                ("x-session-set".into(), "user=alice".into()),
+                ("x-session-action".into(), "regenerate".into()),
+            ],
+            body: String::new(),
+        },
+    );
+    app.page(
+        "/home",
+        Page::html(&format!(
+            r#"<p id=home>home</p><a id=me href="/whoami">me</a><a id=acct href="http://account.example:{port}/me">account</a><a id=away href="http://other.example:{}/away">away</a>"#,
+            evil_addr.port()
+        )),
+    );
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:{port}\" }}\nupstreams:\n  app:\n    servers: [ {{ url: \"http://{}\" }} ]\nroutes:\n  - {{ name: shop, match: {{ host: shop.example }}, upstream: app, session: {{ tracking: url, share_with: [\"account.example:{port}\"] }} }}\n  - {{ name: account, match: {{ host: account.example }}, upstream: app, session: {{ tracking: url, share_with: [\"shop.example:{port}\"] }} }}\nsessions: {{ secret_file: session.keys }}\n",
+        app.backend.addr
+    );
+    let _gw = gateway(&yaml).await;
+    let driver = driver().await;
+    // Trusted as HTTPS origins would be: Chromium sends them `Sec-Fetch-Site`, by which the
+    // gateway tells a request another site started.
+    let trusted = format!(
+        "--unsafely-treat-insecure-origin-as-secure={shop},http://account.example:{port},http://other.example:{}",
+        evil_addr.port()
+    );
+    let c = crate::browser::browser_with(
+        &driver,
+        true,
+        &[RESOLVE_HOSTS, "--disable-features=HttpsUpgrades", &trusted],
+    )
+    .await;
+
+    // From the other site to the sign-in: its redirect carries the new token, and the
+    // request that follows a cross-site redirect looks cross-site; the session must hold.
+    c.goto(&format!("http://other.example:{}/", evil_addr.port()))
+        .await
+        .unwrap();
+    c.find(Locator::Id("go"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("home"))
+        .await
+        .unwrap();
+    let here = c.current_url().await.unwrap().to_string();
+    assert!(here.starts_with(&format!("{shop}/home;sgsid=")), "{here}");
+    let token = here.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+    // The landing page took the token: its own link carries it.
+    click_to(&c, "me", "/whoami").await;
+    let body = c
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        field(&body, "user"),
+        "alice",
+        "the shop after the sign-in: {body}"
+    );
+
+    // On to the sibling, by its link: another site, reached with a code, and a token there
+    // of its own, in the URL.
+    c.goto(&format!("{shop}/home;sgsid={token}")).await.unwrap();
+    let account = format!("http://account.example:{port}/me;sgsid=");
+    let arrived = click_to(&c, "acct", &account).await;
+    let there = c.current_url().await.unwrap().to_string();
+    assert!(arrived, "the sibling's page: {there}");
+    let body = c
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(field(&body, "user"), "alice", "on the sibling: {body}");
+    assert!(
+        !there.contains(&token),
+        "the shop's token on the sibling: {there}"
+    );
+
+    // And away, to the other site: nothing of the session goes with it.
+    c.goto(&format!("{shop}/home;sgsid={token}")).await.unwrap();
+    c.find(Locator::Id("away"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let away = eventually(Duration::from_secs(5), || {
+        let seen = seen.clone();
+        async move { seen.lock().unwrap().iter().any(|r| r.contains("/away")) }
+    })
+    .await;
+    c.close().await.unwrap();
+    assert!(away, "the other site never saw the visit");
+    let seen = seen.lock().unwrap().clone();
+    for request in &seen {
+        assert!(
+            !request.contains(&token[..20]) && !request.contains("sghandoff"),
+            "the other site got a token or a code: {request}"
+        );
+    }
+}
+
+/// Another site: `/` is a page with a link `#go` to `to`; every request is recorded.
+async fn other_origin_linking_to(to: &str) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let page = format!(r#"<!doctype html><a id=go href="{to}">sign in</a>"#);
+    let backend = Backend::start(move |req| {
+        let log = log.clone();
+        let page = page.clone();
+        async move {
+            log.lock().unwrap().push(format!(
+                "{} {} {:?}",
+                req.method(),
+                req.uri(),
+                req.headers()
+            ));
+            let mut r = text(200, &page);
+            r.headers_mut()
+                .insert("content-type", "text/html".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    (backend.addr, seen)
+}
+
+/// Clicks `#id`, then waits (up to ten seconds) for the browser to be at a URL containing
+/// `to`; whether it got there.
+async fn click_to(c: &fantoccini::Client, id: &str, to: &str) -> bool {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || {
+        let c = c.clone();
+        let to = to.to_owned();
+        async move {
+            c.current_url()
+                .await
+                .is_ok_and(|u| u.as_str().contains(&to))
+        }
+    })
+    .await
+}

@@ -680,6 +680,14 @@ async fn a_login_or_a_logout_while_redis_does_not_answer_never_keeps_the_old_tok
         );
     }
     redis.signal("CONT");
+    // Redis answers again, and still has the session: until the queued logout is replayed,
+    // the logout holds all the same.
+    let body = whoami(&base, &[("cookie", &as_(&leaving))]).await;
+    assert_ne!(
+        field(&body, "status"),
+        "active",
+        "before the logout's replay: {body}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for t in [&planted, &leaving] {
         let body = whoami(&base, &[("cookie", &as_(t))]).await;
