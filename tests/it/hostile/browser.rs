@@ -15,10 +15,16 @@ use crate::browser::{browser, driver};
 
 /// Every request the other origin received: its target and its headers, as text.
 async fn other_origin() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    other_origin_serving("elsewhere".to_owned()).await
+}
+
+/// Another site answering `page` (as HTML) to everything, and recording every request.
+async fn other_origin_serving(page: String) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = seen.clone();
     let backend = Backend::start(move |req| {
         let log = log.clone();
+        let page = page.clone();
         async move {
             log.lock().unwrap().push(format!(
                 "{} {} {:?}",
@@ -26,7 +32,7 @@ async fn other_origin() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
                 req.uri(),
                 req.headers()
             ));
-            let mut r = text(200, "elsewhere");
+            let mut r = text(200, &page);
             r.headers_mut()
                 .insert("content-type", "text/html".parse().unwrap());
             r
@@ -251,7 +257,10 @@ async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sib
     let port = free_port();
     let shop = format!("http://shop.example:{port}");
     // Another site links to the shop's sign-in; it records what it gets.
-    let (evil_addr, seen) = other_origin_linking_to(&format!("{shop}/signin")).await;
+    let (evil_addr, seen) = other_origin_serving(format!(
+        r#"<!doctype html><a id=go href="{shop}/signin">sign in</a>"#
+    ))
+    .await;
     let app = App::start().await;
     app.page(
         "/signin",
@@ -296,12 +305,7 @@ async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sib
     c.goto(&format!("http://other.example:{}/", evil_addr.port()))
         .await
         .unwrap();
-    c.find(Locator::Id("go"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_to(&c, "go", "/home").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Id("home"))
@@ -312,13 +316,7 @@ async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sib
     let token = here.split("sgsid=").nth(1).unwrap()[..64].to_owned();
     // The landing page took the token: its own link carries it.
     click_to(&c, "me", "/whoami").await;
-    let body = c
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = body_text(&c).await;
     assert_eq!(
         field(&body, "user"),
         "alice",
@@ -332,13 +330,7 @@ async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sib
     let arrived = click_to(&c, "acct", &account).await;
     let there = c.current_url().await.unwrap().to_string();
     assert!(arrived, "the sibling's page: {there}");
-    let body = c
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = body_text(&c).await;
     assert_eq!(field(&body, "user"), "alice", "on the sibling: {body}");
     assert!(
         !there.contains(&token),
@@ -369,29 +361,10 @@ async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sib
     }
 }
 
-/// Another site: `/` is a page with a link `#go` to `to`; every request is recorded.
-async fn other_origin_linking_to(to: &str) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let log = seen.clone();
-    let page = format!(r#"<!doctype html><a id=go href="{to}">sign in</a>"#);
-    let backend = Backend::start(move |req| {
-        let log = log.clone();
-        let page = page.clone();
-        async move {
-            log.lock().unwrap().push(format!(
-                "{} {} {:?}",
-                req.method(),
-                req.uri(),
-                req.headers()
-            ));
-            let mut r = text(200, &page);
-            r.headers_mut()
-                .insert("content-type", "text/html".parse().unwrap());
-            r
-        }
-    })
-    .await;
-    (backend.addr, seen)
+/// The text of the page the browser shows.
+async fn body_text(c: &fantoccini::Client) -> String {
+    let body = c.find(Locator::Css("body")).await.unwrap();
+    body.text().await.unwrap()
 }
 
 /// Clicks `#id`, then waits (up to ten seconds) for the browser to be at a URL containing

@@ -111,32 +111,21 @@ async fn no_document_inside_a_page_widens_the_referrer_or_takes_the_token_away()
         }
     }
     // The nested documents are rewritten, not emptied: their links keep the session.
-    let (_, _, out) = get(
-        &base,
-        &format!("/n/0;sgsid={token}"),
-        &[("host", "shop.example")],
-    )
-    .await;
-    let inner = attributes_of_every_document(&out, false);
-    assert!(
-        inner
-            .iter()
-            .any(|a| a.name == "href" && a.value == format!("{HOME}/in;sgsid={token}")),
-        "{out}"
-    );
-    let (_, _, out) = get(
-        &base,
-        &format!("/n/6;sgsid={token}"),
-        &[("host", "shop.example")],
-    )
-    .await;
-    let inner = attributes_of_every_document(&out, true);
-    assert!(
-        inner
-            .iter()
-            .any(|a| a.name == "href" && a.value == format!("{HOME}/ns;sgsid={token}")),
-        "{out}"
-    );
+    for (page, no_scripts, link) in [(0, false, "/in"), (6, true, "/ns")] {
+        let (_, _, out) = get(
+            &base,
+            &format!("/n/{page};sgsid={token}"),
+            &[("host", "shop.example")],
+        )
+        .await;
+        let tagged = format!("{HOME}{link};sgsid={token}");
+        assert!(
+            attributes_of_every_document(&out, no_scripts)
+                .iter()
+                .any(|a| a.name == "href" && a.value == tagged),
+            "{out}"
+        );
+    }
 }
 
 /// A backend answering raw bytes: `/p/N` is page N, with the `Content-Type` given.

@@ -435,13 +435,8 @@ async fn a_page_mints_a_bounded_number_of_handoff_codes() {
 #[tokio::test]
 async fn a_page_hands_no_client_someone_elses_token_or_code() {
     let app = App::start().await;
-    let yaml = redirects_siblings_with_url(&app);
-    let gw = gateway(&yaml).await;
-    let base = gw.url("web", "");
     // Mallory's token and a code of hers, as a comment on the shop's page would hold them.
-    let (_, h, _) = get(&base, "/login?user=mallory", &[("host", "shop.example")]).await;
-    let mallory = session_cookie(&h).unwrap();
-    let code = code_for_account(&base, &mallory).await;
+    let (_gw, base, mallory, code) = mallorys_token_and_code(&app).await;
     app.page(
         "/comments",
         Page::html(&format!(
@@ -469,12 +464,7 @@ async fn a_page_hands_no_client_someone_elses_token_or_code() {
 #[tokio::test]
 async fn a_page_hides_no_one_elses_token_in_a_frame_an_object_svg_or_a_form() {
     let app = App::start().await;
-    let yaml = redirects_siblings_with_url(&app);
-    let gw = gateway(&yaml).await;
-    let base = gw.url("web", "");
-    let (_, h, _) = get(&base, "/login?user=mallory", &[("host", "shop.example")]).await;
-    let mallory = session_cookie(&h).unwrap();
-    let code = code_for_account(&base, &mallory).await;
+    let (_gw, base, mallory, code) = mallorys_token_and_code(&app).await;
     let m = &mallory;
     app.page(
         "/corners",
@@ -532,97 +522,73 @@ async fn a_link_on_a_url_session_page_cannot_move_its_reader_into_another_sessio
         }
         let gw = gateway(&config(&app, &[url_route], &sessions)).await;
         let base = gw.url("web", "");
+        let shop = |target: String, referer: Option<String>| {
+            let base = base.clone();
+            async move {
+                let mut headers = vec![("host", "shop.example".to_owned())];
+                headers.extend(referer.map(|r| ("referer", r)));
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                get(&base, &target, &headers).await
+            }
+        };
+        // The token a sign-in's redirect carries.
+        let signed_in = |h: http::HeaderMap| {
+            let location = h["location"].to_str().unwrap().to_owned();
+            location.split("sgsid=").nth(1).unwrap()[..64].to_owned()
+        };
+        let user = |body: String| field(&body, "user").to_owned();
         // Mallory's token, and the victim's own session, both by URL.
-        let (_, h, _) = get(&base, "/signin/mallory", &[("host", "shop.example")]).await;
-        let mallory = h["location"].to_str().unwrap().to_owned();
-        let mallory = mallory.split("sgsid=").nth(1).unwrap()[..64].to_owned();
-        let (_, h, _) = get(&base, "/signin/victim", &[("host", "shop.example")]).await;
-        let location = h["location"].to_str().unwrap().to_owned();
-        let victim = location.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+        let mallory = signed_in(shop("/signin/mallory".into(), None).await.1);
+        let victim = signed_in(shop("/signin/victim".into(), None).await.1);
         // A script on the victim's page built a link with Mallory's token; the browser sends
-        // the page's URL (the same origin: all of it) as Referer.
-        let referer = format!("http://shop.example/page;sgsid={victim}");
-        let (_, _, body) = get(
-            &base,
-            &format!("/whoami;sgsid={mallory}"),
-            &[("host", "shop.example"), ("referer", &referer)],
-        )
-        .await;
-        assert_ne!(field(&body, "user"), "mallory", "{store}: {body}");
-        // Spelled in the query, or as the Referer's query.
-        let (_, _, body) = get(
-            &base,
-            &format!("/whoami?sgsid={mallory}"),
-            &[
-                ("host", "shop.example"),
-                (
-                    "referer",
-                    &format!("http://shop.example/page?a=1&sgsid={victim}"),
-                ),
-            ],
-        )
-        .await;
-        assert_ne!(field(&body, "user"), "mallory", "{store}: {body}");
+        // the page's URL (the same origin: all of it) as Referer. Or spelled in the query.
+        let page = format!("http://shop.example/page;sgsid={victim}");
+        for (target, referer) in [
+            (format!("/whoami;sgsid={mallory}"), page.clone()),
+            (
+                format!("/whoami?sgsid={mallory}"),
+                format!("http://shop.example/page?a=1&sgsid={victim}"),
+            ),
+        ] {
+            let body = shop(target, Some(referer)).await.2;
+            assert_ne!(user(body.clone()), "mallory", "{store}: {body}");
+        }
         // The victim's own links work; so does a login's redirect, whose Referer still names
         // the token from before the regenerate (within its grace); and one whose Referer
         // names a session that is gone (a client logging in again after it expired).
-        let (_, _, body) = get(
-            &base,
-            &format!("/whoami;sgsid={victim}"),
-            &[("host", "shop.example"), ("referer", &referer)],
-        )
-        .await;
-        assert_eq!(field(&body, "user"), "victim", "{store}: {body}");
-        let (_, h, _) = get(
-            &base,
-            &format!("/signin/victim2;sgsid={victim}"),
-            &[("host", "shop.example"), ("referer", &referer)],
-        )
-        .await;
-        let renewed = h["location"].to_str().unwrap().to_owned();
-        let renewed = renewed.split("sgsid=").nth(1).unwrap()[..64].to_owned();
+        let body = shop(format!("/whoami;sgsid={victim}"), Some(page.clone()))
+            .await
+            .2;
+        assert_eq!(user(body.clone()), "victim", "{store}: {body}");
+        let renewed = signed_in(
+            shop(
+                format!("/signin/victim2;sgsid={victim}"),
+                Some(page.clone()),
+            )
+            .await
+            .1,
+        );
         assert_ne!(renewed, victim, "{store}");
-        let (_, _, body) = get(
-            &base,
-            &format!("/whoami;sgsid={renewed}"),
-            &[("host", "shop.example"), ("referer", &referer)],
-        )
-        .await;
-        assert_eq!(field(&body, "user"), "victim2", "{store}: {body}");
-        get(
-            &base,
-            &format!("/logout;sgsid={renewed}"),
-            &[("host", "shop.example")],
-        )
-        .await;
-        let (_, h, _) = get(
-            &base,
-            "/signin/again",
-            &[
-                ("host", "shop.example"),
-                (
-                    "referer",
-                    &format!("http://shop.example/page;sgsid={renewed}"),
-                ),
-            ],
-        )
-        .await;
-        let again = h["location"].to_str().unwrap().to_owned();
-        let again = again.split("sgsid=").nth(1).unwrap()[..64].to_owned();
-        let (_, _, body) = get(
-            &base,
-            &format!("/whoami;sgsid={again}"),
-            &[
-                ("host", "shop.example"),
-                (
-                    "referer",
-                    &format!("http://shop.example/signin;sgsid={renewed}"),
-                ),
-            ],
-        )
-        .await;
-        assert_eq!(field(&body, "user"), "again", "{store}: {body}");
+        let body = shop(format!("/whoami;sgsid={renewed}"), Some(page)).await.2;
+        assert_eq!(user(body.clone()), "victim2", "{store}: {body}");
+        shop(format!("/logout;sgsid={renewed}"), None).await;
+        let gone = format!("http://shop.example/page;sgsid={renewed}");
+        let again = signed_in(shop("/signin/again".into(), Some(gone.clone())).await.1);
+        let body = shop(format!("/whoami;sgsid={again}"), Some(gone)).await.2;
+        assert_eq!(user(body.clone()), "again", "{store}: {body}");
     }
+}
+
+/// The siblings of `redirects_siblings_with_url` over `app`, and a token of Mallory's with a
+/// handoff code of hers: the gateway, its URL, the token, the code.
+async fn mallorys_token_and_code(app: &App) -> (Gateway, String, String, String) {
+    let gw = gateway(&redirects_siblings_with_url(app)).await;
+    let base = gw.url("web", "");
+    let (_, h, _) = get(&base, "/login?user=mallory", &[("host", "shop.example")]).await;
+    let mallory = session_cookie(&h).unwrap();
+    let code = code_for_account(&base, &mallory).await;
+    (gw, base, mallory, code)
 }
 
 /// The siblings of `redirects::siblings`, the shop tracking by URL.
