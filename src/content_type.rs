@@ -1,32 +1,105 @@
 //! The `Content-Type` a browser reads. A response may carry several fields, or one with
 //! commas (`text/plain, text/html`); a browser takes the last value that parses, and keeps an
 //! earlier value's charset when that one names none (the Fetch standard's "extract a MIME
-//! type"). The gateway decides what to rewrite from the same reading, and leaves only that
-//! value in the response, so that no later cache or browser can read it another way. A shared
-//! leaf, like `cache_control`.
+//! type"). Browsers also differ on values that do not parse (Chromium reads `text/html x` as
+//! HTML, the standard as no type at all). The gateway decides what to rewrite from its
+//! reading, and leaves only that reading in the response, written so that every browser reads
+//! it alike: HTML as `text/html` or `text/html; charset=LABEL` (a label the gateway knows), a
+//! value nothing can read as `application/octet-stream` (never rendered). A shared leaf, like
+//! `cache_control`.
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-/// Leaves one `Content-Type` field: the type a browser reads from them all; none if no value
-/// parses as a MIME type.
+/// Leaves one `Content-Type` field, which every browser reads alike: the type a browser
+/// reads from them all (see the module's documentation). A response without one keeps none.
 pub fn settle(headers: &mut HeaderMap) {
     let mut fields = headers.get_all(header::CONTENT_TYPE).iter();
-    match (fields.next(), fields.next()) {
+    let single = match (fields.next(), fields.next()) {
         (None, _) => return,
-        // The common case: one field, one value.
-        (Some(one), None) if !one.as_bytes().contains(&b',') => return,
-        _ => {}
-    }
-    let values: Vec<Vec<u8>> = headers
-        .get_all(header::CONTENT_TYPE)
-        .iter()
-        .map(|v| v.as_bytes().to_vec())
-        .collect();
-    let read = extract(values.iter().map(Vec::as_slice));
+        (Some(one), None) if !one.as_bytes().contains(&b',') => Some(one.as_bytes()),
+        _ => None,
+    };
+    let read = match single {
+        // The common case: one field, one value, already as it will be written.
+        Some(one) if parse(one).is_some_and(|m| canonical(&m, one).is_none()) => return,
+        Some(one) => extract(std::iter::once(one)),
+        None => {
+            let values: Vec<Vec<u8>> = headers
+                .get_all(header::CONTENT_TYPE)
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect();
+            extract(values.iter().map(Vec::as_slice))
+        }
+    };
+    let written = match read {
+        Some(value) => match parse(&value) {
+            Some(m) => canonical(&m, &value).unwrap_or(value),
+            None => value,
+        },
+        // Nothing parses: what Chromium would make of the last value, else a type no
+        // browser renders.
+        None => headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .next_back()
+            .and_then(|v| lenient(v.as_bytes()))
+            .map_or_else(
+                || b"application/octet-stream".to_vec(),
+                |m| canonical(&m, b"").unwrap_or_else(|| m.essence.clone()),
+            ),
+    };
     headers.remove(header::CONTENT_TYPE);
-    if let Some(v) = read.and_then(|t| HeaderValue::from_bytes(&t).ok()) {
-        headers.insert(header::CONTENT_TYPE, v);
+    let value = HeaderValue::from_bytes(&written)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_TYPE, value);
+}
+
+/// A response's `Content-Type` as the gateway reads it (after [`settle`]): `None` if it has
+/// none, or none that parses.
+pub fn read(headers: &HeaderMap) -> Option<Mime> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| parse(v.as_bytes()))
+}
+
+/// The form `m` (read from `written`) is written in, if not as it is: HTML always as
+/// `text/html` with the charset if the gateway knows the label; other types as written.
+fn canonical(m: &Mime, written: &[u8]) -> Option<Vec<u8>> {
+    if m.essence != b"text/html" {
+        return None;
     }
+    let mut out = b"text/html".to_vec();
+    if let Some(label) = m.charset.as_deref()
+        && encoding_rs::Encoding::for_label(label).is_some()
+        && label.iter().all(|&b| token(b))
+    {
+        out.extend_from_slice(b"; charset=");
+        out.extend_from_slice(label);
+    }
+    (out != written).then_some(out)
+}
+
+/// A value read as Chromium reads one the standard's parser refuses: the type ends at
+/// whitespace, `;` or `(`, and must still be `type/subtype` of token bytes.
+fn lenient(value: &[u8]) -> Option<Mime> {
+    let value = trim(value);
+    let end = value
+        .iter()
+        .position(|&b| matches!(b, b' ' | b'\t' | b';' | b'(' | b','))
+        .unwrap_or(value.len());
+    let m = parse(&value[..end])?;
+    if m.essence == b"*/*" {
+        return None;
+    }
+    let params = value[end..]
+        .iter()
+        .position(|&b| b == b';')
+        .map_or(&[][..], |i| &value[end + i..]);
+    Some(Mime {
+        charset: charset(params),
+        ..m
+    })
 }
 
 /// The MIME type a browser extracts from the values of `Content-Type` fields (as bytes: a
@@ -78,16 +151,34 @@ fn split(field: &[u8]) -> Vec<&[u8]> {
     values
 }
 
-/// A parsed MIME type: what the extraction compares.
-struct Mime {
+/// A parsed MIME type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mime {
     /// `type/subtype`, lowercase.
-    essence: Vec<u8>,
+    pub essence: Vec<u8>,
     /// The first `charset` parameter's value, unquoted.
-    charset: Option<Vec<u8>>,
+    pub charset: Option<Vec<u8>>,
+}
+
+impl Mime {
+    /// `text/html`.
+    pub fn is_html(&self) -> bool {
+        self.essence == b"text/html"
+    }
+
+    /// A type browsers read with an XML parser (an XML MIME type, or XSLT), whose markup an
+    /// HTML rewriter cannot judge for.
+    pub fn is_xml(&self) -> bool {
+        self.essence.ends_with(b"+xml")
+            || matches!(
+                self.essence.as_slice(),
+                b"text/xml" | b"application/xml" | b"text/xsl"
+            )
+    }
 }
 
 /// Parses a MIME type as the MIME Sniffing standard does (`None`: a failure).
-fn parse(value: &[u8]) -> Option<Mime> {
+pub fn parse(value: &[u8]) -> Option<Mime> {
     let value = trim(value);
     let slash = value.iter().position(|&b| b == b'/')?;
     let (kind, rest) = (&value[..slash], &value[slash + 1..]);
@@ -209,11 +300,11 @@ mod tests {
         // An earlier charset holds for the same type named again without one.
         assert_eq!(
             read(&["text/html;charset=iso-2022-jp", "TEXT/HTML"]).as_deref(),
-            Some("TEXT/HTML;charset=iso-2022-jp")
+            Some("text/html; charset=iso-2022-jp")
         );
         assert_eq!(
             read(&["text/html;charset=\"shift_jis\"", "text/html"]).as_deref(),
-            Some("text/html;charset=shift_jis")
+            Some("text/html; charset=shift_jis")
         );
         // ... but not for another type in between.
         assert_eq!(
@@ -222,10 +313,41 @@ mod tests {
         );
         // A comma inside a quoted parameter does not split.
         assert_eq!(
-            read(&["text/plain", "text/html;x=\"a,b\""]).as_deref(),
-            Some("text/html;x=\"a,b\"")
+            read(&["text/plain", "text/csv;x=\"a,b\""]).as_deref(),
+            Some("text/csv;x=\"a,b\"")
         );
-        // Nothing that parses: no type at all.
-        assert_eq!(read(&["*/*", "nonsense"]), None);
+        // Nothing that parses: what Chromium would read, else a type nothing renders.
+        assert_eq!(
+            read(&["*/*", "nonsense"]).as_deref(),
+            Some("application/octet-stream")
+        );
+        assert_eq!(read(&["text/html x"]).as_deref(), Some("text/html"));
+        assert_eq!(
+            read(&["text/html(c); charset=utf-8"]).as_deref(),
+            Some("text/html; charset=utf-8")
+        );
+        assert_eq!(read(&["image/svg+xml x"]).as_deref(), Some("image/svg+xml"));
+        // HTML is written one way: its charset only if the label is one a browser knows.
+        assert_eq!(
+            read(&["TEXT/HTML ;CHARSET=\"UTF-8\""]).as_deref(),
+            Some("text/html; charset=UTF-8")
+        );
+        assert_eq!(
+            read(&["text/html; x=\"a;charset=utf-8\"; charset=iso-2022-jp"]).as_deref(),
+            Some("text/html; charset=iso-2022-jp")
+        );
+        assert_eq!(
+            read(&["text/html; charset =utf-8"]).as_deref(),
+            Some("text/html")
+        );
+        assert_eq!(
+            read(&["text/html; charset=no-such-label"]).as_deref(),
+            Some("text/html")
+        );
+        // Other types keep their parameters.
+        assert_eq!(
+            read(&["multipart/form-data; boundary=x"]).as_deref(),
+            Some("multipart/form-data; boundary=x")
+        );
     }
 }

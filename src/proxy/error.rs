@@ -41,6 +41,16 @@ pub enum ProxyError {
         /// The pool's name.
         pool: Arc<str>,
     },
+    /// The backend sent an HTML page that must be rewritten (its links tagged, or scrubbed of
+    /// someone else's token) in a charset or content coding the gateway cannot read: it is
+    /// not passed on unread.
+    #[error(
+        "upstream {pool:?} sent an HTML page in a charset or content coding the gateway cannot read"
+    )]
+    UnreadablePage {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
     /// Forwarding to the upstream pool failed.
     #[error("upstream {pool:?}: {source}")]
     Upstream {
@@ -60,7 +70,9 @@ impl ProxyError {
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UnwantedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UnwantedUpgrade { .. } | ProxyError::UnreadablePage { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Upstream { source, .. } => match source {
                 UpstreamError::NoHealthyServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 UpstreamError::Connect {

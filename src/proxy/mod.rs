@@ -366,8 +366,9 @@ impl Proxy {
         let had_url_token = url_tokens.is_some();
         // Whether the client will render the response as a document (a navigation, a frame):
         // at a URL with a token, one whose markup cannot be guarded is not served there.
+        let head = parts.method == Method::HEAD;
         let as_document = had_url_token
-            && parts.method != Method::HEAD
+            && !head
             && parts.headers.get("sec-fetch-dest").is_none_or(|d| {
                 matches!(
                     d.as_bytes(),
@@ -557,18 +558,29 @@ impl Proxy {
             (Some(s), _, Some(client)) if had_url_token || scrub => {
                 url_tracking::clean(s, client, &mut rparts.headers, had_url_token)
             }
-            _ => None,
+            _ => Ok(None),
+        };
+        let html = match html {
+            Ok(html) => html,
+            // Nothing to read without a body.
+            Err(_) if head || matches!(rparts.status.as_u16(), 204 | 304) => None,
+            Err(url_tracking::Unreadable) => {
+                drop((rbody, lease));
+                let pool = pool.name.clone();
+                return Err((ProxyError::UnreadablePage { pool }, log));
+            }
         };
         // A redirect that hands a token in its URL to a request another site made goes on
         // as a page of ours instead (see `url_tracking::bounce`).
-        if let (true, Some(s), Some(to)) = (
+        if let (true, Some(s), Some(client), Some(to)) = (
             bounce,
             &self.sessions,
+            &client_url,
             rparts
                 .headers
                 .get(header::LOCATION)
                 .and_then(|l| l.to_str().ok()),
-        ) && to.contains(&format!(";{}=", s.url_parameter()))
+        ) && client.tagged_home(to, s.url_parameter())
         {
             let to = to.to_owned();
             let cookies = rparts

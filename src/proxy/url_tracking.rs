@@ -66,6 +66,18 @@ impl ClientUrl {
         format!("{}{path}", self.origin)
     }
 
+    /// Whether `location` (as a response's `Location` is written, after the gateway's own
+    /// rewriting) is a URL of the client's own origin over http(s) with `param` in it: one
+    /// the gateway tagged, which a bounce page may go on to.
+    pub fn tagged_home(&self, location: &str, param: &str) -> bool {
+        url::Url::parse(location).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.origin().ascii_serialization() == self.origin
+                && (u.path().contains(&format!(";{param}="))
+                    || u.query_pairs().any(|(k, _)| k == param))
+        })
+    }
+
     fn tagger(&self, param: &str, token: &str) -> Option<Tagger> {
         Tagger::new(param, token, self.scheme, &self.host, &self.target)
     }
@@ -89,18 +101,26 @@ pub(super) fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
+/// An HTML page that must be rewritten (its links tagged, or scrubbed of someone else's
+/// token) in a charset or content coding the gateway cannot read: it is not passed on unread.
+#[derive(Debug)]
+pub(super) struct Unreadable;
+
 /// Tags the response's headers with the token the client holds (if it carries it in URLs)
-/// and handoff codes for links to sibling hosts; for an HTML page it can rewrite, returns the
-/// rewriter its body must go through (with `Content-Length` dropped and `ETag` weakened, as
-/// the body changes). `url_carried_token`: the request's own URL had a token in it, so the
-/// page is guarded whatever the client holds now.
+/// and handoff codes for links to sibling hosts; for an HTML page, returns the rewriter its
+/// body must go through (with `Content-Length` dropped and `ETag` weakened, as the body
+/// changes). `url_carried_token`: the request's own URL had a token in it, so the page is
+/// guarded whatever the client holds now.
+///
+/// # Errors
+/// The page is HTML the gateway cannot read (see [`Unreadable`]).
 pub(super) fn apply(
     sessions: &Arc<Sessions>,
     held: Held,
     client: &ClientUrl,
     headers: &mut HeaderMap,
     url_carried_token: bool,
-) -> Option<Html> {
+) -> Result<Option<Html>, Unreadable> {
     let tagger = client.tagger(sessions.url_parameter(), &held.token.expose());
     let (by_url, read_only) = (held.by_url, held.read_only);
     let guarded = by_url || url_carried_token;
@@ -108,7 +128,7 @@ pub(super) fn apply(
         if guarded {
             keep_home(headers, false);
         }
-        return None;
+        return Ok(None);
     };
     if !by_url {
         tagger = tagger.without_token();
@@ -141,19 +161,24 @@ pub(super) fn apply(
 /// someone else put in its links go (a page must not hand a client an attacker's session),
 /// and, when the request's URL carried a token (or a code), nothing in it may send that URL
 /// to another site or a shared cache (`guarded`).
+///
+/// # Errors
+/// The page is HTML the gateway cannot read (see [`Unreadable`]).
 pub(super) fn clean(
     sessions: &Sessions,
     client: &ClientUrl,
     headers: &mut HeaderMap,
     guarded: bool,
-) -> Option<Html> {
+) -> Result<Option<Html>, Unreadable> {
     if guarded {
         keep_home(headers, false);
     }
     // Sibling links are judged too (for a code someone else put there), and get none.
     let none: Issuer = Arc::new(|| None);
-    let mut tagger = client
-        .tagger(sessions.url_parameter(), "")?
+    let Some(tagger) = client.tagger(sessions.url_parameter(), "") else {
+        return Ok(None);
+    };
+    let mut tagger = tagger
         .without_token()
         .scrubbing(HANDOFF_PARAMETER)
         .with_siblings(client.share_with.clone(), HANDOFF_PARAMETER, none);
@@ -164,21 +189,32 @@ pub(super) fn clean(
     page_rewriter(tagger, client, headers)
 }
 
-/// The rewriter for an HTML page's body, if the response is one we can rewrite.
-fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) -> Option<Html> {
+/// The rewriter for an HTML page's body (`None`: the response is no HTML page).
+///
+/// # Errors
+/// HTML in a charset or content coding the gateway cannot read.
+fn page_rewriter(
+    tagger: Tagger,
+    client: &ClientUrl,
+    headers: &mut HeaderMap,
+) -> Result<Option<Html>, Unreadable> {
     crate::content_type::settle(headers);
-    let charset = html_charset(headers.get(header::CONTENT_TYPE)?.to_str().ok()?)?;
+    if !crate::content_type::read(headers).is_some_and(|m| m.is_html()) {
+        return Ok(None);
+    }
+    let charset = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(html_charset)
+        .ok_or(Unreadable)?;
     // We asked for identity; a backend that compresses anyway is decoded, and the page
-    // re-compressed with gzip for a client that takes it. A coding we cannot decode passes.
+    // re-compressed with gzip for a client that takes it.
     let coding = Coding::from_header(
         headers
             .get(header::CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap_or("?")),
-    );
-    let Some(coding) = coding else {
-        tracing::warn!("HTML in an unknown content coding passed without rewriting");
-        return None;
-    };
+    )
+    .ok_or(Unreadable)?;
     let gzip_out = coding != Coding::Identity && client.accepts_gzip;
     if coding != Coding::Identity {
         headers.remove(header::CONTENT_ENCODING);
@@ -198,40 +234,38 @@ fn page_rewriter(tagger: Tagger, client: &ClientUrl, headers: &mut HeaderMap) ->
             Err(_) => headers.remove(header::ETAG),
         };
     }
-    Some(Html::new(
+    Ok(Some(Html::new(
         tagger,
         charset.as_deref(),
         &client.links,
         coding,
         gzip_out,
-    ))
+    )))
 }
 
 /// Whether a response at a URL that carried a token is a document whose markup the gateway
-/// cannot guard: XML of any kind (SVG, XHTML: an XML parser reads them, and an HTML rewriter
-/// cannot judge for it), HTML in a charset or coding it cannot read, or no declared type
-/// (which browsers sniff, and may render as HTML).
+/// cannot guard: XML of any kind (SVG, XHTML, XSLT: an XML parser reads them, and an HTML
+/// rewriter cannot judge for it), HTML in a charset or coding it cannot read, a
+/// `multipart/x-mixed-replace` (whose parts are rendered by their own types), or no declared
+/// type (which browsers sniff, and may render as HTML).
 pub(super) fn unguardable(headers: &mut HeaderMap) -> bool {
     crate::content_type::settle(headers);
-    let Some(content_type) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(mime) = crate::content_type::read(headers) else {
         return true;
     };
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if mime == "text/html" {
+    if mime.is_html() {
         let coding = headers
             .get(header::CONTENT_ENCODING)
             .map(|v| v.to_str().unwrap_or("?"));
-        return html_charset(content_type).is_none() || Coding::from_header(coding).is_none();
+        let charset_readable = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(html_charset)
+            .is_some();
+        return !charset_readable || Coding::from_header(coding).is_none();
     }
-    mime.ends_with("+xml") || mime.ends_with("/xml") || mime.is_empty()
+    // Each part of a `multipart/x-mixed-replace` is rendered by its own type.
+    mime.is_xml() || mime.essence == b"multipart/x-mixed-replace"
 }
 
 /// The answer instead of a document the gateway cannot guard at a URL with a token (see
@@ -395,7 +429,8 @@ pub(super) fn arrival_redirect(
 }
 
 /// A redirect to the URL the client asked for, without its token (it was taken out already),
-/// on its own origin: the client keeps the cookie, so the address bar can come clean.
+/// on its own origin: the token does not count here (the client keeps the cookie, or the
+/// token was refused), so the address bar comes clean.
 pub(super) fn clean_redirect(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
     log.status(302);
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));

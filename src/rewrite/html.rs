@@ -35,17 +35,13 @@ const MAX_MEMORY: usize = 1 << 20;
 /// keeps ASCII as ASCII (UTF-16 does not, and is passed through). XHTML is not: an XML parser
 /// reads it, which an HTML rewriter cannot judge for (see `proxy::url_tracking`).
 pub fn html_charset(content_type: &str) -> Option<Option<String>> {
-    let mut parts = content_type.split(';');
-    let mime = parts.next()?.trim();
-    if !mime.eq_ignore_ascii_case("text/html") {
+    let mime = crate::content_type::parse(content_type.as_bytes())?;
+    if !mime.is_html() {
         return None;
     }
-    let charset = parts.find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case("charset")
-            .then(|| v.trim().trim_matches('"').to_owned())
-    });
+    let charset = mime
+        .charset
+        .map(|c| String::from_utf8_lossy(&c).into_owned());
     if let Some(c) = &charset {
         let enc = encoding_rs::Encoding::for_label(c.as_bytes())?;
         AsciiCompatibleEncoding::new(enc)?;
@@ -458,18 +454,7 @@ fn settings(
             Ok(())
         }))
         .append_element_content_handler(element!("meta[http-equiv][content]", move |el| {
-            let refresh = el.get_attribute("http-equiv").is_some_and(|v| {
-                htmlize::unescape_attribute(&v)
-                    .trim()
-                    .eq_ignore_ascii_case("refresh")
-            });
-            if refresh
-                && let Some(content) = el.get_attribute("content")
-                && let Some(tagged) = tag_refresh(&lock(&meta_tagger), &content)
-            {
-                el.set_attribute("content", &tagged)?;
-            }
-            Ok(())
+            refresh(el, &meta_tagger)
         }));
     if guard {
         settings = settings
@@ -517,6 +502,22 @@ fn settings(
     settings
 }
 
+/// Tags the URL of a `<meta http-equiv=refresh>` (or takes someone else's token out of it).
+fn refresh<H: HandlerTypes>(el: &mut Element<'_, '_, H>, tagger: &Mutex<Tagger>) -> HandlerResult {
+    let is_refresh = el.get_attribute("http-equiv").is_some_and(|v| {
+        htmlize::unescape_attribute(&v)
+            .trim()
+            .eq_ignore_ascii_case("refresh")
+    });
+    if is_refresh
+        && let Some(content) = el.get_attribute("content")
+        && let Some(tagged) = tag_refresh(&lock(tagger), &content)
+    {
+        el.set_attribute("content", &tagged)?;
+    }
+    Ok(())
+}
+
 /// Tags the URL in `el`'s `attr`, if it gets the token or a code (or loses someone else's).
 fn tag_link<H: HandlerTypes>(
     el: &mut Element<'_, '_, H>,
@@ -549,10 +550,23 @@ struct Nested {
     guard: bool,
 }
 
-/// An element no page writes, put after a `<noscript>`'s content when it is read again: if
-/// it is not found as an element, the content ended inside a tag, an attribute, a comment or
-/// raw text, where a browser would go on reading what follows differently.
-const SENTINEL: &str = "sessiongate-end-of-fragment";
+/// The start of the name of an element no page writes, put after a `<noscript>`'s content
+/// when it is read again: if it is not found as an element, the content ended inside a tag,
+/// an attribute, a comment or raw text, where a browser would go on reading what follows
+/// differently. The rest of the name is random, made for each reading, so that no page can
+/// write one that ends the fragment early; content that names the prefix is refused.
+const SENTINEL: &str = "sessiongate-end-";
+
+/// A sentinel element's name for one reading (see [`SENTINEL`]).
+fn sentinel() -> Option<String> {
+    let mut random = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut random).ok()?;
+    let mut name = String::from(SENTINEL);
+    for b in random {
+        name.push_str(&format!("{b:02x}"));
+    }
+    Some(name)
+}
 
 impl Nested {
     /// A frame's `srcdoc`, rewritten (or, nested too deep or unreadable, gone).
@@ -573,6 +587,11 @@ impl Nested {
         if depth > MAX_NESTED_DEPTH {
             return None;
         }
+        let sentinel = match fragment {
+            true if html.to_ascii_lowercase().contains(SENTINEL) => return None,
+            true => Some(sentinel()?),
+            false => None,
+        };
         let ended = std::cell::Cell::new(false);
         let noscript = std::cell::RefCell::new(Noscript {
             nested: self.clone(),
@@ -587,11 +606,21 @@ impl Nested {
                 noscript.borrow_mut().take(chunk, depth);
                 Ok(())
             }))
-            .append_element_content_handler(element!(SENTINEL, |el| {
-                ended.set(true);
-                el.remove();
-                Ok(())
+            // A refresh navigates the frame (or, in a noscript, the page).
+            .append_element_content_handler(element!("meta[http-equiv][content]", |el| {
+                refresh(el, &self.tagger)
             }));
+        if let Some(name) = &sentinel {
+            let selector = name.parse::<Selector>().ok()?;
+            settings = settings.append_element_content_handler((
+                Cow::Owned(selector),
+                ElementContentHandlers::default().element(|el: &mut Element<'_, '_>| {
+                    ended.set(true);
+                    el.remove();
+                    Ok(())
+                }),
+            ));
+        }
         if self.guard {
             settings = settings
                 .append_element_content_handler(element!("meta[name]", narrow_meta_referrer))
@@ -610,10 +639,9 @@ impl Nested {
             ));
         }
         let settings = with_scrubbed_elements!(settings, self.tagger);
-        let input = if fragment {
-            format!("{html}<{SENTINEL}></{SENTINEL}>")
-        } else {
-            html.to_owned()
+        let input = match &sentinel {
+            Some(name) => format!("{html}<{name}></{name}>"),
+            None => html.to_owned(),
         };
         let settings: lol_html::Settings<'_, '_> = settings.into();
         let out = lol_html::rewrite_str(&input, settings.with_strict(true)).ok()?;
@@ -902,6 +930,28 @@ mod tests {
             out,
             r#"<noscript><meta name=referrer content="same-origin"><a href="http://shop.example/x;sgsid=T">x</a><img src=//e/i></noscript>"#
         );
+        // A noscript whose content names an end of its own, or ends inside an attribute,
+        // goes: a browser without scripts would read what follows inside it.
+        for trick in [
+            r#"<noscript><sessiongate-end-of-fragment></sessiongate-end-of-fragment><a title="</noscript><p title='"><meta name=referrer content=unsafe-url><img src=//e/x>'></noscript>"#,
+            r#"<noscript><SESSIONGATE-END-0000></SESSIONGATE-END-0000><a title="</noscript><p title='"><meta name=referrer content=unsafe-url>'></noscript>"#,
+            r#"<noscript><!--</noscript><p title='--><meta name=referrer content=unsafe-url>'></noscript>"#,
+        ] {
+            // What follows `</noscript>` stays inside an attribute for both readers.
+            let out = guarded(trick);
+            assert!(
+                out.starts_with("<noscript></noscript>"),
+                "{trick} became {out}"
+            );
+        }
+        // A refresh inside a frame's srcdoc or a noscript is tagged, and loses someone
+        // else's token.
+        let out = guarded(
+            r#"<iframe srcdoc="<meta http-equiv=refresh content='0;url=/a;sgsid=THEIRS'>"></iframe><noscript><meta http-equiv=refresh content="0;url=/b?sgsid=THEIRS"></noscript>"#,
+        );
+        assert!(!out.contains("THEIRS"), "{out}");
+        assert!(out.contains("http://shop.example/a;sgsid=T"), "{out}");
+        assert!(out.contains("http://shop.example/b;sgsid=T"), "{out}");
         // Nested deeper than we guard: the deepest srcdoc goes.
         fn nested(n: usize) -> String {
             match n {
