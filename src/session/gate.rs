@@ -302,9 +302,10 @@ impl RequestSession {
         self.token.as_ref().map(Token::to_string)
     }
 
-    /// The client keeps its cookie but the URL carried a token too (`auto`, after the first
-    /// response went both ways): a GET or HEAD is answered with a redirect to the same URL
-    /// without the token, so the address bar comes clean, and the backend is not asked.
+    /// The URL carried a token that does not count for this request (the client keeps its
+    /// cookie, as on `auto` after the first response went both ways; or the token was
+    /// refused): a GET or HEAD is answered with a redirect to the same URL without the token,
+    /// so the address bar comes clean, and the backend is not asked.
     pub fn clean_redirect(&self) -> bool {
         self.clean_redirect
     }
@@ -633,10 +634,6 @@ impl Sessions {
             tracing::debug!("a URL token for a client that keeps cookies: refused");
             (source, token) = (Source::None, None);
         }
-        let clean_redirect = info.tracking == Tracking::Auto
-            && source == Source::Cookie
-            && in_url
-            && matches!(*info.method, Method::GET | Method::HEAD);
         let tracking = info.tracking;
         let mut store_failed = false;
         let now = unix_ms();
@@ -671,6 +668,19 @@ impl Sessions {
             }
             _ => (status, session),
         };
+        // A URL whose token does not count here is left for the same URL without it: on
+        // `auto` when the client holds its session in the cookie (the address bar comes
+        // clean), and whenever the token is refused (the route does not track by URL, another
+        // site wrote the link, the client keeps cookies, or the token is not ours), so that no
+        // page is shown at an address that names a token the client does not hold, which a
+        // copy, a bookmark or the next link's Referer would carry on.
+        let clean_redirect = in_url
+            && matches!(*info.method, Method::GET | Method::HEAD)
+            && match source {
+                Source::Cookie => info.tracking == Tracking::Auto,
+                Source::None => true,
+                Source::Url => false,
+            };
         // A sibling host's handoff: answered by the proxy, never by the backend.
         let arrival = match handoff {
             Some(code) if !store_failed => {
