@@ -389,6 +389,7 @@ impl RedisStore {
         let rejected = session.apply(changes, &self.limits);
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
         near.insert(*id, NearCopy::new(session.clone(), 0)).await;
+        // A change is always queued (the oldest is dropped past the bound).
         pending.push(PendingWrite {
             id: *id,
             create,
@@ -559,6 +560,16 @@ impl RedisStore {
             let read = match step {
                 Ok(Found::Here(read)) => read,
                 Ok(Found::Alias(to)) => {
+                    if let Some(p) = &self.pending
+                        && let Some(own) = parse_hex(&to).map(StoreId)
+                    {
+                        // A logout of the session, waiting for Redis, holds through its
+                        // aliases too.
+                        if p.ended(&own) {
+                            return Ok(None);
+                        }
+                        p.followed(*id, own);
+                    }
                     target = to;
                     continue;
                 }
@@ -583,7 +594,10 @@ impl RedisStore {
             // A retired id reads the session as it was, while the one it became lives; it is
             // never kept near (it must die with its grace, or with its successor, at once).
             if let Some(successor) = read.renamed_to {
-                if session.is_none() || !self.lives(successor).await? {
+                let ended = self.pending.as_ref().is_some_and(|p| {
+                    parse_hex(&successor).is_some_and(|own| p.ended(&StoreId(own)))
+                });
+                if ended || session.is_none() || !self.lives(successor).await? {
                     return Ok(None);
                 }
                 return Ok(session.map(Session::retired));
@@ -865,14 +879,22 @@ impl SessionStore for RedisStore {
                 let Some(pending) = &self.pending else {
                     return Err(e);
                 };
-                self.forget(id).await;
-                pending.push(PendingWrite {
-                    id: *id,
-                    create: None,
-                    changes: Vec::new(),
-                    now_ms: 0,
-                    delete: true,
-                });
+                // Through an alias, the session's own id (and the copy kept under it) ends too.
+                let own = pending.own_id(id);
+                for id in std::iter::once(*id).chain(own) {
+                    self.forget(&id).await;
+                    let queued = pending.push(PendingWrite {
+                        id,
+                        create: None,
+                        changes: Vec::new(),
+                        now_ms: 0,
+                        delete: true,
+                    });
+                    if !queued {
+                        // Too many logouts wait: this one fails, visibly, rather than be lost.
+                        return Err(e);
+                    }
+                }
                 pending.start(self.clone());
                 tracing::warn!(error = %e, "session store down: logout queued for Redis");
                 Ok(())

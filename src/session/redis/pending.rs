@@ -21,9 +21,9 @@ pub(super) struct PendingWrite {
 }
 
 /// Writes queued while Redis did not answer (at most `MAX`; past it the oldest change goes,
-/// never a logout), and the task that replays them in order once it answers. Sessions whose
-/// logout waits are dead meanwhile, here, even once Redis answers before the replay.
-#[derive(Default)]
+/// never a logout; logouts past `MAX_LOGOUTS` are refused, not queued), and the task that
+/// replays them in order once it answers. Sessions whose logout waits are dead meanwhile,
+/// here, even once Redis answers before the replay.
 pub(super) struct Pending {
     writes: Mutex<VecDeque<PendingWrite>>,
     running: AtomicBool,
@@ -31,19 +31,44 @@ pub(super) struct Pending {
     ended: Mutex<HashSet<StoreId>>,
     /// How many (checked first: most reads find none, and take no lock).
     ended_count: AtomicUsize,
+    /// The session's own id for an alias (a sibling's token) this gateway followed in Redis:
+    /// a logout through the alias while Redis does not answer ends the copy kept under the
+    /// session's own id too.
+    aliases: moka::sync::Cache<StoreId, StoreId>,
+}
+
+impl Default for Pending {
+    fn default() -> Pending {
+        Pending {
+            writes: Mutex::default(),
+            running: AtomicBool::default(),
+            ended: Mutex::default(),
+            ended_count: AtomicUsize::default(),
+            aliases: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(24 * 3600))
+                .build(),
+        }
+    }
 }
 
 impl Pending {
     const MAX: usize = 10_000;
+    /// Logouts are never dropped, so the queue may pass `MAX` with them; not this.
+    const MAX_LOGOUTS: usize = 100_000;
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingWrite>> {
         self.writes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a write, dropping the oldest change past the bound (a logout is never dropped).
-    pub(super) fn push(&self, w: PendingWrite) {
+    /// Queues a write, dropping the oldest change past the bound (a logout is never dropped);
+    /// `false` if it is a logout past [`Pending::MAX_LOGOUTS`], which is not queued.
+    pub(super) fn push(&self, w: PendingWrite) -> bool {
         if w.delete {
             let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+            if ended.len() >= Self::MAX_LOGOUTS && !ended.contains(&w.id) {
+                return false;
+            }
             ended.insert(w.id);
             self.ended_count.store(ended.len(), Ordering::Release);
         }
@@ -55,6 +80,17 @@ impl Pending {
             tracing::warn!("session store down: queued writes over the bound, oldest dropped");
         }
         q.push_back(w);
+        true
+    }
+
+    /// Notes that the alias `alias` leads to the session under `own`.
+    pub(super) fn followed(&self, alias: StoreId, own: StoreId) {
+        self.aliases.insert(alias, own);
+    }
+
+    /// The session's own id for `alias`, if this gateway followed it.
+    pub(super) fn own_id(&self, alias: &StoreId) -> Option<StoreId> {
+        self.aliases.get(alias)
     }
 
     /// Whether the session under `id` was logged out and the logout is not replayed yet.
