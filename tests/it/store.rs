@@ -768,3 +768,33 @@ async fn a_near_copy_of_a_session_gone_from_redis_stops_serving_at_its_next_touc
         assert!(store.load(&id, unix_ms()).await.unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn with_serve_stale_a_logout_through_an_alias_holds_for_the_session_until_replayed() {
+    let (redis, _, url) = own_redis();
+    let mut options = redis_options(Topology::Standalone { url }, RELAXED);
+    options.serve_stale = true;
+    options.op_timeout = Duration::from_millis(300);
+    let s = RedisStore::connect(options).await.unwrap();
+    let (id, alias) = (new_id(), new_id());
+    s.update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    assert!(s.alias(&alias, &id, Duration::from_secs(60)).await.unwrap());
+    // Read once each: the session's copy is kept near, and the alias is followed.
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_some());
+    assert!(s.load(&alias, unix_ms()).await.unwrap().is_some());
+    redis.signal("STOP");
+    // The logout through the alias (a sibling's token) is queued: the session's own copy
+    // stops serving at once.
+    s.delete(&alias).await.unwrap();
+    assert!(s.load(&id, unix_ms()).await.map_or(true, |s| s.is_none()));
+    redis.signal("CONT");
+    // Redis answers again and still holds the session: until the logout is replayed, it
+    // holds all the same, by either id.
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
+    assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
+}

@@ -894,7 +894,8 @@ async fn a_url_tracked_client_that_starts_keeping_cookies_starts_a_session_of_it
         .trim_start_matches("/home;sgsid=")
         .to_owned();
     // Now it returns the probe: a client that keeps cookies never takes a token from a URL
-    // (anyone could have put it in a link), even from our own page. Its URLs come clean.
+    // (anyone could have put it in a link), even from our own page: it is sent to the URL
+    // without it, and its pages come clean.
     let resp = http
         .get(format!("{base}/cart;sgsid={token}"))
         .header("cookie", "sg_probe=1")
@@ -902,8 +903,17 @@ async fn a_url_tracked_client_that_starts_keeping_cookies_starts_a_session_of_it
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers()["location"], format!("{base}/cart"));
     let cookies = set_cookies(resp.headers());
     assert!(!cookies.contains(&format!("sg={token}")), "{cookies:?}");
+    let resp = http
+        .get(format!("{base}/cart"))
+        .header("cookie", "sg_probe=1")
+        .header("referer", format!("{base}/home;sgsid={token}"))
+        .send()
+        .await
+        .unwrap();
     let (_, cart) = page(resp).await;
     assert!(me(&cart).contains("status=none"), "{cart}");
     assert_eq!(attr(&cart, "cart", "href"), "/cart");

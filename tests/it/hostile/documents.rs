@@ -88,6 +88,10 @@ async fn no_document_inside_a_page_widens_the_referrer_or_takes_the_token_away()
         format!("<noscript><plaintext></noscript>{WIDENS}"),
         format!("<noscript></noscript\t>{WIDENS}"),
         format!("<noscript><p>unclosed {WIDENS}"),
+        // An end of the fragment written by the page itself.
+        format!(
+            r#"<noscript><sessiongate-end-of-fragment></sessiongate-end-of-fragment><a title="</noscript><p title='">{WIDENS}'></noscript>"#
+        ),
     ];
     for (i, p) in pages.iter().enumerate() {
         app.page(
@@ -240,6 +244,19 @@ async fn a_response_is_judged_by_the_content_type_a_browser_reads() {
         &["text/html;charset=iso-2022-jp", "text/html"],
         &["text/html", "*/*"],
         &["text/html", "nonsense"],
+        // Values the standard's parser refuses, and Chromium reads.
+        &["text/html x"],
+        &["text/html(comment)"],
+        &["text/xml x"],
+        &["image/svg+xml x"],
+        // Charset parameters spelled to be read two ways.
+        &["text/html; x=\"a;charset=utf-8\"; charset=iso-2022-jp"],
+        &["text/html; charset =utf-8"],
+        &["text/html; charset=\"utf-8\""],
+        // Types whose documents the gateway cannot guard.
+        &["text/xsl"],
+        &["multipart/x-mixed-replace; boundary=x"],
+        &[""],
     ];
     for (i, types) in variants.iter().enumerate() {
         let mut p = Page::html(&page);
@@ -297,6 +314,8 @@ async fn a_document_the_gateway_cannot_guard_is_never_served_at_a_token_url_for_
         "text/xml",
         "application/xml; charset=utf-8",
         "APPLICATION/XHTML+XML",
+        "text/xsl",
+        "multipart/x-mixed-replace; boundary=x",
     ]
     .iter()
     .enumerate()
@@ -307,7 +326,7 @@ async fn a_document_the_gateway_cannot_guard_is_never_served_at_a_token_url_for_
     }
     let (gw, token) = url_gateway(&app).await;
     let base = gw.url("web", "");
-    for i in 0..5 {
+    for i in 0..7 {
         for method in ["GET", "POST", "PUT", "DELETE", "OPTIONS"] {
             for dest in [None, Some("document"), Some("iframe")] {
                 let mut req = client()
@@ -327,5 +346,51 @@ async fn a_document_the_gateway_cannot_guard_is_never_served_at_a_token_url_for_
                 assert!(!resp.text().await.unwrap().contains("referrer"), "{what}");
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn an_html_page_that_must_be_rewritten_is_never_passed_on_unread() {
+    let pages: Vec<(&'static str, Vec<u8>)> = vec![
+        // A charset the rewriter cannot read, named by the header.
+        (
+            "text/html; charset=utf-16le",
+            utf16le("<a href=\"/x;sgsid=THEIRS\">x</a>")[2..].to_vec(),
+        ),
+        (
+            "text/html; charset=iso-2022-jp",
+            b"<a href=\"/x;sgsid=THEIRS\">x</a>".to_vec(),
+        ),
+    ];
+    let backend = raw_pages(pages.clone()).await;
+    // And a content coding it cannot decode (the gateway asked for none).
+    let zstd = Backend::start(|_req| async {
+        let mut r = http::Response::new(full(&b"(zstd bytes)"[..]));
+        r.headers_mut()
+            .insert("content-type", "text/html".parse().unwrap());
+        r.headers_mut()
+            .insert("content-encoding", "zstd".parse().unwrap());
+        r
+    })
+    .await;
+    let gw = gateway(&format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\" }}\nupstreams:\n  app:\n    servers: [ {{ url: \"http://{}\" }} ]\n  z:\n    servers: [ {{ url: \"http://{}\" }} ]\nroutes:\n  - {{ name: z, match: {{ path_prefix: /z }}, upstream: z, session: {{ tracking: url }} }}\n  - {URL_ROUTE}\nsessions: {{ secret_file: session.keys }}\n",
+        backend.addr, zstd.addr
+    ))
+    .await;
+    let base = gw.url("web", "");
+    for path in ["/p/0", "/p/1", "/z"] {
+        // A client that would take a URL token, on a page whose URL has none.
+        let (status, h, body) = get(&base, path, &[("host", "shop.example")]).await;
+        assert_eq!(status, 502, "{path}: {h:?} {body}");
+        assert!(!body.contains("THEIRS"), "{path}: {body}");
+        // HEAD has no body to read.
+        let resp = client()
+            .head(format!("{base}{path}"))
+            .header("host", "shop.example")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), 502, "HEAD {path}");
     }
 }

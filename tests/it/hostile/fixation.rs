@@ -51,9 +51,26 @@ async fn a_cookie_route_takes_the_token_from_the_cookie_only() {
             format!("/whoami;sgsid={token}?sgsid={token}"),
             format!("/whoami?a=1&sgsid={token}&b=2"),
         ] {
-            let (_, h, body) = get(&base, &target, &[]).await;
-            assert_eq!(field(&body, "status"), "none", "{store} {target}: {body}");
+            // A GET is sent to the same URL without the token, the backend unasked.
+            let asked = app.backend.requests().len();
+            let (status, h, _) = get(&base, &target, &[]).await;
+            assert_eq!(status, 302, "{store} {target}");
+            let location = h["location"].to_str().unwrap();
+            assert!(
+                location.starts_with(&base) && !location.contains("sgsid"),
+                "{store} {target}: {location}"
+            );
             assert!(session_cookie(&h).is_none(), "{store} {target}");
+            assert_eq!(app.backend.requests().len(), asked, "{store} {target}");
+            // Any other method reaches the backend without a session, or the token.
+            let resp = client()
+                .post(format!("{base}{target}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(session_cookie(resp.headers()).is_none(), "{store} {target}");
+            let body = resp.text().await.unwrap();
+            assert_eq!(field(&body, "status"), "none", "{store} {target}: {body}");
             let seen = app.backend.last().uri;
             assert!(!seen.contains("sgsid"), "{store}: the backend saw {seen}");
         }
@@ -257,6 +274,8 @@ async fn a_handoff_code_counts_only_on_a_top_level_navigation_from_the_issuing_s
 /// Follows the shop's link to the account host as a browser would: the sibling's token.
 async fn hand_off(base: &str, shop_token: &str) -> String {
     let code = code_for_account(base, shop_token).await;
+    // The code is filed as the page streams out; a person's click comes later than this.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let (_, h, _) = get(
         base,
         &format!("/me;sghandoff={code}"),
@@ -268,7 +287,7 @@ async fn hand_off(base: &str, shop_token: &str) -> String {
         ],
     )
     .await;
-    session_cookie(&h).expect("the handoff gave a token")
+    session_cookie(&h).unwrap_or_else(|| panic!("the handoff gave no token: {h:?}"))
 }
 
 #[tokio::test]
@@ -472,7 +491,8 @@ async fn a_page_hides_no_one_elses_token_in_a_frame_an_object_svg_or_a_form() {
             r#"<object data="/o;sgsid={m}"></object><embed src="/e?sgsid={m}">
 <svg><a xlink:href="/s;sgsid={m}"><text>s</text></a><a XLINK:HREF="http://account.example/me;sghandoff={code}"><text>t</text></a></svg>
 <iframe srcdoc="<a href=/f;sgsid={m}>f</a><a href=&quot;/g;&amp;#115;gsid={m}&quot;>g</a><iframe srcdoc='<a href=/h?sgsid={m}>h</a>'></iframe>"></iframe>
-<noscript><a href="/n;sgsid={m}">n</a><a href="//account.example/me?sghandoff={code}">c</a></noscript>
+<noscript><a href="/n;sgsid={m}">n</a><a href="//account.example/me?sghandoff={code}">c</a><meta http-equiv=refresh content="0;url=/r?sgsid={m}"></noscript>
+<iframe srcdoc="<meta name=referrer content=no-referrer><meta http-equiv=refresh content='0;url=/account;sgsid={m}'>"></iframe>
 <form action="/search"><input type=hidden name=sgsid value="{m}"><input name="&#115;gsid" value="{m}"><button name=sghandoff value="{code}">go</button><select name=sgsid><option>{m}</option></select></form>"#
         )),
     );
@@ -578,6 +598,102 @@ async fn a_link_on_a_url_session_page_cannot_move_its_reader_into_another_sessio
         let body = shop(format!("/whoami;sgsid={again}"), Some(gone)).await.2;
         assert_eq!(user(body.clone()), "again", "{store}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_page_is_never_shown_at_a_url_whose_token_does_not_count() {
+    let app = App::start().await;
+    app.page(
+        "/signin",
+        Page {
+            status: 303,
+            headers: vec![
+                ("location".into(), "/home".into()),
+                ("x-session-set".into(), "user=victim".into()),
+                ("x-session-action".into(), "regenerate".into()),
+            ],
+            body: String::new(),
+        },
+    );
+    let gw = gateway(&config(
+        &app,
+        &[
+            "{ name: c, match: { path_prefix: /c }, upstream: app }",
+            "{ name: app, match: { path_prefix: / }, upstream: app, session: { tracking: url } }",
+        ],
+        "{ secret_file: session.keys }",
+    ))
+    .await;
+    let base = gw.url("web", "");
+    let host = ("host", "shop.example");
+    let (_, h, _) = get(&base, "/signin", &[host]).await;
+    let mallory = h["location"]
+        .to_str()
+        .unwrap()
+        .split("sgsid=")
+        .nth(1)
+        .unwrap()[..64]
+        .to_owned();
+    // Each way a URL token does not count: another site's link, a client that keeps
+    // cookies, a route that tracks by cookie, a token that is not ours.
+    for (target, extra, clean) in [
+        (
+            format!("/page;sgsid={mallory}"),
+            ("sec-fetch-site", "cross-site"),
+            "/page",
+        ),
+        (
+            format!("/page?sgsid={mallory}"),
+            ("referer", "http://other.example/"),
+            "/page",
+        ),
+        (
+            format!("/page;sgsid={mallory}"),
+            ("cookie", "sg_probe=1"),
+            "/page",
+        ),
+        (
+            format!("/c/page;sgsid={mallory}"),
+            ("x-nothing", "1"),
+            "/c/page",
+        ),
+        (
+            "/page;sgsid=not-a-token-of-ours".to_owned(),
+            ("x-nothing", "1"),
+            "/page",
+        ),
+    ] {
+        let (status, h, _) = get(&base, &target, &[host, extra]).await;
+        assert_eq!(status, 302, "{target} {extra:?}");
+        assert_eq!(
+            h["location"].to_str().unwrap(),
+            format!("http://shop.example{clean}"),
+            "{target} {extra:?}"
+        );
+    }
+    // So the victim's own session, started on the page it was sent to, is never refused
+    // for a Referer that names Mallory's token: no page of the victim's had it.
+    let (_, h, _) = get(
+        &base,
+        "/signin",
+        &[host, ("referer", "http://shop.example/page")],
+    )
+    .await;
+    let victim = h["location"]
+        .to_str()
+        .unwrap()
+        .split("sgsid=")
+        .nth(1)
+        .unwrap()[..64]
+        .to_owned();
+    let referer = format!("http://shop.example/home;sgsid={victim}");
+    let (_, _, body) = get(
+        &base,
+        &format!("/whoami;sgsid={victim}"),
+        &[host, ("referer", &referer)],
+    )
+    .await;
+    assert_eq!(field(&body, "user"), "victim", "{body}");
 }
 
 /// The siblings of `redirects_siblings_with_url` over `app`, and a token of Mallory's with a

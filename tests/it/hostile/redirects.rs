@@ -158,3 +158,75 @@ async fn the_https_redirect_names_the_requests_own_host_whatever_the_target() {
         }
     }
 }
+
+#[tokio::test]
+async fn only_a_redirect_home_with_a_token_becomes_a_page_that_goes_on() {
+    let app = App::start().await;
+    let locations = [
+        "/home",
+        "javascript:alert(document.domain)//;sgsid=",
+        "JavaScript&colon;alert(1)//;sgsid=x",
+        "data:text/html,<script>alert(1)</script>;sgsid=",
+        "http://other.example/x;sgsid=1",
+        "//other.example/x;sgsid=1",
+        "http://shop.example@other.example/x;sgsid=1",
+    ];
+    for (i, to) in locations.iter().enumerate() {
+        app.page(
+            &format!("/go/{i}"),
+            Page {
+                status: 302,
+                headers: vec![
+                    ("location".into(), (*to).into()),
+                    ("x-session-set".into(), "user=alice".into()),
+                ],
+                body: String::new(),
+            },
+        );
+    }
+    let gw = gateway(&config(
+        &app,
+        &["{ name: app, match: { path_prefix: / }, upstream: app, session: { tracking: url } }"],
+        "{ secret_file: session.keys }",
+    ))
+    .await;
+    let base = gw.url("web", "");
+    // Each reached by a link on another site.
+    let from_elsewhere = [
+        ("host", "shop.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-dest", "document"),
+        ("referer", "http://other.example/"),
+    ];
+    for (i, to) in locations.iter().enumerate() {
+        let (status, _, body) = get(&base, &format!("/go/{i}"), &from_elsewhere).await;
+        if status != 200 {
+            // The backend's redirect, as it was: never a link on our origin's page.
+            assert_eq!(status, 302, "{to}: {body}");
+            assert!(i != 0, "home with a token is a page of ours");
+            continue;
+        }
+        // A page of the gateway's that goes on: to a URL of this origin, with the token.
+        let at = body.find("<a href=\"").unwrap_or_else(|| panic!("{body}")) + 9;
+        let next = body[at..at + body[at..].find('"').unwrap()].replace("&amp;", "&");
+        let next = resolve("http://shop.example/", &next);
+        assert_eq!(
+            next.origin(),
+            resolve("http://shop.example/", "/").origin(),
+            "{to}: {body}"
+        );
+        assert!(next.path().contains(";sgsid="), "{to}: {body}");
+        assert!(
+            body.contains(&format!(
+                "content=\"0; url={}",
+                next.as_str().replace('&', "&amp;")
+            )),
+            "{to}: {body}"
+        );
+        assert!(
+            !to.contains(':') || to.starts_with("JavaScript&colon;"),
+            "{to} became a page"
+        );
+    }
+}
