@@ -64,20 +64,24 @@ pub fn read(headers: &HeaderMap) -> Option<Mime> {
 }
 
 /// The form `m` (read from `written`) is written in, if not as it is: HTML always as
-/// `text/html` with the charset if the gateway knows the label; other types as written.
+/// `text/html` with the charset's encoding name if the label names one; other types as
+/// written.
 fn canonical(m: &Mime, written: &[u8]) -> Option<Vec<u8>> {
     if m.essence != b"text/html" {
         return None;
     }
     let mut out = b"text/html".to_vec();
-    if let Some(label) = m.charset.as_deref()
-        && encoding_rs::Encoding::for_label(label).is_some()
-        && label.iter().all(|&b| token(b))
+    // The encoding's own name: every browser maps the label to it the same way.
+    if let Some(encoding) = m
+        .charset
+        .as_deref()
+        .and_then(encoding_rs::Encoding::for_label)
     {
         out.extend_from_slice(b"; charset=");
-        out.extend_from_slice(label);
+        out.extend_from_slice(encoding.name().as_bytes());
     }
-    (out != written).then_some(out)
+    // Written so already (in any case): left as it is.
+    (!out.eq_ignore_ascii_case(written)).then_some(out)
 }
 
 /// A value read as Chromium reads one the standard's parser refuses: the type ends at
@@ -300,11 +304,11 @@ mod tests {
         // An earlier charset holds for the same type named again without one.
         assert_eq!(
             read(&["text/html;charset=iso-2022-jp", "TEXT/HTML"]).as_deref(),
-            Some("text/html; charset=iso-2022-jp")
+            Some("text/html; charset=ISO-2022-JP")
         );
         assert_eq!(
             read(&["text/html;charset=\"shift_jis\"", "text/html"]).as_deref(),
-            Some("text/html; charset=shift_jis")
+            Some("text/html; charset=Shift_JIS")
         );
         // ... but not for another type in between.
         assert_eq!(
@@ -324,17 +328,17 @@ mod tests {
         assert_eq!(read(&["text/html x"]).as_deref(), Some("text/html"));
         assert_eq!(
             read(&["text/html(c); charset=utf-8"]).as_deref(),
-            Some("text/html; charset=utf-8")
+            Some("text/html; charset=UTF-8")
         );
         assert_eq!(read(&["image/svg+xml x"]).as_deref(), Some("image/svg+xml"));
-        // HTML is written one way: its charset only if the label is one a browser knows.
+        // HTML is written one way: its charset by the encoding's name, if the label names one.
         assert_eq!(
-            read(&["TEXT/HTML ;CHARSET=\"UTF-8\""]).as_deref(),
+            read(&["TEXT/HTML ;CHARSET=\"utf8 \""]).as_deref(),
             Some("text/html; charset=UTF-8")
         );
         assert_eq!(
             read(&["text/html; x=\"a;charset=utf-8\"; charset=iso-2022-jp"]).as_deref(),
-            Some("text/html; charset=iso-2022-jp")
+            Some("text/html; charset=ISO-2022-JP")
         );
         assert_eq!(
             read(&["text/html; charset =utf-8"]).as_deref(),

@@ -520,9 +520,23 @@ impl Proxy {
         let mut held = None;
         match (&self.sessions, session) {
             (Some(s), Some(rs)) => {
-                held = s
+                if rs.url_token_ignored() {
+                    rparts.headers.insert(
+                        header::REFERRER_POLICY,
+                        HeaderValue::from_static("no-referrer"),
+                    );
+                }
+                match s
                     .on_response(*rs, rparts.status, &mut rparts.headers, conn.listener.tls)
-                    .await;
+                    .await
+                {
+                    Ok(h) => held = h,
+                    // A logout the store could not make: not answered as one.
+                    Err(_) => {
+                        drop((rbody, lease));
+                        return Err((ProxyError::SessionStore, log));
+                    }
+                }
                 // A new token (a login) is logged as the one the client holds now; after a
                 // logout the line keeps the one it presented.
                 if let Some(h) = &held {
@@ -560,14 +574,50 @@ impl Proxy {
             }
             _ => Ok(None),
         };
+        let empty = head
+            || matches!(rparts.status.as_u16(), 204 | 304)
+            || rparts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
         let html = match html {
             Ok(html) => html,
             // Nothing to read without a body.
-            Err(_) if head || matches!(rparts.status.as_u16(), 204 | 304) => None,
+            Err(_) if empty => None,
+            // A redirect's body is not needed: it goes, unread.
+            Err(url_tracking::Unreadable) if rparts.status.is_redirection() => {
+                drop((rbody, lease));
+                for name in [
+                    header::CONTENT_TYPE,
+                    header::CONTENT_ENCODING,
+                    header::TRANSFER_ENCODING,
+                ] {
+                    rparts.headers.remove(name);
+                }
+                rparts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                log.status(rparts.status.as_u16());
+                return Ok(Response::from_parts(
+                    rparts,
+                    ResponseBody::full(Bytes::new(), log),
+                ));
+            }
             Err(url_tracking::Unreadable) => {
                 drop((rbody, lease));
                 let pool = pool.name.clone();
-                return Err((ProxyError::UnreadablePage { pool }, log));
+                // The session's changes are made: its cookies go out with the error.
+                let cookies: Vec<HeaderValue> = rparts
+                    .headers
+                    .get_all(header::SET_COOKIE)
+                    .iter()
+                    .cloned()
+                    .collect();
+                let mut resp = error_response(&ProxyError::UnreadablePage { pool }, log);
+                for c in cookies {
+                    resp.headers_mut().append(header::SET_COOKIE, c);
+                }
+                return Ok(resp);
             }
         };
         // A redirect that hands a token in its URL to a request another site made goes on

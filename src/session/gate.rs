@@ -242,6 +242,8 @@ pub struct RequestSession {
     source: Source,
     evidence: Evidence,
     clean_redirect: bool,
+    /// The URL carried a token that does not count (see [`RequestSession::clean_redirect`]).
+    url_token_ignored: bool,
     arrival: Option<Arrival>,
     store_failed: bool,
     /// With the sealed-cookie store: this request's jar and the cookie it presented.
@@ -274,6 +276,12 @@ pub struct Arrival {
     /// The token is new: a cookie client gets it in a cookie.
     pub fresh: bool,
 }
+
+/// A logout (`X-Session-Action: destroy`) the session store could not make: the session
+/// lives on, so the response is not sent as if it had ended (the proxy answers `503`, and
+/// the client keeps its token to try again).
+#[derive(Debug)]
+pub struct LogoutFailed;
 
 /// The token a client holds after a response, and how it carries it.
 #[derive(Debug)]
@@ -308,6 +316,14 @@ impl RequestSession {
     /// so the address bar comes clean, and the backend is not asked.
     pub fn clean_redirect(&self) -> bool {
         self.clean_redirect
+    }
+
+    /// The URL carried a token that does not count, and the request is not redirected away
+    /// from it (not a GET or HEAD): its response must send no Referer, or the next request
+    /// would carry that token there, where it does not belong (and the check of a URL token
+    /// against its page's would refuse the client's own).
+    pub fn url_token_ignored(&self) -> bool {
+        self.url_token_ignored && !self.clean_redirect
     }
 
     /// The live session's stable key, for `balance: session_affinity`.
@@ -668,19 +684,15 @@ impl Sessions {
             }
             _ => (status, session),
         };
-        // A URL whose token does not count here is left for the same URL without it: on
-        // `auto` when the client holds its session in the cookie (the address bar comes
-        // clean), and whenever the token is refused (the route does not track by URL, another
-        // site wrote the link, the client keeps cookies, or the token is not ours), so that no
-        // page is shown at an address that names a token the client does not hold, which a
-        // copy, a bookmark or the next link's Referer would carry on.
-        let clean_redirect = in_url
-            && matches!(*info.method, Method::GET | Method::HEAD)
-            && match source {
-                Source::Cookie => info.tracking == Tracking::Auto,
-                Source::None => true,
-                Source::Url => false,
-            };
+        // A URL whose token does not count here (the client holds its session in the
+        // cookie; or the token is refused: the route does not track by URL, another site
+        // wrote the link, the client keeps cookies, the token is not ours) is left for the
+        // same URL without it, so that no page is shown at an address that names a token the
+        // client does not hold, which a copy, a bookmark or the next link's Referer would
+        // carry on. Another method cannot be redirected: its response sends no Referer.
+        let url_token_ignored = in_url && source != Source::Url;
+        let clean_redirect =
+            url_token_ignored && matches!(*info.method, Method::GET | Method::HEAD);
         // A sibling host's handoff: answered by the proxy, never by the backend.
         let arrival = match handoff {
             Some(code) if !store_failed => {
@@ -710,6 +722,7 @@ impl Sessions {
             source,
             evidence,
             clean_redirect,
+            url_token_ignored,
             arrival,
             store_failed,
             sealed: None,
@@ -819,6 +832,7 @@ impl Sessions {
             tracking: Tracking::Cookie,
             evidence,
             clean_redirect: false,
+            url_token_ignored: false,
             arrival: None,
             store_failed: false,
             sealed: Some(Box::new(SealedRequest { jar, presented })),
@@ -829,17 +843,20 @@ impl Sessions {
     /// the cookie set or expired when the token changes. With URL tracking no cookie is set:
     /// the token the client holds after this response is returned instead, for the proxy to
     /// put into the response's URLs.
+    ///
+    /// # Errors
+    /// A logout the store could not make (see [`LogoutFailed`]).
     pub async fn on_response(
         &self,
         mut rs: RequestSession,
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
-    ) -> Option<Held> {
+    ) -> Result<Option<Held>, LogoutFailed> {
         if let Some(sealed) = rs.sealed.take() {
             self.commit_sealed(rs, *sealed, status, headers, tls).await;
             // Nothing goes into URLs: the sealed store is cookie-only.
-            return None;
+            return Ok(None);
         }
         let carry = tracking::carry(rs.tracking, rs.source, rs.evidence);
         let auto = rs.tracking == Tracking::Auto && !rs.evidence.crawler;
@@ -849,7 +866,7 @@ impl Sessions {
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let held = self
             .commit(rs, status, headers, tls, carry.cookie(), &self.store)
-            .await;
+            .await?;
         // No session cookie of ours goes out (a client without a session, or one whose
         // session just ended): the probe asks, or goes on showing, that the client keeps
         // cookies, and so never takes a token from a URL.
@@ -857,12 +874,12 @@ impl Sessions {
         if auto && !(held.is_some() && carry.cookie()) && (!kept_cookies || ended) {
             self.set_probe(headers, tls);
         }
-        held.map(|token| Held {
+        Ok(held.map(|token| Held {
             token,
             by_url: carry.url(),
             read_only,
             from_elsewhere,
-        })
+        }))
     }
 
     /// A sibling host's handoff code in the URL. It counts only on a top-level navigation
@@ -952,9 +969,12 @@ impl Sessions {
         headers: &mut HeaderMap,
         tls: bool,
     ) {
+        // The request's own jar: a logout there cannot fail.
         let held = self
             .commit(rs, status, headers, tls, false, &sealed.jar)
-            .await;
+            .await
+            .ok()
+            .flatten();
         let Store::Sealed(jar) = &sealed.jar else {
             return;
         };
@@ -979,7 +999,7 @@ impl Sessions {
         tls: bool,
         set_cookies: bool,
         store: &Store,
-    ) -> Option<Token> {
+    ) -> Result<Option<Token>, LogoutFailed> {
         let by_url = !set_cookies;
         let d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
@@ -993,11 +1013,11 @@ impl Sessions {
             (t, _) => (None, t),
         };
         if d.is_empty() {
-            return live;
+            return Ok(live);
         }
         if status.is_server_error() {
             tracing::debug!(%status, "session directives of a 5xx response not applied");
-            return live;
+            return Ok(live);
         }
         if read_only && !d.destroy {
             // A token a regenerate retired (perhaps a fixated one, in an attacker's hands):
@@ -1005,7 +1025,7 @@ impl Sessions {
             // own view (below).
             self.metrics.session(SessionEvent::DirectiveRejected);
             tracing::warn!(session = %live.as_ref().map_or_else(String::new, Token::to_string), "session directives through a token retired by a regenerate: ignored");
-            return live;
+            return Ok(live);
         }
         let now = unix_ms();
         if d.destroy {
@@ -1013,20 +1033,29 @@ impl Sessions {
             if let Some(t) = presented {
                 match timed!(self.ops.delete, store.delete(&t.store_id())) {
                     Ok(()) => self.metrics.session(SessionEvent::Destroyed),
-                    Err(e) => tracing::warn!(session = %t, error = %e, "session delete failed"),
+                    Err(e) => {
+                        // The session lives on in the store: the client must not be told it
+                        // logged out (its cookie kept, a stolen copy would go on working).
+                        tracing::warn!(session = %t, error = %e, "session delete failed: the logout is refused");
+                        return Err(LogoutFailed);
+                    }
                 }
             }
             if presented.is_some() && !by_url {
                 self.set_cookie(headers, None, tls);
             }
-            return None;
+            return Ok(None);
         }
         match live {
             Some(token) => {
                 // A regenerate comes first: the old token's view (read-only, for the grace) is
                 // the session as it was before this response, never the login it carries.
                 let token = if d.regenerate {
-                    self.regenerate(store, token, headers, tls, by_url).await?
+                    let Some(token) = self.regenerate(store, token, headers, tls, by_url).await
+                    else {
+                        return Ok(None);
+                    };
+                    token
                 } else {
                     token
                 };
@@ -1034,12 +1063,12 @@ impl Sessions {
                     self.update(store, &token.store_id(), None, &d.changes, now, &token)
                         .await;
                 }
-                Some(token)
+                Ok(Some(token))
             }
             None => {
                 // No live session: only a write creates one (bots and health checks never do).
                 if !d.changes.iter().any(|c| matches!(c, Change::Set(..))) {
-                    return None;
+                    return Ok(None);
                 }
                 if let Some(old) = &expired {
                     // Expired: clear what is left of it.
@@ -1048,19 +1077,19 @@ impl Sessions {
                 let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate())
                 else {
                     tracing::warn!("no randomness: session not created");
-                    return None;
+                    return Ok(None);
                 };
                 if !self
                     .update(store, &fresh.store_id(), Some(key), &d.changes, now, &fresh)
                     .await
                 {
-                    return None;
+                    return Ok(None);
                 }
                 self.metrics.session(SessionEvent::Created);
                 if !by_url {
                     self.set_cookie(headers, Some(&fresh), tls);
                 }
-                Some(fresh)
+                Ok(Some(fresh))
             }
         }
     }

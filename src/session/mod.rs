@@ -18,7 +18,7 @@ pub mod token;
 pub mod tracking;
 pub mod url;
 
-pub use gate::{Arrival, Held, RequestInfo, RequestSession, Sessions};
+pub use gate::{Arrival, Held, LogoutFailed, RequestInfo, RequestSession, Sessions};
 pub use memory::{MemoryOptions, MemoryStore};
 pub use redis::{RedisOptions, RedisStore, Topology};
 pub use sealed::{Jar, SealedOptions, Sealer};

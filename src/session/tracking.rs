@@ -114,8 +114,10 @@ pub fn carry(tracking: Tracking, source: Source, ev: Evidence) -> Carry {
     }
     match (tracking, source) {
         (Tracking::Cookie, _) => Carry::Cookie,
+        // A client that holds its session in our cookie (from a cookie route of the same
+        // host) keeps it: a token in its URLs would never count (see `resolve`).
+        (Tracking::Url | Tracking::Auto, Source::Cookie) => Carry::Cookie,
         (Tracking::Url, _) => Carry::Url,
-        (Tracking::Auto, Source::Cookie) => Carry::Cookie,
         // (A URL token never comes from a client that keeps cookies: `resolve` refuses it,
         // and the client starts a session of its own.)
         (Tracking::Auto, Source::Url) => Carry::Url,
@@ -163,7 +165,10 @@ mod tests {
         assert_eq!(carry(auto, Source::None, none), Carry::Both);
         assert_eq!(carry(auto, Source::None, bot), Carry::Cookie);
         assert_eq!(carry(Tracking::Url, Source::None, bot), Carry::Cookie);
-        assert_eq!(carry(Tracking::Url, Source::Cookie, none), Carry::Url);
+        // A client whose session is in our cookie keeps it, even on a route that tracks by
+        // URL: a token in its URLs would never count.
+        assert_eq!(carry(Tracking::Url, Source::Cookie, none), Carry::Cookie);
+        assert_eq!(carry(Tracking::Url, Source::None, none), Carry::Url);
         assert_eq!(carry(Tracking::Cookie, Source::Url, none), Carry::Cookie);
     }
 

@@ -572,3 +572,37 @@ async fn a_sentinel_failover_is_followed_without_a_gateway_restart() {
     let want = "status=active user=alice cart=2";
     assert!(answers_within(&gw, &cookie, Duration::from_secs(2), want).await);
 }
+
+#[tokio::test]
+async fn a_logout_the_store_cannot_make_is_answered_503_and_the_client_keeps_its_cookie() {
+    let b = shop().await;
+    let port = free_port();
+    let redis = OwnRedis::start(port);
+    let where_ = format!("url: \"redis://127.0.0.1:{port}\"");
+    let (gw, cookie) = shopper_on(&b, &where_, "redis-server never answered").await;
+    let http = client();
+    let on = |path: &str| {
+        http.get(gw.url("web", path))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    // Redis reads, and refuses the delete (as a failure between the read and the logout
+    // would): the session lives on, so the client is not told it logged out.
+    let acl = |rule: &str| {
+        crate::redis_servers::redis_cli(port, &["ACL", "SETUSER", "default", rule])
+            .is_some_and(|r| r.trim() == "OK")
+    };
+    assert!(acl("-del"));
+    let resp = on("/logout").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().get("set-cookie").is_none(), "{resp:?}");
+    let body = on("/whoami").await.unwrap().text().await.unwrap();
+    assert_eq!(body, "status=active user=alice cart=1");
+    // Once it can, the logout is made.
+    assert!(acl("+del"));
+    let resp = on("/logout").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = on("/whoami").await.unwrap().text().await.unwrap();
+    assert_eq!(body, "status=expired user=- cart=-");
+    drop(redis);
+}

@@ -594,10 +594,7 @@ impl RedisStore {
             // A retired id reads the session as it was, while the one it became lives; it is
             // never kept near (it must die with its grace, or with its successor, at once).
             if let Some(successor) = read.renamed_to {
-                let ended = self.pending.as_ref().is_some_and(|p| {
-                    parse_hex(&successor).is_some_and(|own| p.ended(&StoreId(own)))
-                });
-                if ended || session.is_none() || !self.lives(successor).await? {
+                if session.is_none() || !self.lives(successor).await? {
                     return Ok(None);
                 }
                 return Ok(session.map(Session::retired));
@@ -707,6 +704,14 @@ impl RedisStore {
     /// regenerates within the grace).
     async fn lives(&self, mut successor: String) -> Result<bool, StoreError> {
         for _ in 0..MAX_RETIRED_HOPS {
+            // A logout of it, waiting for Redis (see `Pending::ended`), holds here too.
+            if self
+                .pending
+                .as_ref()
+                .is_some_and(|p| parse_hex(&successor).is_some_and(|own| p.ended(&StoreId(own))))
+            {
+                return Ok(false);
+            }
             let key = scripts::session_key(&self.prefix, &successor);
             let mut conn = self.conn().await?;
             let (created, renamed): (Option<String>, Option<String>) = self
@@ -881,21 +886,23 @@ impl SessionStore for RedisStore {
                 };
                 // Through an alias, the session's own id (and the copy kept under it) ends too.
                 let own = pending.own_id(id);
+                let mut queued = true;
                 for id in std::iter::once(*id).chain(own) {
                     self.forget(&id).await;
-                    let queued = pending.push(PendingWrite {
+                    queued &= pending.push(PendingWrite {
                         id,
                         create: None,
                         changes: Vec::new(),
                         now_ms: 0,
                         delete: true,
                     });
-                    if !queued {
-                        // Too many logouts wait: this one fails, visibly, rather than be lost.
-                        return Err(e);
-                    }
                 }
                 pending.start(self.clone());
+                if !queued {
+                    // Too many logouts wait: this one fails, visibly (the proxy answers 503),
+                    // rather than be lost.
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, "session store down: logout queued for Redis");
                 Ok(())
             }

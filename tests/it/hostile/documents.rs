@@ -364,12 +364,17 @@ async fn an_html_page_that_must_be_rewritten_is_never_passed_on_unread() {
     ];
     let backend = raw_pages(pages.clone()).await;
     // And a content coding it cannot decode (the gateway asked for none).
-    let zstd = Backend::start(|_req| async {
+    // (`/z/redirect`: a redirect with such a body, which goes unread.)
+    let zstd = Backend::start(|req| async move {
         let mut r = http::Response::new(full(&b"(zstd bytes)"[..]));
         r.headers_mut()
             .insert("content-type", "text/html".parse().unwrap());
         r.headers_mut()
             .insert("content-encoding", "zstd".parse().unwrap());
+        if req.uri().path() == "/z/redirect" {
+            *r.status_mut() = http::StatusCode::FOUND;
+            r.headers_mut().insert("location", "/z".parse().unwrap());
+        }
         r
     })
     .await;
@@ -393,4 +398,8 @@ async fn an_html_page_that_must_be_rewritten_is_never_passed_on_unread() {
             .unwrap();
         assert_ne!(resp.status(), 502, "HEAD {path}");
     }
+    let (status, h, body) = get(&base, "/z/redirect", &[("host", "shop.example")]).await;
+    assert_eq!(status, 302, "{h:?}");
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(h["location"], "/z", "{h:?}");
 }

@@ -671,6 +671,38 @@ async fn a_page_is_never_shown_at_a_url_whose_token_does_not_count() {
             "{target} {extra:?}"
         );
     }
+    // Another method is not redirected: its response sends no Referer at all, so the next
+    // request cannot carry the token in it.
+    let resp = client()
+        .post(format!("{base}/page;sgsid={mallory}"))
+        .header("host", "shop.example")
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
+    // A client that holds its session in our cookie (from the cookie route) keeps it here:
+    // its links get no token, and a token in its URL sends it to the URL without it.
+    app.page(
+        "/c/signin",
+        Page::html("signed in").with("x-session-set", "user=carol"),
+    );
+    app.page("/links", Page::html(r#"<a id=x href="/x">x</a>"#));
+    let (_, h, _) = get(&base, "/c/signin", &[host]).await;
+    let carol = session_cookie(&h).unwrap();
+    let carols = cookie(&carol);
+    let (_, _, page) = get(&base, "/links", &[host, ("cookie", &carols)]).await;
+    assert!(!page.contains("sgsid"), "{page}");
+    let body = whoami(&base, &[host, ("cookie", &carols)]).await;
+    assert_eq!(field(&body, "user"), "carol", "{body}");
+    let (status, h, _) = get(
+        &base,
+        &format!("/links;sgsid={carol}"),
+        &[host, ("cookie", &carols)],
+    )
+    .await;
+    assert_eq!(status, 302);
+    assert_eq!(h["location"], "http://shop.example/links");
     // So the victim's own session, started on the page it was sent to, is never refused
     // for a Referer that names Mallory's token: no page of the victim's had it.
     let (_, h, _) = get(
