@@ -271,10 +271,21 @@ pub(super) fn unguardable(headers: &mut HeaderMap) -> bool {
 /// The answer instead of a document the gateway cannot guard at a URL with a token (see
 /// [`unguardable`]): a redirect to the same URL without the token, on the client's own
 /// origin, where the document has nothing to leak.
-pub(super) fn leave_token_behind(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
-    log.status(303);
+pub(super) fn leave_token_behind(client: &ClientUrl, log: LogSlot) -> Response<ResponseBody> {
+    redirect_home(client, StatusCode::SEE_OTHER, "no-referrer", log)
+}
+
+/// A redirect the gateway makes itself, to the URL the client asked for (its token taken out
+/// already) on the client's own origin, whatever the target looks like; never stored.
+fn redirect_home(
+    client: &ClientUrl,
+    status: StatusCode,
+    referrer_policy: &'static str,
+    mut log: LogSlot,
+) -> Response<ResponseBody> {
+    log.status(status.as_u16());
     let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
-    *resp.status_mut() = StatusCode::SEE_OTHER;
+    *resp.status_mut() = status;
     let headers = resp.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&client.own(&client.target)) {
         headers.insert(header::LOCATION, location);
@@ -282,7 +293,7 @@ pub(super) fn leave_token_behind(client: &ClientUrl, mut log: LogSlot) -> Respon
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static(referrer_policy),
     );
     resp
 }
@@ -399,7 +410,7 @@ pub(super) fn arrival_redirect(
     arrival: Arrival,
     client: &ClientUrl,
     tls: bool,
-    mut log: LogSlot,
+    log: LogSlot,
 ) -> Response<ResponseBody> {
     if arrival.by_url {
         let token = arrival.token.expose();
@@ -410,18 +421,8 @@ pub(super) fn arrival_redirect(
             return bounce(&to, Vec::new(), log);
         }
     }
-    log.status(303);
-    let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
-    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let mut resp = redirect_home(client, StatusCode::SEE_OTHER, "same-origin", log);
     let headers = resp.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&client.own(&client.target)) {
-        headers.insert(header::LOCATION, location);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
     if arrival.fresh && !arrival.by_url {
         sessions.arrival_cookie(headers, &arrival.token, tls);
     }
@@ -431,20 +432,8 @@ pub(super) fn arrival_redirect(
 /// A redirect to the URL the client asked for, without its token (it was taken out already),
 /// on its own origin: the token does not count here (the client keeps the cookie, or the
 /// token was refused), so the address bar comes clean.
-pub(super) fn clean_redirect(client: &ClientUrl, mut log: LogSlot) -> Response<ResponseBody> {
-    log.status(302);
-    let mut resp = Response::new(ResponseBody::full(Bytes::new(), log));
-    *resp.status_mut() = StatusCode::FOUND;
-    if let Ok(location) = HeaderValue::from_str(&client.own(&client.target)) {
-        resp.headers_mut().insert(header::LOCATION, location);
-    }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.headers_mut().insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    resp
+pub(super) fn clean_redirect(client: &ClientUrl, log: LogSlot) -> Response<ResponseBody> {
+    redirect_home(client, StatusCode::FOUND, "same-origin", log)
 }
 
 #[cfg(test)]
