@@ -262,18 +262,7 @@ async fn a_cookieless_browser_keeps_its_session_from_another_site_and_onto_a_sib
     ))
     .await;
     let app = App::start().await;
-    app.page(
-        "/signin",
-        Page {
-            status: 303,
-            headers: vec![
-                ("location".into(), "/home".into()),
-                ("x-session-set".into(), "user=alice".into()),
-                ("x-session-action".into(), "regenerate".into()),
-            ],
-            body: String::new(),
-        },
-    );
+    app.page("/signin", Page::sign_in("alice"));
     app.page(
         "/home",
         Page::html(&format!(

@@ -527,18 +527,7 @@ async fn a_link_on_a_url_session_page_cannot_move_its_reader_into_another_sessio
         let url_route =
             "{ name: app, match: { path_prefix: / }, upstream: app, session: { tracking: url } }";
         for user in ["mallory", "victim", "victim2", "again"] {
-            app.page(
-                &format!("/signin/{user}"),
-                Page {
-                    status: 303,
-                    headers: vec![
-                        ("location".into(), "/home".into()),
-                        ("x-session-set".into(), format!("user={user}")),
-                        ("x-session-action".into(), "regenerate".into()),
-                    ],
-                    body: String::new(),
-                },
-            );
+            app.page(&format!("/signin/{user}"), Page::sign_in(user));
         }
         let gw = gateway(&config(&app, &[url_route], &sessions)).await;
         let base = gw.url("web", "");
@@ -603,18 +592,7 @@ async fn a_link_on_a_url_session_page_cannot_move_its_reader_into_another_sessio
 #[tokio::test]
 async fn a_page_is_never_shown_at_a_url_whose_token_does_not_count() {
     let app = App::start().await;
-    app.page(
-        "/signin",
-        Page {
-            status: 303,
-            headers: vec![
-                ("location".into(), "/home".into()),
-                ("x-session-set".into(), "user=victim".into()),
-                ("x-session-action".into(), "regenerate".into()),
-            ],
-            body: String::new(),
-        },
-    );
+    app.page("/signin", Page::sign_in("victim"));
     let gw = gateway(&config(
         &app,
         &[

@@ -51,6 +51,20 @@ impl Page {
         }
     }
 
+    /// A sign-in: `user` is set, the session regenerated (a login), and the client sent to
+    /// `/home` (`303`).
+    pub fn sign_in(user: &str) -> Page {
+        Page {
+            status: 303,
+            headers: vec![
+                ("location".into(), "/home".into()),
+                ("x-session-set".into(), format!("user={user}")),
+                ("x-session-action".into(), "regenerate".into()),
+            ],
+            body: String::new(),
+        }
+    }
+
     /// The page with one more response header.
     pub fn with(mut self, name: &str, value: &str) -> Page {
         self.headers.push((name.to_owned(), value.to_owned()));
