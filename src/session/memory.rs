@@ -2,7 +2,7 @@
 //!
 //! Each entry expires after the idle timeout since its last use; one past the absolute
 //! timeout since its creation is dropped when next read; past `max_sessions` or `max_bytes`
-//! the least useful entries are evicted. Updates of one session run under moka's per-key compute, so concurrent changes
+//! the least recently used entries are evicted (never a new one). Updates of one session run under moka's per-key compute, so concurrent changes
 //! to different attributes both survive.
 
 use std::sync::Arc;
@@ -148,6 +148,11 @@ impl MemoryStore {
             // of five small attributes). The absolute timeout is checked when a session is
             // read, and old sessions that nobody reads leave by the idle timeout.
             .time_to_idle(options.idle_timeout)
+            // Least recently used goes first, and a newcomer is always admitted. moka's
+            // default (TinyLFU) admits a new entry only if it is asked for more often than
+            // the one it would evict: a flood of sessions nobody uses again (bots on a login
+            // page) then keeps every real user's new session out of a full store.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .eviction_listener(move |_, _, cause| {
                 if cause == RemovalCause::Size {
                     counted.inc();
@@ -465,6 +470,108 @@ impl SessionStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(n: u64) -> StoreId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&n.to_le_bytes());
+        StoreId(b)
+    }
+
+    /// A session created now under `id`, as a login makes it.
+    async fn create(store: &MemoryStore, id: &StoreId, now: u64) {
+        let set = [Change::Set("user".into(), "u".into())];
+        let made = store
+            .update(id, Some(SessionKey("k".into())), &set, now)
+            .await
+            .unwrap();
+        assert!(made.is_some_and(|a| a.created));
+    }
+
+    /// 20 times the store's capacity in sessions nobody uses again (bots on a login page):
+    /// every session a real user creates meanwhile is admitted and still there on their next
+    /// request, and sessions in use all along are the last to go.
+    #[tokio::test]
+    async fn a_flood_of_new_sessions_evicts_the_least_recently_used_never_a_newcomer() {
+        const CAP: u64 = 10_000;
+        let store = MemoryStore::new(MemoryOptions {
+            max_sessions: CAP,
+            max_bytes: 1 << 30,
+            idle_timeout: Duration::from_secs(3600),
+            absolute_timeout: Duration::from_secs(3600),
+            limits: Limits::default(),
+        });
+        let now = unix_ms();
+        let regulars: Vec<StoreId> = (0..50).map(|i| id(1 << 40 | i)).collect();
+        for r in &regulars {
+            create(&store, r, now).await;
+        }
+        let (mut fresh, mut held) = (0, 0);
+        let mut waiting = None;
+        for n in 0..20 * CAP {
+            create(&store, &id(n), now).await;
+            if n % 1000 == 999 {
+                // A real user comes back after a few hundred more bot logins...
+                if let Some(user) = waiting.take() {
+                    store.run_pending_tasks().await;
+                    if store.load(&user, now).await.unwrap().is_some() {
+                        held += 1;
+                    }
+                }
+                // ...having logged in now.
+                let user = id(1 << 41 | n);
+                create(&store, &user, now).await;
+                waiting = Some(user);
+                fresh += 1;
+                // The regulars keep using the site.
+                for r in &regulars {
+                    let _ = store.load(r, now).await.unwrap();
+                }
+            }
+            if n % 1000 == 299
+                && let Some(user) = waiting.take()
+            {
+                store.run_pending_tasks().await;
+                if store.load(&user, now).await.unwrap().is_some() {
+                    held += 1;
+                }
+            }
+        }
+        if let Some(user) = waiting.take()
+            && store.load(&user, now).await.unwrap().is_some()
+        {
+            held += 1;
+        }
+        // After the flood: 50 logins, all kept.
+        let after: Vec<StoreId> = (0..50).map(|i| id(1 << 42 | i)).collect();
+        for user in &after {
+            create(&store, user, now).await;
+        }
+        store.run_pending_tasks().await;
+        for user in &after {
+            fresh += 1;
+            if store.load(user, now).await.unwrap().is_some() {
+                held += 1;
+            }
+        }
+        store.run_pending_tasks().await;
+        assert_eq!(
+            held, fresh,
+            "every new session is admitted and kept for its next use"
+        );
+        let mut kept = 0;
+        for r in &regulars {
+            if store.load(r, now).await.unwrap().is_some() {
+                kept += 1;
+            }
+        }
+        assert_eq!(
+            kept,
+            regulars.len(),
+            "sessions in use are the last to be evicted"
+        );
+        assert!(store.entry_count() <= CAP, "the store keeps its bound");
+        assert!(store.evictions() >= 19 * CAP, "the flood's sessions went");
+    }
 
     #[test]
     fn a_packed_session_unpacks_to_itself() {

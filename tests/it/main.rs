@@ -1,6 +1,7 @@
 //! Integration tests: real sockets, real backends, real TLS, one test binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod abuse;
 mod browser;
 mod check;
 mod errors;
