@@ -8,11 +8,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
-use tokio::sync::Semaphore;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError};
-use crate::listener::{self, Drain, Options};
+use crate::listener::{self, Capacity, Drain, Options};
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::{ListenerInfo, Proxy};
 use crate::reload::{Live, NeedsRestart};
@@ -140,7 +139,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics.clone(),
         drain.clone(),
     ));
-    let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+    let capacity = Capacity::new(config.limits.max_connections);
     let mut listeners = Vec::new();
     let mut accept_loops = Vec::new();
     for ((l, socket), tls_source) in config.listeners.iter().zip(sockets).zip(tls_sources) {
@@ -159,6 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             header_read_timeout: config.timeouts.header_read,
             handshake_timeout: tls.map_or(Duration::from_secs(10), |t| t.handshake_timeout),
             idle_timeout: config.timeouts.idle,
+            send_timeout: config.timeouts.send,
             proxy_protocol: l
                 .proxy_protocol
                 .then(|| config.trusted_proxies.clone().into()),
@@ -184,7 +184,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             socket,
             tls_source,
             options,
-            limit.clone(),
+            capacity.clone(),
             drain.clone(),
             metrics.listener(&l.name, l.tls.is_some()),
             make_service,
@@ -213,6 +213,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             header_read_timeout: config.timeouts.header_read,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: config.timeouts.idle,
+            send_timeout: config.timeouts.send,
             proxy_protocol: None,
         };
         // The admin listener has its own connection cap, so a flood on the data plane cannot
@@ -221,7 +222,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             socket,
             None,
             options,
-            Arc::new(Semaphore::new(64)),
+            Capacity::new(64),
             admin_drain.clone(),
             ListenerMetrics::default(),
             make_service,

@@ -234,6 +234,9 @@ fn needs_restart(old: &Config, new: &Config) -> NeedsRestart {
     if old.timeouts.header_read != new.timeouts.header_read {
         note("timeouts.header_read".to_owned());
     }
+    if old.timeouts.send != new.timeouts.send {
+        note("timeouts.send".to_owned());
+    }
     if old.timeouts.idle != new.timeouts.idle {
         note(
             "timeouts.idle (for HTTP/2 connections; WebSocket tunnels take the new value)"

@@ -235,6 +235,11 @@ pub struct Timeouts {
     /// An HTTP/2 connection or an upgraded (WebSocket) connection with no bytes either way
     /// for this long is closed.
     pub idle: Duration,
+    /// Longest a response may wait for the client to take more of it (a client that stops
+    /// reading): the connection is closed beyond it (HTTP/1.1, and HTTP/2 when the socket
+    /// takes nothing), or sent GOAWAY and closed soon after (an HTTP/2 stream whose flow
+    /// control the client keeps shut), and the upstream connection is released.
+    pub send: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain: Duration,
 }
@@ -245,6 +250,7 @@ impl Default for Timeouts {
             header_read: Duration::from_secs(20),
             body_read: Duration::from_secs(30),
             idle: Duration::from_secs(300),
+            send: Duration::from_secs(30),
             drain: Duration::from_secs(30),
         }
     }

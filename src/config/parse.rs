@@ -401,6 +401,10 @@ fn read_timeouts(node: &Node, path: &str, p: &mut Problems) -> Option<Timeouts> 
         .get("idle")
         .and_then(|n| positive_duration(n, &m.child("idle"), p))
         .unwrap_or(d.idle);
+    let send = m
+        .get("send")
+        .and_then(|n| positive_duration(n, &m.child("send"), p))
+        .unwrap_or(d.send);
     let drain = m
         .get("drain")
         .and_then(|n| duration(n, &m.child("drain"), p))
@@ -410,6 +414,7 @@ fn read_timeouts(node: &Node, path: &str, p: &mut Problems) -> Option<Timeouts> 
         header_read,
         body_read,
         idle,
+        send,
         drain,
     })
 }

@@ -1,9 +1,12 @@
 //! Listeners: accept TCP connections, terminate TLS, and serve HTTP/1.1 and HTTP/2 with any
 //! hyper service. They know nothing of routes or sessions.
 
-mod head_timeout;
+mod capacity;
+mod conn;
+mod h2_frames;
 mod proxy_protocol;
 pub mod tls;
+mod wire;
 
 use std::convert::Infallible;
 use std::io;
@@ -19,21 +22,29 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use futures_util::FutureExt;
 
-use crate::idle::Activity;
 use crate::metrics::ListenerMetrics;
-use head_timeout::HeadWatch;
+pub use capacity::Capacity;
+use conn::{Conn, End};
+use h2_frames::Frames;
+use wire::Wire;
 
 /// While draining, an HTTP/1 connection idle for this long is closed (busy ones close after
 /// their next response). Clients send the next request on a keep-alive connection within
 /// microseconds of a response, so a connection idle for this long is not about to be used.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// A full gateway holding a new connection looks this often for one to take the place of.
+const RECLAIM_AGAIN: Duration = Duration::from_millis(100);
+
+/// An HTTP/2 connection sent away (GOAWAY) for breaking a limit has this long to finish its
+/// other streams before it is cut.
+const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 
 /// Connection-level settings.
 #[derive(Debug, Clone)]
@@ -48,6 +59,8 @@ pub struct Options {
     /// An HTTP/2 connection with no bytes either way for this long is closed (HTTP/1 has the
     /// header-read timeout between requests instead).
     pub idle_timeout: Duration,
+    /// A response the client does not take for this long ends its connection.
+    pub send_timeout: Duration,
     /// With the PROXY protocol on: the peers allowed (and required) to send its header.
     pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
@@ -90,14 +103,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Serves connections from `listener` until `drain.stop` fires. `make_service` is called once
-/// per connection with the client's address and the connection's guard. At most `limit`
-/// connections are served at once (shared by all listeners); the rest wait in the kernel's
+/// per connection with the client's address and the connection's guard. At most `capacity`
+/// connections are served at once (shared by all listeners); past it, a new connection takes
+/// the place of one that waits without a request in service, or waits in the kernel's
 /// accept queue. Connections and failed TLS handshakes are counted in `metrics`.
 pub fn spawn<F, S, B>(
     listener: TcpListener,
     tls: Option<tls::TlsSource>,
     options: Options,
-    limit: Arc<Semaphore>,
+    capacity: Arc<Capacity>,
     drain: Drain,
     metrics: ListenerMetrics,
     make_service: F,
@@ -109,8 +123,7 @@ where
         + Sync
         + 'static,
     S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let builders = Arc::new(http_builders(&options));
@@ -121,6 +134,8 @@ where
             let _ = stream.set_nodelay(true);
             let guard: ConnGuard = Arc::new(permit);
             let open = metrics.accepted();
+            let conn = Conn::new(drain.closing.clone());
+            let registered = capacity.register(&conn);
             let (builders, tls, drain2, options, make_service, metrics) = (
                 builders.clone(),
                 tls.clone(),
@@ -130,48 +145,78 @@ where
                 metrics.clone(),
             );
             drain.tracker.spawn(async move {
-                let _open = open;
+                let (_open, _registered) = (open, registered);
+                let limits = options.limits();
                 let mut stream = stream;
-                // Behind an L4 balancer the client's address comes in a PROXY header.
+                // Until a request is in service, the header-read timeout runs from the
+                // accept, and a full gateway may take the place back.
                 let peer = match &options.proxy_protocol {
                     None => peer,
                     Some(trusted) => {
                         let wait = options.header_read_timeout;
-                        match proxy_protocol::client(&mut stream, peer, trusted, wait).await {
+                        let read = proxy_protocol::client(&mut stream, peer, trusted, wait);
+                        match watched(&conn, limits, read).await.flatten() {
                             Some(client) => client,
                             None => return,
                         }
                     }
                 };
+                let stream = Wire::new(stream, conn.clone());
                 let service = make_service(peer, guard.clone());
                 let _guard = guard;
                 match tls.map(|t| TlsAcceptor::from(t.load_full())) {
                     None => {
-                        let Some(h2) = starts_like_h2(&stream, options.header_read_timeout).await
-                        else {
+                        let peek = starts_like_h2(stream.get_ref(), options.header_read_timeout);
+                        let Some(h2) = watched(&conn, limits, peek).await.flatten() else {
                             return;
                         };
-                        serve_connection(&builders, stream, service, h2, &options, &drain2).await;
+                        serve_connection(&builders, stream, conn, service, h2, &options, &drain2)
+                            .await;
                     }
                     Some(acceptor) => {
                         let timeout = options.handshake_timeout;
-                        let Some(stream) =
-                            handshake(&acceptor, stream, timeout, &drain2, peer, &metrics).await
-                        else {
+                        let shake = handshake(&acceptor, stream, timeout, &drain2, peer, &metrics);
+                        let Some(stream) = watched(&conn, limits, shake).await.flatten() else {
                             return;
                         };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve_connection(&builders, stream, service, h2, &options, &drain2).await;
+                        serve_connection(&builders, stream, conn, service, h2, &options, &drain2)
+                            .await;
                     }
                 }
             });
         };
         loop {
-            let permit = tokio::select! {
-                _ = drain.stop.cancelled() => break,
-                p = limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
+            let permit = match capacity.try_place() {
+                Some(p) => p,
+                // Full: wait for a place, or for a client to knock and make room for it.
+                None => tokio::select! {
+                    _ = drain.stop.cancelled() => break,
+                    p = capacity.place() => match p {
+                        Some(p) => p,
+                        None => break,
+                    },
+                    r = listener.accept() => {
+                        let Ok((stream, peer)) = r else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        // A reclaimed connection ends at once and frees its place (another
+                        // listener may take it first: then the next one that frees). While
+                        // every connection is busy, look again now and then: one that goes
+                        // idle gives its place up.
+                        let permit = loop {
+                            let reclaimed = capacity.reclaim();
+                            tokio::select! {
+                                _ = drain.stop.cancelled() => break None,
+                                p = capacity.place() => break p,
+                                () = tokio::time::sleep(RECLAIM_AGAIN), if !reclaimed => {}
+                            }
+                        };
+                        let Some(permit) = permit else { break };
+                        serve(stream, peer, permit);
+                        continue;
+                    }
                 },
             };
             let (stream, peer) = tokio::select! {
@@ -191,13 +236,34 @@ where
         // Connections the kernel completed but we have not accepted would be reset when the
         // socket closes: take them (each is answered once, with `Connection: close`).
         while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
-            match limit.clone().try_acquire_owned() {
-                Ok(permit) => serve(stream, peer, permit),
-                Err(_) => break,
+            match capacity.try_place() {
+                Some(permit) => serve(stream, peer, permit),
+                None => break,
             }
         }
         // Dropping the listener here closes the socket: new connections are refused.
     })
+}
+
+impl Options {
+    fn limits(&self) -> conn::Limits {
+        conn::Limits {
+            header_read: self.header_read_timeout,
+            send: self.send_timeout,
+            idle: self.idle_timeout,
+        }
+    }
+}
+
+/// `fut`, unless the connection breaks a limit (or is reclaimed) first.
+async fn watched<T>(conn: &Conn, limits: conn::Limits, fut: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        end = conn.watchdog(limits) => {
+            tracing::debug!(reason = end.reason(), "connection closed before its first request");
+            None
+        }
+    }
 }
 
 /// Whether a cleartext connection opens with the HTTP/2 preface (`PRI * HTTP/2.0`, h2c with
@@ -212,12 +278,12 @@ async fn starts_like_h2(stream: &TcpStream, wait: Duration) -> Option<bool> {
 
 async fn handshake(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
+    stream: Wire<TcpStream>,
     timeout: Duration,
     drain: &Drain,
     peer: SocketAddr,
     metrics: &ListenerMetrics,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<Wire<TcpStream>>> {
     tokio::select! {
         r = tokio::time::timeout(timeout, acceptor.accept(stream)) => match r {
             Ok(Ok(s)) => Some(s),
@@ -247,7 +313,7 @@ struct Builders {
 
 fn http_builders(options: &Options) -> Builders {
     let mut h1 = http1::Builder::new();
-    // The header-read timeout is kept per connection (see `head_timeout`), not by hyper.
+    // The header-read timeout is kept per connection (see `conn`), not by hyper.
     h1.header_read_timeout(None)
         .max_buf_size((options.max_header_bytes * 2).max(64 * 1024))
         .keep_alive(true)
@@ -262,9 +328,11 @@ fn http_builders(options: &Options) -> Builders {
     Builders { h1, h2 }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<I, S, B>(
     builders: &Builders,
     io: I,
+    conn: Arc<Conn>,
     service: S,
     h2: bool,
     options: &Options,
@@ -273,51 +341,62 @@ async fn serve_connection<I, S, B>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // Runs a connection until it ends, `$silent` resolves, or a drain asks it to finish:
-    // then, once `$quiet` resolves, HTTP/1 closes (at once when idle, else after the response
-    // in flight) and HTTP/2 sends GOAWAY.
+    conn.set_h2(h2);
+    let limits = options.limits();
+    // Runs a connection until it ends, breaks a limit, or a drain asks it to finish: then,
+    // once `$quiet` resolves, HTTP/1 closes (at once when idle, else after the response in
+    // flight) and HTTP/2 sends GOAWAY. A connection told to go for a limit (GOAWAY) has a
+    // grace to finish its other streams.
     macro_rules! drive {
-        ($conn:expr, $silent:expr, $quiet:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
+        ($http:expr, $quiet:expr) => {{
+            let http = $http;
+            tokio::pin!(http);
             tokio::select! {
-                r = conn.as_mut() => {
+                r = http.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = $silent => {
-                    tracing::debug!("idle connection closed");
+                end = conn.watchdog(limits) => {
+                    tracing::debug!(reason = end.reason(), "connection closed");
+                    if let End::GoAway(_) = end {
+                        http.as_mut().graceful_shutdown();
+                        tokio::select! {
+                            _ = http.as_mut() => {}
+                            () = tokio::time::sleep(GOAWAY_GRACE) => {}
+                            () = drain.force.cancelled() => {}
+                        }
+                    }
                     return;
                 }
-                _ = drain.closing.cancelled() => {}
+                () = drain.closing.cancelled() => {}
             }
             tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = $quiet => {}
-                _ = drain.force.cancelled() => return,
+                _ = http.as_mut() => return,
+                () = $quiet => {}
+                _ = conn.watchdog(limits) => return,
+                () = drain.force.cancelled() => return,
             }
-            conn.as_mut().graceful_shutdown();
+            http.as_mut().graceful_shutdown();
             tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = drain.force.cancelled() => {}
+                _ = http.as_mut() => {}
+                _ = conn.watchdog(limits) => {}
+                () = drain.force.cancelled() => {}
             }
         }};
     }
+    let service = conn.service(service);
     if h2 {
-        // Many requests share an HTTP/2 connection and nothing times out between them, so a
-        // connection on which no byte moves for the idle timeout is closed.
-        let activity = Activity::new();
-        let io = TokioIo::new(activity.track(io));
+        // Many requests share an HTTP/2 connection: its frames are watched for slow headers
+        // and control floods, and it closes after the idle timeout without traffic.
+        let io = TokioIo::new(Frames::new(io, conn.clone()));
         // GOAWAY tells the client which streams were served: nothing to wait for.
         drive!(
             builders.h2.serve_connection(io, service),
-            activity.silent_for(options.idle_timeout),
             std::future::ready(())
         );
     } else {
@@ -327,14 +406,9 @@ async fn serve_connection<I, S, B>(
         // once it has been idle for a moment, since a request may be on its way at any time
         // (closing then would reset it).
         let io = TokioIo::new(io);
-        let watch = HeadWatch::closing_with(drain.closing.clone());
         drive!(
-            builders
-                .h1
-                .serve_connection(io, watch.service(service))
-                .with_upgrades(),
-            watch.expired(options.header_read_timeout),
-            watch.expired(DRAIN_IDLE_GRACE)
+            builders.h1.serve_connection(io, service).with_upgrades(),
+            conn.idle_for(DRAIN_IDLE_GRACE)
         );
     }
 }

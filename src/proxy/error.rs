@@ -24,6 +24,12 @@ pub enum ProxyError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The request has more header fields than the limit (HTTP/1.1 and HTTP/2 alike).
+    #[error("more than {limit} request header fields")]
+    TooManyHeaders {
+        /// The most fields allowed.
+        limit: usize,
+    },
     /// The declared `Content-Length` is over the route's limit.
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge {
@@ -67,7 +73,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
-            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } | ProxyError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::SessionStore => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnwantedUpgrade { .. } | ProxyError::UnreadablePage { .. } => {
@@ -159,6 +167,7 @@ mod tests {
     #[test]
     fn oversized_headers_are_431() {
         assert_eq!(ProxyError::HeadersTooLarge { limit: 1 }.status(), 431);
+        assert_eq!(ProxyError::TooManyHeaders { limit: 1 }.status(), 431);
     }
 
     #[test]

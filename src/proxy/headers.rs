@@ -204,6 +204,22 @@ pub fn head_size(uri: &http::Uri, headers: &HeaderMap) -> usize {
             .sum::<usize>()
 }
 
+/// Most header fields a request may have: hyper's HTTP/1.1 parser refuses more (431), and
+/// HTTP/2 requests are held to the same.
+pub const MAX_FIELDS: usize = 100;
+
+/// A request's header fields as [`MAX_FIELDS`] counts them: an HTTP/2 client's `cookie`
+/// crumbs (one field per cookie, which RFC 9113 allows) count as the one line HTTP/1.1
+/// would send.
+pub fn field_count(headers: &HeaderMap) -> usize {
+    let fields = headers.len();
+    if fields <= MAX_FIELDS {
+        return fields;
+    }
+    let crumbs = headers.get_all(header::COOKIE).iter().count();
+    fields - crumbs.saturating_sub(1)
+}
+
 /// The declared `Content-Length`, if present and valid.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers

@@ -710,6 +710,11 @@ impl Proxy {
                 limit: self.max_header_bytes,
             });
         }
+        if headers::field_count(req.headers()) > headers::MAX_FIELDS {
+            return Err(ProxyError::TooManyHeaders {
+                limit: headers::MAX_FIELDS,
+            });
+        }
         request_host(req).ok_or(ProxyError::BadRequest("missing or invalid Host header"))
     }
 

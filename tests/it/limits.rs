@@ -81,8 +81,14 @@ async fn response_slower_than_the_header_timeout_is_not_cut() {
 }
 
 #[tokio::test]
-async fn connections_over_the_cap_wait_until_one_closes() {
-    let b = Backend::named("b").await;
+async fn a_connection_over_the_cap_waits_while_all_are_busy_then_takes_an_idle_ones_place() {
+    let b = Backend::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        text(200, "b")
+    })
+    .await;
     let gw = Gateway::start(&simple_config(
         &[b.addr],
         "",
@@ -90,24 +96,37 @@ async fn connections_over_the_cap_wait_until_one_closes() {
     ))
     .await;
     let addr = gw.addr("web");
-    let request = b"GET / HTTP/1.1\r\nHost: cap.test\r\n\r\n";
 
+    // The one place is busy with a request in service.
     let mut first = TcpStream::connect(addr).await.unwrap();
-    first.write_all(request).await.unwrap();
-    let mut buf = [0u8; 512];
-    let n = first.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    first
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: cap.test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    // The second connection is accepted by the kernel but not served while the first is open.
+    // The second connection is accepted by the kernel but not served while the first is busy.
     let mut second = TcpStream::connect(addr).await.unwrap();
-    second.write_all(request).await.unwrap();
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: cap.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
     let waited = tokio::time::timeout(Duration::from_millis(400), second.read(&mut buf)).await;
     assert!(waited.is_err(), "a connection over the cap was served");
 
-    drop(first);
-    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+    // The first gets its answer and stays open, idle (keep-alive): the waiting connection
+    // takes its place, without waiting for the header-read timeout to close it.
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let n = tokio::time::timeout(Duration::from_secs(2), second.read(&mut buf))
         .await
         .expect("the waiting connection was never served")
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let n = tokio::time::timeout(Duration::from_secs(2), first.read(&mut buf))
+        .await
+        .expect("the idle connection was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection gave its place up");
 }

@@ -2,4 +2,8 @@
 //! outages, each against a real gateway on loopback, bounded in count and time. Tests assert
 //! outcomes (who was served, what reached the backend or Redis), not timings, where they can.
 
+mod cap;
 mod flood;
+mod h2;
+mod h2raw;
+mod slow;

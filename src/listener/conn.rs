@@ -1,0 +1,502 @@
+//! What one client connection's parts share: its requests (through [`Watched`]), its bytes on
+//! the wire ([`super::wire`]), its HTTP/2 frames ([`super::h2_frames`]), and one watchdog
+//! that ends the connection when a limit is broken.
+//!
+//! Every limit is a mark (when something started waiting) checked by one timer per
+//! connection, re-armed only when it fires: a request that meets its limits costs a few
+//! atomic stores, not a timer registration (see `deadline`). The limits:
+//! - **header read**: from the end of one response (or the accept) until the next HTTP/1
+//!   request head has been read, and on HTTP/2 from the first byte of a frame header until
+//!   that frame (and a header block, until its last CONTINUATION) is in;
+//! - **send**: a write the socket has not taken, or an HTTP/2 response body whose next chunk
+//!   the client's flow control keeps out;
+//! - **idle** (HTTP/2): no byte either way;
+//! - **abuse** (HTTP/2): requests the client mostly cancels before their answer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::service::Service;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::idle::now_ms;
+
+/// Marks `waiting` while a request is being served.
+const BUSY: u64 = u64::MAX;
+
+/// No mark.
+const NONE: u64 = 0;
+
+/// A stamp for a mark: never [`NONE`].
+fn stamp() -> u64 {
+    now_ms().max(1)
+}
+
+/// Cancelled requests an HTTP/2 connection may make before its share of them is judged.
+const CANCELS_BEFORE_JUDGING: u64 = 100;
+
+/// How the watchdog ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Cut it now.
+    Close(&'static str),
+    /// Tell the client to go (HTTP/2 GOAWAY; HTTP/1 closes after the response in flight),
+    /// then cut it after a grace.
+    GoAway(&'static str),
+}
+
+impl End {
+    /// Why, for the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            End::Close(why) | End::GoAway(why) => why,
+        }
+    }
+}
+
+/// The limits a connection's watchdog enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See the module docs.
+    pub header_read: Duration,
+    /// See the module docs.
+    pub send: Duration,
+    /// See the module docs.
+    pub idle: Duration,
+}
+
+/// One client connection's shared state.
+#[derive(Debug)]
+pub struct Conn {
+    /// Set once the protocol is known (ALPN or the h2c preface).
+    h2: AtomicBool,
+    /// HTTP/1: when the connection started waiting for a request head, or [`BUSY`].
+    /// HTTP/2: when its last request in service ended, or [`BUSY`] while any is.
+    since: AtomicU64,
+    /// HTTP/2: requests in service.
+    in_service: AtomicU32,
+    /// When a byte last moved on the socket, either way (HTTP/2 idle).
+    moved: AtomicU64,
+    /// When a write found the socket full, or [`NONE`] (send timeout).
+    blocked: AtomicU64,
+    /// HTTP/2: when the frame (or header block) being read began, or [`NONE`].
+    frame_since: AtomicU64,
+    /// Whether a request head has been read (a connection that has not is the first to
+    /// give up its place when the gateway is full).
+    served: AtomicBool,
+    /// HTTP/2: requests started, and those the client cancelled before their answer.
+    started: AtomicU64,
+    cancelled: AtomicU64,
+    /// HTTP/2: response bodies, each with the time it handed over a chunk not yet taken.
+    bodies: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Fires when the gateway drains: responses then carry `Connection: close`.
+    closing: CancellationToken,
+    /// Why the connection must end now, if something outside the watchdog decided so.
+    verdict: Mutex<Option<End>>,
+    /// Whether a verdict has been given (no lock to look).
+    ending: AtomicBool,
+    wake: Notify,
+}
+
+impl Conn {
+    /// A connection accepted now, waiting for its first request head.
+    pub fn new(closing: CancellationToken) -> Arc<Conn> {
+        let now = stamp();
+        Arc::new(Conn {
+            h2: AtomicBool::new(false),
+            since: AtomicU64::new(now),
+            in_service: AtomicU32::new(0),
+            moved: AtomicU64::new(now),
+            blocked: AtomicU64::new(NONE),
+            frame_since: AtomicU64::new(NONE),
+            served: AtomicBool::new(false),
+            started: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
+            closing,
+            verdict: Mutex::new(None),
+            ending: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Sets the protocol once it is known (ALPN or the h2c preface).
+    pub fn set_h2(&self, h2: bool) {
+        self.h2.store(h2, Ordering::Relaxed);
+    }
+
+    pub(super) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Since when the connection has waited without a request in service, if it is: the
+    /// connection a full gateway may take back first (the longest waiting goes first).
+    pub fn waiting_since(&self) -> Option<(bool, u64)> {
+        let since = self.since.load(Ordering::Relaxed);
+        (since != BUSY && !self.ending.load(Ordering::Relaxed))
+            .then(|| (self.served.load(Ordering::Relaxed), since))
+    }
+
+    /// Ends the connection from outside (the gateway is full and takes its place back).
+    pub fn end(&self, why: End) {
+        if let Ok(mut v) = self.verdict.lock() {
+            v.get_or_insert(why);
+        }
+        self.ending.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub(super) fn moved(&self) {
+        self.moved.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub(super) fn write_blocked(&self) {
+        if self.blocked.load(Ordering::Relaxed) == NONE {
+            self.blocked.store(stamp(), Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn write_went(&self) {
+        if self.blocked.load(Ordering::Relaxed) != NONE {
+            self.blocked.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// HTTP/2: a frame (or a header block) began arriving at `since`, or all that began has
+    /// arrived (`NONE`).
+    pub(super) fn frame_pending(&self, since: u64) {
+        self.frame_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection has waited for a request head for longer than `limit`
+    /// (HTTP/1: a draining connection closes once it has been idle this long).
+    pub async fn idle_for(&self, limit: Duration) {
+        let limit_ms = millis(limit);
+        loop {
+            let since = self.since.load(Ordering::Relaxed);
+            let wait_ms = if since == BUSY {
+                limit_ms
+            } else {
+                let waited = now_ms().saturating_sub(since);
+                if waited >= limit_ms {
+                    return;
+                }
+                limit_ms - waited
+            };
+            tokio::time::sleep(Duration::from_millis(wait_ms.max(1))).await;
+        }
+    }
+
+    /// Resolves when the connection breaks a limit, or is ended from outside.
+    pub async fn watchdog(&self, limits: Limits) -> End {
+        loop {
+            let notified = self.wake.notified();
+            match self.judge(limits) {
+                Ok(end) => return end,
+                Err(next_ms) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(next_ms.max(1))) => {}
+                        () = notified => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The limit broken now, or how long until one might be.
+    fn judge(&self, limits: Limits) -> Result<End, u64> {
+        if let Ok(v) = self.verdict.lock()
+            && let Some(end) = *v
+        {
+            return Ok(end);
+        }
+        let now = now_ms();
+        let mut next = u64::MAX;
+        // A mark `since` must not be older than `limit`: broken, or time left.
+        let mut check = |since: u64, limit: Duration, why: End| -> Option<End> {
+            let limit = millis(limit);
+            let waited = now.saturating_sub(since);
+            if waited >= limit {
+                return Some(why);
+            }
+            next = next.min(limit - waited);
+            None
+        };
+        let blocked = match self.blocked.load(Ordering::Relaxed) {
+            NONE => now,
+            t => t,
+        };
+        if let Some(end) = check(blocked, limits.send, End::Close("send timeout")) {
+            return Ok(end);
+        }
+        if self.is_h2() {
+            let frame = match self.frame_since.load(Ordering::Relaxed) {
+                NONE => now,
+                t => t,
+            };
+            let moved = self.moved.load(Ordering::Relaxed);
+            let stalled = self.oldest_stalled_body().unwrap_or(now);
+            for (since, limit, why) in [
+                (frame, limits.header_read, End::Close("header read timeout")),
+                (moved, limits.idle, End::Close("idle")),
+                (stalled, limits.send, End::GoAway("send timeout (stream)")),
+            ] {
+                if let Some(end) = check(since, limit, why) {
+                    return Ok(end);
+                }
+            }
+        } else {
+            let since = match self.since.load(Ordering::Relaxed) {
+                BUSY => now,
+                t => t,
+            };
+            if let Some(end) = check(since, limits.header_read, End::Close("header read timeout")) {
+                return Ok(end);
+            }
+        }
+        Err(next)
+    }
+
+    /// The oldest chunk an HTTP/2 response body handed over that the client has not let
+    /// through; forgets bodies that are gone.
+    fn oldest_stalled_body(&self) -> Option<u64> {
+        let mut bodies = self.bodies.lock().ok()?;
+        let mut oldest = None::<u64>;
+        bodies.retain(|b| match b.upgrade() {
+            Some(at) => {
+                let t = at.load(Ordering::Relaxed);
+                if t != NONE {
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                }
+                true
+            }
+            None => false,
+        });
+        oldest
+    }
+
+    fn busy(&self) {
+        self.served.store(true, Ordering::Relaxed);
+        if self.is_h2() {
+            self.in_service.fetch_add(1, Ordering::Relaxed);
+            self.started.fetch_add(1, Ordering::Relaxed);
+        }
+        self.since.store(BUSY, Ordering::Relaxed);
+    }
+
+    fn done(&self) {
+        if !self.is_h2() || self.in_service.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.since.store(stamp(), Ordering::Relaxed);
+        }
+    }
+
+    /// A request the client gave up before its answer (an HTTP/2 stream reset): a client
+    /// that mostly does (rapid reset, paced to dodge the HTTP/2 library's own limit) makes
+    /// the backend work for nothing, and is sent away.
+    fn cancelled(&self) {
+        if !self.is_h2() {
+            return;
+        }
+        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
+        let started = self.started.load(Ordering::Relaxed);
+        if cancelled >= CANCELS_BEFORE_JUDGING && cancelled * 2 >= started {
+            self.end(End::GoAway("requests mostly cancelled"));
+        }
+    }
+
+    /// Whether the connection has been told to go: its new requests are refused unserved.
+    fn sent_away(&self) -> bool {
+        self.ending.load(Ordering::Relaxed)
+    }
+
+    /// Wraps a service so that its requests are tracked by this connection; once the
+    /// gateway drains, HTTP/1 responses carry `Connection: close`.
+    pub fn service<S>(self: &Arc<Self>, inner: S) -> Watched<S> {
+        Watched {
+            inner,
+            conn: self.clone(),
+        }
+    }
+
+    fn watch_body(&self) -> Option<Arc<AtomicU64>> {
+        if !self.is_h2() {
+            return None;
+        }
+        let at = Arc::new(AtomicU64::new(NONE));
+        if let Ok(mut bodies) = self.bodies.lock() {
+            // Gone bodies are swept by the watchdog; sweep here too when many pile up
+            // between its runs (a busy connection makes thousands of requests a second).
+            if bodies.len() >= 64 && bodies.len().is_power_of_two() {
+                bodies.retain(|b| b.strong_count() > 0);
+            }
+            bodies.push(Arc::downgrade(&at));
+        }
+        Some(at)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A service whose requests are tracked by a [`Conn`].
+#[derive(Debug, Clone)]
+pub struct Watched<S> {
+    inner: S,
+    conn: Arc<Conn>,
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for Watched<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+{
+    type Response = Response<WatchedBody<B>>;
+    type Error = Infallible;
+    type Future = WatchedFuture<S::Future>;
+
+    fn call(&self, req: Request<ReqB>) -> Self::Future {
+        // The head has been read: no header timeout until this response is done.
+        self.conn.busy();
+        let inner = if self.conn.sent_away() {
+            // Told to go (GOAWAY): streams the client opened meanwhile reach no backend.
+            None
+        } else {
+            Some(self.inner.call(req))
+        };
+        WatchedFuture {
+            inner,
+            conn: Some(self.conn.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of a [`Watched`] service.
+    pub struct WatchedFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        conn: Option<Arc<Conn>>,
+    }
+
+    impl<F> PinnedDrop for WatchedFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its answer: the client reset the stream (or the connection
+            // went).
+            if let Some(conn) = this.project().conn.take() {
+                conn.cancelled();
+                conn.done();
+            }
+        }
+    }
+}
+
+impl<F, B> Future for WatchedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<WatchedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = match this.inner.as_pin_mut() {
+            None => None,
+            Some(inner) => match inner.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(resp)) => Some(resp),
+            },
+        };
+        let Some(conn) = this.conn.take() else {
+            return Poll::Pending;
+        };
+        let Some(mut resp) = resp else {
+            let mut refused = Response::new(WatchedBody {
+                inner: None,
+                at: None,
+                conn,
+            });
+            *refused.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Poll::Ready(Ok(refused));
+        };
+        if !conn.is_h2()
+            && conn.closing.is_cancelled()
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            // Draining: the client learns that this connection ends with this response, and
+            // takes its next request elsewhere (hyper closes after sending it).
+            resp.headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let at = conn.watch_body();
+        Poll::Ready(Ok(resp.map(|inner| WatchedBody {
+            inner: Some(inner),
+            at,
+            conn,
+        })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its request's time in service when dropped (hyper drops it
+    /// once the body is sent, or the connection is gone), and on HTTP/2 notes when it hands
+    /// over a chunk the client has yet to let through.
+    pub struct WatchedBody<B> {
+        #[pin]
+        inner: Option<B>,
+        at: Option<Arc<AtomicU64>>,
+        conn: Arc<Conn>,
+    }
+
+    impl<B> PinnedDrop for WatchedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            this.conn.done();
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let r = inner.poll_frame(cx);
+        if let Some(at) = this.at {
+            // hyper asks for the next chunk only once the client's flow control has let the
+            // last one through: a chunk handed over and not followed by another ask within
+            // the send timeout is a stream the client keeps shut.
+            let t = match &r {
+                Poll::Ready(Some(Ok(f))) if f.is_data() => stamp(),
+                _ => NONE,
+            };
+            at.store(t, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}

@@ -1,0 +1,204 @@
+//! HTTP/2 abuse: paced rapid reset, control-frame floods, and header limits equal to HTTP/1.1's.
+
+use std::time::Duration;
+
+use super::h2raw::*;
+use crate::support::*;
+
+/// A backend that takes 200 ms per answer, so that streams are reset while in flight.
+async fn slow_backend() -> Backend {
+    Backend::start(|_req| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text(200, "slow")
+    })
+    .await
+}
+
+#[tokio::test]
+async fn paced_rapid_reset_is_sent_away_within_a_bounded_number_of_backend_requests() {
+    let b = slow_backend().await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let h2 = H2::connect(gw.addr("web")).await;
+    let (mut rd, mut wr) = h2.tcp.into_split();
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut goaway = false;
+        let mut h = [0u8; 9];
+        loop {
+            if rd.read_exact(&mut h).await.is_err() {
+                return goaway;
+            }
+            goaway |= h[3] == GOAWAY;
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let mut p = vec![0u8; len];
+            if rd.read_exact(&mut p).await.is_err() {
+                return goaway;
+            }
+        }
+    });
+    // Batches of 100 streams, a 30 ms pause, 100 resets; for at most 5 s.
+    use tokio::io::AsyncWriteExt;
+    let started = tokio::time::Instant::now();
+    let mut next = 1u32;
+    let mut opened = 0;
+    'attack: while started.elapsed() < Duration::from_secs(5) {
+        let first = next;
+        let at_start = b.requests().len();
+        let mut batch = Vec::new();
+        for _ in 0..100 {
+            batch.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                next,
+                &block(&get("gw.test", "/")),
+            ));
+            next += 2;
+        }
+        if wr.write_all(&batch).await.is_err() {
+            break 'attack;
+        }
+        opened += 100;
+        // The pause lets the gateway accept every stream (the HTTP/2 library's own limit
+        // counts only resets of streams not yet accepted): the release build takes well under
+        // 30 ms, a debug build longer, so wait until the batch reaches the backend (or 1 s).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for _ in 0..100 {
+            if b.requests().len() >= at_start + 100 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut resets = Vec::new();
+        for id in (first..next).step_by(2) {
+            resets.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        if wr.write_all(&resets).await.is_err() {
+            break 'attack;
+        }
+    }
+    let goaway = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the connection was never closed")
+        .unwrap();
+    let reached = b.requests().len();
+    assert!(goaway, "no GOAWAY for a client that reset {opened} streams");
+    assert!(
+        reached <= 300,
+        "{reached} of {opened} reset streams reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_cancels_now_and_then_is_served() {
+    let b = slow_backend().await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let mut h2 = H2::connect(gw.addr("web")).await;
+    // 300 requests, one in five cancelled: a browser navigating away, not an attack.
+    let mut id = 1u32;
+    for round in 0..60 {
+        let mut batch = Vec::new();
+        for _ in 0..5 {
+            batch.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                id,
+                &block(&get("gw.test", "/")),
+            ));
+            id += 2;
+        }
+        batch.extend(frame(RST_STREAM, 0, id - 2, &8u32.to_be_bytes()));
+        assert!(h2.send(&batch).await, "cut in round {round}");
+        // Read the four answers.
+        let mut ends = 0;
+        while ends < 4 {
+            let (seen, _) = h2
+                .next(Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|| panic!("no answer in round {round}"));
+            assert_ne!(seen.kind, GOAWAY, "sent away in round {round}");
+            if seen.flags & END_STREAM != 0 && (seen.kind == DATA || seen.kind == HEADERS) {
+                ends += 1;
+            }
+        }
+    }
+}
+
+/// Sends `kind` frames (each answered with an ACK, which a reader takes) until the gateway
+/// closes the connection: how many went.
+async fn flood(kind: u8, payload: &[u8]) -> usize {
+    let b = Backend::named("ok").await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let h2 = H2::connect(gw.addr("web")).await;
+    let (mut rd, mut wr) = h2.tcp.into_split();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    use tokio::io::AsyncWriteExt;
+    let f = frame(kind, 0, 0, payload);
+    for sent in 0..20_000 {
+        if wr.write_all(&f).await.is_err() {
+            return sent;
+        }
+        if sent % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Give a cut a moment to show.
+    for sent in 20_000..20_100 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if wr.write_all(&f).await.is_err() {
+            return sent;
+        }
+    }
+    usize::MAX
+}
+
+#[tokio::test]
+async fn a_settings_flood_from_a_client_that_reads_is_cut() {
+    let sent = flood(SETTINGS, &[]).await;
+    assert!(sent < 20_100, "20,100 SETTINGS frames were taken");
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_client_that_reads_is_cut() {
+    let sent = flood(PING, &[0; 8]).await;
+    assert!(sent < 20_100, "20,100 PING frames were taken");
+}
+
+/// `n` extra header fields on a GET, over HTTP/1.1 or HTTP/2 (prior knowledge).
+async fn many_fields(gw: &Gateway, n: usize, h2: bool) -> u16 {
+    let builder = reqwest::Client::builder().no_proxy();
+    let http = if h2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    }
+    .build()
+    .unwrap();
+    let mut req = http.get(gw.url("web", "/"));
+    for i in 0..n {
+        req = req.header(format!("x-f{i}"), "v");
+    }
+    match req.send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn header_field_limits_are_the_same_on_http2_as_on_http1() {
+    let b = Backend::named("ok").await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    for h2 in [false, true] {
+        assert_eq!(many_fields(&gw, 10, h2).await, 200, "h2 {h2}");
+        assert_eq!(many_fields(&gw, 1000, h2).await, 431, "h2 {h2}");
+        assert_eq!(many_fields(&gw, 150, h2).await, 431, "h2 {h2}");
+    }
+    assert_eq!(
+        b.requests().len(),
+        2,
+        "only the small requests reach the backend"
+    );
+}

@@ -1,0 +1,299 @@
+//! Clients that stop reading, and clients that trickle their request head: the connection is
+//! closed after the send timeout (HTTP/1.1; HTTP/2 per connection and per stream) or the
+//! header-read timeout (HTTP/2 as HTTP/1.1), and the backend's connection is released.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use super::h2raw::*;
+use crate::support::*;
+
+/// A backend whose `/big` streams 64 KiB chunks until the gateway stops taking them (at most
+/// 256 MiB), then notes that its response was released; `/medium` is 2 MiB.
+struct Streamer {
+    backend: Backend,
+    released: Arc<Notify>,
+    releases: Arc<AtomicUsize>,
+}
+
+async fn streamer() -> Streamer {
+    let released = Arc::new(Notify::new());
+    let releases = Arc::new(AtomicUsize::new(0));
+    let (r, n) = (released.clone(), releases.clone());
+    let backend = Backend::start(move |req| {
+        let (r, n) = (r.clone(), n.clone());
+        async move {
+            let chunks = if req.uri().path() == "/medium" {
+                32
+            } else {
+                4096
+            };
+            let (mut tx, body) = http_body_util::channel::Channel::<
+                Bytes,
+                Box<dyn std::error::Error + Send + Sync>,
+            >::new(1);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..chunks {
+                    if tx.send_data(chunk.clone()).await.is_err() {
+                        n.fetch_add(1, Ordering::SeqCst);
+                        r.notify_one();
+                        return;
+                    }
+                }
+            });
+            let mut resp = http::Response::new(body.boxed());
+            resp.headers_mut()
+                .insert("content-type", "application/octet-stream".parse().unwrap());
+            resp
+        }
+    })
+    .await;
+    Streamer {
+        backend,
+        released,
+        releases,
+    }
+}
+
+fn yaml(s: &Streamer, timeouts: &str) -> String {
+    simple_config(
+        &[s.backend.addr],
+        "",
+        &format!("timeouts: {timeouts}\nlimits: {{ max_connections: 100 }}"),
+    )
+}
+
+/// Reads what is left on `tcp` until it ends: `true` if the gateway closed it in `limit`.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 1 << 20];
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http1_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let s = streamer().await;
+    let gw = Gateway::start(&yaml(&s, "{ send: 1s, header_read: 30s }")).await;
+    let mut tcp = TcpStream::connect(gw.addr("web")).await.unwrap();
+    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads nothing: the backend's response must be let go.
+    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
+    assert!(released.is_ok(), "the upstream response was never released");
+    assert!(
+        closed_within(&mut tcp, Duration::from_secs(10)).await,
+        "the gateway kept the connection of a client that reads nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_reader_gets_its_whole_response() {
+    let s = streamer().await;
+    let gw = Gateway::start(&yaml(&s, "{ send: 1s, header_read: 30s }")).await;
+    let mut tcp = TcpStream::connect(gw.addr("web")).await.unwrap();
+    tcp.write_all(b"GET /medium HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        // Pauses shorter than the send timeout, many times over it in all.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = tcp.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    assert!(got > 2 * 1024 * 1024, "got {got} bytes of a 2 MiB body");
+    assert_eq!(s.releases.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let s = streamer().await;
+    let gw = Gateway::start(&yaml(&s, "{ send: 1s, idle: 60s }")).await;
+    // Windows wide open, then nothing read at all.
+    let mut h2 = H2::connect_with(gw.addr("web"), &[(0x4, 0x7fff_ffff)]).await;
+    let grow = frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    );
+    assert!(h2.send(&grow).await);
+    assert!(h2.get(1, "/big").await);
+    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
+    assert!(released.is_ok(), "the upstream response was never released");
+    assert!(closed_within(&mut h2.tcp, Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn an_http2_stream_the_client_keeps_shut_ends_its_connection_and_releases_the_upstream() {
+    let s = streamer().await;
+    let gw = Gateway::start(&yaml(&s, "{ send: 1s, idle: 60s }")).await;
+    // The connection's window is wide open and every byte is read, but stream 1's window is
+    // never opened past its first 64 KiB; PINGs keep the connection busy.
+    let mut h2 = H2::connect(gw.addr("web")).await;
+    let grow = frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    );
+    assert!(h2.send(&grow).await);
+    assert!(h2.get(1, "/big").await);
+    let (mut rd, mut wr) = h2.tcp.into_split();
+    let pinger = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr.write_all(&frame(PING, 0, 0, &[0; 8])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let reader = tokio::spawn(async move {
+        let mut goaway = false;
+        let mut h = [0u8; 9];
+        loop {
+            if rd.read_exact(&mut h).await.is_err() {
+                return (true, goaway);
+            }
+            goaway |= h[3] == GOAWAY;
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let mut p = vec![0u8; len];
+            if rd.read_exact(&mut p).await.is_err() {
+                return (true, goaway);
+            }
+        }
+    });
+    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
+    assert!(released.is_ok(), "the upstream response was never released");
+    let (closed, goaway) = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the connection was not closed")
+        .unwrap();
+    assert!(closed && goaway, "closed {closed}, GOAWAY first {goaway}");
+    pinger.abort();
+}
+
+#[tokio::test]
+async fn an_http2_header_block_trickled_a_byte_at_a_time_is_cut_at_header_read() {
+    let b = Backend::named("ok").await;
+    let yaml = simple_config(&[b.addr], "", "timeouts: { header_read: 1s, idle: 60s }");
+    let gw = Gateway::start(&yaml).await;
+    // One HEADERS frame, a byte every 200 ms (about 10 s for all of it).
+    let mut h2 = H2::connect(gw.addr("web")).await;
+    let f = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block(&get("gw.test", "/")),
+    );
+    let started = tokio::time::Instant::now();
+    let mut cut = false;
+    for byte in &f {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !h2.send(&[*byte]).await {
+            cut = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let (closed, _) = h2.until_closed(Duration::from_millis(500)).await;
+    assert!(
+        cut || closed,
+        "a header block trickled for 4 s outlived a 1 s header_read"
+    );
+    assert!(b.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_http2_header_block_left_open_is_cut_at_header_read() {
+    let b = Backend::named("ok").await;
+    let yaml = simple_config(&[b.addr], "", "timeouts: { header_read: 1s, idle: 60s }");
+    let gw = Gateway::start(&yaml).await;
+    let mut h2 = H2::connect(gw.addr("web")).await;
+    // HEADERS without END_HEADERS, and no CONTINUATION (any other frame would be a
+    // protocol error): the connection stays silent, well within its 60 s idle timeout.
+    assert!(
+        h2.send(&frame(HEADERS, END_STREAM, 1, &block(&get("gw.test", "/"))))
+            .await
+    );
+    let (closed, _) = h2.until_closed(Duration::from_secs(4)).await;
+    assert!(closed, "an open header block outlived header_read for 4 s");
+}
+
+#[tokio::test]
+async fn a_stalled_http2_connection_over_tls_closes_at_the_idle_timeout() {
+    init();
+    let s = streamer().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw", &["gw.test"]);
+    let yaml = format!(
+        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: gw.crt, key: gw.key }} ] }}\nupstreams:\n  app: {{ servers: [ {{ url: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\ntimeouts: {{ idle: 2s, send: 60s }}\n",
+        s.backend.url()
+    );
+    let gw = Gateway::start_in(&yaml, dir).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(gw.addr("tls")).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    hello.extend(frame(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(0x7fff_ffffu32 - 65_535).to_be_bytes(),
+    ));
+    hello.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/big"),
+            (":authority", "gw.test"),
+        ]),
+    ));
+    tls.write_all(&hello).await.unwrap();
+    // Nothing read from here on: once the socket is full no byte moves, and the idle timeout
+    // (not the minute-long send timeout) ends the connection.
+    let started = tokio::time::Instant::now();
+    let released = tokio::time::timeout(Duration::from_secs(8), s.released.notified()).await;
+    assert!(
+        released.is_ok(),
+        "a stalled TLS connection outlived a 2 s idle timeout by 6 s"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    drop(tls);
+}
