@@ -87,9 +87,9 @@ impl ProxyError {
                     timed_out: true, ..
                 }
                 | UpstreamError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                UpstreamError::Connect { .. } | UpstreamError::Broken { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
+                UpstreamError::Connect { .. }
+                | UpstreamError::Broken { .. }
+                | UpstreamError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 UpstreamError::ClientBody { .. } => StatusCode::BAD_REQUEST,
                 UpstreamError::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -117,6 +117,11 @@ impl ProxyError {
                 ),
                 UpstreamError::Broken { .. } => {
                     format!("upstream \"{pool}\" closed the connection without a valid response")
+                }
+                UpstreamError::ResponseTooLarge { .. } => {
+                    format!(
+                        "upstream \"{pool}\" sent a response head larger than the gateway takes"
+                    )
                 }
                 UpstreamError::BodyTooLarge { limit } => {
                     format!("request body larger than {limit} bytes")

@@ -68,6 +68,15 @@ pub enum UpstreamError {
         /// What failed.
         reason: String,
     },
+    /// The backend's response head is over the gateway's own limits (header count or size):
+    /// the server is up, so this is no mark against its health.
+    #[error("{backend} sent a response head over the gateway's limits: {reason}")]
+    ResponseTooLarge {
+        /// The backend's address.
+        backend: Arc<str>,
+        /// What was over the limit.
+        reason: String,
+    },
     /// The connection failed after the request was (perhaps partly) sent.
     #[error("{backend} failed: {reason}")]
     Broken {
@@ -89,6 +98,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => Some("connect"),
             UpstreamError::Timeout { .. } => Some("response_timeout"),
             UpstreamError::Broken { .. } => Some("broken"),
+            UpstreamError::ResponseTooLarge { .. } => Some("response_too_large"),
             UpstreamError::NoHealthyServer { .. } => Some("no_healthy_server"),
             UpstreamError::BodyTooLarge { .. }
             | UpstreamError::ClientBodyTimeout(_)
@@ -104,6 +114,7 @@ impl UpstreamError {
             UpstreamError::Broken { .. } => idempotent,
             // Retrying after a response timeout multiplies load on a struggling pool.
             UpstreamError::Timeout { .. }
+            | UpstreamError::ResponseTooLarge { .. }
             | UpstreamError::BodyTooLarge { .. }
             | UpstreamError::ClientBodyTimeout(_)
             | UpstreamError::ClientBody { .. }
@@ -480,6 +491,12 @@ fn classify(backend: &Arc<str>, err: &hyper::Error) -> UpstreamError {
             Some(BodyError::Consumed) | None => {}
         }
         source = s.source();
+    }
+    if err.is_parse_too_large() {
+        return UpstreamError::ResponseTooLarge {
+            backend: backend.clone(),
+            reason: error_chain(err),
+        };
     }
     UpstreamError::Broken {
         backend: backend.clone(),

@@ -34,7 +34,7 @@ fn session_cookie(resp: &reqwest::Response) -> String {
 }
 
 /// Logs in on `g` as soon as its Redis answers (a login that gets a cookie); the cookie.
-async fn login_once_up(g: &Gateway, fail: &str) -> String {
+pub(crate) async fn login_once_up(g: &Gateway, fail: &str) -> String {
     let http = client();
     let up = eventually(Duration::from_secs(10), || {
         let req = http.get(g.url("web", "/login")).send();
@@ -90,7 +90,7 @@ async fn answers_within(g: &Gateway, cookie: &str, limit: Duration, want: &str) 
 }
 
 /// The backend: logs in, counts a cart, logs out, and says what session it saw.
-async fn shop() -> Backend {
+pub(crate) async fn shop() -> Backend {
     Backend::start(|req| async move {
         let get = |n: &str| {
             req.headers()

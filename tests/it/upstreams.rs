@@ -226,3 +226,36 @@ async fn session_affinity_keeps_each_session_on_one_server_and_skips_a_dead_one(
     // Sessions spread over both live servers (all on one: about 1 chance in 2,000).
     assert_eq!(used.len(), 2, "{used:?}");
 }
+
+#[tokio::test]
+async fn a_response_over_the_gateways_header_limit_is_a_502_not_a_mark_against_the_server() {
+    let b = Backend::start(|req| async move {
+        let mut r = text(200, "fine");
+        if req.uri().path() == "/many" {
+            for i in 0..150 {
+                r.headers_mut().insert(
+                    format!("x-h{i}").parse::<http::HeaderName>().unwrap(),
+                    "v".parse().unwrap(),
+                );
+            }
+        }
+        r
+    })
+    .await;
+    let gw = Gateway::start(&simple_config(
+        &[b.addr],
+        "    passive: { max_failures: 2, eject_for: 10s }",
+        "",
+    ))
+    .await;
+    let http = client();
+    for _ in 0..4 {
+        let r = http.get(gw.url("web", "/many")).send().await.unwrap();
+        assert_eq!(r.status(), 502);
+        assert!(r.text().await.unwrap().contains("response head"));
+    }
+    // The only server is not ejected: its next ordinary answer goes through.
+    let r = http.get(gw.url("web", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "fine");
+}

@@ -7,12 +7,14 @@
 //! keep theirs.
 
 mod batch;
+mod circuit;
 mod conn;
 mod near;
 mod pending;
 mod scripts;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use redis::{AsyncCommands, Script, Value};
 use rustc_hash::FxBuildHasher;
 
 use batch::Batcher;
+use circuit::Circuit;
 pub use conn::Topology;
 use conn::{Conn, Connector};
 use near::{Epoch, Listener, Near, NearCopy};
@@ -81,6 +84,14 @@ pub struct RedisStore {
     epoch: Epoch,
     /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
     pending: Option<Arc<Pending>>,
+    /// Open while Redis does not answer: requests do not ask it (see [`circuit`]).
+    circuit: Arc<Circuit>,
+    /// This store's own marker key, by which its probe tells a Redis that lost its data
+    /// (restarted empty) from one that kept it: other gateways set their own, so none can
+    /// hide the loss from another.
+    marker: Arc<str>,
+    /// When this store last set its marker (Unix ms; 0: never).
+    marked: Arc<AtomicU64>,
     prefix: String,
     /// Where changes are announced: `PREFIX changed`.
     channel: String,
@@ -99,6 +110,7 @@ pub struct RedisStore {
     rename: Script,
     snapshot: Script,
     write_copy: Script,
+    restore: Script,
     seal: Script,
     probe: Script,
     touch: Script,
@@ -115,6 +127,21 @@ impl std::fmt::Debug for RedisStore {
 
 fn failed(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("redis: {e}"))
+}
+
+/// How often a store sets its marker again (see [`RedisStore::mark`]).
+const MARK_EVERY_MS: u64 = 24 * 3600 * 1000;
+
+/// A random id for this store's marker.
+fn marker_id() -> Result<String, StoreError> {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| failed("no randomness for the store's marker"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// What a request is told while the circuit is open.
+fn down() -> StoreError {
+    failed("session store down (not asked until a probe sees it answer)")
 }
 
 fn ms(d: Duration) -> u64 {
@@ -229,6 +256,9 @@ impl RedisStore {
             epoch: Epoch::default(),
             pending: (options.serve_stale && !options.near_ttl.is_zero())
                 .then(|| Arc::new(Pending::default())),
+            circuit: Arc::default(),
+            marker: Arc::from(scripts::marker_key(&options.key_prefix, &marker_id()?)),
+            marked: Arc::default(),
             channel: format!("{}changed", options.key_prefix),
             prefix: options.key_prefix,
             idle: options.idle_timeout,
@@ -247,6 +277,7 @@ impl RedisStore {
             seal: scripts::script(scripts::SEAL),
             probe: scripts::script(scripts::PROBE),
             touch: scripts::script(scripts::TOUCH),
+            restore: scripts::script(scripts::RESTORE),
         })
     }
 
@@ -270,6 +301,10 @@ impl RedisStore {
     /// The connection, made now if this is the first use (within the operation timeout).
     async fn conn(&self) -> Result<Conn, StoreError> {
         let conn = self.timed(self.connector.conn()).await?;
+        let marked = self.marked.load(Ordering::Relaxed);
+        if super::store::unix_ms().saturating_sub(marked) > MARK_EVERY_MS {
+            self.mark(&conn).await;
+        }
         // Checked first: the arguments are clones, and this runs on every operation.
         if let Some(near) = &self.near
             && !self.listener.is_started()
@@ -290,16 +325,162 @@ impl RedisStore {
         f: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
         match self.timers.within(self.op_timeout, f).await {
-            Ok(r) => r.map_err(failed),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if circuit::is_outage(&e) {
+                    self.trip();
+                }
+                Err(failed(e))
+            }
             Err(_) => {
                 self.connector.timed_out();
+                self.trip();
                 Err(failed(format!("no answer within {:?}", self.op_timeout)))
             }
         }
     }
 
+    /// Like [`RedisStore::timed`], asking once more if the connection turned out to be dead
+    /// before an answer came (Redis restarted while the gateway sat idle: the first command
+    /// finds the old socket broken, and the connection is made again for the second). Only
+    /// for operations that may run twice.
+    async fn retried<T, F, Fut>(&self, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        match self.timers.within(self.op_timeout, op(conn)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "session store connection dropped: asking again");
+            }
+            Ok(Err(e)) => return Err(failed(e)),
+            Err(_) => {
+                self.connector.timed_out();
+                self.trip();
+                return Err(failed(format!("no answer within {:?}", self.op_timeout)));
+            }
+        }
+        let conn = self.conn().await?;
+        self.timed(op(conn)).await
+    }
+
+    /// Opens the circuit (Redis does not answer), and starts the probe that closes it.
+    fn trip(&self) {
+        if self.circuit.trip() {
+            tracing::warn!(
+                "session store does not answer: not asked on the request path until it does"
+            );
+            let store = self.clone();
+            tokio::spawn(async move { store.probe().await });
+        }
+    }
+
+    /// Asks Redis every [`circuit::PROBE_EVERY`] until it answers, replays the writes queued
+    /// meanwhile (after a Redis that lost its data, restoring each written session from this
+    /// gateway's copy first), then closes the circuit.
+    async fn probe(self) {
+        loop {
+            tokio::time::sleep(circuit::PROBE_EVERY).await;
+            // The store was replaced (a reload) and nothing else holds it.
+            if Arc::strong_count(&self.circuit) == 1 {
+                return;
+            }
+            let Ok(conn) = self.timed(self.connector.conn()).await else {
+                continue;
+            };
+            let mut c = conn.clone();
+            let Ok(kept) = self
+                .timed(
+                    redis::cmd("EXISTS")
+                        .arg(&*self.marker)
+                        .query_async::<bool>(&mut c),
+                )
+                .await
+            else {
+                continue;
+            };
+            let lost = !kept && self.marked.load(Ordering::Relaxed) > 0;
+            if lost {
+                tracing::warn!(
+                    "session store lost its data (restarted empty?): queued writes restore their sessions"
+                );
+            }
+            if let Some(p) = &self.pending
+                && !p.replay(&self, lost).await
+            {
+                continue;
+            }
+            self.mark(&conn).await;
+            self.circuit.close();
+            tracing::info!("session store answers again");
+            // A write queued by a request that saw the circuit open just before it closed.
+            if let Some(p) = &self.pending {
+                tokio::time::sleep(circuit::PROBE_EVERY).await;
+                p.replay(&self, lost).await;
+            }
+            return;
+        }
+    }
+
+    /// Sets the marker whose absence tells that Redis lost its data (it lives a week, and is
+    /// set again every day and after each outage).
+    async fn mark(&self, conn: &Conn) {
+        let mut c = conn.clone();
+        let set = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(&*self.marker)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(MARK_EVERY_MS * 7)
+                    .query_async::<Value>(&mut c),
+            )
+            .await;
+        if set.is_ok() {
+            self.marked
+                .store(super::store::unix_ms().max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Writes this gateway's copy of session `id` back into a Redis that lost it (nothing is
+    /// written over a session that is there).
+    async fn restore(&self, id: &StoreId) -> Result<(), StoreError> {
+        let Some(copy) = (match &self.near {
+            Some(near) => near.get(id).await,
+            None => None,
+        }) else {
+            return Ok(());
+        };
+        let s = &copy.session;
+        let own = hex(id);
+        let mut call = self.restore.prepare_invoke();
+        call.key(scripts::session_key(&self.prefix, &own))
+            .arg(&self.channel)
+            .arg(&own)
+            .arg(ms(self.idle).max(1))
+            .arg("k")
+            .arg(s.key())
+            .arg("c")
+            .arg(s.created_ms)
+            .arg("l")
+            .arg(s.last_seen_ms)
+            .arg("v")
+            .arg(1)
+            .arg("p")
+            .arg(&s.packed()[..]);
+        for (n, v) in s.attrs() {
+            call.arg(format!("a:{n}")).arg(v);
+        }
+        let mut conn = self.conn().await?;
+        let _: Value = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+
     /// Runs `script` on the keys of session `id` (its hash, its alias record) and `extra`
-    /// keys, with `args`, within the operation timeout.
+    /// keys, with `args`, within the operation timeout; asked again once if the connection
+    /// turned out dead (see [`RedisStore::retried`]): for scripts that may run twice.
     async fn eval(
         &self,
         script: &Script,
@@ -307,15 +488,42 @@ impl RedisStore {
         extra: &[String],
         args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
     ) -> Result<Value, StoreError> {
+        let call = Self::invocation(script, &self.prefix, id, extra, args);
+        self.retried(|mut conn| {
+            let call = &call;
+            async move { call.invoke_async(&mut conn).await }
+        })
+        .await
+    }
+
+    /// [`RedisStore::eval`] asked once: for scripts that must not run twice (a rename).
+    async fn eval_once(
+        &self,
+        script: &Script,
+        id: &str,
+        extra: &[String],
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<Value, StoreError> {
+        let call = Self::invocation(script, &self.prefix, id, extra, args);
+        let mut conn = self.conn().await?;
+        self.timed(call.invoke_async(&mut conn)).await
+    }
+
+    fn invocation<'a>(
+        script: &'a Script,
+        prefix: &str,
+        id: &str,
+        extra: &[String],
+        args: impl FnOnce(&mut redis::ScriptInvocation<'a>),
+    ) -> redis::ScriptInvocation<'a> {
         let mut call = script.prepare_invoke();
-        call.key(scripts::session_key(&self.prefix, id))
-            .key(scripts::alias_key(&self.prefix, id));
+        call.key(scripts::session_key(prefix, id))
+            .key(scripts::alias_key(prefix, id));
         for k in extra {
             call.key(k);
         }
         args(&mut call);
-        let mut conn = self.conn().await?;
-        self.timed(call.invoke_async(&mut conn)).await
+        call
     }
 
     /// Runs the update script for `changes` to the session under `id` (following an alias
@@ -358,10 +566,14 @@ impl RedisStore {
         Ok(None)
     }
 
-    /// Replays a write queued while Redis did not answer.
-    async fn replay(&self, w: &PendingWrite) -> Result<(), StoreError> {
+    /// Replays a write queued while Redis did not answer; after Redis `lost` its data, the
+    /// session is restored from this gateway's copy first.
+    async fn replay(&self, w: &PendingWrite, lost: bool) -> Result<(), StoreError> {
         if w.delete {
             return self.delete_in_redis(&w.id).await;
+        }
+        if lost {
+            self.restore(&w.id).await?;
         }
         self.update_in_redis(&w.id, w.create.as_ref(), &w.changes, w.now_ms)
             .await
@@ -389,7 +601,8 @@ impl RedisStore {
         let rejected = session.apply(changes, &self.limits);
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
         near.insert(*id, NearCopy::new(session.clone(), 0)).await;
-        // A change is always queued (the oldest is dropped past the bound).
+        // A change is always queued (the oldest is dropped past the bound); the circuit's
+        // probe replays it.
         pending.push(PendingWrite {
             id: *id,
             create,
@@ -397,7 +610,7 @@ impl RedisStore {
             now_ms,
             delete: false,
         });
-        pending.start(self.clone());
+        self.trip();
         tracing::warn!(error = %error, "session store down: change kept here, queued for Redis");
         Ok(Some(Applied {
             session,
@@ -445,7 +658,7 @@ impl RedisStore {
         if !self.connector.is_cluster() {
             // One server holds both ids: one atomic script.
             let reply = self
-                .eval(
+                .eval_once(
                     &self.rename,
                     from,
                     &[scripts::session_key(&self.prefix, to)],
@@ -488,7 +701,7 @@ impl RedisStore {
             let mut conn = self.conn().await?;
             let _: i64 = self.timed(copy.invoke_async(&mut conn)).await?;
             let sealed: i64 = redis::from_redis_value(
-                self.eval(&self.seal, from, &[], |call| {
+                self.eval_once(&self.seal, from, &[], |call| {
                     call.arg(&self.channel)
                         .arg(from)
                         .arg(to)
@@ -527,6 +740,9 @@ impl RedisStore {
     /// Sets `key` (an alias or a code) to the own id of the session `to` reaches, for `ttl`;
     /// `false` if it reaches none.
     async fn point(&self, key: &str, to: &StoreId, ttl: Duration) -> Result<bool, StoreError> {
+        if self.circuit.is_open() {
+            return Err(down());
+        }
         let Some(own) = self.own_id(&hex(to)).await? else {
             return Ok(false);
         };
@@ -644,13 +860,19 @@ impl RedisStore {
     /// nothing, or a session written before `p` existed): the caller runs the load script.
     async fn read(&self, id: &str, now_ms: u64) -> Result<Option<Read>, StoreError> {
         let key = scripts::session_key(&self.prefix, id);
-        let mut conn = self.conn().await?;
         let mut hmget = redis::cmd("HMGET");
         hmget.arg(&key).arg(&scripts::READ_FIELDS);
-        let reply: Value = match &self.batch {
-            Some(batch) => self.timed(batch.query(&conn, hmget)).await?,
-            None => self.timed(hmget.query_async(&mut conn)).await?,
-        };
+        let reply: Value = self
+            .retried(|mut conn| {
+                let (hmget, batch) = (&hmget, &self.batch);
+                async move {
+                    match batch {
+                        Some(batch) => batch.query(&conn, hmget.clone()).await,
+                        None => hmget.query_async(&mut conn).await,
+                    }
+                }
+            })
+            .await?;
         let Value::Array(fields) = reply else {
             return Ok(None);
         };
@@ -685,6 +907,7 @@ impl RedisStore {
         if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS.min(idle / 2) {
             let mut touch = self.touch.prepare_invoke();
             touch.key(&key).arg(now_ms).arg(idle);
+            let mut conn = self.conn().await?;
             let touched: i64 = self.timed(touch.invoke_async(&mut conn)).await?;
             if touched == 0 {
                 return Ok(None);
@@ -783,6 +1006,18 @@ impl SessionStore for RedisStore {
         {
             return Ok(None);
         }
+        // Redis does not answer: a copy serves (with `serve_stale`), else the request is
+        // refused now rather than after the operation timeout.
+        if self.circuit.is_open() {
+            if self.pending.is_some()
+                && let Some(near) = &self.near
+                && let Some(copy) = near.get(id).await
+            {
+                self.near_hits.inc();
+                return Ok(Some(copy.session));
+            }
+            return Err(down());
+        }
         // A near copy serves while its last use is recent; once it is older, one request goes
         // to Redis, which notes the use (so the near cache never hides a session's use from
         // the idle timeout), and the copy serves the others until that one is back.
@@ -833,12 +1068,18 @@ impl SessionStore for RedisStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
+        if self.circuit.is_open() {
+            return self.update_stale(id, create, changes, now_ms, down()).await;
+        }
         let parts = match self
             .update_in_redis(id, create.as_ref(), changes, now_ms)
             .await
         {
             Ok(parts) => parts,
-            Err(e) => return self.update_stale(id, create, changes, now_ms, e).await,
+            Err(e) if self.circuit.is_open() => {
+                return self.update_stale(id, create, changes, now_ms, e).await;
+            }
+            Err(e) => return Err(e),
         };
         self.forget(id).await;
         let Some((own, parts)) = parts else {
@@ -876,8 +1117,14 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        match self.delete_in_redis(id).await {
+        let deleted = if self.circuit.is_open() {
+            Err(down())
+        } else {
+            self.delete_in_redis(id).await
+        };
+        match deleted {
             Ok(()) => Ok(()),
+            Err(e) if !self.circuit.is_open() => Err(e),
             // With serve_stale, a logout while Redis does not answer is not lost: this
             // gateway stops serving the session at once, and the delete is replayed.
             Err(e) => {
@@ -897,7 +1144,7 @@ impl SessionStore for RedisStore {
                         delete: true,
                     });
                 }
-                pending.start(self.clone());
+                self.trip();
                 if !queued {
                     // Too many logouts wait: this one fails, visibly (the proxy answers 503),
                     // rather than be lost.
@@ -915,6 +1162,9 @@ impl SessionStore for RedisStore {
         to: &StoreId,
         grace: Duration,
     ) -> Result<bool, StoreError> {
+        if self.circuit.is_open() {
+            return Err(down());
+        }
         let (from_hex, to_hex, grace) = (hex(from), hex(to), ms(grace));
         let moved = match self.rename_here(&from_hex, &to_hex, grace).await? {
             Moved::Yes => true,
@@ -954,6 +1204,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
+        if self.circuit.is_open() {
+            return Err(down());
+        }
         let mut conn = self.conn().await?;
         let key = scripts::code_key(&self.prefix, &hex(code));
         let to: Option<String> = self
@@ -963,6 +1216,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+        if self.circuit.is_open() {
+            return Err(down());
+        }
         let mut conn = self.conn().await?;
         let field = format!("a:{name}");
         let mut deleted = 0;
@@ -982,6 +1238,9 @@ impl SessionStore for RedisStore {
         &self,
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
+        if self.circuit.is_open() {
+            return Err(down());
+        }
         let mut conn = self.conn().await?;
         for hash_key in self.session_keys().await? {
             let (k, renamed): (Option<String>, Option<String>) = self
@@ -1009,9 +1268,11 @@ impl SessionStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        if self.circuit.is_open() {
+            return Err(down());
+        }
         let _: Value = self
-            .timed(redis::cmd("PING").query_async(&mut conn))
+            .retried(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
             .await?;
         Ok(())
     }

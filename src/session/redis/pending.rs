@@ -2,8 +2,8 @@
 //! order once it does.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::RedisStore;
@@ -21,12 +21,11 @@ pub(super) struct PendingWrite {
 }
 
 /// Writes queued while Redis did not answer (at most `MAX`; past it the oldest change goes,
-/// never a logout; logouts past `MAX_LOGOUTS` are refused, not queued), and the task that
-/// replays them in order once it answers. Sessions whose logout waits are dead meanwhile,
+/// never a logout; logouts past `MAX_LOGOUTS` are refused, not queued), replayed in order by
+/// the circuit's probe once it answers. Sessions whose logout waits are dead meanwhile,
 /// here, even once Redis answers before the replay.
 pub(super) struct Pending {
     writes: Mutex<VecDeque<PendingWrite>>,
-    running: AtomicBool,
     /// Logouts not yet replayed.
     ended: Mutex<HashSet<StoreId>>,
     /// How many (checked first: most reads find none, and take no lock).
@@ -41,7 +40,6 @@ impl Default for Pending {
     fn default() -> Pending {
         Pending {
             writes: Mutex::default(),
-            running: AtomicBool::default(),
             ended: Mutex::default(),
             ended_count: AtomicUsize::default(),
             aliases: moka::sync::Cache::builder()
@@ -112,34 +110,19 @@ impl Pending {
         }
     }
 
-    /// Starts the replaying task unless it runs; it ends when the queue is empty.
-    pub(super) fn start(self: &Arc<Self>, store: RedisStore) {
-        if self.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                loop {
-                    // Taken out first: the queue's lock must not be held across the replay.
-                    let next = me.queue().pop_front();
-                    let Some(w) = next else { break };
-                    if store.replay(&w).await.is_err() {
-                        me.queue().push_front(w);
-                        break;
-                    }
-                    me.replayed(&w);
-                }
-                if me.queue().is_empty() {
-                    me.running.store(false, Ordering::Release);
-                    // A write queued between the check and the flag would wait for the next
-                    // one: take the task back if so.
-                    if me.queue().is_empty() || me.running.swap(true, Ordering::AcqRel) {
-                        return;
-                    }
-                }
+    /// Replays the queued writes in order (see [`RedisStore::replay`]); `false` if Redis
+    /// failed one (it stays first in the queue). Only the store's circuit probe calls this, so
+    /// writes are never replayed by two tasks at once.
+    pub(super) async fn replay(&self, store: &RedisStore, lost: bool) -> bool {
+        loop {
+            // Taken out first: the queue's lock must not be held across the replay.
+            let next = self.queue().pop_front();
+            let Some(w) = next else { return true };
+            if store.replay(&w, lost).await.is_err() {
+                self.queue().push_front(w);
+                return false;
             }
-        });
+            self.replayed(&w);
+        }
     }
 }

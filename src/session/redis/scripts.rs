@@ -16,6 +16,14 @@ pub(super) fn session_key(prefix: &str, id: &str) -> String {
     format!("{prefix}s:{{{id}}}")
 }
 
+/// `PREFIX alive:ID` — one gateway store's marker, set when it first reaches Redis, daily,
+/// and after each outage: a Redis found without it after an outage lost its data (restarted
+/// empty, flushed), and the writes queued meanwhile restore their sessions rather than find
+/// them ended.
+pub(super) fn marker_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}alive:{id}")
+}
+
 /// `PREFIX m:{ID}` — another id of a session (a sibling host's alias): the session's own id,
 /// with its own expiry.
 pub(super) fn alias_key(prefix: &str, id: &str) -> String {
@@ -224,6 +232,17 @@ pub(super) const WRITE_COPY: &str = r"
 redis.call('DEL', KEYS[1])
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[1])))
+return 1
+";
+
+/// KEYS: session. ARGV: channel, id, idle ms, then field, value, ... A session written back
+/// into a Redis that lost it, from a gateway's copy; nothing is written over a session that
+/// is there (1 written, 0 not).
+pub(super) const RESTORE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[3])))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 ";
 

@@ -6,4 +6,5 @@ mod cap;
 mod flood;
 mod h2;
 mod h2raw;
+mod outage;
 mod slow;
