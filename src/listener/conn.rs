@@ -22,10 +22,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::Service;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::idle::now_ms;
@@ -104,7 +104,10 @@ pub struct Conn {
     verdict: Mutex<Option<End>>,
     /// Whether a verdict has been given (no lock to look).
     ending: AtomicBool,
-    wake: Notify,
+    /// The watchdog's task, woken when a verdict comes from outside. An `AtomicWaker`, not a
+    /// `Notify`: the watchdog is polled whenever its connection's task wakes, and a
+    /// registration here is one compare-and-swap (a `Notify` takes a lock each time).
+    wake: AtomicWaker,
 }
 
 impl Conn {
@@ -125,7 +128,7 @@ impl Conn {
             closing,
             verdict: Mutex::new(None),
             ending: AtomicBool::new(false),
-            wake: Notify::new(),
+            wake: AtomicWaker::new(),
         })
     }
 
@@ -151,8 +154,8 @@ impl Conn {
         if let Ok(mut v) = self.verdict.lock() {
             v.get_or_insert(why);
         }
-        self.ending.store(true, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.ending.store(true, Ordering::Release);
+        self.wake.wake();
     }
 
     pub(super) fn moved(&self) {
@@ -197,18 +200,11 @@ impl Conn {
     }
 
     /// Resolves when the connection breaks a limit, or is ended from outside.
-    pub async fn watchdog(&self, limits: Limits) -> End {
-        loop {
-            let notified = self.wake.notified();
-            match self.judge(limits) {
-                Ok(end) => return end,
-                Err(next_ms) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(next_ms.max(1))) => {}
-                        () = notified => {}
-                    }
-                }
-            }
+    pub fn watchdog(&self, limits: Limits) -> Watchdog<'_> {
+        Watchdog {
+            conn: self,
+            limits,
+            sleep: None,
         }
     }
 
@@ -341,6 +337,44 @@ impl Conn {
             bodies.push(Arc::downgrade(&at));
         }
         Some(at)
+    }
+}
+
+/// See [`Conn::watchdog`]: one timer, re-armed only when it fires.
+pub struct Watchdog<'a> {
+    conn: &'a Conn,
+    limits: Limits,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Watchdog<'_> {
+    type Output = End;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        self.conn.wake.register(cx.waker());
+        loop {
+            if self.conn.ending.load(Ordering::Acquire)
+                && let Ok(v) = self.conn.verdict.lock()
+                && let Some(end) = *v
+            {
+                return Poll::Ready(end);
+            }
+            if let Some(sleep) = self.sleep.as_mut()
+                && sleep.as_mut().poll(cx).is_pending()
+            {
+                return Poll::Pending;
+            }
+            match self.conn.judge(self.limits) {
+                Ok(end) => return Poll::Ready(end),
+                Err(next_ms) => {
+                    let at = tokio::time::Instant::now() + Duration::from_millis(next_ms.max(1));
+                    match self.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(at),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+            }
+        }
     }
 }
 
