@@ -148,6 +148,7 @@ pub struct Metrics {
     connections_open: Family<ListenerLabel, Gauge>,
     connections: Family<ListenerLabel, Counter>,
     handshake_failures: Family<HandshakeLabels, Counter>,
+    cuts: Family<HandshakeLabels, Counter>,
     sessions: Family<EventLabel, Counter>,
     store_duration: Histograms<StoreLabels>,
     store_errors: Family<StoreLabels, Counter>,
@@ -214,6 +215,12 @@ impl Metrics {
             "TLS handshakes that failed or timed out, by listener",
             Family::clone(&handshake_failures),
         );
+        let cuts = Family::default();
+        registry.register(
+            "connections_cut",
+            "Client connections the gateway ended for breaking a limit, by listener and reason",
+            Family::clone(&cuts),
+        );
         let sessions = Family::default();
         registry.register(
             "session_events",
@@ -274,6 +281,7 @@ impl Metrics {
             connections_open,
             connections,
             handshake_failures,
+            cuts,
             sessions,
             store_duration,
             store_errors,
@@ -323,11 +331,18 @@ impl Metrics {
                     reason,
                 })
         };
+        let cuts = CUT_REASONS.map(|reason| {
+            self.cuts.get_or_create_owned(&HandshakeLabels {
+                listener: name.to_owned(),
+                reason,
+            })
+        });
         ListenerMetrics {
             open: self.connections_open.get_or_create_owned(&label),
             accepted: self.connections.get_or_create_owned(&label),
             handshake_failed: failure("error"),
             handshake_timed_out: failure("timeout"),
+            cuts: Arc::new(cuts),
         }
     }
 
@@ -461,9 +476,31 @@ pub struct ListenerMetrics {
     accepted: Counter,
     handshake_failed: Counter,
     handshake_timed_out: Counter,
+    /// By [`CUT_REASONS`].
+    cuts: Arc<[Counter; CUT_REASONS.len()]>,
 }
 
+/// Why the gateway ended a client connection (`connections_cut_total`'s reasons).
+pub const CUT_REASONS: [&str; 7] = [
+    "header_read",
+    "send",
+    "send_stream",
+    "idle",
+    "reclaimed",
+    "cancelled_requests",
+    "control_frames",
+];
+
 impl ListenerMetrics {
+    /// The gateway ended a connection for `reason` (one of [`CUT_REASONS`]).
+    pub fn cut(&self, reason: &str) {
+        if let Some(i) = CUT_REASONS.iter().position(|r| *r == reason)
+            && let Some(c) = self.cuts.get(i)
+        {
+            c.inc();
+        }
+    }
+
     /// A connection was accepted: it counts as open until the returned guard drops.
     pub fn accepted(&self) -> OpenConnection {
         self.accepted.inc();

@@ -95,7 +95,7 @@ impl Capacity {
         drop(held);
         match victim {
             Some((_, conn)) => {
-                conn.end(End::Close("reclaimed for a new connection"));
+                conn.end(End::Close("reclaimed"));
                 true
             }
             None => false,

@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::idle::now_ms;
 
+/// The largest piece of an HTTP/2 response body handed to the HTTP/2 library at once (one
+/// frame's worth at the default frame size).
+const MAX_H2_CHUNK: usize = 16 * 1024;
+
 /// Marks `waiting` while a request is being served.
 const BUSY: u64 = u64::MAX;
 
@@ -41,10 +45,15 @@ fn stamp() -> u64 {
     now_ms().max(1)
 }
 
-/// Cancelled requests an HTTP/2 connection may make before its share of them is judged.
-const CANCELS_BEFORE_JUDGING: u64 = 100;
+/// Requests an HTTP/2 client may cancel at once (before their answer, or during it), and how
+/// many more it earns a second. A browser cancels a page's requests when it navigates away
+/// (tens at once) and a typing user's searches (a few a second); paced rapid reset cancels
+/// thousands a second. A budget, not a share of the requests: cheap requests (404s) mixed in
+/// must not buy backend requests to cancel.
+const CANCEL_BURST: u64 = 100;
+const CANCELS_PER_SEC: u64 = 10;
 
-/// How the watchdog ended a connection.
+/// How the watchdog ended a connection, and why (one of `metrics::CUT_REASONS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// Cut it now.
@@ -55,7 +64,7 @@ pub enum End {
 }
 
 impl End {
-    /// Why, for the log.
+    /// Why, for the log and `connections_cut_total`.
     pub fn reason(self) -> &'static str {
         match self {
             End::Close(why) | End::GoAway(why) => why,
@@ -90,12 +99,14 @@ pub struct Conn {
     blocked: AtomicU64,
     /// HTTP/2: when the frame (or header block) being read began, or [`NONE`].
     frame_since: AtomicU64,
+    /// HTTP/2 over TLS: when bytes came in on the socket that have not yet come out of TLS
+    /// as plaintext (a TLS record trickled a byte at a time), or [`NONE`].
+    sealed_since: AtomicU64,
     /// Whether a request head has been read (a connection that has not is the first to
     /// give up its place when the gateway is full).
     served: AtomicBool,
-    /// HTTP/2: requests started, and those the client cancelled before their answer.
-    started: AtomicU64,
-    cancelled: AtomicU64,
+    /// HTTP/2: cancels the client may still make, and when the budget was last refilled.
+    cancels: Mutex<(u64, u64)>,
     /// HTTP/2: response bodies, each with the time it handed over a chunk not yet taken.
     bodies: Mutex<Vec<Weak<AtomicU64>>>,
     /// Fires when the gateway drains: responses then carry `Connection: close`.
@@ -121,9 +132,9 @@ impl Conn {
             moved: AtomicU64::new(now),
             blocked: AtomicU64::new(NONE),
             frame_since: AtomicU64::new(NONE),
+            sealed_since: AtomicU64::new(NONE),
             served: AtomicBool::new(false),
-            started: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
+            cancels: Mutex::new((CANCEL_BURST, now_ms())),
             bodies: Mutex::new(Vec::new()),
             closing,
             verdict: Mutex::new(None),
@@ -145,8 +156,14 @@ impl Conn {
     /// connection a full gateway may take back first (the longest waiting goes first).
     pub fn waiting_since(&self) -> Option<(bool, u64)> {
         let since = self.since.load(Ordering::Relaxed);
-        (since != BUSY && !self.ending.load(Ordering::Relaxed))
-            .then(|| (self.served.load(Ordering::Relaxed), since))
+        // HTTP/2: `since` is stamped by a stream's task, and may land just after another
+        // stream began; the count is the truth.
+        // A response handed to hyper whole may still be on its way to a slow reader.
+        let busy = since == BUSY
+            || (self.is_h2() && self.in_service.load(Ordering::Relaxed) > 0)
+            || self.blocked.load(Ordering::Relaxed) != NONE
+            || self.ending.load(Ordering::Relaxed);
+        (!busy).then(|| (self.served.load(Ordering::Relaxed), since))
     }
 
     /// Ends the connection from outside (the gateway is full and takes its place back).
@@ -178,6 +195,20 @@ impl Conn {
     /// arrived (`NONE`).
     pub(super) fn frame_pending(&self, since: u64) {
         self.frame_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Bytes came in on the socket (under TLS).
+    pub(super) fn socket_read(&self) {
+        if self.sealed_since.load(Ordering::Relaxed) == NONE {
+            self.sealed_since.store(stamp(), Ordering::Relaxed);
+        }
+    }
+
+    /// Plaintext came out of TLS (or the connection is cleartext): what came in is read.
+    pub(super) fn plaintext_read(&self) {
+        if self.sealed_since.load(Ordering::Relaxed) != NONE {
+            self.sealed_since.store(NONE, Ordering::Relaxed);
+        }
     }
 
     /// Resolves when the connection has waited for a request head for longer than `limit`
@@ -231,7 +262,7 @@ impl Conn {
             NONE => now,
             t => t,
         };
-        if let Some(end) = check(blocked, limits.send, End::Close("send timeout")) {
+        if let Some(end) = check(blocked, limits.send, End::Close("send")) {
             return Ok(end);
         }
         if self.is_h2() {
@@ -239,12 +270,17 @@ impl Conn {
                 NONE => now,
                 t => t,
             };
+            let sealed = match self.sealed_since.load(Ordering::Relaxed) {
+                NONE => now,
+                t => t,
+            };
             let moved = self.moved.load(Ordering::Relaxed);
             let stalled = self.oldest_stalled_body().unwrap_or(now);
             for (since, limit, why) in [
-                (frame, limits.header_read, End::Close("header read timeout")),
+                (frame, limits.header_read, End::Close("header_read")),
+                (sealed, limits.header_read, End::Close("header_read")),
                 (moved, limits.idle, End::Close("idle")),
-                (stalled, limits.send, End::GoAway("send timeout (stream)")),
+                (stalled, limits.send, End::GoAway("send_stream")),
             ] {
                 if let Some(end) = check(since, limit, why) {
                     return Ok(end);
@@ -255,7 +291,7 @@ impl Conn {
                 BUSY => now,
                 t => t,
             };
-            if let Some(end) = check(since, limits.header_read, End::Close("header read timeout")) {
+            if let Some(end) = check(since, limits.header_read, End::Close("header_read")) {
                 return Ok(end);
             }
         }
@@ -284,7 +320,6 @@ impl Conn {
         self.served.store(true, Ordering::Relaxed);
         if self.is_h2() {
             self.in_service.fetch_add(1, Ordering::Relaxed);
-            self.started.fetch_add(1, Ordering::Relaxed);
         }
         self.since.store(BUSY, Ordering::Relaxed);
     }
@@ -295,18 +330,38 @@ impl Conn {
         }
     }
 
-    /// A request the client gave up before its answer (an HTTP/2 stream reset): a client
-    /// that mostly does (rapid reset, paced to dodge the HTTP/2 library's own limit) makes
-    /// the backend work for nothing, and is sent away.
+    /// A request the client gave up before its answer was done (an HTTP/2 stream reset): a
+    /// client that keeps doing so (rapid reset, paced to dodge the HTTP/2 library's own
+    /// limit) makes the backend work for nothing, and is sent away once past its budget.
     fn cancelled(&self) {
         if !self.is_h2() {
             return;
         }
-        let cancelled = self.cancelled.fetch_add(1, Ordering::Relaxed) + 1;
-        let started = self.started.load(Ordering::Relaxed);
-        if cancelled >= CANCELS_BEFORE_JUDGING && cancelled * 2 >= started {
-            self.end(End::GoAway("requests mostly cancelled"));
+        let now = now_ms();
+        let Ok(mut b) = self.cancels.lock() else {
+            return;
+        };
+        let (left, refilled) = &mut *b;
+        let earned = now.saturating_sub(*refilled) * CANCELS_PER_SEC / 1000;
+        if earned > 0 {
+            *left = (*left + earned).min(CANCEL_BURST);
+            *refilled = now;
         }
+        match left.checked_sub(1) {
+            Some(l) => *left = l,
+            None => {
+                drop(b);
+                self.end(End::GoAway("cancelled_requests"));
+            }
+        }
+    }
+
+    /// Why the connection was ended from outside, if it was.
+    pub fn verdict(&self) -> Option<End> {
+        if !self.ending.load(Ordering::Acquire) {
+            return None;
+        }
+        self.verdict.lock().ok().and_then(|v| *v)
     }
 
     /// Whether the connection has been told to go: its new requests are refused unserved.
@@ -365,7 +420,10 @@ impl Future for Watchdog<'_> {
                 return Poll::Pending;
             }
             match self.conn.judge(self.limits) {
-                Ok(end) => return Poll::Ready(end),
+                Ok(end) => {
+                    self.conn.end(end);
+                    return Poll::Ready(end);
+                }
                 Err(next_ms) => {
                     let at = tokio::time::Instant::now() + Duration::from_millis(next_ms.max(1));
                     match self.sleep.as_mut() {
@@ -458,6 +516,8 @@ where
                 inner: None,
                 at: None,
                 conn,
+                rest: Bytes::new(),
+                ended: true,
             });
             *refused.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             return Poll::Ready(Ok(refused));
@@ -476,6 +536,8 @@ where
             inner: Some(inner),
             at,
             conn,
+            rest: Bytes::new(),
+            ended: false,
         })))
     }
 }
@@ -489,10 +551,18 @@ pin_project_lite::pin_project! {
         inner: Option<B>,
         at: Option<Arc<AtomicU64>>,
         conn: Arc<Conn>,
+        // HTTP/2: what is left of a chunk larger than `MAX_H2_CHUNK`.
+        rest: Bytes,
+        // Whether the body was sent to its end.
+        ended: bool,
     }
 
     impl<B> PinnedDrop for WatchedBody<B> {
         fn drop(this: Pin<&mut Self>) {
+            // An HTTP/2 response dropped before its end: the client reset the stream.
+            if !this.ended && this.at.is_some() {
+                this.conn.cancelled();
+            }
             this.conn.done();
         }
     }
@@ -506,11 +576,47 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        if !this.rest.is_empty() {
+            let n = this.rest.len().min(MAX_H2_CHUNK);
+            let piece = this.rest.split_to(n);
+            if let Some(at) = this.at {
+                at.store(stamp(), Ordering::Relaxed);
+            }
+            *this.ended = this.rest.is_empty()
+                && this
+                    .inner
+                    .as_ref()
+                    .get_ref()
+                    .as_ref()
+                    .is_none_or(Body::is_end_stream);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        let Some(mut inner) = this.inner.as_mut().as_pin_mut() else {
+            *this.ended = true;
             return Poll::Ready(None);
         };
-        let r = inner.poll_frame(cx);
+        let mut r = inner.as_mut().poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => *this.ended = true,
+            // HTTP/2 hands a chunk to the library whole once the stream may send one byte,
+            // and it waits there, unwatched, once the body is done: chunks are cut to bound
+            // what a stream the client keeps shut can hold.
+            Poll::Ready(Some(Ok(f))) if this.at.is_some() => {
+                if let Some(d) = f.data_ref()
+                    && d.len() > MAX_H2_CHUNK
+                {
+                    let mut d = d.clone();
+                    *this.rest = d.split_off(MAX_H2_CHUNK);
+                    r = Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+            }
+            _ => {}
+        }
+        if matches!(r, Poll::Ready(Some(Ok(_)))) && this.rest.is_empty() && inner.is_end_stream() {
+            // hyper asks no more once a body says it is at its end.
+            *this.ended = true;
+        }
         if let Some(at) = this.at {
             // hyper asks for the next chunk only once the client's flow control has let the
             // last one through: a chunk handed over and not followed by another ask within
@@ -525,7 +631,7 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.rest.is_empty() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

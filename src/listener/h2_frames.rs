@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::conn::Conn;
+use super::conn::{Conn, End};
 use crate::idle::now_ms;
 
 /// The client connection preface (`PRI * HTTP/2.0...`), passed over.
@@ -28,7 +28,9 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
 const SETTINGS: u8 = 0x4;
+const RST_STREAM: u8 = 0x3;
 const PING: u8 = 0x6;
+const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 /// Frame types this side knows (the rest are extensions, ignored by `h2`).
 const LAST_KNOWN: u8 = CONTINUATION;
@@ -36,6 +38,7 @@ const LAST_KNOWN: u8 = CONTINUATION;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
 
 /// Control frames a connection may send at once, and how many more it earns a second. A
 /// browser sends a handful per connection; a flood is thousands a second.
@@ -61,12 +64,16 @@ pub struct Frames<T> {
     published: u64,
     control_left: u32,
     refilled_ms: u64,
+    /// WINDOW_UPDATE and RST_STREAM frames seen (each fifth spends the budget).
+    minor: u64,
 }
 
 impl<T> Frames<T> {
     /// Watches the frames read from `io` (which starts with the client preface).
     pub fn new(io: T, conn: Arc<Conn>) -> Self {
-        Frames {
+        // Bytes read before (the TLS handshake) are not frames.
+        conn.plaintext_read();
+        let mut frames = Frames {
             io,
             conn,
             preface_left: PREFACE_LEN,
@@ -75,22 +82,32 @@ impl<T> Frames<T> {
             payload_left: 0,
             kind: 0,
             flags: 0,
-            frame_since: 0,
+            // The preface is timed as a frame is, from the start.
+            frame_since: now_ms().max(1),
             block_since: 0,
             published: 0,
             control_left: CONTROL_BURST,
             refilled_ms: now_ms(),
-        }
+            minor: 0,
+        };
+        frames.publish();
+        frames
     }
 
     /// Takes in bytes the client sent; an error if they break a limit.
     fn saw(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if !bytes.is_empty() {
+            self.conn.plaintext_read();
+        }
         let mut now = None;
         while !bytes.is_empty() {
             if self.preface_left > 0 {
                 let k = self.preface_left.min(bytes.len());
                 self.preface_left -= k;
                 bytes = &bytes[k..];
+                if self.preface_left == 0 {
+                    self.frame_since = 0;
+                }
                 continue;
             }
             if self.payload_left > 0 {
@@ -124,10 +141,21 @@ impl<T> Frames<T> {
         let h = self.header;
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
         (self.kind, self.flags) = (h[3], h[4]);
+        // A PING ACK nobody asked for costs a log line; WINDOW_UPDATE and RST_STREAM are
+        // everyday frames, but cost work without carrying a request too: they are counted
+        // at a fifth (a download sends one WINDOW_UPDATE per chunk it reads).
         let control = match self.kind {
-            SETTINGS | PING => self.flags & ACK == 0,
-            PRIORITY => true,
-            DATA => len == 0 && self.flags & END_STREAM == 0,
+            SETTINGS => self.flags & ACK == 0,
+            PING | PRIORITY => true,
+            // Empty, or little but padding.
+            DATA => {
+                self.flags & END_STREAM == 0
+                    && (len == 0 || (self.flags & PADDED != 0 && len <= 256))
+            }
+            WINDOW_UPDATE | RST_STREAM => {
+                self.minor += 1;
+                self.minor.is_multiple_of(5)
+            }
             k => k > LAST_KNOWN,
         };
         if control {
@@ -166,10 +194,13 @@ impl<T> Frames<T> {
                 self.control_left = left;
                 Ok(())
             }
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "HTTP/2 control frame flood",
-            )),
+            None => {
+                self.conn.end(End::Close("control_frames"));
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "HTTP/2 control frame flood",
+                ))
+            }
         }
     }
 

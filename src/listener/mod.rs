@@ -144,8 +144,9 @@ where
                 make_service.clone(),
                 metrics.clone(),
             );
+            let counted = Counted(conn.clone(), metrics.clone());
             drain.tracker.spawn(async move {
-                let (_open, _registered) = (open, registered);
+                let (_open, _registered, _counted) = (open, registered, counted);
                 let limits = options.limits();
                 let mut stream = stream;
                 // Until a request is in service, the header-read timeout runs from the
@@ -245,6 +246,18 @@ where
     })
 }
 
+/// Counts in `connections_cut_total` why the gateway ended a connection, if it did, when the
+/// connection is gone.
+struct Counted(Arc<Conn>, ListenerMetrics);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(end) = self.0.verdict() {
+            self.1.cut(end.reason());
+        }
+    }
+}
+
 impl Options {
     fn limits(&self) -> conn::Limits {
         conn::Limits {
@@ -321,7 +334,7 @@ fn http_builders(options: &Options) -> Builders {
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(options.max_header_bytes * 2).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(128)
         // No server pings: they would keep idle connections alive forever; a connection with
         // no traffic is closed by the idle timeout instead (see `serve_connection`).
         .keep_alive_interval(None);

@@ -59,8 +59,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Wire<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.moved();
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before && self.conn.is_h2() {
+            self.conn.moved();
+            self.conn.socket_read();
         }
         r
     }

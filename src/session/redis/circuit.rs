@@ -6,16 +6,20 @@
 //! ask it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// How often the probe asks a Redis that does not answer.
 pub(super) const PROBE_EVERY: Duration = Duration::from_millis(250);
 
-/// Whether Redis is taken as down, and whether a probe runs.
+/// Whether Redis is taken as down, and whether a probe runs: one lock, so that a trip racing
+/// a close either finds the probe still running (which then sees its write) or starts one.
 #[derive(Debug, Default)]
 pub(super) struct Circuit {
+    /// Read without the lock on the request path.
     open: AtomicBool,
-    probing: AtomicBool,
+    /// Whether a probe runs (under the lock).
+    probing: Mutex<bool>,
 }
 
 impl Circuit {
@@ -26,18 +30,39 @@ impl Circuit {
 
     /// Opens the circuit; `true` if the caller must start the probe (none runs).
     pub(super) fn trip(&self) -> bool {
+        let mut probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
         self.open.store(true, Ordering::Release);
-        !self.probing.swap(true, Ordering::AcqRel)
+        !std::mem::replace(&mut *probing, true)
     }
 
-    /// Redis answers and the queued writes are in: requests ask it again.
-    pub(super) fn close(&self) {
+    /// Closes the circuit if `done` (checked under the lock: no write is queued); the probe
+    /// ends then, and the next trip starts another.
+    pub(super) fn close_if(&self, done: impl FnOnce() -> bool) -> bool {
+        let mut probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
+        if !done() {
+            return false;
+        }
         self.open.store(false, Ordering::Release);
-        self.probing.store(false, Ordering::Release);
+        *probing = false;
+        true
+    }
+
+    /// The probe gives up (its store was replaced).
+    pub(super) fn abandon(&self) {
+        *self.probing.lock().unwrap_or_else(PoisonError::into_inner) = false;
     }
 }
 
 /// Whether a failure means Redis (or the way to it) is down, rather than a bad answer.
 pub(super) fn is_outage(e: &redis::RedisError) -> bool {
-    e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        // A server loading its data, a replica without its master, a Cluster without a
+        // quorum or moving slots: not answering, for now.
+        || matches!(
+            e.code(),
+            Some("LOADING" | "MASTERDOWN" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY" | "BUSY")
+        )
 }

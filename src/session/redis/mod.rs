@@ -245,6 +245,9 @@ impl RedisStore {
         let near = (!options.near_ttl.is_zero()).then(|| {
             Cache::builder()
                 .max_capacity(options.near_max)
+                // Least recently used goes first, and a new copy is always kept (see the
+                // memory store: moka's default admission refuses newcomers to a full cache).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_live(keep)
                 .build_with_hasher(FxBuildHasher)
         });
@@ -355,7 +358,12 @@ impl RedisStore {
             Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
                 tracing::debug!(error = %e, "session store connection dropped: asking again");
             }
-            Ok(Err(e)) => return Err(failed(e)),
+            Ok(Err(e)) => {
+                if circuit::is_outage(&e) {
+                    self.trip();
+                }
+                return Err(failed(e));
+            }
             Err(_) => {
                 self.connector.timed_out();
                 self.trip();
@@ -379,12 +387,14 @@ impl RedisStore {
 
     /// Asks Redis every [`circuit::PROBE_EVERY`] until it answers, replays the writes queued
     /// meanwhile (after a Redis that lost its data, restoring each written session from this
-    /// gateway's copy first), then closes the circuit.
+    /// gateway's copy first), then closes the circuit once none is left. It is the only task
+    /// that replays.
     async fn probe(self) {
         loop {
             tokio::time::sleep(circuit::PROBE_EVERY).await;
             // The store was replaced (a reload) and nothing else holds it.
             if Arc::strong_count(&self.circuit) == 1 {
+                self.circuit.abandon();
                 return;
             }
             let Ok(conn) = self.timed(self.connector.conn()).await else {
@@ -413,15 +423,25 @@ impl RedisStore {
                 continue;
             }
             self.mark(&conn).await;
-            self.circuit.close();
-            tracing::info!("session store answers again");
-            // A write queued by a request that saw the circuit open just before it closed.
-            if let Some(p) = &self.pending {
-                tokio::time::sleep(circuit::PROBE_EVERY).await;
-                p.replay(&self, lost).await;
+            let empty = || self.pending.as_ref().is_none_or(|p| p.is_empty());
+            if self.circuit.close_if(empty) {
+                if let Some(p) = &self.pending {
+                    p.forget_snapshots();
+                }
+                tracing::info!("session store answers again");
+                return;
             }
-            return;
         }
+    }
+
+    /// Whether Redis answers a PING now (the probe's question, past the circuit).
+    async fn answers(&self) -> bool {
+        let Ok(mut conn) = self.conn().await else {
+            return false;
+        };
+        self.timed(redis::cmd("PING").query_async::<Value>(&mut conn))
+            .await
+            .is_ok()
     }
 
     /// Sets the marker whose absence tells that Redis lost its data (it lives a week, and is
@@ -447,16 +467,14 @@ impl RedisStore {
     /// Writes this gateway's copy of session `id` back into a Redis that lost it (nothing is
     /// written over a session that is there).
     async fn restore(&self, id: &StoreId) -> Result<(), StoreError> {
-        let Some(copy) = (match &self.near {
-            Some(near) => near.get(id).await,
-            None => None,
-        }) else {
+        let Some(s) = self.pending.as_ref().and_then(|p| p.snapshot(id)) else {
             return Ok(());
         };
-        let s = &copy.session;
+        let s = &s;
         let own = hex(id);
         let mut call = self.restore.prepare_invoke();
         call.key(scripts::session_key(&self.prefix, &own))
+            .key(scripts::tombstone_key(&self.prefix, &own))
             .arg(&self.channel)
             .arg(&own)
             .arg(ms(self.idle).max(1))
@@ -595,12 +613,16 @@ impl RedisStore {
         };
         let (mut session, created) = match (near.get(id).await, &create) {
             (Some(copy), _) => (copy.session, false),
+            (None, _) if let Some(s) = pending.snapshot(id) => (s, false),
             (None, Some(key)) => (Session::new(key.clone(), now_ms), true),
             (None, None) => return Err(error),
         };
         let rejected = session.apply(changes, &self.limits);
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
         near.insert(*id, NearCopy::new(session.clone(), 0)).await;
+        // The session as this gateway has it now: what a Redis that lost its data gets back
+        // (the near cache may drop its copy before the replay).
+        pending.keep_snapshot(*id, session.clone());
         // A change is always queued (the oldest is dropped past the bound); the circuit's
         // probe replays it.
         pending.push(PendingWrite {
@@ -623,9 +645,14 @@ impl RedisStore {
     async fn delete_in_redis(&self, id: &StoreId) -> Result<(), StoreError> {
         let own = hex(id);
         let named: Option<String> = redis::from_redis_value(
-            self.eval(&self.delete, &own, &[], |call| {
-                call.arg(&self.channel).arg(&own);
-            })
+            self.eval(
+                &self.delete,
+                &own,
+                &[scripts::tombstone_key(&self.prefix, &own)],
+                |call| {
+                    call.arg(&self.channel).arg(&own).arg(ms(self.idle).max(1));
+                },
+            )
             .await?,
         )
         .map_err(failed)?;
@@ -633,9 +660,14 @@ impl RedisStore {
         // Deleting through an alias ends the session it names.
         if let Some(to) = named {
             let _: Value = self
-                .eval(&self.delete, &to, &[], |call| {
-                    call.arg(&self.channel).arg(&to);
-                })
+                .eval(
+                    &self.delete,
+                    &to,
+                    &[scripts::tombstone_key(&self.prefix, &to)],
+                    |call| {
+                        call.arg(&self.channel).arg(&to).arg(ms(self.idle).max(1));
+                    },
+                )
                 .await?;
             if let Some(to) = parse_hex(&to) {
                 self.forget(&StoreId(to)).await;
@@ -1009,12 +1041,18 @@ impl SessionStore for RedisStore {
         // Redis does not answer: a copy serves (with `serve_stale`), else the request is
         // refused now rather than after the operation timeout.
         if self.circuit.is_open() {
-            if self.pending.is_some()
-                && let Some(near) = &self.near
-                && let Some(copy) = near.get(id).await
-            {
-                self.near_hits.inc();
-                return Ok(Some(copy.session));
+            if let Some(p) = &self.pending {
+                if let Some(near) = &self.near
+                    && let Some(copy) = near.get(id).await
+                {
+                    self.near_hits.inc();
+                    return Ok(Some(copy.session));
+                }
+                // Written during the outage, its copy since dropped (the invalidation
+                // channel, back before the replay ends, drops them all).
+                if let Some(s) = p.snapshot(id) {
+                    return Ok(Some(s));
+                }
             }
             return Err(down());
         }

@@ -1,14 +1,14 @@
 //! With `on_error: serve_stale`: the writes made while Redis did not answer, replayed in
 //! order once it does.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::RedisStore;
 use crate::session::StoreId;
-use crate::session::store::{Change, SessionKey};
+use crate::session::store::{Change, Session, SessionKey};
 
 /// A write made while Redis did not answer.
 pub(super) struct PendingWrite {
@@ -34,6 +34,10 @@ pub(super) struct Pending {
     /// a logout through the alias while Redis does not answer ends the copy kept under the
     /// session's own id too.
     aliases: moka::sync::Cache<StoreId, StoreId>,
+    /// Each session written during the outage, as this gateway has it after the last write
+    /// (kept until the circuit closes): what a Redis that lost its data gets back, and what
+    /// serves the session if the near cache drops its copy meanwhile.
+    snapshots: Mutex<HashMap<StoreId, Session>>,
 }
 
 impl Default for Pending {
@@ -46,6 +50,7 @@ impl Default for Pending {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
+            snapshots: Mutex::default(),
         }
     }
 }
@@ -79,6 +84,40 @@ impl Pending {
         }
         q.push_back(w);
         true
+    }
+
+    /// Whether no write waits.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    /// Keeps `session` as this gateway has it after a write made during the outage.
+    pub(super) fn keep_snapshot(&self, id: StoreId, session: Session) {
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded as the queue is: a session without a queued write needs no snapshot.
+        if snapshots.len() < Self::MAX || snapshots.contains_key(&id) {
+            snapshots.insert(id, session);
+        }
+    }
+
+    /// The session under `id` as written during the outage, if it was.
+    pub(super) fn snapshot(&self, id: &StoreId) -> Option<Session> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// The outage is over: Redis has every write.
+    pub(super) fn forget_snapshots(&self) {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Notes that the alias `alias` leads to the session under `own`.
@@ -118,9 +157,15 @@ impl Pending {
             // Taken out first: the queue's lock must not be held across the replay.
             let next = self.queue().pop_front();
             let Some(w) = next else { return true };
-            if store.replay(&w, lost).await.is_err() {
-                self.queue().push_front(w);
-                return false;
+            if let Err(e) = store.replay(&w, lost).await {
+                // Redis answers, but refuses this write (out of memory, an ACL): it would
+                // block every later one for ever. It is dropped, visibly.
+                if store.answers().await {
+                    tracing::error!(error = %e, "session store refused a queued write: dropped");
+                } else {
+                    self.queue().push_front(w);
+                    return false;
+                }
             }
             self.replayed(&w);
         }

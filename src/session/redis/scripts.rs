@@ -24,6 +24,11 @@ pub(super) fn marker_key(prefix: &str, id: &str) -> String {
     format!("{prefix}alive:{id}")
 }
 
+/// `PREFIX d:{ID}` — a deleted session's tombstone, for the idle timeout (see [`DELETE`]).
+pub(super) fn tombstone_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}d:{{{id}}}")
+}
+
 /// `PREFIX m:{ID}` — another id of a session (a sibling host's alias): the session's own id,
 /// with its own expiry.
 pub(super) fn alias_key(prefix: &str, id: &str) -> String {
@@ -190,12 +195,20 @@ if #ARGV > 8 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return {1, created, rejected, redis.call('HGET', key, 'c'), last, packed}
 ";
 
-/// KEYS: session, alias. ARGV: channel, id. Deletes both; returns the id the alias named, so
-/// the store deletes that session too.
+/// KEYS: session, alias, tombstone. ARGV: channel, id, idle ms. Deletes both and leaves a
+/// tombstone for the idle timeout (so no gateway restores the session from its copy after
+/// Redis lost its data, see [`RESTORE`]); returns the id the alias named, so the store
+/// deletes that session too. Run twice (a retry after a lost answer), it returns that id
+/// again, from the tombstone.
 pub(super) const DELETE: &str = r"
 local to = redis.call('GET', KEYS[2])
+if not to then
+  local t = redis.call('GET', KEYS[3])
+  if t and t ~= '' then to = t end
+end
 if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[3], to or '', 'PX', math.max(1, tonumber(ARGV[3])))
 return to
 ";
 
@@ -235,11 +248,11 @@ redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[1])))
 return 1
 ";
 
-/// KEYS: session. ARGV: channel, id, idle ms, then field, value, ... A session written back
-/// into a Redis that lost it, from a gateway's copy; nothing is written over a session that
-/// is there (1 written, 0 not).
+/// KEYS: session, tombstone. ARGV: channel, id, idle ms, then field, value, ... A session
+/// written back into a Redis that lost it, from a gateway's copy; nothing is written over a
+/// session that is there, nor over one ended since (1 written, 0 not).
 pub(super) const RESTORE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[3])))
 redis.call('PUBLISH', ARGV[1], ARGV[2])

@@ -202,3 +202,75 @@ async fn header_field_limits_are_the_same_on_http2_as_on_http1() {
         "only the small requests reach the backend"
     );
 }
+
+#[tokio::test]
+async fn resets_during_the_response_body_are_counted_too() {
+    // Each answer's head comes at once, its body only after 2 s: the client resets every
+    // stream once the head has come.
+    let b = Backend::start(|_req| async {
+        let (mut tx, body) = http_body_util::channel::Channel::<
+            bytes::Bytes,
+            Box<dyn std::error::Error + Send + Sync>,
+        >::new(1);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let _ = tx.send_data(bytes::Bytes::from_static(b"late")).await;
+        });
+        use http_body_util::BodyExt;
+        http::Response::new(body.boxed())
+    })
+    .await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let mut h2 = H2::connect(gw.addr("web")).await;
+    let mut id = 1u32;
+    let mut sent_away = false;
+    'attack: for _ in 0..20 {
+        let mut batch = Vec::new();
+        for _ in 0..25 {
+            batch.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                id,
+                &block(&get("gw.test", "/")),
+            ));
+            id += 2;
+        }
+        if !h2.send(&batch).await {
+            sent_away = true;
+            break;
+        }
+        // Wait for the heads, then reset those streams.
+        let mut heads = Vec::new();
+        while heads.len() < 25 {
+            match h2.next(Duration::from_secs(5)).await {
+                None => {
+                    sent_away = true;
+                    break 'attack;
+                }
+                Some((seen, _)) if seen.kind == GOAWAY => {
+                    sent_away = true;
+                    break 'attack;
+                }
+                Some((seen, _)) if seen.kind == HEADERS => heads.push(seen.stream),
+                Some(_) => {}
+            }
+        }
+        let mut resets = Vec::new();
+        for s in heads {
+            resets.extend(frame(RST_STREAM, 0, s, &8u32.to_be_bytes()));
+        }
+        if !h2.send(&resets).await {
+            sent_away = true;
+            break;
+        }
+    }
+    let reached = b.requests().len();
+    assert!(
+        sent_away,
+        "{reached} requests reset mid-body, and no GOAWAY"
+    );
+    assert!(
+        reached <= 300,
+        "{reached} reset streams reached the backend"
+    );
+}

@@ -67,7 +67,9 @@ fn yaml(s: &Streamer, timeouts: &str) -> String {
     simple_config(
         &[s.backend.addr],
         "",
-        &format!("timeouts: {timeouts}\nlimits: {{ max_connections: 100 }}"),
+        &format!(
+            "timeouts: {timeouts}\nlimits: {{ max_connections: 100 }}\nadmin: {{ bind: \"127.0.0.1:0\" }}"
+        ),
     )
 }
 
@@ -100,6 +102,9 @@ async fn an_http1_client_that_stops_reading_is_closed_after_the_send_timeout() {
         closed_within(&mut tcp, Duration::from_secs(10)).await,
         "the gateway kept the connection of a client that reads nothing"
     );
+    let m = crate::metrics::Scrape::from(gw.admin()).await;
+    let cut = [("listener", "web"), ("reason", "send")];
+    assert_eq!(m.get("sessiongate_connections_cut_total", &cut), 1.0);
 }
 
 #[tokio::test]
@@ -191,6 +196,9 @@ async fn an_http2_stream_the_client_keeps_shut_ends_its_connection_and_releases_
         .unwrap();
     assert!(closed && goaway, "closed {closed}, GOAWAY first {goaway}");
     pinger.abort();
+    let m = crate::metrics::Scrape::from(gw.admin()).await;
+    let cut = [("listener", "web"), ("reason", "send_stream")];
+    assert_eq!(m.get("sessiongate_connections_cut_total", &cut), 1.0);
 }
 
 #[tokio::test]
@@ -296,4 +304,80 @@ async fn a_stalled_http2_connection_over_tls_closes_at_the_idle_timeout() {
     );
     assert!(started.elapsed() >= Duration::from_secs(1));
     drop(tls);
+}
+
+#[tokio::test]
+async fn an_http2_request_trickled_inside_one_tls_record_is_cut_at_header_read() {
+    init();
+    let b = Backend::named("ok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw", &["gw.test"]);
+    let yaml = format!(
+        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: gw.crt, key: gw.key }} ] }}\nupstreams:\n  app: {{ servers: [ {{ url: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\ntimeouts: {{ header_read: 1s, idle: 60s }}\n",
+        b.url()
+    );
+    let gw = Gateway::start_in(&yaml, dir).await;
+    let addr = gw.addr("tls");
+    // rustls by hand: the handshake, then the preface and a request sealed into TLS records
+    // whose bytes go out one every 100 ms. TLS gives the gateway no plaintext until a record
+    // is whole, so only a clock on the socket's own bytes sees this.
+    let cut = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
+            .unwrap();
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+        let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        let mut hello = PREFACE.to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        hello.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &block(&[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/"),
+                (":authority", "gw.test"),
+            ]),
+        ));
+        tls.writer().write_all(&hello).unwrap();
+        let mut sealed = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut sealed).unwrap();
+        }
+        tcp.set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        for byte in sealed {
+            std::thread::sleep(Duration::from_millis(100));
+            if tcp.write_all(&[byte]).is_err() {
+                return true;
+            }
+            let mut buf = [0u8; 4096];
+            if let Ok(0) = tcp.read(&mut buf) {
+                return true;
+            }
+            if started.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(
+        cut,
+        "a request trickled inside TLS outlived a 1 s header_read by 4 s"
+    );
+    assert!(b.requests().is_empty());
 }
