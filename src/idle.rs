@@ -1,8 +1,8 @@
 //! Idle detection for byte streams: an I/O wrapper that notes when it last read or wrote, and
 //! a watchdog that resolves once a stream has been silent for too long.
 //!
-//! Used where no request-level timeout applies: HTTP/2 connections (many requests, no header
-//! timeout between them) and upgraded WebSocket tunnels.
+//! Used for upgraded WebSocket tunnels, where no request-level timeout applies (client
+//! connections have their own watchdog, `listener::conn`).
 
 use std::io;
 use std::pin::Pin;

@@ -129,6 +129,9 @@ fn failed(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("redis: {e}"))
 }
 
+/// An admin scan's time, in operation timeouts.
+const ADMIN_SCAN_TIMEOUTS: u32 = 10;
+
 /// How often a store sets its marker again (see [`RedisStore::mark`]).
 const MARK_EVERY_MS: u64 = 24 * 3600 * 1000;
 
@@ -786,7 +789,19 @@ impl RedisStore {
     /// Every session hash key (a scan of every master: the admin API's, not a request path's).
     async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
         let pattern = format!("{}s:*", self.prefix);
-        self.timed(self.connector.scan(&pattern)).await
+        // A scan of a large keyspace may take longer than one operation: it gets more time,
+        // and running out of it says nothing of whether Redis answers (no circuit trip).
+        match self
+            .timers
+            .within(
+                self.op_timeout * ADMIN_SCAN_TIMEOUTS,
+                self.connector.scan(&pattern),
+            )
+            .await
+        {
+            Ok(r) => r.map_err(failed),
+            Err(_) => Err(failed("the key scan took too long")),
+        }
     }
 
     /// Reads the session under `id` from Redis (following an alias once), keeping a copy
@@ -824,6 +839,7 @@ impl RedisStore {
                 Ok(Found::Nothing) => return Ok(None),
                 Err(e) => {
                     if self.pending.is_some()
+                        && self.circuit.is_open()
                         && let Some(near) = &self.near
                         && let Some(copy) = near.get(id).await
                     {
@@ -1082,6 +1098,10 @@ impl SessionStore for RedisStore {
             match &found {
                 // The next request tries again.
                 Err(_) => flag.store(false, std::sync::atomic::Ordering::Release),
+                // Served stale (Redis did not answer): the copy serves on.
+                Ok(_) if self.circuit.is_open() => {
+                    flag.store(false, std::sync::atomic::Ordering::Release);
+                }
                 // A copy that Redis did not replace (the session is gone, or is reached
                 // through an alias now) must not serve on.
                 Ok(_) => {

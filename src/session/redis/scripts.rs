@@ -264,7 +264,10 @@ return 1
 /// since (copy again), -1 gone (deleted, or retired, meanwhile).
 pub(super) const SEAL: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
-if not v or redis.call('HEXISTS', KEYS[1], 'r') == 1 then return -1 end
+local r = redis.call('HGET', KEYS[1], 'r')
+-- Sealed already, to this very id: a run the Cluster client repeated after a lost answer.
+if r == ARGV[3] then return 1 end
+if not v or r then return -1 end
 if v ~= ARGV[5] then return 0 end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 local grace = tonumber(ARGV[4])

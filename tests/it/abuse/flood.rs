@@ -10,6 +10,18 @@ use crate::support::*;
 /// The store's capacity in these tests.
 const CAP: usize = 10_000;
 
+/// `/whoami` on `base` with session `token`: the app's answer.
+async fn whoami(http: &reqwest::Client, base: &str, token: &str) -> String {
+    http.get(format!("{base}/whoami"))
+        .header("cookie", format!("sg={token}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Logs in as `user` on `base` and asks again with the new cookie: whether the session held.
 async fn login_holds(http: &reqwest::Client, base: &str, user: &str) -> bool {
     let r = http
@@ -20,16 +32,9 @@ async fn login_holds(http: &reqwest::Client, base: &str, user: &str) -> bool {
     let Some(token) = session_cookie(r.headers()) else {
         return false;
     };
-    let body = http
-        .get(format!("{base}/whoami"))
-        .header("cookie", format!("sg={token}"))
-        .send()
+    whoami(http, base, &token)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    body.contains(&format!("user={user}"))
+        .contains(&format!("user={user}"))
 }
 
 /// `n` logins from bots that never come back, `workers` at a time.
@@ -97,16 +102,10 @@ async fn flooded_store_admits_real_users(burst: usize) {
             for round in 0..40 {
                 kept = 0;
                 for (i, token) in regulars.iter().enumerate() {
-                    let body = http
-                        .get(format!("{base}/whoami"))
-                        .header("cookie", format!("sg={token}"))
-                        .send()
+                    if whoami(&http, &base, token)
                         .await
-                        .unwrap()
-                        .text()
-                        .await
-                        .unwrap();
-                    if body.contains(&format!("user=r{i} ")) {
+                        .contains(&format!("user=r{i} "))
+                    {
                         kept += 1;
                     }
                 }
@@ -139,16 +138,10 @@ async fn flooded_store_admits_real_users(burst: usize) {
     }
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for (i, token) in later.iter().enumerate() {
-        let body = http
-            .get(format!("{base}/whoami"))
-            .header("cookie", format!("sg={token}"))
-            .send()
+        if whoami(&http, &base, token)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if body.contains(&format!("user=l{i} ")) {
+            .contains(&format!("user=l{i} "))
+        {
             held_after += 1;
         }
     }

@@ -19,23 +19,8 @@ async fn paced_rapid_reset_is_sent_away_within_a_bounded_number_of_backend_reque
     let b = slow_backend().await;
     let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
     let h2 = H2::connect(gw.addr("web")).await;
-    let (mut rd, mut wr) = h2.tcp.into_split();
-    let reader = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut goaway = false;
-        let mut h = [0u8; 9];
-        loop {
-            if rd.read_exact(&mut h).await.is_err() {
-                return goaway;
-            }
-            goaway |= h[3] == GOAWAY;
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            let mut p = vec![0u8; len];
-            if rd.read_exact(&mut p).await.is_err() {
-                return goaway;
-            }
-        }
-    });
+    let (rd, mut wr) = h2.tcp.into_split();
+    let reader = read_until_closed(rd);
     // Batches of 100 streams, a 30 ms pause, 100 resets; for at most 5 s.
     use tokio::io::AsyncWriteExt;
     let started = tokio::time::Instant::now();
@@ -44,16 +29,8 @@ async fn paced_rapid_reset_is_sent_away_within_a_bounded_number_of_backend_reque
     'attack: while started.elapsed() < Duration::from_secs(5) {
         let first = next;
         let at_start = b.requests().len();
-        let mut batch = Vec::new();
-        for _ in 0..100 {
-            batch.extend(frame(
-                HEADERS,
-                END_HEADERS | END_STREAM,
-                next,
-                &block(&get("gw.test", "/")),
-            ));
-            next += 2;
-        }
+        let batch;
+        (batch, next) = gets(first, 100);
         if wr.write_all(&batch).await.is_err() {
             break 'attack;
         }
@@ -96,16 +73,8 @@ async fn a_client_that_cancels_now_and_then_is_served() {
     // 300 requests, one in five cancelled: a browser navigating away, not an attack.
     let mut id = 1u32;
     for round in 0..60 {
-        let mut batch = Vec::new();
-        for _ in 0..5 {
-            batch.extend(frame(
-                HEADERS,
-                END_HEADERS | END_STREAM,
-                id,
-                &block(&get("gw.test", "/")),
-            ));
-            id += 2;
-        }
+        let mut batch;
+        (batch, id) = gets(id, 5);
         batch.extend(frame(RST_STREAM, 0, id - 2, &8u32.to_be_bytes()));
         assert!(h2.send(&batch).await, "cut in round {round}");
         // Read the four answers.
@@ -225,16 +194,8 @@ async fn resets_during_the_response_body_are_counted_too() {
     let mut id = 1u32;
     let mut sent_away = false;
     'attack: for _ in 0..20 {
-        let mut batch = Vec::new();
-        for _ in 0..25 {
-            batch.extend(frame(
-                HEADERS,
-                END_HEADERS | END_STREAM,
-                id,
-                &block(&get("gw.test", "/")),
-            ));
-            id += 2;
-        }
+        let batch;
+        (batch, id) = gets(id, 25);
         if !h2.send(&batch).await {
             sent_away = true;
             break;

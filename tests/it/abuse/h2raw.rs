@@ -68,6 +68,41 @@ pub fn get<'a>(authority: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
+/// GET frames for `n` streams from `first` (odd ids, in order), and the next free id.
+pub fn gets(first: u32, n: u32) -> (Vec<u8>, u32) {
+    let mut batch = Vec::new();
+    let mut id = first;
+    for _ in 0..n {
+        batch.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &block(&get("gw.test", "/")),
+        ));
+        id += 2;
+    }
+    (batch, id)
+}
+
+/// Reads frames from `rd` until the connection ends: whether a GOAWAY came first.
+pub fn read_until_closed(mut rd: tokio::net::tcp::OwnedReadHalf) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        let mut goaway = false;
+        let mut h = [0u8; 9];
+        loop {
+            if rd.read_exact(&mut h).await.is_err() {
+                return goaway;
+            }
+            goaway |= h[3] == GOAWAY;
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let mut p = vec![0u8; len];
+            if rd.read_exact(&mut p).await.is_err() {
+                return goaway;
+            }
+        }
+    })
+}
+
 /// A frame header read back.
 #[derive(Debug, Clone, Copy)]
 #[allow(dead_code)]

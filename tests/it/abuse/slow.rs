@@ -73,6 +73,19 @@ fn yaml(s: &Streamer, timeouts: &str) -> String {
     )
 }
 
+/// A connection to `gw`'s `web` listener on which `request` has been sent.
+async fn sent(gw: &Gateway, request: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(gw.addr("web")).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    tcp
+}
+
+/// Waits (15 s at most) for the backend to see its response let go.
+async fn released(s: &Streamer) {
+    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
+    assert!(released.is_ok(), "the upstream response was never released");
+}
+
 /// Reads what is left on `tcp` until it ends: `true` if the gateway closed it in `limit`.
 async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
     let mut buf = vec![0u8; 1 << 20];
@@ -91,13 +104,9 @@ async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> bool {
 async fn an_http1_client_that_stops_reading_is_closed_after_the_send_timeout() {
     let s = streamer().await;
     let gw = Gateway::start(&yaml(&s, "{ send: 1s, header_read: 30s }")).await;
-    let mut tcp = TcpStream::connect(gw.addr("web")).await.unwrap();
-    tcp.write_all(b"GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = sent(&gw, b"GET /big HTTP/1.1\r\nHost: gw.test\r\n\r\n").await;
     // The client reads nothing: the backend's response must be let go.
-    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
-    assert!(released.is_ok(), "the upstream response was never released");
+    released(&s).await;
     assert!(
         closed_within(&mut tcp, Duration::from_secs(10)).await,
         "the gateway kept the connection of a client that reads nothing"
@@ -111,10 +120,11 @@ async fn an_http1_client_that_stops_reading_is_closed_after_the_send_timeout() {
 async fn a_slow_but_steady_reader_gets_its_whole_response() {
     let s = streamer().await;
     let gw = Gateway::start(&yaml(&s, "{ send: 1s, header_read: 30s }")).await;
-    let mut tcp = TcpStream::connect(gw.addr("web")).await.unwrap();
-    tcp.write_all(b"GET /medium HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = sent(
+        &gw,
+        b"GET /medium HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let mut got = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -144,8 +154,7 @@ async fn an_http2_client_that_stops_reading_is_closed_after_the_send_timeout() {
     );
     assert!(h2.send(&grow).await);
     assert!(h2.get(1, "/big").await);
-    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
-    assert!(released.is_ok(), "the upstream response was never released");
+    released(&s).await;
     assert!(closed_within(&mut h2.tcp, Duration::from_secs(10)).await);
 }
 
@@ -164,7 +173,7 @@ async fn an_http2_stream_the_client_keeps_shut_ends_its_connection_and_releases_
     );
     assert!(h2.send(&grow).await);
     assert!(h2.get(1, "/big").await);
-    let (mut rd, mut wr) = h2.tcp.into_split();
+    let (rd, mut wr) = h2.tcp.into_split();
     let pinger = tokio::spawn(async move {
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -173,28 +182,13 @@ async fn an_http2_stream_the_client_keeps_shut_ends_its_connection_and_releases_
             }
         }
     });
-    let reader = tokio::spawn(async move {
-        let mut goaway = false;
-        let mut h = [0u8; 9];
-        loop {
-            if rd.read_exact(&mut h).await.is_err() {
-                return (true, goaway);
-            }
-            goaway |= h[3] == GOAWAY;
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            let mut p = vec![0u8; len];
-            if rd.read_exact(&mut p).await.is_err() {
-                return (true, goaway);
-            }
-        }
-    });
-    let released = tokio::time::timeout(Duration::from_secs(15), s.released.notified()).await;
-    assert!(released.is_ok(), "the upstream response was never released");
-    let (closed, goaway) = tokio::time::timeout(Duration::from_secs(10), reader)
+    let reader = read_until_closed(rd);
+    released(&s).await;
+    let goaway = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
         .expect("the connection was not closed")
         .unwrap();
-    assert!(closed && goaway, "closed {closed}, GOAWAY first {goaway}");
+    assert!(goaway, "closed without a GOAWAY first");
     pinger.abort();
     let m = crate::metrics::Scrape::from(gw.admin()).await;
     let cut = [("listener", "web"), ("reason", "send_stream")];
