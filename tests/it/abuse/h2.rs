@@ -235,3 +235,47 @@ async fn resets_during_the_response_body_are_counted_too() {
         "{reached} reset streams reached the backend"
     );
 }
+
+#[tokio::test]
+async fn many_http2_requests_with_empty_bodies_and_trailers_are_not_taken_for_cancels() {
+    let b = Backend::start(|req| async move {
+        match req.uri().path() {
+            "/empty" => text(204, ""),
+            "/trailers" => {
+                use http_body_util::BodyExt;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("x-check", "1".parse().unwrap());
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(vec![
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                        bytes::Bytes::from_static(b"data"),
+                    )),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ]));
+                http::Response::new(body.boxed())
+            }
+            _ => text(200, &"x".repeat(40_000)),
+        }
+    })
+    .await;
+    let gw = Gateway::start(&simple_config(&[b.addr], "", "")).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // One connection, 450 answers: empty, with trailers, and larger than one 16 KiB piece.
+    for i in 0..150 {
+        for path in ["/empty", "/trailers", "/big"] {
+            let r = http.get(gw.url("web", path)).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.unwrap();
+            assert!(
+                matches!(status, 200 | 204),
+                "request {i} to {path}: {status}"
+            );
+            if path == "/big" {
+                assert_eq!(body.len(), 40_000);
+            }
+        }
+    }
+}
