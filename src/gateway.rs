@@ -159,6 +159,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             handshake_timeout: tls.map_or(Duration::from_secs(10), |t| t.handshake_timeout),
             idle_timeout: config.timeouts.idle,
             send_timeout: config.timeouts.send,
+            body_read_timeout: config.timeouts.body_read,
             proxy_protocol: l
                 .proxy_protocol
                 .then(|| config.trusted_proxies.clone().into()),
@@ -214,6 +215,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: config.timeouts.idle,
             send_timeout: config.timeouts.send,
+            body_read_timeout: config.timeouts.body_read,
             proxy_protocol: None,
         };
         // The admin listener has its own connection cap, so a flood on the data plane cannot

@@ -77,6 +77,9 @@ impl End {
 pub struct Limits {
     /// See the module docs.
     pub header_read: Duration,
+    /// Longest pause in a request body (here: HTTP/2 over TLS, bytes of a DATA payload that
+    /// have not yet come out of TLS).
+    pub body_read: Duration,
     /// See the module docs.
     pub send: Duration,
     /// See the module docs.
@@ -99,6 +102,11 @@ pub struct Conn {
     blocked: AtomicU64,
     /// HTTP/2: when the frame (or header block) being read began, or [`NONE`].
     frame_since: AtomicU64,
+    /// HTTP/2: whether a response body has handed over data since the client's last PING.
+    data_sent: AtomicBool,
+    /// HTTP/2: whether a request body (a DATA payload) is being read: sealed bytes then wait
+    /// by the body timeout, not the header timeout.
+    in_body: AtomicBool,
     /// HTTP/2 over TLS: when bytes came in on the socket that have not yet come out of TLS
     /// as plaintext (a TLS record trickled a byte at a time), or [`NONE`].
     sealed_since: AtomicU64,
@@ -133,6 +141,8 @@ impl Conn {
             blocked: AtomicU64::new(NONE),
             frame_since: AtomicU64::new(NONE),
             sealed_since: AtomicU64::new(NONE),
+            data_sent: AtomicBool::new(false),
+            in_body: AtomicBool::new(false),
             served: AtomicBool::new(false),
             cancels: Mutex::new((CANCEL_BURST, now_ms())),
             bodies: Mutex::new(Vec::new()),
@@ -195,6 +205,16 @@ impl Conn {
     /// arrived (`NONE`).
     pub(super) fn frame_pending(&self, since: u64) {
         self.frame_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Whether data went out since the last call (and forget it).
+    pub(super) fn take_data_sent(&self) -> bool {
+        self.data_sent.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether a request body's DATA payload is being read.
+    pub(super) fn in_body(&self, yes: bool) {
+        self.in_body.store(yes, Ordering::Relaxed);
     }
 
     /// Bytes came in on the socket (under TLS).
@@ -279,7 +299,15 @@ impl Conn {
             let stalled = self.oldest_stalled_body().unwrap_or(now);
             for (since, limit, why) in [
                 (frame, limits.header_read, End::Close("header_read")),
-                (sealed, limits.header_read, End::Close("header_read")),
+                (
+                    sealed,
+                    if self.in_body.load(Ordering::Relaxed) {
+                        limits.body_read
+                    } else {
+                        limits.header_read
+                    },
+                    End::Close("header_read"),
+                ),
                 (moved, limits.idle, End::Close("idle")),
                 (stalled, limits.send, End::GoAway("send_stream")),
             ] {
@@ -346,7 +374,7 @@ impl Conn {
         let earned = now.saturating_sub(*refilled) * CANCELS_PER_SEC / 1000;
         if earned > 0 {
             *left = (*left + earned).min(CANCEL_BURST);
-            *refilled = now;
+            *refilled += earned * 1000 / CANCELS_PER_SEC;
         }
         match left.checked_sub(1) {
             Some(l) => *left = l,
@@ -608,6 +636,7 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
             if let Some(at) = this.at {
                 at.store(stamp(), Ordering::Relaxed);
             }
+            this.conn.data_sent.store(true, Ordering::Relaxed);
             *this.ended = this.rest.is_empty()
                 && this
                     .inner
@@ -623,7 +652,8 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
         };
         let mut r = inner.as_mut().poll_frame(cx);
         match &r {
-            Poll::Ready(None) => *this.ended = true,
+            // An error ends the body too (the backend failed): not the client's cancel.
+            Poll::Ready(None | Some(Err(_))) => *this.ended = true,
             // HTTP/2 hands a chunk to the library whole once the stream may send one byte,
             // and it waits there, unwatched, once the body is done: chunks are cut to bound
             // what a stream the client keeps shut can hold.
@@ -650,7 +680,10 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
             // last one through: a chunk handed over and not followed by another ask within
             // the send timeout is a stream the client keeps shut.
             let t = match &r {
-                Poll::Ready(Some(Ok(f))) if f.is_data() => stamp(),
+                Poll::Ready(Some(Ok(f))) if f.is_data() => {
+                    this.conn.data_sent.store(true, Ordering::Relaxed);
+                    stamp()
+                }
                 _ => NONE,
             };
             at.store(t, Ordering::Relaxed);

@@ -8,7 +8,7 @@
 //! - **control floods**: SETTINGS, PING, PRIORITY, empty DATA and unknown frames cost the
 //!   gateway work (an ACK each for the first two) and carry no request. A client that reads
 //!   the ACKs is never cut by `h2`; here each connection has a budget of them that refills
-//!   with time, and a connection past it is closed.
+//!   with time, and a connection past it is closed. A PING while responses flow is free.
 
 use std::io;
 use std::pin::Pin;
@@ -28,9 +28,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
 const SETTINGS: u8 = 0x4;
-const RST_STREAM: u8 = 0x3;
 const PING: u8 = 0x6;
-const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 /// Frame types this side knows (the rest are extensions, ignored by `h2`).
 const LAST_KNOWN: u8 = CONTINUATION;
@@ -62,10 +60,10 @@ pub struct Frames<T> {
     block_since: u64,
     /// What the connection's watchdog was last told.
     published: u64,
+    /// Whether a DATA payload is being read (last told).
+    in_data: bool,
     control_left: u32,
     refilled_ms: u64,
-    /// WINDOW_UPDATE and RST_STREAM frames seen (each fifth spends the budget).
-    minor: u64,
 }
 
 impl<T> Frames<T> {
@@ -86,9 +84,9 @@ impl<T> Frames<T> {
             frame_since: now_ms().max(1),
             block_since: 0,
             published: 0,
+            in_data: false,
             control_left: CONTROL_BURST,
             refilled_ms: now_ms(),
-            minor: 0,
         };
         frames.publish();
         frames
@@ -141,20 +139,18 @@ impl<T> Frames<T> {
         let h = self.header;
         let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
         (self.kind, self.flags) = (h[3], h[4]);
-        // A PING ACK nobody asked for costs a log line; WINDOW_UPDATE and RST_STREAM are
-        // everyday frames, but cost work without carrying a request too: they are counted
-        // at a fifth (a download sends one WINDOW_UPDATE per chunk it reads).
+        // A PING ACK nobody asked for costs a log line. A PING while responses flow is free
+        // (gRPC's ping-strike rule: its clients ping once a round trip to size windows).
+        // WINDOW_UPDATE and RST_STREAM are not counted: a download sends a WINDOW_UPDATE
+        // per few KiB it reads (Go's client), and resets have their own budget.
         let control = match self.kind {
             SETTINGS => self.flags & ACK == 0,
-            PING | PRIORITY => true,
+            PING => !self.conn.take_data_sent(),
+            PRIORITY => true,
             // Empty, or little but padding.
             DATA => {
                 self.flags & END_STREAM == 0
                     && (len == 0 || (self.flags & PADDED != 0 && len <= 256))
-            }
-            WINDOW_UPDATE | RST_STREAM => {
-                self.minor += 1;
-                self.minor.is_multiple_of(5)
             }
             k => k > LAST_KNOWN,
         };
@@ -187,7 +183,8 @@ impl<T> Frames<T> {
         if earned > 0 {
             let left = u64::from(self.control_left) + earned;
             self.control_left = u32::try_from(left.min(u64::from(CONTROL_BURST))).unwrap_or(0);
-            self.refilled_ms = now;
+            // Only the time the tokens took: the remainder counts toward the next.
+            self.refilled_ms += earned * 1000 / CONTROL_PER_SEC;
         }
         match self.control_left.checked_sub(1) {
             Some(left) => {
@@ -215,6 +212,11 @@ impl<T> Frames<T> {
         if mark != self.published {
             self.published = mark;
             self.conn.frame_pending(mark);
+        }
+        let in_data = self.kind == DATA && self.payload_left > 0;
+        if in_data != self.in_data {
+            self.in_data = in_data;
+            self.conn.in_body(in_data);
         }
     }
 }

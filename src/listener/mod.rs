@@ -61,6 +61,8 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// A response the client does not take for this long ends its connection.
     pub send_timeout: Duration,
+    /// Longest pause in a request body.
+    pub body_read_timeout: Duration,
     /// With the PROXY protocol on: the peers allowed (and required) to send its header.
     pub proxy_protocol: Option<Arc<[ipnet::IpNet]>>,
 }
@@ -262,6 +264,7 @@ impl Options {
     fn limits(&self) -> conn::Limits {
         conn::Limits {
             header_read: self.header_read_timeout,
+            body_read: self.body_read_timeout,
             send: self.send_timeout,
             idle: self.idle_timeout,
         }

@@ -18,6 +18,9 @@ pub(super) const PROBE_EVERY: Duration = Duration::from_millis(250);
 pub(super) struct Circuit {
     /// Read without the lock on the request path.
     open: AtomicBool,
+    /// Redis answers again and the queued writes are being replayed: sessions without a
+    /// queued write ask Redis, those with one wait behind it.
+    draining: AtomicBool,
     /// Whether a probe runs (under the lock).
     probing: Mutex<bool>,
 }
@@ -35,6 +38,32 @@ impl Circuit {
         !std::mem::replace(&mut *probing, true)
     }
 
+    /// Makes sure a probe will replay a write just queued: one that runs sees it (it closes
+    /// only on an empty queue, checked under this lock), else the circuit opens and the
+    /// caller starts one (`true`).
+    pub(super) fn ensure_probe(&self) -> bool {
+        let mut probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
+        if *probing {
+            return false;
+        }
+        self.open.store(true, Ordering::Release);
+        *probing = true;
+        true
+    }
+
+    /// Whether the queue is being replayed to a Redis that answers.
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Redis answers: requests ask it again (but for sessions with queued writes) while the
+    /// probe replays the queue.
+    pub(super) fn drain(&self) {
+        let _probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.draining.store(true, Ordering::Release);
+        self.open.store(false, Ordering::Release);
+    }
+
     /// Closes the circuit if `done` (checked under the lock: no write is queued); the probe
     /// ends then, and the next trip starts another.
     pub(super) fn close_if(&self, done: impl FnOnce() -> bool) -> bool {
@@ -43,6 +72,7 @@ impl Circuit {
             return false;
         }
         self.open.store(false, Ordering::Release);
+        self.draining.store(false, Ordering::Release);
         *probing = false;
         true
     }
@@ -50,6 +80,7 @@ impl Circuit {
     /// The probe gives up (its store was replaced).
     pub(super) fn abandon(&self) {
         *self.probing.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        self.draining.store(false, Ordering::Release);
     }
 }
 

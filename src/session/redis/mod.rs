@@ -92,6 +92,8 @@ pub struct RedisStore {
     marker: Arc<str>,
     /// When this store last set its marker (Unix ms; 0: never).
     marked: Arc<AtomicU64>,
+    /// Outage-class failures seen (see [`RedisStore::outages`]).
+    outages: Arc<AtomicU64>,
     prefix: String,
     /// Where changes are announced: `PREFIX changed`.
     channel: String,
@@ -265,6 +267,7 @@ impl RedisStore {
             circuit: Arc::default(),
             marker: Arc::from(scripts::marker_key(&options.key_prefix, &marker_id()?)),
             marked: Arc::default(),
+            outages: Arc::default(),
             channel: format!("{}changed", options.key_prefix),
             prefix: options.key_prefix,
             idle: options.idle_timeout,
@@ -379,13 +382,37 @@ impl RedisStore {
 
     /// Opens the circuit (Redis does not answer), and starts the probe that closes it.
     fn trip(&self) {
+        self.outages.fetch_add(1, Ordering::Relaxed);
         if self.circuit.trip() {
             tracing::warn!(
                 "session store does not answer: not asked on the request path until it does"
             );
-            let store = self.clone();
-            tokio::spawn(async move { store.probe().await });
+            self.start_probe();
         }
+    }
+
+    fn start_probe(&self) {
+        let store = self.clone();
+        tokio::spawn(async move { store.probe().await });
+    }
+
+    /// A write was queued: a probe must replay it.
+    fn replay_later(&self) {
+        if self.circuit.ensure_probe() {
+            self.start_probe();
+        }
+    }
+
+    /// How many outage-class failures this store has seen (a replay tells by it whether its
+    /// failure was one).
+    pub(super) fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request for session `id` must not ask Redis yet: Redis answers again, but
+    /// writes of this session still wait in the queue, and its later ones go behind them.
+    fn queued_behind(&self, id: &StoreId) -> bool {
+        self.circuit.is_draining() && self.pending.as_ref().is_some_and(|p| p.has_queued(id))
     }
 
     /// Asks Redis every [`circuit::PROBE_EVERY`] until it answers, replays the writes queued
@@ -420,19 +447,21 @@ impl RedisStore {
                     "session store lost its data (restarted empty?): queued writes restore their sessions"
                 );
             }
-            if let Some(p) = &self.pending
-                && !p.replay(&self, lost).await
-            {
-                continue;
-            }
             self.mark(&conn).await;
-            let empty = || self.pending.as_ref().is_none_or(|p| p.is_empty());
-            if self.circuit.close_if(empty) {
-                if let Some(p) = &self.pending {
-                    p.forget_snapshots();
+            // Sessions without queued writes ask Redis again from now on.
+            self.circuit.drain();
+            loop {
+                if let Some(p) = &self.pending
+                    && !p.replay(&self, lost).await
+                {
+                    break;
                 }
-                tracing::info!("session store answers again");
-                return;
+                let empty = || self.pending.as_ref().is_none_or(|p| p.is_empty());
+                if self.circuit.close_if(empty) {
+                    tracing::info!("session store answers again");
+                    return;
+                }
+                // Writes of sessions still queued came in meanwhile: those too.
             }
         }
     }
@@ -474,13 +503,19 @@ impl RedisStore {
             return Ok(());
         };
         let s = &s;
+        // What is left of its idle time, as it was last used: a session that idled out
+        // meanwhile stays out.
+        let ttl = (s.last_seen_ms + ms(self.idle)).saturating_sub(super::store::unix_ms());
+        if ttl == 0 {
+            return Ok(());
+        }
         let own = hex(id);
         let mut call = self.restore.prepare_invoke();
         call.key(scripts::session_key(&self.prefix, &own))
             .key(scripts::tombstone_key(&self.prefix, &own))
             .arg(&self.channel)
             .arg(&own)
-            .arg(ms(self.idle).max(1))
+            .arg(ttl)
             .arg("k")
             .arg(s.key())
             .arg("c")
@@ -614,6 +649,11 @@ impl RedisStore {
         let (Some(pending), Some(near)) = (&self.pending, &self.near) else {
             return Err(error);
         };
+        // Logged out here, the logout waiting for Redis: nothing to change, nor to create
+        // again under this id.
+        if pending.ended(id) {
+            return Ok(None);
+        }
         let (mut session, created) = match (near.get(id).await, &create) {
             (Some(copy), _) => (copy.session, false),
             (None, _) if let Some(s) = pending.snapshot(id) => (s, false),
@@ -623,9 +663,7 @@ impl RedisStore {
         let rejected = session.apply(changes, &self.limits);
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
         near.insert(*id, NearCopy::new(session.clone(), 0)).await;
-        // The session as this gateway has it now: what a Redis that lost its data gets back
-        // (the near cache may drop its copy before the replay).
-        pending.keep_snapshot(*id, session.clone());
+
         // A change is always queued (the oldest is dropped past the bound); the circuit's
         // probe replays it.
         pending.push(PendingWrite {
@@ -635,7 +673,11 @@ impl RedisStore {
             now_ms,
             delete: false,
         });
-        self.trip();
+        // The session as this gateway has it now: what a Redis that lost its data gets back
+        // (the near cache may drop its copy before the replay). Kept after the push, so that
+        // it goes with the session's last queued write.
+        pending.keep_snapshot(*id, session.clone());
+        self.replay_later();
         tracing::warn!(error = %error, "session store down: change kept here, queued for Redis");
         Ok(Some(Applied {
             session,
@@ -1054,9 +1096,10 @@ impl SessionStore for RedisStore {
         {
             return Ok(None);
         }
-        // Redis does not answer: a copy serves (with `serve_stale`), else the request is
-        // refused now rather than after the operation timeout.
-        if self.circuit.is_open() {
+        // Redis does not answer (or does, but this session's writes still wait): a copy
+        // serves (with `serve_stale`), else the request is refused now rather than after the
+        // operation timeout.
+        if self.circuit.is_open() || self.queued_behind(id) {
             if let Some(p) = &self.pending {
                 if let Some(near) = &self.near
                     && let Some(copy) = near.get(id).await
@@ -1126,7 +1169,7 @@ impl SessionStore for RedisStore {
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        if self.circuit.is_open() {
+        if self.circuit.is_open() || self.queued_behind(id) {
             return self.update_stale(id, create, changes, now_ms, down()).await;
         }
         let parts = match self
@@ -1175,14 +1218,15 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let deleted = if self.circuit.is_open() {
+        let stale = self.circuit.is_open() || self.queued_behind(id);
+        let deleted = if stale {
             Err(down())
         } else {
             self.delete_in_redis(id).await
         };
         match deleted {
             Ok(()) => Ok(()),
-            Err(e) if !self.circuit.is_open() => Err(e),
+            Err(e) if !stale && !self.circuit.is_open() => Err(e),
             // With serve_stale, a logout while Redis does not answer is not lost: this
             // gateway stops serving the session at once, and the delete is replayed.
             Err(e) => {
@@ -1194,6 +1238,7 @@ impl SessionStore for RedisStore {
                 let mut queued = true;
                 for id in std::iter::once(*id).chain(own) {
                     self.forget(&id).await;
+                    pending.drop_snapshot(&id);
                     queued &= pending.push(PendingWrite {
                         id,
                         create: None,
@@ -1202,7 +1247,7 @@ impl SessionStore for RedisStore {
                         delete: true,
                     });
                 }
-                self.trip();
+                self.replay_later();
                 if !queued {
                     // Too many logouts wait: this one fails, visibly (the proxy answers 503),
                     // rather than be lost.

@@ -38,6 +38,9 @@ pub(super) struct Pending {
     /// (kept until the circuit closes): what a Redis that lost its data gets back, and what
     /// serves the session if the near cache drops its copy meanwhile.
     snapshots: Mutex<HashMap<StoreId, Session>>,
+    /// How many writes wait per session (a session with none asks Redis again as soon as
+    /// Redis answers, while the queue is replayed).
+    queued: Mutex<HashMap<StoreId, u32>>,
 }
 
 impl Default for Pending {
@@ -51,6 +54,7 @@ impl Default for Pending {
                 .time_to_idle(Duration::from_secs(24 * 3600))
                 .build(),
             snapshots: Mutex::default(),
+            queued: Mutex::default(),
         }
     }
 }
@@ -78,12 +82,42 @@ impl Pending {
         let mut q = self.queue();
         if q.len() >= Self::MAX
             && let Some(oldest) = q.iter().position(|w| !w.delete)
+            && let Some(dropped) = q.remove(oldest)
         {
-            q.remove(oldest);
+            self.unqueued(&dropped.id);
             tracing::warn!("session store down: queued writes over the bound, oldest dropped");
         }
+        *self
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(w.id)
+            .or_default() += 1;
         q.push_back(w);
         true
+    }
+
+    /// Whether writes of the session under `id` wait (its later ones must wait behind them).
+    pub(super) fn has_queued(&self, id: &StoreId) -> bool {
+        self.queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(id)
+    }
+
+    /// One write of `id` left the queue; its snapshot goes with the last.
+    fn unqueued(&self, id: &StoreId) {
+        let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = queued.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                queued.remove(id);
+                self.snapshots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(id);
+            }
+        }
     }
 
     /// Whether no write waits.
@@ -91,16 +125,24 @@ impl Pending {
         self.queue().is_empty()
     }
 
-    /// Keeps `session` as this gateway has it after a write made during the outage.
+    /// Keeps `session` as this gateway has it after a write made during the outage (called
+    /// after the write is queued; it goes with the session's last queued write, so there are
+    /// never more than queued writes).
     pub(super) fn keep_snapshot(&self, id: StoreId, session: Session) {
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Bounded as the queue is: a session without a queued write needs no snapshot.
-        if snapshots.len() < Self::MAX || snapshots.contains_key(&id) {
-            snapshots.insert(id, session);
+        if self.has_queued(&id) {
+            self.snapshots
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, session);
         }
+    }
+
+    /// A logout is queued: the session's snapshot must not serve it, nor restore it.
+    pub(super) fn drop_snapshot(&self, id: &StoreId) {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
     }
 
     /// The session under `id` as written during the outage, if it was.
@@ -110,14 +152,6 @@ impl Pending {
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .cloned()
-    }
-
-    /// The outage is over: Redis has every write.
-    pub(super) fn forget_snapshots(&self) {
-        self.snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
     }
 
     /// Notes that the alias `alias` leads to the session under `own`.
@@ -157,17 +191,22 @@ impl Pending {
             // Taken out first: the queue's lock must not be held across the replay.
             let next = self.queue().pop_front();
             let Some(w) = next else { return true };
+            let outages = store.outages();
             if let Err(e) = store.replay(&w, lost).await {
-                // Redis answers, but refuses this write (out of memory, an ACL): it would
-                // block every later one for ever. It is dropped, visibly.
-                if store.answers().await {
+                // Redis answers, but refuses this very write (out of memory, an ACL): it
+                // would block every later one for ever. It is dropped, visibly; a logout's
+                // session stays ended on this gateway. Not when the failure was an outage
+                // (a timeout, READONLY after a failover, LOADING...): that waits.
+                if store.outages() == outages && store.answers().await {
                     tracing::error!(error = %e, "session store refused a queued write: dropped");
-                } else {
-                    self.queue().push_front(w);
-                    return false;
+                    self.unqueued(&w.id);
+                    continue;
                 }
+                self.queue().push_front(w);
+                return false;
             }
             self.replayed(&w);
+            self.unqueued(&w.id);
         }
     }
 }

@@ -208,7 +208,8 @@ if not to then
 end
 if redis.call('DEL', KEYS[1]) == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 redis.call('DEL', KEYS[2])
-redis.call('SET', KEYS[3], to or '', 'PX', math.max(1, tonumber(ARGV[3])))
+-- pcall: a full Redis (noeviction) must not fail the logout itself over its tombstone.
+redis.pcall('SET', KEYS[3], to or '', 'PX', math.max(1, tonumber(ARGV[3])))
 return to
 ";
 
@@ -248,7 +249,7 @@ redis.call('PEXPIRE', KEYS[1], math.max(1, tonumber(ARGV[1])))
 return 1
 ";
 
-/// KEYS: session, tombstone. ARGV: channel, id, idle ms, then field, value, ... A session
+/// KEYS: session, tombstone. ARGV: channel, id, ttl ms, then field, value, ... A session
 /// written back into a Redis that lost it, from a gateway's copy; nothing is written over a
 /// session that is there, nor over one ended since (1 written, 0 not).
 pub(super) const RESTORE: &str = r"

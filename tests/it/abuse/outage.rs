@@ -109,21 +109,38 @@ async fn with_redis_paused_every_session_is_served_without_waiting_and_every_wri
     let redis = OwnRedis::start(port);
     let gw = gateway_on(&b, port, ", on_error: serve_stale").await;
     let cookies = shoppers(&gw, 8).await;
+    // One more user, who shops and logs out during the pause.
+    let leaver = shoppers(&gw, 1).await.remove(0);
     // Every copy is due a refresh from Redis (last use over a second ago): the first request
     // of each asks Redis, and must not drop the copy when Redis does not answer.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     redis.signal("STOP");
     let (failed, slow, carts) = shop_through(&gw, &cookies, Duration::from_secs(3)).await;
+    // A write, then the logout: the session's latest state is kept for the replay, and
+    // must not bring it back once the logout is in.
+    assert_eq!(ask(&gw, &leaver, "/cart").await.0, 200);
+    assert_eq!(ask(&gw, &leaver, "/logout").await.0, 200);
     redis.signal("CONT");
     assert_eq!(failed, 0, "requests refused while Redis was paused");
     // One request finds Redis silent and waits the operation timeout; the rest do not ask.
     assert!(slow <= 2, "{slow} requests waited for a paused Redis");
+    // Shopping goes on while the queue is replayed: every write lands, in order.
+    let (failed, _, more) = shop_through(&gw, &cookies, Duration::from_millis(1500)).await;
+    assert_eq!(failed, 0, "requests refused once Redis was back");
+    let carts: Vec<u32> = carts.iter().zip(&more).map(|(a, b)| a + b - 1).collect();
     let other = gateway_on(&b, port, ", near_cache: { ttl: 0s }").await;
     let wrong = carts_landed(&other, &cookies, &carts).await;
     assert!(
         wrong.is_empty(),
-        "writes made during the pause lost: {wrong:?}"
+        "writes made during or after the pause lost: {wrong:?}"
     );
+    for g in [&gw, &other] {
+        let (_, body, _) = ask(g, &leaver, "/whoami").await;
+        assert!(
+            body.starts_with("status=expired"),
+            "the logout did not hold: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
