@@ -102,7 +102,7 @@ pub struct Conn {
     blocked: AtomicU64,
     /// HTTP/2: when the frame (or header block) being read began, or [`NONE`].
     frame_since: AtomicU64,
-    /// HTTP/2: whether a response body has handed over data since the client's last PING.
+    /// HTTP/2: whether response bytes went out since the client's last PING.
     data_sent: AtomicBool,
     /// HTTP/2: whether a request body (a DATA payload) is being read: sealed bytes then wait
     /// by the body timeout, not the header timeout.
@@ -205,6 +205,13 @@ impl Conn {
     /// arrived (`NONE`).
     pub(super) fn frame_pending(&self, since: u64) {
         self.frame_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Response bytes went out.
+    pub(super) fn data_went(&self) {
+        if !self.data_sent.load(Ordering::Relaxed) {
+            self.data_sent.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether data went out since the last call (and forget it).
@@ -636,7 +643,6 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
             if let Some(at) = this.at {
                 at.store(stamp(), Ordering::Relaxed);
             }
-            this.conn.data_sent.store(true, Ordering::Relaxed);
             *this.ended = this.rest.is_empty()
                 && this
                     .inner
@@ -680,10 +686,7 @@ impl<B: Body<Data = Bytes>> Body for WatchedBody<B> {
             // last one through: a chunk handed over and not followed by another ask within
             // the send timeout is a stream the client keeps shut.
             let t = match &r {
-                Poll::Ready(Some(Ok(f))) if f.is_data() => {
-                    this.conn.data_sent.store(true, Ordering::Relaxed);
-                    stamp()
-                }
+                Poll::Ready(Some(Ok(f))) if f.is_data() => stamp(),
                 _ => NONE,
             };
             at.store(t, Ordering::Relaxed);

@@ -375,3 +375,38 @@ async fn an_http2_request_trickled_inside_one_tls_record_is_cut_at_header_read()
     );
     assert!(b.requests().is_empty());
 }
+
+#[tokio::test]
+async fn a_download_with_a_window_update_per_4_kib_and_a_ping_per_frame_is_not_cut() {
+    // Go's HTTP/2 client opens the window every 4 KiB it reads; gRPC clients ping once a
+    // round trip while data flows. Neither is a flood.
+    let s = streamer().await;
+    let gw = Gateway::start(&yaml(&s, "{ send: 5s, idle: 60s }")).await;
+    // A 4 KiB window: the gateway sends 4 KiB, then waits for the next WINDOW_UPDATE.
+    let mut h2 = H2::connect_with(gw.addr("web"), &[(0x4, 4096)]).await;
+    assert!(h2.get(1, "/medium").await);
+    let (mut got, mut unacked) = (0usize, 0u32);
+    loop {
+        let (seen, _) = h2
+            .next(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("cut after {got} bytes"));
+        assert_ne!(seen.kind, GOAWAY, "sent away after {got} bytes");
+        if seen.kind != DATA {
+            continue;
+        }
+        got += seen.len;
+        unacked += u32::try_from(seen.len).unwrap();
+        let mut out = frame(PING, 0, 0, &[0; 8]);
+        if unacked >= 4096 {
+            out.extend(frame(WINDOW_UPDATE, 0, 1, &unacked.to_be_bytes()));
+            out.extend(frame(WINDOW_UPDATE, 0, 0, &unacked.to_be_bytes()));
+            unacked = 0;
+        }
+        assert!(h2.send(&out).await, "cut after {got} bytes");
+        if seen.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(got, 2 * 1024 * 1024);
+}
