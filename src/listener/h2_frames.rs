@@ -201,14 +201,6 @@ impl<T> Frames<T> {
         }
     }
 
-    /// Notes a write larger than control frames' answers (a PING ACK is 17 bytes): responses
-    /// are flowing, and the client's next PING is free.
-    fn wrote(&self, r: &Poll<io::Result<usize>>) {
-        if matches!(r, Poll::Ready(Ok(n)) if *n > 64) {
-            self.conn.data_went();
-        }
-    }
-
     /// Tells the watchdog when what is being read began (the earlier of the frame and the
     /// header block), or that nothing is.
     fn publish(&mut self) {
@@ -251,9 +243,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Frames<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.wrote(&r);
-        r
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -261,9 +251,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Frames<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.wrote(&r);
-        r
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

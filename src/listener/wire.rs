@@ -31,19 +31,18 @@ impl<T> Wire<T> {
         &self.io
     }
 
-    /// Notes traffic, for the HTTP/2 idle timeout (HTTP/1 has the header-read timeout
-    /// between requests, and is spared the clock read).
-    fn moved(&self) {
-        if self.conn.is_h2() {
-            self.conn.moved();
-        }
-    }
-
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
             Poll::Ready(Ok(n)) if *n > 0 => {
                 self.conn.write_went();
-                self.moved();
+                if self.conn.is_h2() {
+                    self.conn.moved();
+                    // Larger than the answers to control frames (a PING ACK is 17 bytes, 39
+                    // in a TLS record): responses are flowing, the client's next PING is free.
+                    if *n > 64 {
+                        self.conn.data_went();
+                    }
+                }
             }
             Poll::Pending => self.conn.write_blocked(),
             _ => {}
