@@ -76,7 +76,7 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
     if let Some(s) = &config.sessions {
         crate::session::Sessions::load(s, &config.source, &Arc::new(Metrics::new()), None)?;
     }
-    admin_token(config)?;
+    config.admin_token()?;
     Ok(())
 }
 
@@ -98,7 +98,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             None => None,
         });
     }
-    let token = admin_token(config)?;
+    let token = config.admin_token()?;
     let mut sockets = Vec::new();
     for l in &config.listeners {
         let socket = listener::bind(l.bind).map_err(|source| StartError::Bind {
@@ -242,29 +242,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         admin_loop,
         accept_loops,
     })
-}
-
-/// The admin API's bearer token, if `admin.token_file` is set: the file's first line, which
-/// must be too long to guess.
-pub(crate) fn admin_token(config: &Config) -> Result<Option<String>, ConfigError> {
-    let Some(admin) = &config.admin else {
-        return Ok(None);
-    };
-    let Some(file) = &admin.token_file else {
-        return Ok(None);
-    };
-    let fail =
-        |msg: String| ConfigError::single(&config.source, admin.token_pos, "admin.token_file", msg);
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
-    let token = text.lines().next().unwrap_or("").trim().to_owned();
-    if token.len() < 16 {
-        return Err(fail(format!(
-            "the token in {} must be at least 16 characters",
-            file.display()
-        )));
-    }
-    Ok(Some(token))
 }
 
 impl Running {

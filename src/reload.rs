@@ -155,7 +155,7 @@ impl Live {
                 certificates.push((l.name.clone(), built));
             }
         }
-        let token = crate::gateway::admin_token(&config).map_err(|e| e.to_string())?;
+        let token = config.admin_token().map_err(|e| e.to_string())?;
         let old = self.proxy();
         let proxy = Proxy::new(
             &config,

@@ -74,6 +74,33 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// The admin API's bearer token, if `admin.token_file` is set: the file's first line, which
+    /// must be too long to guess. Read at start and at every reload.
+    ///
+    /// # Errors
+    /// The file cannot be read, or its token is shorter than 16 characters.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(admin) = &self.admin else {
+            return Ok(None);
+        };
+        let Some(file) = &admin.token_file else {
+            return Ok(None);
+        };
+        let fail = |msg: String| {
+            ConfigError::single(&self.source, admin.token_pos, "admin.token_file", msg)
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < 16 {
+            return Err(fail(format!(
+                "the token in {} must be at least 16 characters",
+                file.display()
+            )));
+        }
+        Ok(Some(token))
+    }
+
     /// Reads and validates a configuration file, expanding `${ENV}` from the process environment.
     ///
     /// Relative paths in the file (certificates, keys) are relative to the file's directory.

@@ -1,9 +1,14 @@
 //! Sessions: tokens, resolution, stores and the header contract with backends.
 //!
-//! Only this module knows a store exists; the proxy will hold a facade. Built so far:
-//! [`token`] (signed tokens, key rotation, store ids), [`url`] (tokens in URLs), [`store`] (the store contract and the
-//! session record), [`memory`] (the embedded store) and [`contract`] (the headers exchanged
-//! with backends).
+//! Only this module knows a store exists; the proxy holds the facade, [`Sessions`] (in
+//! [`gate`]). The parts:
+//! - [`token`]: signed tokens, key rotation, store ids; [`cookie`]: our cookies in a request;
+//!   [`url`]: tokens in URLs; [`tracking`]: how a route carries the token; [`handoff`]:
+//!   one-time codes between sibling hosts;
+//! - [`store`]: the store contract and the session record; the stores [`memory`] (embedded),
+//!   [`redis`] (shared, with a near cache and a circuit) and [`sealed`] (the whole session in
+//!   a cookie), chosen by [`stores`];
+//! - [`contract`]: the headers exchanged with backends.
 
 pub mod contract;
 pub mod cookie;
