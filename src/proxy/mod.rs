@@ -29,13 +29,13 @@ pub use body::ResponseBody;
 pub use error::ProxyError;
 
 use crate::config::Tracking;
-use crate::config::{Config, ConfigError, UpstreamConfig};
+use crate::config::{Config, ConfigError};
 use crate::deadline::{LazyTimer, TimerSlot};
 use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics};
 use crate::routing::{Route, Router, host_name, normalize_path};
 use crate::session::url::UrlTokens;
 use crate::session::{RequestInfo, Sessions};
-use crate::upstream::{Lease, Pool, Replay, RequestBody, UpstreamError};
+use crate::upstream::{Lease, Pool, Pools, Replay, RequestBody, UpstreamError};
 use body::LogSlot;
 use url_tracking::ClientUrl;
 
@@ -85,10 +85,9 @@ impl std::fmt::Debug for ConnInfo {
 pub struct Proxy {
     router: Router,
     sessions: Option<Arc<Sessions>>,
-    pools: Vec<Arc<Pool>>,
-    /// Per pool: what it was made from (a reload keeps a pool whose settings are unchanged,
-    /// with its idle connections and health), and what stops its health checks.
-    pool_origins: Vec<(UpstreamConfig, CancellationToken)>,
+    /// A reload keeps a pool whose settings are unchanged, with its idle connections and
+    /// health.
+    pools: Pools,
     /// Per route, in configuration order (`Route::index`).
     route_metrics: Vec<Arc<RouteMetrics>>,
     /// Per pool, in the order of `pools`.
@@ -146,32 +145,12 @@ impl Proxy {
                     .map(|s| Arc::new(s.guarding(guarded)))
             })
             .transpose()?;
-        let mut pools = Vec::new();
-        let mut pool_origins = Vec::new();
-        // The health checks started here stop again if a later pool fails (a refused reload
-        // must leave nothing running).
-        let mut started: Vec<CancellationToken> = Vec::new();
-        for u in &config.upstreams {
-            let kept = previous.and_then(|p| p.unchanged_pool(u));
-            let (pool, health) = match kept {
-                Some(kept) => kept,
-                None => {
-                    let health = stop.child_token();
-                    match Pool::start(u, &config.source, &health) {
-                        Ok(pool) => {
-                            started.push(health.clone());
-                            (pool, health)
-                        }
-                        Err(e) => {
-                            started.iter().for_each(CancellationToken::cancel);
-                            return Err(e);
-                        }
-                    }
-                }
-            };
-            pools.push(pool);
-            pool_origins.push((u.clone(), health));
-        }
+        let pools = Pools::start(
+            &config.upstreams,
+            &config.source,
+            previous.map(|p| &p.pools),
+            stop,
+        )?;
         Ok(Proxy {
             router: Router::new(config),
             sessions,
@@ -183,7 +162,6 @@ impl Proxy {
             upstream_metrics: pools.iter().map(|p| metrics.upstream(&p.name)).collect(),
             metrics: metrics.clone(),
             pools,
-            pool_origins,
             trusted_proxies: config.trusted_proxies.clone(),
             max_header_bytes: config.limits.max_header_bytes,
             body_read_timeout: config.timeouts.body_read,
@@ -194,27 +172,10 @@ impl Proxy {
         })
     }
 
-    /// This proxy's pool for `u`, and its health checks' stop, if its settings are the same
-    /// (a CA file is read again: it may have changed on disk).
-    fn unchanged_pool(&self, u: &UpstreamConfig) -> Option<(Arc<Pool>, CancellationToken)> {
-        let i = self
-            .pool_origins
-            .iter()
-            .position(|(o, _)| o.name == u.name && same_upstream(o, u))?;
-        Some((
-            self.pools.get(i)?.clone(),
-            self.pool_origins.get(i)?.1.clone(),
-        ))
-    }
-
     /// Stops the health checks of the pools that `successor` did not keep (requests still in
     /// flight on them finish).
     pub fn retire(&self, successor: &Proxy) {
-        for (pool, (_, health)) in self.pools.iter().zip(&self.pool_origins) {
-            if !successor.pools.iter().any(|p| Arc::ptr_eq(p, pool)) {
-                health.cancel();
-            }
-        }
+        self.pools.retire(&successor.pools);
     }
 
     /// What the gateway's parts know of themselves now, for a metrics scrape.
@@ -223,7 +184,7 @@ impl Proxy {
             rewrite_errors: crate::rewrite::rewrite_errors(),
             ..Default::default()
         };
-        for pool in &self.pools {
+        for pool in self.pools.iter() {
             for b in pool.backends() {
                 now.servers.push((
                     pool.name.to_string(),
@@ -734,23 +695,6 @@ impl Proxy {
         let pq = pq.map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         Ok((route, pq))
     }
-}
-
-/// Whether two upstream settings make the same pool (positions in the file aside). One with
-/// a CA file is never the same: the file is read again.
-fn same_upstream(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
-    a.servers == b.servers
-        && a.balance == b.balance
-        && a.connect_timeout == b.connect_timeout
-        && a.response_timeout == b.response_timeout
-        && a.retries == b.retries
-        && a.passive == b.passive
-        && a.health == b.health
-        && a.max_idle_per_server == b.max_idle_per_server
-        && a.idle_timeout == b.idle_timeout
-        && a.tls.ca.is_none()
-        && b.tls.ca.is_none()
-        && a.tls.server_name == b.tls.server_name
 }
 
 /// Sends the request to a server of `pool`, trying another server when that is safe: when

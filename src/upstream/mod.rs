@@ -7,6 +7,7 @@ mod balance;
 mod body;
 mod connect;
 mod health;
+mod pools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 pub use body::{BodyError, Replay, RequestBody, Sent};
+pub use pools::{PoolSettings, Pools};
 
 use crate::config::{ConfigError, PassiveHealth, UpstreamConfig};
 use crate::deadline::LazyTimer;
