@@ -5,21 +5,25 @@
 //! The shipped `gateway.yaml` documents every key and its default.
 
 mod error;
+mod limits;
 mod node;
 mod parse;
 mod reader;
 mod sessions;
+mod timeouts;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{ConfigError, Problem};
+pub use limits::Limits;
 pub use node::Pos;
 pub use sessions::{
     CookieConfig, DEFAULT_LINKS, RedisTopology, RouteSession, SameSite, Secure, SessionLimits,
     SessionsConfig, StoreConfig, Tracking, valid_attribute_name,
 };
+pub use timeouts::Timeouts;
 
 /// A complete, validated gateway configuration.
 #[derive(Debug, Clone)]
@@ -228,59 +232,6 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Where `token_file` was written, for errors found when it is read.
     pub token_pos: Pos,
-}
-
-/// Limits on what clients may send.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Client connections served at once; further connections wait in the accept queue.
-    pub max_connections: usize,
-    /// Total size of a request's header section (431 beyond it).
-    pub max_header_bytes: usize,
-    /// Request body size (413 beyond it); routes may override.
-    pub max_body_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_header_bytes: 32 * 1024,
-            max_body_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-/// Client-side timeouts.
-#[derive(Debug, Clone)]
-pub struct Timeouts {
-    /// Time to receive a request's whole header section; also bounds idle keep-alive time
-    /// on HTTP/1 connections.
-    pub header_read: Duration,
-    /// Longest pause between two pieces of a request body from the client (408 beyond it).
-    pub body_read: Duration,
-    /// An HTTP/2 connection or an upgraded (WebSocket) connection with no bytes either way
-    /// for this long is closed.
-    pub idle: Duration,
-    /// Longest a response may wait for the client to take more of it (a client that stops
-    /// reading): the connection is closed beyond it (HTTP/1.1, and HTTP/2 when the socket
-    /// takes nothing), or sent GOAWAY and closed soon after (an HTTP/2 stream whose flow
-    /// control the client keeps shut), and the upstream connection is released.
-    pub send: Duration,
-    /// On shutdown, how long in-flight requests may take to finish.
-    pub drain: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            header_read: Duration::from_secs(20),
-            body_read: Duration::from_secs(30),
-            idle: Duration::from_secs(300),
-            send: Duration::from_secs(30),
-            drain: Duration::from_secs(30),
-        }
-    }
 }
 
 /// A pool of backend servers.

@@ -13,8 +13,8 @@ use super::reader::{
 use super::sessions::{self, RouteSession};
 use super::{
     ActiveHealth, AdminConfig, Balance, CertificateConfig, Config, HostMatch, Hsts, HttpsRedirect,
-    Limits, ListenerConfig, LogFormat, Logs, PassiveHealth, RouteConfig, ServerConfig, Timeouts,
-    TlsConfig, TlsVersion, UpstreamConfig, UpstreamTls,
+    Limits, ListenerConfig, LogFormat, Logs, PassiveHealth, RouteConfig, ServerConfig, TlsConfig,
+    TlsVersion, UpstreamConfig, UpstreamTls,
 };
 use super::{StoreConfig, Tracking};
 
@@ -45,11 +45,11 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         .unwrap_or_default();
     let limits = m
         .get("limits")
-        .and_then(|n| read_limits(n, "limits", p))
+        .and_then(|n| super::limits::read(n, "limits", p))
         .unwrap_or_default();
     let timeouts = m
         .get("timeouts")
-        .and_then(|n| read_timeouts(n, "timeouts", p))
+        .and_then(|n| super::timeouts::read(n, "timeouts", p))
         .unwrap_or_default();
     let upstreams = m
         .require("upstreams", root.pos, p)
@@ -346,77 +346,6 @@ fn read_trusted(node: &Node, path: &str, p: &mut Problems) -> Vec<ipnet::IpNet> 
         }
     }
     out
-}
-
-fn read_limits(node: &Node, path: &str, p: &mut Problems) -> Option<Limits> {
-    let mut m = MapReader::new(node, path, p)?;
-    let d = Limits::default();
-    let max_connections = m
-        .get("max_connections")
-        .and_then(|n| integer(n, &m.child("max_connections"), 1, 10_000_000, p))
-        .and_then(|v| usize::try_from(v).ok())
-        .unwrap_or(d.max_connections);
-    let max_header_bytes = m
-        .get("max_header_bytes")
-        .and_then(|n| bounded_size(n, &m.child("max_header_bytes"), 1024, 1 << 20, p))
-        .and_then(|v| usize::try_from(v).ok())
-        .unwrap_or(d.max_header_bytes);
-    let max_body_bytes = m
-        .get("max_body_bytes")
-        .and_then(|n| size(n, &m.child("max_body_bytes"), p))
-        .unwrap_or(d.max_body_bytes);
-    m.finish(p);
-    Some(Limits {
-        max_connections,
-        max_header_bytes,
-        max_body_bytes,
-    })
-}
-
-fn bounded_size(node: &Node, path: &str, min: u64, max: u64, p: &mut Problems) -> Option<u64> {
-    let v = size(node, path, p)?;
-    if v < min || v > max {
-        p.push(
-            node.pos,
-            path,
-            format!("must be between {min} and {max} bytes"),
-        );
-        return None;
-    }
-    Some(v)
-}
-
-fn read_timeouts(node: &Node, path: &str, p: &mut Problems) -> Option<Timeouts> {
-    let mut m = MapReader::new(node, path, p)?;
-    let d = Timeouts::default();
-    let header_read = m
-        .get("header_read")
-        .and_then(|n| positive_duration(n, &m.child("header_read"), p))
-        .unwrap_or(d.header_read);
-    let body_read = m
-        .get("body_read")
-        .and_then(|n| positive_duration(n, &m.child("body_read"), p))
-        .unwrap_or(d.body_read);
-    let idle = m
-        .get("idle")
-        .and_then(|n| positive_duration(n, &m.child("idle"), p))
-        .unwrap_or(d.idle);
-    let send = m
-        .get("send")
-        .and_then(|n| positive_duration(n, &m.child("send"), p))
-        .unwrap_or(d.send);
-    let drain = m
-        .get("drain")
-        .and_then(|n| duration(n, &m.child("drain"), p))
-        .unwrap_or(d.drain);
-    m.finish(p);
-    Some(Timeouts {
-        header_read,
-        body_read,
-        idle,
-        send,
-        drain,
-    })
 }
 
 fn read_upstreams(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Vec<UpstreamConfig> {
