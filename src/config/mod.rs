@@ -6,6 +6,7 @@
 
 mod error;
 mod limits;
+mod logs;
 mod node;
 mod parse;
 mod reader;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, Problem};
 pub use limits::Limits;
+pub use logs::{LogFormat, Logs};
 pub use node::Pos;
 pub use sessions::{
     CookieConfig, DEFAULT_LINKS, RedisTopology, RouteSession, SameSite, Secure, SessionLimits,
@@ -48,33 +50,6 @@ pub struct Config {
     pub sessions: Option<SessionsConfig>,
     /// How the gateway logs.
     pub logs: Logs,
-}
-
-/// Logging settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Logs {
-    /// One line of text per event, or one JSON object per line.
-    pub format: LogFormat,
-    /// Write an access-log line per request (target `access`).
-    pub access: bool,
-}
-
-impl Default for Logs {
-    fn default() -> Self {
-        Logs {
-            format: LogFormat::Text,
-            access: true,
-        }
-    }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// `key=value` text, for people.
-    Text,
-    /// One JSON object per line, for log pipelines.
-    Json,
 }
 
 impl Config {

@@ -13,8 +13,8 @@ use super::reader::{
 use super::sessions::{self, RouteSession};
 use super::{
     ActiveHealth, AdminConfig, Balance, CertificateConfig, Config, HostMatch, Hsts, HttpsRedirect,
-    Limits, ListenerConfig, LogFormat, Logs, PassiveHealth, RouteConfig, ServerConfig, TlsConfig,
-    TlsVersion, UpstreamConfig, UpstreamTls,
+    Limits, ListenerConfig, PassiveHealth, RouteConfig, ServerConfig, TlsConfig, TlsVersion,
+    UpstreamConfig, UpstreamTls,
 };
 use super::{StoreConfig, Tracking};
 
@@ -61,7 +61,7 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         .and_then(|n| sessions::read_sessions(n, "sessions", base, p));
     let logs = m
         .get("logs")
-        .and_then(|n| read_logs(n, "logs", p))
+        .and_then(|n| super::logs::read(n, "logs", p))
         .unwrap_or_default();
     m.finish(p);
 
@@ -97,24 +97,6 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         sessions,
         logs,
     })
-}
-
-fn read_logs(node: &Node, path: &str, p: &mut Problems) -> Option<Logs> {
-    let mut m = MapReader::new(node, path, p)?;
-    let d = Logs::default();
-    let format = m
-        .get("format")
-        .and_then(|n| one_of(n, &m.child("format"), &["text", "json"], p))
-        .map_or(d.format, |f| match f {
-            "json" => LogFormat::Json,
-            _ => LogFormat::Text,
-        });
-    let access = m
-        .get("access")
-        .and_then(|n| boolean(n, &m.child("access"), p))
-        .unwrap_or(d.access);
-    m.finish(p);
-    Some(Logs { format, access })
 }
 
 fn read_listeners(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Vec<ListenerConfig> {
