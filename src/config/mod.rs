@@ -4,6 +4,7 @@
 //! bad file is reported with *every* problem at once, each as `FILE:LINE:COL: key.path: message`.
 //! The shipped `gateway.yaml` documents every key and its default.
 
+mod admin;
 mod error;
 mod limits;
 mod logs;
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use admin::AdminConfig;
 pub use error::{ConfigError, Problem};
 pub use limits::Limits;
 pub use logs::{LogFormat, Logs};
@@ -196,17 +198,6 @@ impl Hsts {
         }
         v
     }
-}
-
-/// The admin listener.
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    /// Address to bind; keep it private (loopback or an internal network).
-    pub bind: SocketAddr,
-    /// File holding the bearer token of the session admin API; without it the API is off.
-    pub token_file: Option<PathBuf>,
-    /// Where `token_file` was written, for errors found when it is read.
-    pub token_pos: Pos,
 }
 
 /// A pool of backend servers.

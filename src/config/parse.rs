@@ -38,7 +38,9 @@ pub(super) fn parse(
 fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option<Config> {
     let mut m = MapReader::new(root, "", p)?;
     let listeners = m.require("listeners", root.pos, p);
-    let admin = m.get("admin").and_then(|n| read_admin(n, "admin", base, p));
+    let admin = m
+        .get("admin")
+        .and_then(|n| super::admin::read(n, "admin", base, p));
     let trusted_proxies = m
         .get("trusted_proxies")
         .map(|n| read_trusted(n, "trusted_proxies", p))
@@ -265,23 +267,6 @@ fn read_hsts(node: &Node, path: &str, p: &mut Problems) -> Option<Hsts> {
         max_age: max_age?,
         include_subdomains,
         preload,
-    })
-}
-
-fn read_admin(node: &Node, path: &str, base: &Path, p: &mut Problems) -> Option<AdminConfig> {
-    let mut m = MapReader::new(node, path, p)?;
-    let bind = m
-        .require("bind", node.pos, p)
-        .and_then(|n| socket_addr(n, &m.child("bind"), p));
-    let token = m.get("token_file");
-    let token_file = token
-        .and_then(|n| non_empty(n, &m.child("token_file"), p))
-        .map(|s| base.join(s));
-    m.finish(p);
-    Some(AdminConfig {
-        bind: bind?,
-        token_file,
-        token_pos: token.map_or(node.pos, |n| n.pos),
     })
 }
 
