@@ -269,67 +269,52 @@ impl Conn {
 
     /// The limit broken now, or how long until one might be.
     fn judge(&self, limits: Limits) -> Result<End, u64> {
-        if let Ok(v) = self.verdict.lock()
-            && let Some(end) = *v
-        {
-            return Ok(end);
-        }
         let now = now_ms();
-        let mut next = u64::MAX;
-        // A mark `since` must not be older than `limit`: broken, or time left.
-        let mut check = |since: u64, limit: Duration, why: End| -> Option<End> {
-            let limit = millis(limit);
-            let waited = now.saturating_sub(since);
-            if waited >= limit {
-                return Some(why);
-            }
-            next = next.min(limit - waited);
-            None
-        };
-        let blocked = match self.blocked.load(Ordering::Relaxed) {
-            NONE => now,
+        // A mark's time, or now when it is not set (`NONE`, `BUSY`): nothing waits.
+        let mark = |m: &AtomicU64| match m.load(Ordering::Relaxed) {
+            NONE | BUSY => now,
             t => t,
         };
-        if let Some(end) = check(blocked, limits.send, End::Close("send")) {
-            return Ok(end);
-        }
+        let mut checks = vec![(mark(&self.blocked), limits.send, End::Close("send"))];
         if self.is_h2() {
-            let frame = match self.frame_since.load(Ordering::Relaxed) {
-                NONE => now,
-                t => t,
+            let sealed_limit = if self.in_body.load(Ordering::Relaxed) {
+                limits.body_read
+            } else {
+                limits.header_read
             };
-            let sealed = match self.sealed_since.load(Ordering::Relaxed) {
-                NONE => now,
-                t => t,
-            };
-            let moved = self.moved.load(Ordering::Relaxed);
-            let stalled = self.oldest_stalled_body().unwrap_or(now);
-            for (since, limit, why) in [
-                (frame, limits.header_read, End::Close("header_read")),
+            checks.extend([
                 (
-                    sealed,
-                    if self.in_body.load(Ordering::Relaxed) {
-                        limits.body_read
-                    } else {
-                        limits.header_read
-                    },
+                    mark(&self.frame_since),
+                    limits.header_read,
                     End::Close("header_read"),
                 ),
-                (moved, limits.idle, End::Close("idle")),
-                (stalled, limits.send, End::GoAway("send_stream")),
-            ] {
-                if let Some(end) = check(since, limit, why) {
-                    return Ok(end);
-                }
-            }
+                (
+                    mark(&self.sealed_since),
+                    sealed_limit,
+                    End::Close("header_read"),
+                ),
+                (mark(&self.moved), limits.idle, End::Close("idle")),
+                (
+                    self.oldest_stalled_body().unwrap_or(now),
+                    limits.send,
+                    End::GoAway("send_stream"),
+                ),
+            ]);
         } else {
-            let since = match self.since.load(Ordering::Relaxed) {
-                BUSY => now,
-                t => t,
-            };
-            if let Some(end) = check(since, limits.header_read, End::Close("header_read")) {
-                return Ok(end);
+            checks.push((
+                mark(&self.since),
+                limits.header_read,
+                End::Close("header_read"),
+            ));
+        }
+        // Each mark must not be older than its limit: broken, or the time left.
+        let mut next = u64::MAX;
+        for (since, limit, why) in checks {
+            let (limit, waited) = (millis(limit), now.saturating_sub(since));
+            if waited >= limit {
+                return Ok(why);
             }
+            next = next.min(limit - waited);
         }
         Err(next)
     }

@@ -34,7 +34,7 @@ use super::store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
     TOUCH_EVERY_MS,
 };
-use crate::deadline::TimerPool;
+use crate::deadline::{Elapsed, TimerPool};
 use crate::metrics::Tally;
 
 /// Settings of the Redis store.
@@ -333,7 +333,14 @@ impl RedisStore {
         &self,
         f: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match self.timers.within(self.op_timeout, f).await {
+        let r = self.timers.within(self.op_timeout, f).await;
+        self.judged(r)
+    }
+
+    /// An operation's outcome within the operation timeout: an outage-class failure opens
+    /// the circuit.
+    fn judged<T>(&self, r: Result<redis::RedisResult<T>, Elapsed>) -> Result<T, StoreError> {
+        match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 if circuit::is_outage(&e) {
@@ -360,21 +367,10 @@ impl RedisStore {
     {
         let conn = self.conn().await?;
         match self.timers.within(self.op_timeout, op(conn)).await {
-            Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
                 tracing::debug!(error = %e, "session store connection dropped: asking again");
             }
-            Ok(Err(e)) => {
-                if circuit::is_outage(&e) {
-                    self.trip();
-                }
-                return Err(failed(e));
-            }
-            Err(_) => {
-                self.connector.timed_out();
-                self.trip();
-                return Err(failed(format!("no answer within {:?}", self.op_timeout)));
-            }
+            r => return self.judged(r),
         }
         let conn = self.conn().await?;
         self.timed(op(conn)).await
