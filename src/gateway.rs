@@ -74,7 +74,7 @@ pub fn check_files(config: &Config) -> Result<(), ConfigError> {
         crate::upstream::Pool::check(u, &config.source)?;
     }
     if let Some(s) = &config.sessions {
-        crate::session::Sessions::load(s, &config.source, &Arc::new(Metrics::new()), None)?;
+        crate::session::Sessions::from_config(s, &config.source, &Arc::new(Metrics::new()), None)?;
     }
     config.admin_token()?;
     Ok(())

@@ -9,12 +9,67 @@ use http::HeaderMap;
 use http::header::{self, HeaderValue};
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
 
 use super::body::{LogSlot, ResponseBody};
+use super::downstream::{host_str, valid_host};
+use crate::config::Tracking;
 use crate::rewrite::{Coding, Html, Issuer, Tagger, html_charset, rewrite_headers};
+use crate::routing::RouteSessions;
 use crate::session::handoff::HANDOFF_PARAMETER;
-use crate::session::{Arrival, Held, Sessions};
+use crate::session::{Arrival, Held, RequestSession, Sessions};
+
+/// A route's (element, attribute) pairs whose URLs get the token.
+type Links = Arc<[(String, String)]>;
+/// A route's sibling hosts (`host[:port]`), sharing its sessions.
+type Siblings = Arc<[String]>;
+
+/// The links and sibling hosts of a route whose requests need the client's own URL: with
+/// URL tracking, sibling hosts, or a token (or code) in the URL, it is what the page's links
+/// (and redirects) resolve against, and its origin is where requests must come from.
+/// `None`: the URL does not matter here.
+pub(super) fn wants_client_url(
+    sessions: bool,
+    route: Option<&RouteSessions>,
+    url_carried_token: bool,
+) -> Option<(&Links, &Siblings)> {
+    /// A route without sessions has no links to tag and no siblings.
+    static NONE: std::sync::LazyLock<(Links, Siblings)> =
+        std::sync::LazyLock::new(|| (Arc::from([]), Arc::from([])));
+    match (sessions, route) {
+        (true, Some(rs))
+            if rs.tracking != Tracking::Cookie
+                || !rs.share_with.is_empty()
+                || url_carried_token =>
+        {
+            Some((&rs.links, &rs.share_with))
+        }
+        (true, None) if url_carried_token => Some((&NONE.0, &NONE.1)),
+        _ => None,
+    }
+}
+
+/// Whether the client will render the response as a document (a navigation, a frame), at a
+/// URL that carried a token: one whose markup cannot be guarded is not served there.
+pub(super) fn as_document(req: &Parts, url_carried_token: bool) -> bool {
+    url_carried_token
+        && req.method != Method::HEAD
+        && req.headers.get("sec-fetch-dest").is_none_or(|d| {
+            matches!(
+                d.as_bytes(),
+                b"document" | b"iframe" | b"frame" | b"object" | b"embed"
+            )
+        })
+}
+
+/// Whether a page could hand the client a token or code someone else put there (a comment,
+/// an upload): for a client that would take a URL token, and on a route with siblings, such
+/// parameters are scrubbed from the page's links.
+pub(super) fn scrubs(route: &RouteSessions, session: &RequestSession) -> bool {
+    !route.share_with.is_empty()
+        || (route.tracking != Tracking::Cookie && session.takes_url_tokens())
+}
 
 /// The URL the client asked for, as its browser sees it (without the token): what the
 /// page's relative links resolve against, and the origin a link must have to get the token.
@@ -56,6 +111,48 @@ impl ClientUrl {
             links,
             share_with,
         })
+    }
+
+    /// The client's URL as its browser sees it: the scheme and host a trusted proxy in front
+    /// reports (`X-Forwarded-Proto`, `X-Forwarded-Host`), else the listener's and the
+    /// request's own.
+    pub fn of_request(
+        req: &Parts,
+        host: &HeaderValue,
+        tls: bool,
+        trusted: bool,
+        links: &Links,
+        share_with: &Siblings,
+    ) -> Option<Box<ClientUrl>> {
+        let first = |name: &str| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+        };
+        let scheme = match first("x-forwarded-proto").filter(|_| trusted) {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ if tls => "https",
+            _ => "http",
+        };
+        let host = first("x-forwarded-host")
+            .filter(|h| trusted && valid_host(h.as_bytes()))
+            .unwrap_or_else(|| host_str(host));
+        let target = req
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        ClientUrl::new(
+            scheme,
+            host,
+            target,
+            accepts_gzip(&req.headers),
+            links.clone(),
+            share_with.clone(),
+        )
+        .map(Box::new)
     }
 
     /// `target` (a request target) on the client's own origin, as an absolute URL: a redirect

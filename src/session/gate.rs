@@ -211,7 +211,7 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// What the proxy tells `on_request` about a request.
+/// What the proxy tells `resolve` and `load` about a request.
 #[derive(Debug)]
 pub struct RequestInfo<'a> {
     /// It came over TLS.
@@ -228,11 +228,9 @@ pub struct RequestInfo<'a> {
     pub tracking: Tracking,
     /// The route's sibling hosts (`host[:port]`), whose links may bring handoff codes.
     pub share_with: &'a [String],
-    /// The tokens taken out of the URL by [`Sessions::take_url_tokens`].
-    pub url: Option<Box<UrlTokens>>,
 }
 
-/// What `on_request` found, for `on_response`.
+/// What `resolve` and `load` found, for `commit`.
 #[derive(Debug)]
 pub struct RequestSession {
     token: Option<Token>,
@@ -248,11 +246,16 @@ pub struct RequestSession {
     store_failed: bool,
     /// With the sealed-cookie store: this request's jar and the cookie it presented.
     sealed: Option<Box<SealedRequest>>,
+    /// The URL carried a token (counted or not).
+    in_url: bool,
+    /// From `resolve` to `load`: the URL's handoff code and its `Referer`'s token.
+    url: Option<Box<UrlTokens>>,
 }
 
-/// A request's own sealed-cookie jar (see [`Sessions::on_sealed_request`]).
+/// A request's own sealed-cookie jar (see [`Sessions::load_sealed`]).
 struct SealedRequest {
-    jar: Store,
+    /// Made by `load`.
+    jar: Option<Store>,
     /// The cookie the request brought: a credential, never printed.
     presented: Option<String>,
 }
@@ -300,6 +303,41 @@ pub struct Held {
 }
 
 impl RequestSession {
+    /// What `resolve` found: a token (if any) and where it came from; nothing loaded yet.
+    fn new(
+        token: Option<Token>,
+        source: Source,
+        tracking: Tracking,
+        evidence: Evidence,
+    ) -> RequestSession {
+        RequestSession {
+            token,
+            session: None,
+            status: Status::None,
+            tracking,
+            source,
+            evidence,
+            clean_redirect: false,
+            url_token_ignored: false,
+            arrival: None,
+            store_failed: false,
+            sealed: None,
+            in_url: false,
+            url: None,
+        }
+    }
+
+    /// With the sealed-cookie store: the cookie the request `presented` is the session (and
+    /// the route tracks by cookie).
+    fn sealed(mut self, presented: Option<String>) -> RequestSession {
+        self.tracking = Tracking::Cookie;
+        self.sealed = Some(Box::new(SealedRequest {
+            jar: None,
+            presented,
+        }));
+        self
+    }
+
     /// The session's status as sent to the backend.
     pub fn status(&self) -> Status {
         self.status
@@ -364,7 +402,7 @@ impl Sessions {
     /// The secret file cannot be read or holds an unusable secret (with its position).
     /// On a reload, the `previous` sessions' store is kept when what it was built from did
     /// not change (so sessions in the memory store survive); the secrets are read again.
-    pub fn load(
+    pub fn from_config(
         config: &SessionsConfig,
         source: &str,
         metrics: &Arc<Metrics>,
@@ -572,14 +610,16 @@ impl Sessions {
         }
     }
 
-    /// The rest of `resolve`, then `load`: the request's headers are rewritten for the backend.
-    /// A token counts from the cookie, else (on a route that tracks by URL, and for a request
-    /// that does not come from another site) the path parameter, else the query: the first
-    /// of them that is correctly signed.
-    pub async fn on_request(
+    /// The rest of `resolve`: the client's session headers and our cookies come out of the
+    /// request, and the token it presents is chosen. A token counts from the cookie, else (on
+    /// a route that tracks by URL, and for a request that does not come from another site)
+    /// the path parameter, else the query: the first of them that is correctly signed. `url`:
+    /// the tokens [`Sessions::take_url_tokens`] took out of the URL.
+    pub fn resolve(
         &self,
         headers: &mut HeaderMap,
-        info: RequestInfo<'_>,
+        info: &RequestInfo<'_>,
+        url: Option<Box<UrlTokens>>,
     ) -> RequestSession {
         // Strip before anything reads or sets: a client must not pose as the gateway, under
         // any name that any route maps (a route's backend may be another route's too).
@@ -609,33 +649,28 @@ impl Sessions {
                 .get(header::USER_AGENT)
                 .is_some_and(|ua| tracking::is_crawler(ua.as_bytes(), &self.crawlers));
         }
-        let (from_path, from_query, handoff, referer) = match info.url {
-            Some(u) => {
-                let u = *u;
-                (u.path, u.query, u.handoff, u.referer)
-            }
-            None => (None, None, None, None),
-        };
-        if let Store::Sealed(template) = &self.store {
+        if matches!(self.store, Store::Sealed(_)) {
             // The sealed store tracks by cookie only, and has no handoffs (`check` refuses
             // both): a URL's token or code counts for nothing here.
-            return self
-                .on_sealed_request(headers, info.mapped, taken.session, evidence, template)
-                .await;
+            return RequestSession::new(None, Source::None, info.tracking, evidence)
+                .sealed(taken.session);
         }
+        let (from_path, from_query) = url
+            .as_deref()
+            .map_or((None, None), |u| (u.path.as_deref(), u.query.as_deref()));
         let in_url = from_path.is_some() || from_query.is_some();
         // A URL token counts only where the route tracks by URL, and never when the request
         // comes from another site: anyone can put a token in a link (a fixation).
         let url_counts = info.tracking != Tracking::Cookie && !evidence.from_elsewhere;
         let candidates = [
-            (Source::Cookie, taken.session),
+            (Source::Cookie, taken.session.as_deref()),
             (Source::Url, from_path.filter(|_| url_counts)),
             (Source::Url, from_query.filter(|_| url_counts)),
         ];
         let (mut source, mut token) = candidates
             .into_iter()
             .filter_map(|(src, t)| Some((src, t?)))
-            .find_map(|(src, t)| match Token::parse(&t, &self.keys) {
+            .find_map(|(src, t)| match Token::parse(t, &self.keys) {
                 Ok(token) => Some((src, Some(token))),
                 Err(e) => {
                     tracing::debug!(error = %e, "session token refused");
@@ -650,10 +685,31 @@ impl Sessions {
             tracing::debug!("a URL token for a client that keeps cookies: refused");
             (source, token) = (Source::None, None);
         }
-        let tracking = info.tracking;
-        let mut store_failed = false;
+        let mut rs = RequestSession::new(token, source, info.tracking, evidence);
+        rs.in_url = in_url;
+        rs.url = url;
+        rs
+    }
+
+    /// The `load` phase: the session of the token `resolve` chose is loaded and judged
+    /// against the timeouts, and the request's headers are written for the backend
+    /// (`X-Session-Status`, `-Key`, `-Attr-*` and the route's mapped headers). A sibling's
+    /// handoff code is redeemed here (see [`RequestSession::take_arrival`]).
+    pub async fn load(
+        &self,
+        rs: &mut RequestSession,
+        headers: &mut HeaderMap,
+        info: &RequestInfo<'_>,
+    ) {
+        if rs.sealed.is_some() {
+            return self.load_sealed(rs, headers, info.mapped).await;
+        }
+        let (handoff, referer) = match rs.url.take() {
+            Some(u) => (u.handoff, u.referer),
+            None => (None, None),
+        };
         let now = unix_ms();
-        let (status, session) = match &token {
+        let (status, session) = match &rs.token {
             None => (Status::None, None),
             Some(t) => match timed!(self.ops.load, self.store.load(&t.store_id(), now)) {
                 Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
@@ -665,7 +721,7 @@ impl Sessions {
                 }
                 Err(e) => {
                     tracing::warn!(session = %t, error = %e, "session store failed");
-                    store_failed = true;
+                    rs.store_failed = true;
                     (Status::None, None)
                 }
             },
@@ -673,59 +729,50 @@ impl Sessions {
         // A URL token from one of our pages whose own URL carried another token, of another
         // session (a login renews the token, not the session), was put in the link by
         // someone else (a comment, an upload): the client does not take it.
-        let (status, session) = match (&session, source, referer.as_deref()) {
+        let (status, session) = match (&session, rs.source, referer.as_deref()) {
             (Some(s), Source::Url, Some(referer))
-                if !self.same_session_as(referer, token.as_ref(), s, now).await =>
+                if !self
+                    .same_session_as(referer, rs.token.as_ref(), s, now)
+                    .await =>
             {
                 tracing::debug!("a URL token unlike its Referer's: refused");
-                token = None;
-                source = Source::None;
+                rs.token = None;
+                rs.source = Source::None;
                 (Status::None, None)
             }
             _ => (status, session),
         };
+        (rs.status, rs.session) = (status, session);
         // A URL whose token does not count here (the client holds its session in the
         // cookie; or the token is refused: the route does not track by URL, another site
         // wrote the link, the client keeps cookies, the token is not ours) is left for the
         // same URL without it, so that no page is shown at an address that names a token the
         // client does not hold, which a copy, a bookmark or the next link's Referer would
         // carry on. Another method cannot be redirected: its response sends no Referer.
-        let url_token_ignored = in_url && source != Source::Url;
-        let clean_redirect =
-            url_token_ignored && matches!(*info.method, Method::GET | Method::HEAD);
+        rs.url_token_ignored = rs.in_url && rs.source != Source::Url;
+        rs.clean_redirect =
+            rs.url_token_ignored && matches!(*info.method, Method::GET | Method::HEAD);
         // A sibling host's handoff: answered by the proxy, never by the backend.
-        let arrival = match handoff {
-            Some(code) if !store_failed => {
-                let live = token
+        rs.arrival = match handoff {
+            Some(code) if !rs.store_failed => {
+                let live = rs
+                    .token
                     .as_ref()
-                    .filter(|_| session.is_some())
-                    .map(|t| (t.clone(), source == Source::Url));
+                    .filter(|_| rs.session.is_some())
+                    .map(|t| (t.clone(), rs.source == Source::Url));
                 self.hand_in(&code, headers, info.method, info.share_with, live)
                     .await
             }
             _ => None,
         };
-        if arrival.is_none() {
+        if rs.arrival.is_none() {
             contract::set_session_headers(
                 headers,
                 &self.names,
-                status,
-                session.as_ref(),
+                rs.status,
+                rs.session.as_ref(),
                 info.mapped,
             );
-        }
-        RequestSession {
-            token,
-            session,
-            status,
-            tracking,
-            source,
-            evidence,
-            clean_redirect,
-            url_token_ignored,
-            arrival,
-            store_failed,
-            sealed: None,
         }
     }
 
@@ -780,31 +827,35 @@ impl Sessions {
     /// `load` with the sealed-cookie store: the cookie is the session. It goes into a jar of
     /// this request's own, under an id made for the request, so that `commit` works on it as
     /// on any store; what the jar holds afterwards becomes the response's cookie.
-    async fn on_sealed_request(
+    async fn load_sealed(
         &self,
+        rs: &mut RequestSession,
         headers: &mut HeaderMap,
         mapped: &[(String, HeaderName)],
-        presented: Option<String>,
-        evidence: Evidence,
-        template: &Jar,
-    ) -> RequestSession {
+    ) {
+        let Some(sealed) = rs.sealed.as_deref_mut() else {
+            return;
+        };
+        let Store::Sealed(template) = &self.store else {
+            return;
+        };
         let now = unix_ms();
-        let (mut token, mut status, mut session) = (None, Status::None, None);
         let jar = match Token::generate(&self.keys) {
             Ok(t) => {
                 let j = template
                     .sealer()
-                    .jar_for_request(t.store_id(), presented.as_deref());
+                    .jar_for_request(t.store_id(), sealed.presented.as_deref());
                 // A cookie that does not open (tampered, or sealed by a retired secret) counts
                 // as none.
                 if let Ok(Some(s)) = timed!(self.ops.load, j.load(&t.store_id(), now)) {
                     if s.expired(now, self.idle, self.absolute) {
                         self.metrics.session(SessionEvent::Expired);
-                        status = Status::Expired;
+                        rs.status = Status::Expired;
                     } else {
-                        (status, session) = (Status::Active, Some(s));
+                        (rs.status, rs.session) = (Status::Active, Some(s));
                     }
-                    token = Some(t);
+                    rs.token = Some(t);
+                    rs.source = Source::Cookie;
                 }
                 Store::Sealed(j)
             }
@@ -819,24 +870,8 @@ impl Sessions {
                 )
             }
         };
-        contract::set_session_headers(headers, &self.names, status, session.as_ref(), mapped);
-        RequestSession {
-            source: if token.is_some() {
-                Source::Cookie
-            } else {
-                Source::None
-            },
-            token,
-            session,
-            status,
-            tracking: Tracking::Cookie,
-            evidence,
-            clean_redirect: false,
-            url_token_ignored: false,
-            arrival: None,
-            store_failed: false,
-            sealed: Some(Box::new(SealedRequest { jar, presented })),
-        }
+        sealed.jar = Some(jar);
+        contract::set_session_headers(headers, &self.names, rs.status, rs.session.as_ref(), mapped);
     }
 
     /// The `commit` phase: directives out of the response, applied unless it is a 5xx, and
@@ -846,7 +881,7 @@ impl Sessions {
     ///
     /// # Errors
     /// A logout the store could not make (see [`LogoutFailed`]).
-    pub async fn on_response(
+    pub async fn commit(
         &self,
         mut rs: RequestSession,
         status: StatusCode,
@@ -865,7 +900,7 @@ impl Sessions {
         let from_elsewhere = rs.evidence.from_elsewhere;
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let held = self
-            .commit(rs, status, headers, tls, carry.cookie(), &self.store)
+            .apply_directives(rs, status, headers, tls, carry.cookie(), &self.store)
             .await?;
         // No session cookie of ours goes out (a client without a session, or one whose
         // session just ended): the probe asks, or goes on showing, that the client keeps
@@ -969,13 +1004,17 @@ impl Sessions {
         headers: &mut HeaderMap,
         tls: bool,
     ) {
+        // `load` gave every request a jar of its own.
+        let Some(store) = &sealed.jar else {
+            return;
+        };
         // The request's own jar: a logout there cannot fail.
         let held = self
-            .commit(rs, status, headers, tls, false, &sealed.jar)
+            .apply_directives(rs, status, headers, tls, false, store)
             .await
             .ok()
             .flatten();
-        let Store::Sealed(jar) = &sealed.jar else {
+        let Store::Sealed(jar) = store else {
             return;
         };
         let now = held.and_then(|t| jar.cookie(&t.store_id()));
@@ -991,7 +1030,7 @@ impl Sessions {
     /// Applies the directives to the session in `store`; returns the token of the session the
     /// client holds afterwards. Cookies for new tokens are set if `set_cookies` (else the
     /// token travels in URLs, or the caller sets a cookie of its own).
-    async fn commit(
+    async fn apply_directives(
         &self,
         rs: RequestSession,
         status: StatusCode,
