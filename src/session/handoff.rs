@@ -15,6 +15,7 @@
 //! page whose policy hides it, and carries no path), never by a subresource, a frame, a
 //! script's fetch or a form's POST that an attacker's page could make.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lc_rs::rand;
@@ -24,6 +25,111 @@ use http::Method;
 use http::header::{self, HeaderMap};
 
 use super::StoreId;
+use super::request::Arrival;
+use super::store::SessionStore;
+use super::store_metrics::{StoreOps, timed};
+use super::stores::Store;
+use super::token::{SessionKeys, Token};
+use crate::metrics::StoreOpMetrics;
+
+/// Handoffs through the store: codes filed for links to siblings, and redeemed by clients
+/// arriving from them.
+pub(super) struct Handoffs {
+    store: Store,
+    keys: Arc<SessionKeys>,
+    /// How long the alias made for an arriving client lives (the sessions' absolute timeout).
+    alias_ttl: Duration,
+    take_code: StoreOpMetrics,
+    alias: StoreOpMetrics,
+    put_code: StoreOpMetrics,
+}
+
+impl Handoffs {
+    /// Handoffs through `store`, new tokens signed with `keys`.
+    pub(super) fn new(
+        store: &Store,
+        keys: &Arc<SessionKeys>,
+        alias_ttl: Duration,
+        ops: &StoreOps,
+    ) -> Handoffs {
+        Handoffs {
+            store: store.clone(),
+            keys: keys.clone(),
+            alias_ttl,
+            take_code: ops.take_code.clone(),
+            alias: ops.alias.clone(),
+            put_code: ops.put_code.clone(),
+        }
+    }
+
+    /// A sibling host's handoff code in the URL. It counts only on a top-level navigation
+    /// that comes from one of the route's sibling hosts (see [`from_sibling`]), and
+    /// is taken then (once, whatever follows). A client that already has a live session here
+    /// keeps it (`live`: its token, and whether it came in the URL): a code never replaces a
+    /// session, or an attacker's link would log the victim into the attacker's account.
+    /// Otherwise the client gets a new token for the session, filed as an alias of it.
+    pub(super) async fn hand_in(
+        &self,
+        code: &str,
+        headers: &HeaderMap,
+        method: &Method,
+        siblings: &[String],
+        live: Option<(Token, bool)>,
+    ) -> Option<Arrival> {
+        if !from_sibling(headers, method, siblings) {
+            tracing::debug!("a handoff code not on a navigation from a sibling host: ignored");
+            return None;
+        }
+        let (code, by_url) = read_code(code)?;
+        let target = match timed!(self.take_code, self.store.take_code(&code)) {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!(error = %e, "session handoff failed");
+                None
+            }
+        };
+        if let Some((token, in_url)) = live {
+            return Some(Arrival {
+                token,
+                by_url: in_url,
+                fresh: false,
+            });
+        }
+        let target = target?;
+        let fresh = Token::generate(&self.keys).ok()?;
+        match timed!(
+            self.alias,
+            self.store.alias(&fresh.store_id(), &target, self.alias_ttl)
+        ) {
+            Ok(true) => Some(Arrival {
+                token: fresh,
+                by_url,
+                fresh: true,
+            }),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "session handoff failed");
+                None
+            }
+        }
+    }
+
+    /// A one-time code that hands the session of `token` to a sibling host (see `handoff`).
+    /// It is filed in the store in the background, as the link that carries it is rewritten:
+    /// a click comes long after that write (a millisecond); one that beats it, or a store that
+    /// fails, leaves the sibling without the session, as a code that expired does.
+    pub(super) fn issue(&self, token: &Token, by_url: bool) -> Option<String> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (alias, code) = new_code(by_url)?;
+        let (store, to, m) = (self.store.clone(), token.store_id(), self.put_code.clone());
+        runtime.spawn(async move {
+            if let Err(e) = timed!(m, store.put_code(&alias, &to, HANDOFF_TTL)) {
+                tracing::warn!(error = %e, "session handoff code not filed");
+            }
+        });
+        Some(code)
+    }
+}
 
 /// How long a handoff code works.
 pub const HANDOFF_TTL: Duration = Duration::from_secs(10);

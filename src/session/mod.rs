@@ -1,31 +1,39 @@
 //! Sessions: tokens, resolution, stores and the header contract with backends.
 //!
 //! Only this module knows a store exists; the proxy holds the facade, [`Sessions`] (in
-//! [`gate`]). The parts:
-//! - [`token`]: signed tokens, key rotation, store ids; [`cookie`]: our cookies in a request;
-//!   [`url`]: tokens in URLs; [`tracking`]: how a route carries the token; [`handoff`]:
-//!   one-time codes between sibling hosts;
+//! `facade`), whose `resolve`, `load` and `commit` are the request's session phases. The
+//! leaves it stands on:
+//! - `setup`: sessions built from their configuration (keys from the secret file, the
+//!   store, kept across reloads); `store_metrics`: each store operation's metrics;
+//! - `request`: what the phases know of one request, and what the proxy learns back;
+//! - [`token`]: signed tokens, key rotation, store ids; [`our_cookies`]: our cookies, taken
+//!   out of requests and written into responses; [`url`]: tokens in URLs; [`tracking`]: how
+//!   a route carries the token; [`handoff`]: one-time codes between sibling hosts;
 //! - [`store`]: the store contract and the session record; the stores [`memory`] (embedded),
 //!   [`redis`] (shared, with a near cache and a circuit) and [`sealed`] (the whole session in
-//!   a cookie), chosen by [`stores`];
+//!   a cookie), one of which [`stores`] holds;
 //! - [`contract`]: the headers exchanged with backends.
 
 pub mod contract;
-pub mod cookie;
-pub mod gate;
+mod facade;
 pub mod handoff;
 pub mod memory;
+pub mod our_cookies;
 pub mod redis;
+mod request;
 pub mod sealed;
+mod setup;
 pub mod store;
+mod store_metrics;
 pub mod stores;
 pub mod token;
 pub mod tracking;
 pub mod url;
 
-pub use gate::{Arrival, Held, LogoutFailed, RequestInfo, RequestSession, Sessions};
+pub use facade::Sessions;
 pub use memory::{MemoryOptions, MemoryStore};
 pub use redis::{RedisOptions, RedisStore, Topology};
+pub use request::{Arrival, Held, LogoutFailed, RequestInfo, RequestSession};
 pub use sealed::{Jar, SealedOptions, Sealer};
 pub use store::{
     Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,

@@ -6,6 +6,12 @@
 //! The text around the token is kept byte for byte: other parameters are not decoded and
 //! re-encoded (a backend may sign or compare its own URLs).
 
+use http::Uri;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+
+use super::handoff::HANDOFF_PARAMETER;
+
 /// A request target that is no longer valid once its token is taken out.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid request target")]
@@ -35,6 +41,70 @@ impl std::fmt::Debug for UrlTokens {
             .field("handoff", &self.handoff.as_ref().map(|_| "…"))
             .field("referer", &self.referer.as_ref().map(|_| "…"))
             .finish()
+    }
+}
+
+/// Hyperlink auditing's headers: the page a link was on, and where it led.
+const PING_FROM: HeaderName = HeaderName::from_static("ping-from");
+const PING_TO: HeaderName = HeaderName::from_static("ping-to");
+
+/// Takes the tokens under `param` (and handoff codes) out of a request: out of its target,
+/// and out of a `Referer`, `Ping-From` or `Ping-To` that carries one, so that no backend and
+/// no log sees them. The `Referer`'s token is kept (see [`UrlTokens::referer`]).
+///
+/// # Errors
+/// The target without its token is no longer a valid URI (it cannot happen for a target
+/// that parsed); the target is then replaced by `/` and the request must be refused.
+pub fn take_from_request(
+    uri: &mut Uri,
+    headers: &mut HeaderMap,
+    param: &str,
+) -> Result<Option<Box<UrlTokens>>, BadTarget> {
+    // Headers that carry a page's URL: `Referer`, and hyperlink auditing's `Ping-From`
+    // and `Ping-To` (a page the gateway rewrote has no ping, but another may).
+    let mut referer_token = None;
+    for name in [header::REFERER, PING_FROM, PING_TO] {
+        for taking in [param, HANDOFF_PARAMETER] {
+            if let Some(url) = headers.get(&name).and_then(|v| v.to_str().ok())
+                && let Some((clean, taken)) = take_tokens(url, taking)
+            {
+                if name == header::REFERER && taking == param {
+                    referer_token = taken.path.or(taken.query);
+                }
+                match HeaderValue::from_str(&clean) {
+                    Ok(v) => headers.insert(name.clone(), v),
+                    Err(_) => headers.remove(&name),
+                };
+            }
+        }
+    }
+    let Some(pq) = uri.path_and_query() else {
+        return Ok(None);
+    };
+    // The common case, a URL with neither parameter, allocates nothing.
+    let first = take_tokens(pq.as_str(), param);
+    let rest = first
+        .as_ref()
+        .map_or(pq.as_str(), |(clean, _)| clean.as_str());
+    let second = take_tokens(rest, HANDOFF_PARAMETER);
+    let (clean, mut tokens) = match (first, second) {
+        (None, None) => return Ok(None),
+        (Some((clean, tokens)), None) => (clean, tokens),
+        (first, Some((clean, code))) => {
+            let mut tokens = first.map(|(_, t)| t).unwrap_or_default();
+            tokens.handoff = code.path.or(code.query);
+            (clean, tokens)
+        }
+    };
+    tokens.referer = referer_token;
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = PathAndQuery::try_from(clean).ok();
+    match Uri::from_parts(parts) {
+        Ok(clean) if clean.path_and_query().is_some() => {
+            *uri = clean;
+            Ok(Some(Box::new(tokens)))
+        }
+        _ => Err(BadTarget),
     }
 }
 

@@ -1,11 +1,111 @@
-//! Our cookies in a request: taken out of `Cookie` (the backend never sees them) and read.
-//! There are two: the session cookie, and with `tracking: auto` a non-secret probe that
-//! shows the client keeps cookies. Each has a name on plain listeners (`sg`) and one on TLS
-//! listeners (`__Host-sg`): a request loses both, but only the listener's own is read (a token
-//! sent under the other name is still a token, and never reaches a backend).
+//! Our cookies: taken out of a request's `Cookie` (the backend never sees them) and read,
+//! and written into responses. There are two: the session cookie, and with `tracking: auto`
+//! a non-secret probe that shows the client keeps cookies. Each has a name on plain
+//! listeners (`sg`) and one on TLS listeners (`__Host-sg`): a request loses both, but only
+//! the listener's own is read (a token sent under the other name is still a token, and never
+//! reaches a backend).
 
 use cookie::Cookie;
 use http::header::{self, HeaderMap, HeaderValue};
+
+use crate::config::{CookieConfig, SameSite, Secure};
+
+/// Our cookies as the configuration sets them, worked out once (their names per listener,
+/// the attributes they are written with), as tower-sessions' `SessionConfig` is.
+#[derive(Debug)]
+pub struct OurCookies {
+    config: CookieConfig,
+    /// The session and probe cookies' names on plain [0] and TLS [1] listeners.
+    names: [(String, String); 2],
+}
+
+impl OurCookies {
+    /// The cookies `config` describes.
+    pub fn new(config: &CookieConfig) -> OurCookies {
+        OurCookies {
+            config: config.clone(),
+            names: [false, true].map(|tls| names(config, tls)),
+        }
+    }
+
+    /// Takes our cookies out of a request that came over a TLS listener or not (see
+    /// [`take`]): this listener's are read, the other kind's only taken out.
+    pub fn take(&self, headers: &mut HeaderMap, tls: bool) -> Taken {
+        let (session, probe) = &self.names[usize::from(tls)];
+        let (other_session, other_probe) = &self.names[usize::from(!tls)];
+        take(headers, session, probe, &[other_session, other_probe])
+    }
+
+    /// Adds `Set-Cookie` with `value` (a token, or a sealed session), or one that expires the
+    /// cookie when `None`; the response is made private.
+    pub fn set(&self, headers: &mut HeaderMap, value: Option<&str>, tls: bool) {
+        let c = &self.config;
+        let name = self.names[usize::from(tls)].0.clone();
+        let mut b = Cookie::build((name, value.unwrap_or_default()))
+            .path(c.path.clone())
+            .http_only(c.http_only)
+            .secure(is_secure(c, tls))
+            .same_site(match c.same_site {
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if let Some(d) = &c.domain {
+            b = b.domain(d.clone());
+        }
+        let mut cookie = b.build();
+        match value {
+            None => cookie.make_removal(),
+            Some(_) => {
+                if let Some(age) = c.max_age {
+                    let secs = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+                    cookie.set_max_age(cookie::time::Duration::seconds(secs));
+                }
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
+            headers.append(header::SET_COOKIE, v);
+        }
+        // A response that hands out (or clears) a credential must not be stored by shared
+        // caches, whatever the backend said.
+        crate::cache_control::make_private(headers);
+    }
+
+    /// Adds the probe cookie: not a credential, it only shows that the client keeps cookies.
+    pub fn set_probe(&self, headers: &mut HeaderMap, tls: bool) {
+        let probe = Cookie::build((self.names[usize::from(tls)].1.clone(), "1"))
+            .path("/")
+            .http_only(true)
+            .secure(is_secure(&self.config, tls))
+            .same_site(cookie::SameSite::Lax)
+            .build();
+        if let Ok(v) = HeaderValue::from_str(&probe.to_string()) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+/// The session and probe cookies' names on a plain or TLS listener: `__Host-` prefixed when
+/// the browser will accept that (Secure, `Path=/`, no `Domain`), which pins the cookie to this
+/// exact host.
+fn names(cookie: &CookieConfig, tls: bool) -> (String, String) {
+    let name = if is_secure(cookie, tls) && cookie.path == "/" && cookie.domain.is_none() {
+        format!("__Host-{}", cookie.name)
+    } else {
+        cookie.name.clone()
+    };
+    let probe = format!("{name}_probe");
+    (name, probe)
+}
+
+/// Whether the cookies are `Secure` on a plain or TLS listener.
+fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
+    match cookie.secure {
+        Secure::Auto => tls,
+        Secure::Always => true,
+        Secure::Never => false,
+    }
+}
 
 /// The values of our cookies in a request.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -1,0 +1,166 @@
+//! Sessions built from their configuration: the signing keys from the secret file, and the
+//! store; on a reload, the previous store is kept while what it was built from is unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::memory::{MemoryOptions, MemoryStore};
+use super::redis::{RedisOptions, RedisStore};
+use super::sealed::{Jar, SealedOptions, Sealer};
+use super::stores::Store;
+use super::token::SessionKeys;
+use crate::config::{ConfigError, SessionLimits, SessionsConfig, StoreConfig};
+
+/// What sessions stand on: the keys that sign tokens, and the store.
+pub(super) struct Foundation {
+    pub(super) keys: Arc<SessionKeys>,
+    pub(super) store: Store,
+    /// What the store was built from.
+    pub(super) basis: StoreBasis,
+}
+
+/// What a store is built from: a reload keeps the store while these stay the same.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct StoreBasis {
+    store: StoreConfig,
+    idle: Duration,
+    absolute: Duration,
+    limits: SessionLimits,
+}
+
+impl StoreBasis {
+    fn of(config: &SessionsConfig) -> StoreBasis {
+        StoreBasis {
+            store: config.store.clone(),
+            idle: config.idle_timeout,
+            absolute: config.absolute_timeout,
+            limits: config.limits,
+        }
+    }
+}
+
+impl Foundation {
+    /// The keys (from the secret file, read again on every build) and the store for
+    /// `config` (`source` names the configuration in errors). On a reload, the `previous`
+    /// store is kept when what it was built from did not change (so sessions in the memory
+    /// store survive), and so is a key made at start when there is no secret file.
+    ///
+    /// # Errors
+    /// The secret file cannot be read or holds an unusable secret, or the store cannot be
+    /// built (a Redis CA file): with its position.
+    pub(super) fn build(
+        config: &SessionsConfig,
+        source: &str,
+        previous: Option<&Foundation>,
+    ) -> Result<Foundation, ConfigError> {
+        let fail = |msg: String| {
+            ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg)
+        };
+        let secrets = match &config.secret_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+                let lines: Vec<Vec<u8>> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(|l| l.as_bytes().to_vec())
+                    .collect();
+                Some(lines)
+            }
+        };
+        let basis = StoreBasis::of(config);
+        // The sealed store is made from the secrets: built again when they are read again.
+        let kept = previous
+            .filter(|p| p.basis == basis)
+            .filter(|p| secrets.is_none() || !matches!(p.store, Store::Sealed(_)))
+            .map(|p| p.store.clone());
+        let store = match kept {
+            Some(store) => store,
+            None => {
+                if previous.is_some_and(|p| matches!(p.store, Store::Memory(_))) {
+                    tracing::warn!(
+                        "session store settings changed: a new memory store starts empty, and \
+                         the sessions of the old one end"
+                    );
+                }
+                build_store(config, secrets.as_ref()).map_err(|msg| {
+                    ConfigError::single(source, config.store_pos, "sessions.store", msg)
+                })?
+            }
+        };
+        let keys = match secrets {
+            Some(s) => Arc::new(SessionKeys::from_secrets(&s).map_err(fail)?),
+            // Without a secret file the key was made at start: a reload keeps it.
+            None => match previous {
+                Some(p) => p.keys.clone(),
+                None => {
+                    tracing::warn!(
+                        "no sessions.secret_file: using a key made at start; sessions will not \
+                         survive a restart nor be shared with other gateways"
+                    );
+                    Arc::new(SessionKeys::generate().map_err(fail)?)
+                }
+            },
+        };
+        Ok(Foundation { keys, store, basis })
+    }
+}
+
+/// The store a configuration chose (Redis connects on first use); the sealed-cookie store
+/// keys from the session `secrets`.
+fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Result<Store, String> {
+    let store = match &config.store {
+        StoreConfig::Cookie { max_bytes } => {
+            let sealer = Sealer::new(&SealedOptions {
+                secrets: secrets.cloned(),
+                max_bytes: usize::try_from(*max_bytes).unwrap_or(usize::MAX),
+                limits: config.limits,
+                idle_timeout: config.idle_timeout,
+                absolute_timeout: config.absolute_timeout,
+            })
+            .map_err(|e| e.to_string())?;
+            Store::Sealed(Jar::new(Arc::new(sealer)))
+        }
+        StoreConfig::Memory {
+            max_sessions,
+            max_bytes,
+        } => Store::Memory(Box::new(MemoryStore::new(MemoryOptions {
+            max_sessions: *max_sessions,
+            max_bytes: *max_bytes,
+            idle_timeout: config.idle_timeout,
+            absolute_timeout: config.absolute_timeout,
+            limits: config.limits,
+        }))),
+        StoreConfig::Redis {
+            topology,
+            key_prefix,
+            timeout,
+            near_ttl,
+            near_max,
+            serve_stale,
+            ca,
+        } => Store::Redis(Box::new(
+            RedisStore::new(RedisOptions {
+                topology: topology.clone(),
+                ca_pem: match ca {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        format!("cannot read the Redis CA file {}: {e}", path.display())
+                    })?),
+                    None => None,
+                },
+                key_prefix: key_prefix.clone(),
+                idle_timeout: config.idle_timeout,
+                absolute_timeout: config.absolute_timeout,
+                limits: config.limits,
+                op_timeout: *timeout,
+                near_ttl: *near_ttl,
+                near_max: *near_max,
+                serve_stale: *serve_stale,
+            })
+            .map_err(|e| e.to_string())?,
+        )),
+    };
+    Ok(store)
+}
