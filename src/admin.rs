@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::reload::Live;
-use crate::session::{SessionKey, SessionStore, Sessions};
+use crate::session::{SessionKey, Sessions};
 
 /// State the admin endpoints report.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ pub async fn handle<B>(
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
             let store_up = match &state.sessions() {
-                Some(s) => s.store().ping().await.is_ok(),
+                Some(s) => s.ping().await.is_ok(),
                 None => true,
             };
             if !state.ready.load(Ordering::Relaxed) {
@@ -172,8 +172,7 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
     if !authorized(req, token) {
         return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
-    let store = sessions.store();
-    if matches!(store, crate::session::Store::Sealed(_)) {
+    if sessions.sealed_in_cookies() {
         return json_error(
             StatusCode::NOT_IMPLEMENTED,
             "sessions live sealed in clients' cookies: none can be looked up or revoked here \
@@ -184,8 +183,8 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
         |e: crate::session::StoreError| json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     let path = req.uri().path();
     if let Some(key) = path.strip_prefix("/sessions/").filter(|k| !k.is_empty()) {
-        let key = SessionKey(key.to_owned());
-        let found = match store.find_by_key(&key).await {
+        let key = SessionKey::from(key);
+        let found = match sessions.find_by_key(&key).await {
             Ok(f) => f,
             Err(e) => return failed(e),
         };
@@ -203,7 +202,7 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
                 })
                 .to_string(),
             ),
-            Method::DELETE => match store.delete(&id).await {
+            Method::DELETE => match sessions.end(&id).await {
                 Ok(()) => (
                     StatusCode::OK,
                     serde_json::json!({ "deleted": 1 }).to_string(),
@@ -224,7 +223,7 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
                 "write DELETE /sessions?attr=name:value",
             );
         };
-        return match store.delete_where(name, value).await {
+        return match sessions.end_where(name, value).await {
             Ok(n) => (
                 StatusCode::OK,
                 serde_json::json!({ "deleted": n }).to_string(),

@@ -19,10 +19,10 @@ use super::handoff::Handoffs;
 use super::our_cookies::OurCookies;
 use super::request::{Held, LogoutFailed, RequestInfo, RequestSession, SealedRequest};
 use super::setup::Foundation;
-use super::store::{Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
+use super::store::{AdminStore, Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::store_metrics::{StoreOps, timed};
 use super::stores::Store;
-use super::token::Token;
+use super::token::{StoreId, Token};
 use super::tracking::{self, Evidence, Provenance, Source};
 use super::url::{self, UrlTokens};
 use crate::config::{ConfigError, SessionsConfig, Tracking};
@@ -102,9 +102,34 @@ impl Sessions {
         self
     }
 
-    /// The store (for the admin API).
-    pub fn store(&self) -> &Store {
-        &self.foundation.store
+    /// Whether the store answers (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.foundation.store.ping().await
+    }
+
+    /// Whether the sessions live sealed in clients' cookies: none can be looked up or ended
+    /// here (the admin API says so).
+    pub fn sealed_in_cookies(&self) -> bool {
+        matches!(self.foundation.store, Store::Sealed(_))
+    }
+
+    /// The session with the stable key `key`, and its id (admin API).
+    pub async fn find_by_key(
+        &self,
+        key: &SessionKey,
+    ) -> Result<Option<(StoreId, Session)>, StoreError> {
+        self.foundation.store.find_by_key(key).await
+    }
+
+    /// Ends the session under `id` (admin API).
+    pub async fn end(&self, id: &StoreId) -> Result<(), StoreError> {
+        self.foundation.store.delete(id).await
+    }
+
+    /// Ends every session whose attribute `name` equals `value` (log a user out everywhere);
+    /// how many (admin API).
+    pub async fn end_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+        self.foundation.store.delete_where(name, value).await
     }
 
     /// What the store knows of itself, for a metrics scrape.
@@ -392,7 +417,7 @@ impl Sessions {
                 Store::Sealed(
                     template
                         .sealer()
-                        .jar_for_request(super::StoreId([0; 16]), None),
+                        .jar_for_request(super::StoreId::from_bytes([0; 16]), None),
                 )
             }
         };
@@ -622,7 +647,7 @@ impl Sessions {
                 store.rename(&token.store_id(), &fresh.store_id(), self.grace)
             )
             .map(|moved| moved.then_some(fresh)),
-            Err(e) => Err(StoreError(e.to_string())),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
         };
         match renamed {
             Ok(Some(fresh)) => {

@@ -26,7 +26,7 @@ use http::header::{self, HeaderMap};
 
 use super::StoreId;
 use super::request::Arrival;
-use super::store::SessionStore;
+use super::store::HandoffStore;
 use super::store_metrics::{StoreOps, timed};
 use super::stores::Store;
 use super::token::{SessionKeys, Token};
@@ -154,7 +154,7 @@ pub fn new_code(by_url: bool) -> Option<(StoreId, String)> {
     raw[16] = u8::from(by_url);
     let mut id = [0u8; 16];
     id.copy_from_slice(&raw[..16]);
-    Some((StoreId(id), URL_SAFE_NO_PAD.encode(raw)))
+    Some((StoreId::from_bytes(id), URL_SAFE_NO_PAD.encode(raw)))
 }
 
 /// The alias id and URL flag in `code`, if it is one.
@@ -164,7 +164,7 @@ pub fn read_code(code: &str) -> Option<(StoreId, bool)> {
         Ok(17) => {
             let mut id = [0u8; 16];
             id.copy_from_slice(&raw[..16]);
-            Some((StoreId(id), raw[16] == 1))
+            Some((StoreId::from_bytes(id), raw[16] == 1))
         }
         _ => None,
     }
@@ -261,7 +261,10 @@ mod tests {
     fn a_code_reads_back_and_anything_else_does_not() {
         let (id, code) = new_code(true).unwrap();
         assert_eq!(code.len(), 23);
-        assert_eq!(read_code(&code).map(|(i, u)| (i.0, u)), Some((id.0, true)));
+        assert_eq!(
+            read_code(&code).map(|(i, u)| (*i.as_bytes(), u)),
+            Some((*id.as_bytes(), true))
+        );
         let (_, other) = new_code(false).unwrap();
         assert_ne!(other, code);
         assert_eq!(read_code(&other).map(|(_, u)| u), Some(false));

@@ -16,7 +16,8 @@ use rustc_hash::FxBuildHasher;
 
 use super::StoreId;
 use super::store::{
-    Applied, Change, Limits, Session, SessionKey, SessionStore, StoreError, TOUCH_EVERY_MS, unix_ms,
+    AdminStore, Applied, Change, HandoffStore, Limits, Session, SessionKey, SessionStore,
+    StoreError, TOUCH_EVERY_MS, unix_ms,
 };
 use crate::metrics::Tally;
 
@@ -384,11 +385,17 @@ impl SessionStore for MemoryStore {
             }
         }
         self.cache.invalidate(to).await;
-        Err(StoreError(
+        Err(StoreError::Unavailable(
             "the session kept changing while it was renamed".to_owned(),
         ))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl HandoffStore for MemoryStore {
     async fn alias(
         &self,
         alias: &StoreId,
@@ -404,7 +411,6 @@ impl SessionStore for MemoryStore {
             .await;
         Ok(true)
     }
-
     async fn put_code(
         &self,
         code: &StoreId,
@@ -417,7 +423,6 @@ impl SessionStore for MemoryStore {
         self.codes.insert(*code, (own, Instant::now() + ttl)).await;
         Ok(true)
     }
-
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
         // `remove` is what makes it single-use: two takers cannot both get the entry.
         Ok(self
@@ -427,7 +432,9 @@ impl SessionStore for MemoryStore {
             .filter(|(_, until)| Instant::now() < *until)
             .map(|(to, _)| to))
     }
+}
 
+impl AdminStore for MemoryStore {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         // A scan: this is the admin API's "log a user out everywhere", not a request path.
         // Retired views of such a session go too; only live sessions are counted.
@@ -451,19 +458,17 @@ impl SessionStore for MemoryStore {
         }
         Ok(deleted)
     }
-
     async fn find_by_key(
         &self,
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         Ok(self.cache.iter().find_map(|(id, e)| match e {
-            Entry::Live(s) => s.session().filter(|s| s.key() == key.0).map(|s| (*id, s)),
+            Entry::Live(s) => s
+                .session()
+                .filter(|s| s.key() == key.as_str())
+                .map(|s| (*id, s)),
             Entry::Alias { .. } | Entry::Retired { .. } => None,
         }))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 }
 
@@ -474,14 +479,14 @@ mod tests {
     fn id(n: u64) -> StoreId {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&n.to_le_bytes());
-        StoreId(b)
+        StoreId::from_bytes(b)
     }
 
     /// A session created now under `id`, as a login makes it.
     async fn create(store: &MemoryStore, id: &StoreId, now: u64) {
         let set = [Change::Set("user".into(), "u".into())];
         let made = store
-            .update(id, Some(SessionKey("k".into())), &set, now)
+            .update(id, Some(SessionKey::from("k")), &set, now)
             .await
             .unwrap();
         assert!(made.is_some_and(|a| a.created));
@@ -592,7 +597,7 @@ mod tests {
         assert_eq!(back.attr("utf8"), Some("grüße ✓"));
         assert_eq!(back.attr("missing"), None);
         assert_eq!(back.key(), "k3y_-AZ");
-        s = Session::new(SessionKey("k".into()), 0);
+        s = Session::new(SessionKey::from("k"), 0);
         assert_eq!(Packed::pack(&s).session().unwrap().attr_count(), 0);
     }
 }

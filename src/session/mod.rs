@@ -36,7 +36,8 @@ pub use redis::{RedisOptions, RedisStore, Topology};
 pub use request::{Arrival, Held, LogoutFailed, RequestInfo, RequestSession};
 pub use sealed::{Jar, SealedOptions, Sealer};
 pub use store::{
-    Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError, unix_ms,
+    AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
+    StoreError, unix_ms,
 };
 pub use stores::Store;
 pub use token::{SessionKeys, StoreId, Token, TokenError};

@@ -26,7 +26,8 @@ use bytes::Bytes;
 
 use super::StoreId;
 use super::store::{
-    Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
+    AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
+    StoreError,
 };
 
 /// Format version, first byte of every sealed value.
@@ -78,7 +79,7 @@ fn derive(secret: &[u8]) -> Result<LessSafeKey, StoreError> {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"sessiongate").extract(secret);
     let okm = prk
         .expand(&[b"sealed-session/v1"], &AES_256_GCM_SIV)
-        .map_err(|_| StoreError("cannot derive the sealing key".to_owned()))?;
+        .map_err(|_| StoreError::Unavailable("cannot derive the sealing key".to_owned()))?;
     Ok(LessSafeKey::new(UnboundKey::from(okm)))
 }
 
@@ -95,13 +96,12 @@ impl Sealer {
                 .collect::<Result<Vec<_>, _>>()?,
             None => {
                 let mut secret = [0u8; 32];
-                rand::fill(&mut secret)
-                    .map_err(|_| StoreError("the OS random source failed".to_owned()))?;
+                rand::fill(&mut secret).map_err(|_| StoreError::no_randomness())?;
                 vec![derive(&secret)?]
             }
         };
         if keys.is_empty() {
-            return Err(StoreError("no session secret".to_owned()));
+            return Err(StoreError::Unavailable("no session secret".to_owned()));
         }
         let idle = u64::try_from(options.idle_timeout.as_millis()).unwrap_or(u64::MAX);
         Ok(Sealer {
@@ -127,7 +127,7 @@ impl Sealer {
     /// The OS random source failed, or sealing did.
     pub fn seal(&self, session: &Session) -> Result<String, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
-        rand::fill(&mut nonce).map_err(|_| StoreError("the OS random source failed".into()))?;
+        rand::fill(&mut nonce).map_err(|_| StoreError::no_randomness())?;
         let packed = session.packed();
         let mut data = Vec::with_capacity(16 + packed.len() + TAG_LEN);
         data.extend_from_slice(&session.created_ms.to_le_bytes());
@@ -139,7 +139,7 @@ impl Sealer {
                 Aad::from(AAD),
                 &mut data,
             )
-            .map_err(|_| StoreError("sealing failed".to_owned()))?;
+            .map_err(|_| StoreError::Unavailable("sealing failed".to_owned()))?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + data.len());
         out.push(VERSION);
         out.extend_from_slice(&nonce);
@@ -439,6 +439,12 @@ impl SessionStore for Jar {
         Ok(true)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl HandoffStore for Jar {
     async fn alias(
         &self,
         alias: &StoreId,
@@ -447,7 +453,6 @@ impl SessionStore for Jar {
     ) -> Result<bool, StoreError> {
         Ok(self.point(alias, to, ttl, |to, until_ms| Entry::Alias { to, until_ms }))
     }
-
     async fn put_code(
         &self,
         code: &StoreId,
@@ -456,7 +461,6 @@ impl SessionStore for Jar {
     ) -> Result<bool, StoreError> {
         Ok(self.point(code, to, ttl, |to, until_ms| Entry::Code { to, until_ms }))
     }
-
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
         let now = super::store::unix_ms();
         let mut entries = self.lock();
@@ -469,7 +473,9 @@ impl SessionStore for Jar {
             _ => Ok(None),
         }
     }
+}
 
+impl AdminStore for Jar {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         let mut entries = self.lock();
         let doomed: Vec<StoreId> = entries
@@ -488,7 +494,6 @@ impl SessionStore for Jar {
         }
         Ok(doomed.len())
     }
-
     async fn find_by_key(
         &self,
         key: &SessionKey,
@@ -498,14 +503,10 @@ impl SessionStore for Jar {
             Entry::Sealed(v) => self
                 .sealer
                 .open(v)
-                .filter(|s| s.key() == key.0)
+                .filter(|s| s.key() == key.as_str())
                 .map(|s| (*id, s)),
             Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
         }))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
     }
 }
 
@@ -528,7 +529,7 @@ mod tests {
     const NEW: &str = "a-new-secret-of-at-least-32-bytes-0123456789";
 
     fn alice() -> Session {
-        let mut s = Session::new(SessionKey("k1".into()), 1_000);
+        let mut s = Session::new(SessionKey::from("k1"), 1_000);
         s.apply(
             &[Change::Set("user".into(), "alice".into())],
             &Limits::default(),

@@ -16,15 +16,34 @@ use bytes::Bytes;
 
 use super::StoreId;
 
-/// A store failed (not "no such session"): unreachable, timed out, refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("session store: {0}")]
-pub struct StoreError(pub String);
+/// A store failed (not "no such session"). Each kind says what the caller may expect of
+/// trying again; the text says what happened, for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store, or something it needs (its server, the OS random source, a key), cannot
+    /// serve now: unreachable, refused, known to be down, or busy.
+    #[error("session store: {0}")]
+    Unavailable(String),
+    /// The store did not answer within its operation timeout.
+    #[error("session store: {0}")]
+    TimedOut(String),
+    /// The store answered with something it should never hold or say: a record or a reply
+    /// that does not read.
+    #[error("session store: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// The OS random source failed.
+    pub(crate) fn no_randomness() -> StoreError {
+        StoreError::Unavailable("the OS random source failed".to_owned())
+    }
+}
 
 /// A session's stable, non-secret identifier (sent to backends as `X-Session-Key`); it stays
 /// the same when the token is regenerated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SessionKey(pub String);
+pub struct SessionKey(String);
 
 impl SessionKey {
     /// A new random key (128 bits, base64url).
@@ -33,8 +52,20 @@ impl SessionKey {
     /// The OS random source failed.
     pub fn generate() -> Result<SessionKey, StoreError> {
         let mut b = [0u8; 16];
-        rand::fill(&mut b).map_err(|_| StoreError("the OS random source failed".to_owned()))?;
+        rand::fill(&mut b).map_err(|_| StoreError::no_randomness())?;
         Ok(SessionKey(URL_SAFE_NO_PAD.encode(b)))
+    }
+
+    /// The key as written (`X-Session-Key`, the admin API's paths).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for SessionKey {
+    /// A key as a client of the admin API (or a store's record) writes it.
+    fn from(key: &str) -> SessionKey {
+        SessionKey(key.to_owned())
     }
 }
 
@@ -328,7 +359,9 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A session store. Every store must pass the conformance suite (`tests/it/store.rs`).
+/// A session store: what the request path needs of every store. Every store must pass the
+/// conformance suite (`tests/it/store.rs`). What only some stores can do is in the narrower
+/// traits [`HandoffStore`] (sibling hosts) and [`AdminStore`] (the admin API).
 pub trait SessionStore: Send + Sync {
     /// The session under `id`, if any; notes the use (see [`TOUCH_EVERY_MS`]). Through an id
     /// that [`SessionStore::rename`] retired, during its grace: the session as it was before
@@ -369,6 +402,13 @@ pub trait SessionStore: Send + Sync {
         grace: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Whether the store answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A store that can hand a session to a sibling host: a second id for one session (an alias)
+/// and one-time codes that lead to it (see `handoff`).
+pub trait HandoffStore: SessionStore {
     /// Files the session `to` reaches under `alias` too, for at most `ttl`: a second token for
     /// one session (a sibling host's, after a handoff). Loads, updates, renames and deletes
     /// through `alias` reach the same session, which it names by its own id: when that id is
@@ -396,7 +436,10 @@ pub trait SessionStore: Send + Sync {
         &self,
         code: &StoreId,
     ) -> impl Future<Output = Result<Option<StoreId>, StoreError>> + Send;
+}
 
+/// A store whose sessions the admin API can find and end by what they hold.
+pub trait AdminStore: SessionStore {
     /// Deletes every session whose attribute `name` equals `value` (log a user out
     /// everywhere); returns how many.
     fn delete_where(
@@ -410,9 +453,6 @@ pub trait SessionStore: Send + Sync {
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<Option<(StoreId, Session)>, StoreError>> + Send;
-
-    /// Whether the store answers.
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 #[cfg(test)]
@@ -430,7 +470,7 @@ mod tests {
             max_value_bytes: 5,
             max_session_bytes: 11,
         };
-        let mut s = Session::new(SessionKey("k".into()), 0);
+        let mut s = Session::new(SessionKey::from("k"), 0);
         let rejected = s.apply(
             &[
                 set("a", "12345"),
@@ -461,7 +501,7 @@ mod tests {
             max_attributes: 1,
             ..Limits::default()
         };
-        let mut s = Session::new(SessionKey("k".into()), 0);
+        let mut s = Session::new(SessionKey::from("k"), 0);
         assert!(s.apply(&[set("a", "1")], &limits).is_empty());
         assert!(
             s.apply(&[Change::Unset("a".into()), set("b", "2")], &limits)
@@ -472,7 +512,7 @@ mod tests {
 
     #[test]
     fn expiry_counts_idle_from_last_use_and_absolute_from_creation() {
-        let mut s = Session::new(SessionKey("k".into()), 1_000);
+        let mut s = Session::new(SessionKey::from("k"), 1_000);
         let (idle, abs) = (Duration::from_secs(10), Duration::from_secs(60));
         assert!(!s.expired(10_000, idle, abs));
         assert!(s.expired(11_001, idle, abs));

@@ -6,7 +6,9 @@ use super::StoreId;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::sealed::Jar;
-use super::store::{Applied, Change, Session, SessionKey, SessionStore, StoreError};
+use super::store::{
+    AdminStore, Applied, Change, HandoffStore, Session, SessionKey, SessionStore, StoreError,
+};
 
 /// One of the stores.
 #[derive(Debug, Clone)]
@@ -61,6 +63,12 @@ impl SessionStore for Store {
         each!(self, s => s.rename(from, to, grace))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        each!(self, s => s.ping())
+    }
+}
+
+impl HandoffStore for Store {
     async fn alias(
         &self,
         alias: &StoreId,
@@ -82,7 +90,9 @@ impl SessionStore for Store {
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
         each!(self, s => s.take_code(code))
     }
+}
 
+impl AdminStore for Store {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         each!(self, s => s.delete_where(name, value))
     }
@@ -92,9 +102,5 @@ impl SessionStore for Store {
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         each!(self, s => s.find_by_key(key))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        each!(self, s => s.ping())
     }
 }

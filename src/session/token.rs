@@ -111,7 +111,19 @@ const ID_LEN: usize = 16;
 
 /// What a store keys a session by: the second half of the token's HMAC, 128 bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StoreId(pub [u8; ID_LEN]);
+pub struct StoreId([u8; ID_LEN]);
+
+impl StoreId {
+    /// The id with these bytes (one read back from a store, or a handoff code's).
+    pub fn from_bytes(bytes: [u8; ID_LEN]) -> StoreId {
+        StoreId(bytes)
+    }
+
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8; ID_LEN] {
+        &self.0
+    }
+}
 
 impl std::fmt::Debug for StoreId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -228,7 +240,10 @@ mod tests {
         let parsed = Token::parse(&t.expose(), &keys(&[B, A])).unwrap();
         assert_eq!(parsed.store_id(), t.store_id());
         // The id is not the tag: the store never holds what the client sends.
-        assert!(!t.expose().contains(&URL_SAFE_NO_PAD.encode(t.store_id().0)));
+        assert!(
+            !t.expose()
+                .contains(&URL_SAFE_NO_PAD.encode(t.store_id().as_bytes()))
+        );
     }
 
     #[test]

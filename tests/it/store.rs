@@ -4,10 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sessiongate::session::{AdminStore, HandoffStore};
 use sessiongate::session::{
     Change, Jar, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SealedOptions,
     Sealer, SessionKey, SessionKeys, SessionStore, StoreId, Token, Topology, unix_ms,
 };
+
+/// A store with every part of the contract: the request path's, handoffs and admin queries.
+trait FullStore: SessionStore + HandoffStore + AdminStore {}
+impl<S: SessionStore + HandoffStore + AdminStore> FullStore for S {}
 
 const SECRET: &str = "conformance-secret-0123456789abcdef0123";
 
@@ -42,7 +47,7 @@ const RELAXED: Setup = Setup {
     },
 };
 
-async fn nothing_is_created_without_a_create_key(s: impl SessionStore) {
+async fn nothing_is_created_without_a_create_key(s: impl FullStore) {
     let id = new_id();
     let r = s
         .update(&id, None, &[set("a", "1")], unix_ms())
@@ -52,7 +57,7 @@ async fn nothing_is_created_without_a_create_key(s: impl SessionStore) {
     assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
 }
 
-async fn first_update_creates_and_load_returns_it(s: impl SessionStore) {
+async fn first_update_creates_and_load_returns_it(s: impl FullStore) {
     let (id, k) = (new_id(), key());
     let applied = s
         .update(&id, Some(k.clone()), &[set("user", "alice")], unix_ms())
@@ -74,7 +79,7 @@ async fn first_update_creates_and_load_returns_it(s: impl SessionStore) {
     assert_eq!(again.session.attr_count(), 2);
 }
 
-async fn unset_and_last_write_wins(s: impl SessionStore) {
+async fn unset_and_last_write_wins(s: impl FullStore) {
     let id = new_id();
     let now = unix_ms();
     s.update(&id, Some(key()), &[set("a", "1"), set("b", "1")], now)
@@ -89,7 +94,7 @@ async fn unset_and_last_write_wins(s: impl SessionStore) {
     assert_eq!(got.attr("a"), Some("2"));
 }
 
-async fn concurrent_updates_of_different_attributes_all_survive(s: impl SessionStore + 'static) {
+async fn concurrent_updates_of_different_attributes_all_survive(s: impl FullStore + 'static) {
     let s = Arc::new(s);
     let id = new_id();
     s.update(&id, Some(key()), &[], unix_ms()).await.unwrap();
@@ -111,7 +116,7 @@ async fn concurrent_updates_of_different_attributes_all_survive(s: impl SessionS
     assert_eq!(got.attr_count(), 100);
 }
 
-async fn changes_over_the_limits_are_refused_and_the_rest_applied(s: impl SessionStore) {
+async fn changes_over_the_limits_are_refused_and_the_rest_applied(s: impl FullStore) {
     let id = new_id();
     let big = "v".repeat(5000);
     let applied = s
@@ -132,7 +137,7 @@ async fn changes_over_the_limits_are_refused_and_the_rest_applied(s: impl Sessio
     );
 }
 
-async fn delete_removes_the_session(s: impl SessionStore) {
+async fn delete_removes_the_session(s: impl FullStore) {
     let id = new_id();
     s.update(&id, Some(key()), &[set("a", "1")], unix_ms())
         .await
@@ -143,7 +148,7 @@ async fn delete_removes_the_session(s: impl SessionStore) {
     s.delete(&new_id()).await.unwrap();
 }
 
-async fn rename_retires_the_old_id_read_only_for_the_grace(s: impl SessionStore) {
+async fn rename_retires_the_old_id_read_only_for_the_grace(s: impl FullStore) {
     let (old, new, k) = (new_id(), new_id(), key());
     s.update(&old, Some(k.clone()), &[set("user", "alice")], unix_ms())
         .await
@@ -209,9 +214,7 @@ async fn rename_retires_the_old_id_read_only_for_the_grace(s: impl SessionStore)
     );
 }
 
-async fn a_retired_id_ends_with_its_successor_and_its_own_logout_ends_only_it(
-    s: impl SessionStore,
-) {
+async fn a_retired_id_ends_with_its_successor_and_its_own_logout_ends_only_it(s: impl FullStore) {
     let (old, new) = (new_id(), new_id());
     s.update(&old, Some(key()), &[set("user", "alice")], unix_ms())
         .await
@@ -235,9 +238,7 @@ async fn a_retired_id_ends_with_its_successor_and_its_own_logout_ends_only_it(
     );
 }
 
-async fn a_rename_through_an_alias_moves_the_session_and_retires_both_old_ids(
-    s: impl SessionStore,
-) {
+async fn a_rename_through_an_alias_moves_the_session_and_retires_both_old_ids(s: impl FullStore) {
     let (id, alias, new) = (new_id(), new_id(), new_id());
     s.update(&id, Some(key()), &[set("user", "alice")], unix_ms())
         .await
@@ -274,7 +275,7 @@ async fn a_rename_through_an_alias_moves_the_session_and_retires_both_old_ids(
     );
 }
 
-async fn delete_where_logs_a_user_out_everywhere(s: impl SessionStore) {
+async fn delete_where_logs_a_user_out_everywhere(s: impl FullStore) {
     let (a1, a2, b) = (new_id(), new_id(), new_id());
     for (id, user) in [(a1, "alice"), (a2, "alice"), (b, "bob")] {
         s.update(&id, Some(key()), &[set("user", user)], unix_ms())
@@ -287,7 +288,7 @@ async fn delete_where_logs_a_user_out_everywhere(s: impl SessionStore) {
     assert!(s.load(&b, unix_ms()).await.unwrap().is_some());
 }
 
-async fn sessions_are_found_by_their_stable_key(s: impl SessionStore) {
+async fn sessions_are_found_by_their_stable_key(s: impl FullStore) {
     let (id, k) = (new_id(), key());
     s.update(&id, Some(k.clone()), &[set("a", "1")], unix_ms())
         .await
@@ -297,7 +298,7 @@ async fn sessions_are_found_by_their_stable_key(s: impl SessionStore) {
     assert!(s.find_by_key(&key()).await.unwrap().is_none());
 }
 
-async fn an_idle_session_expires_and_a_used_one_does_not(s: impl SessionStore, setup: Setup) {
+async fn an_idle_session_expires_and_a_used_one_does_not(s: impl FullStore, setup: Setup) {
     let (idle, used) = (new_id(), new_id());
     for id in [idle, used] {
         s.update(&id, Some(key()), &[set("a", "1")], unix_ms())
@@ -314,10 +315,7 @@ async fn an_idle_session_expires_and_a_used_one_does_not(s: impl SessionStore, s
     assert!(gone.is_none_or(|g| g.expired(unix_ms(), setup.idle, setup.absolute)));
 }
 
-async fn a_session_expires_at_the_absolute_timeout_even_when_used(
-    s: impl SessionStore,
-    setup: Setup,
-) {
+async fn a_session_expires_at_the_absolute_timeout_even_when_used(s: impl FullStore, setup: Setup) {
     let id = new_id();
     s.update(&id, Some(key()), &[set("a", "1")], unix_ms())
         .await
@@ -333,7 +331,7 @@ async fn a_session_expires_at_the_absolute_timeout_even_when_used(
     }
 }
 
-async fn an_alias_reaches_the_same_session(s: impl SessionStore) {
+async fn an_alias_reaches_the_same_session(s: impl FullStore) {
     let (id, alias, k) = (new_id(), new_id(), key());
     assert!(
         !s.alias(&alias, &id, Duration::from_secs(60)).await.unwrap(),
@@ -356,7 +354,7 @@ async fn an_alias_reaches_the_same_session(s: impl SessionStore) {
     assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
 }
 
-async fn a_code_names_its_session_once(s: impl SessionStore) {
+async fn a_code_names_its_session_once(s: impl FullStore) {
     let (id, code) = (new_id(), new_id());
     assert!(
         !s.put_code(&code, &id, Duration::from_secs(60))
@@ -393,7 +391,7 @@ async fn a_code_names_its_session_once(s: impl SessionStore) {
     assert_eq!(s.take_code(&late).await.unwrap(), None);
 }
 
-async fn ping_answers(s: impl SessionStore) {
+async fn ping_answers(s: impl FullStore) {
     s.ping().await.unwrap();
 }
 
@@ -402,7 +400,7 @@ macro_rules! conformance {
         mod $name {
             use super::*;
 
-            async fn make(setup: Setup) -> impl SessionStore + 'static {
+            async fn make(setup: Setup) -> impl FullStore + 'static {
                 ($make)(setup).await
             }
 

@@ -31,8 +31,8 @@ use pending::{Pending, PendingWrite};
 
 use super::StoreId;
 use super::store::{
-    Applied, Change, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
-    TOUCH_EVERY_MS,
+    AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
+    StoreError, TOUCH_EVERY_MS,
 };
 use crate::deadline::{Elapsed, TimerPool};
 use crate::metrics::Tally;
@@ -127,8 +127,19 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// Redis failed, refused, or cannot be reached.
 fn failed(e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("redis: {e}"))
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// Redis answered with what the gateway's scripts never write or return.
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("redis: {e}"))
+}
+
+/// Redis did not answer in time.
+fn timed_out(e: impl std::fmt::Display) -> StoreError {
+    StoreError::TimedOut(format!("redis: {e}"))
 }
 
 /// An admin scan's time, in operation timeouts.
@@ -155,8 +166,8 @@ fn ms(d: Duration) -> u64 {
 
 fn hex(id: &StoreId) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * id.0.len());
-    for b in id.0 {
+    let mut out = String::with_capacity(2 * id.as_bytes().len());
+    for &b in id.as_bytes() {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 15)]));
     }
@@ -206,13 +217,13 @@ impl Found {
         let mut parts = match v {
             Value::Nil => return Ok(Found::Nothing),
             Value::Array(parts) => parts.into_iter(),
-            other => return Err(failed(format!("unexpected script answer {other:?}"))),
+            other => return Err(corrupt(format!("unexpected script answer {other:?}"))),
         };
         match parts.next() {
             Some(Value::Int(1)) => Ok(Found::Here(parts.collect())),
             Some(Value::Int(2)) => {
                 let to: String =
-                    redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(failed)?;
+                    redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(corrupt)?;
                 Ok(Found::Alias(to))
             }
             _ => Ok(Found::Nothing),
@@ -351,7 +362,7 @@ impl RedisStore {
             Err(_) => {
                 self.connector.timed_out();
                 self.trip();
-                Err(failed(format!("no answer within {:?}", self.op_timeout)))
+                Err(timed_out(format!("no answer within {:?}", self.op_timeout)))
             }
         }
     }
@@ -588,7 +599,7 @@ impl RedisStore {
         now_ms: u64,
     ) -> Result<Option<(String, Vec<Value>)>, StoreError> {
         let mut target = hex(id);
-        let mut create = create.map_or("", |k| k.0.as_str());
+        let mut create = create.map_or("", |k| k.as_str());
         for _hop in 0..2 {
             let reply = self
                 .eval(&self.update, &target, &[], |call| {
@@ -711,7 +722,7 @@ impl RedisStore {
                 )
                 .await?;
             if let Some(to) = parse_hex(&to) {
-                self.forget(&StoreId(to)).await;
+                self.forget(&StoreId::from_bytes(to)).await;
             }
         }
         Ok(())
@@ -757,9 +768,9 @@ impl RedisStore {
             };
             let mut parts = parts.into_iter();
             let ttl: i64 =
-                redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(failed)?;
+                redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(corrupt)?;
             let hash: Vec<Vec<u8>> =
-                redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(failed)?;
+                redis::from_redis_value(parts.next().unwrap_or(Value::Nil)).map_err(corrupt)?;
             let version = hash
                 .chunks_exact(2)
                 .find(|p| p[0] == b"v")
@@ -838,7 +849,7 @@ impl RedisStore {
             .await
         {
             Ok(r) => r.map_err(failed),
-            Err(_) => Err(failed("the key scan took too long")),
+            Err(_) => Err(timed_out("the key scan took too long")),
         }
     }
 
@@ -862,7 +873,7 @@ impl RedisStore {
                 Ok(Found::Here(read)) => read,
                 Ok(Found::Alias(to)) => {
                     if let Some(p) = &self.pending
-                        && let Some(own) = parse_hex(&to).map(StoreId)
+                        && let Some(own) = parse_hex(&to).map(StoreId::from_bytes)
                     {
                         // A logout of the session, waiting for Redis, holds through its
                         // aliases too.
@@ -927,7 +938,7 @@ impl RedisStore {
         Ok(match Found::from_reply(reply)? {
             Found::Here(parts) => {
                 let (ttl_ms, created, last, packed, renamed_to): (i64, u64, u64, Vec<u8>, String) =
-                    redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+                    redis::from_redis_value(Value::Array(parts)).map_err(corrupt)?;
                 Found::Here(Read {
                     ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
                     created,
@@ -1014,11 +1025,9 @@ impl RedisStore {
     async fn lives(&self, mut successor: String) -> Result<bool, StoreError> {
         for _ in 0..MAX_RETIRED_HOPS {
             // A logout of it, waiting for Redis (see `Pending::ended`), holds here too.
-            if self
-                .pending
-                .as_ref()
-                .is_some_and(|p| parse_hex(&successor).is_some_and(|own| p.ended(&StoreId(own))))
-            {
+            if self.pending.as_ref().is_some_and(|p| {
+                parse_hex(&successor).is_some_and(|own| p.ended(&StoreId::from_bytes(own)))
+            }) {
                 return Ok(false);
             }
             let key = scripts::session_key(&self.prefix, &successor);
@@ -1183,11 +1192,11 @@ impl SessionStore for RedisStore {
             return Ok(None);
         };
         if let Some(own) = parse_hex(&own)
-            && own != id.0
+            && own != *id.as_bytes()
         {
             // Changed through an alias: this gateway's copy under the session's own id is
             // stale now, before the announcement comes back.
-            self.forget(&StoreId(own)).await;
+            self.forget(&StoreId::from_bytes(own)).await;
         }
         let (created, rejected, created_ms, last_ms, packed): (
             i64,
@@ -1195,7 +1204,7 @@ impl SessionStore for RedisStore {
             u64,
             u64,
             Vec<u8>,
-        ) = redis::from_redis_value(Value::Array(parts)).map_err(failed)?;
+        ) = redis::from_redis_value(Value::Array(parts)).map_err(corrupt)?;
         let Some(session) = Session::from_packed(Bytes::from(packed), created_ms, last_ms) else {
             return Ok(None);
         };
@@ -1273,7 +1282,7 @@ impl SessionStore for RedisStore {
             Moved::Alias(own) => {
                 let moved = matches!(self.rename_here(&own, &to_hex, grace).await?, Moved::Yes);
                 if moved && let Some(own) = parse_hex(&own) {
-                    self.forget(&StoreId(own)).await;
+                    self.forget(&StoreId::from_bytes(own)).await;
                 }
                 moved
             }
@@ -1282,6 +1291,18 @@ impl SessionStore for RedisStore {
         Ok(moved)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.circuit.is_open() {
+            return Err(down());
+        }
+        let _: Value = self
+            .retried(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
+            .await?;
+        Ok(())
+    }
+}
+
+impl HandoffStore for RedisStore {
     async fn alias(
         &self,
         alias: &StoreId,
@@ -1291,7 +1312,6 @@ impl SessionStore for RedisStore {
         self.point(&scripts::alias_key(&self.prefix, &hex(alias)), to, ttl)
             .await
     }
-
     async fn put_code(
         &self,
         code: &StoreId,
@@ -1301,7 +1321,6 @@ impl SessionStore for RedisStore {
         self.point(&scripts::code_key(&self.prefix, &hex(code)), to, ttl)
             .await
     }
-
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
         if self.circuit.is_open() {
             return Err(down());
@@ -1311,9 +1330,11 @@ impl SessionStore for RedisStore {
         let to: Option<String> = self
             .timed(redis::cmd("GETDEL").arg(&key).query_async(&mut conn))
             .await?;
-        Ok(to.as_deref().and_then(parse_hex).map(StoreId))
+        Ok(to.as_deref().and_then(parse_hex).map(StoreId::from_bytes))
     }
+}
 
+impl AdminStore for RedisStore {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         if self.circuit.is_open() {
             return Err(down());
@@ -1326,13 +1347,12 @@ impl SessionStore for RedisStore {
             let id = scripts::id_of(&self.prefix, &key).and_then(parse_hex);
             if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
                 // Through the delete script, so that other gateways drop their copies.
-                self.delete(&StoreId(id)).await?;
+                self.delete(&StoreId::from_bytes(id)).await?;
                 deleted += 1;
             }
         }
         Ok(deleted)
     }
-
     async fn find_by_key(
         &self,
         key: &SessionKey,
@@ -1351,12 +1371,12 @@ impl SessionStore for RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            if k.as_deref() != Some(key.0.as_str()) || renamed.is_some() {
+            if k.as_deref() != Some(key.as_str()) || renamed.is_some() {
                 continue;
             }
             let Some(id) = scripts::id_of(&self.prefix, &hash_key)
                 .and_then(parse_hex)
-                .map(StoreId)
+                .map(StoreId::from_bytes)
             else {
                 continue;
             };
@@ -1364,15 +1384,5 @@ impl SessionStore for RedisStore {
             return Ok(self.session(&hash).map(|s| (id, s)));
         }
         Ok(None)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        if self.circuit.is_open() {
-            return Err(down());
-        }
-        let _: Value = self
-            .retried(|mut conn| async move { redis::cmd("PING").query_async(&mut conn).await })
-            .await?;
-        Ok(())
     }
 }

@@ -57,7 +57,7 @@ impl Default for Epoch {
 
 impl Epoch {
     fn slot(&self, id: &StoreId) -> &AtomicU64 {
-        &self.0[usize::from(id.0[0]) % EPOCH_SLOTS]
+        &self.0[usize::from(id.as_bytes()[0]) % EPOCH_SLOTS]
     }
 
     /// The count of `id`'s slot now.
@@ -157,7 +157,7 @@ async fn listen(
             .ok()
             .and_then(super::parse_hex)
         {
-            let id = StoreId(id);
+            let id = StoreId::from_bytes(id);
             epoch.bump(&id);
             near.invalidate(&id).await;
         }
