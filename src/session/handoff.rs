@@ -26,16 +26,16 @@ use http::header::{self, HeaderMap};
 
 use super::StoreId;
 use super::request::Arrival;
+use super::server_store::ServerStore;
 use super::store::HandoffStore;
 use super::store_metrics::{StoreOps, timed};
-use super::stores::Store;
 use super::token::{SessionKeys, Token};
 use crate::metrics::StoreOpMetrics;
 
 /// Handoffs through the store: codes filed for links to siblings, and redeemed by clients
 /// arriving from them.
 pub(super) struct Handoffs {
-    store: Store,
+    store: ServerStore,
     keys: Arc<SessionKeys>,
     /// How long the alias made for an arriving client lives (the sessions' absolute timeout).
     alias_ttl: Duration,
@@ -47,7 +47,7 @@ pub(super) struct Handoffs {
 impl Handoffs {
     /// Handoffs through `store`, new tokens signed with `keys`.
     pub(super) fn new(
-        store: &Store,
+        store: &ServerStore,
         keys: &Arc<SessionKeys>,
         alias_ttl: Duration,
         ops: &StoreOps,

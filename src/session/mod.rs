@@ -17,15 +17,17 @@
 pub mod contract;
 mod facade;
 pub mod handoff;
+mod kept_in_cookies;
+mod kept_in_store;
 pub mod memory;
 pub mod our_cookies;
 pub mod redis;
 mod request;
 pub mod sealed;
+pub mod server_store;
 mod setup;
 pub mod store;
 mod store_metrics;
-pub mod stores;
 pub mod token;
 pub mod tracking;
 pub mod url;
@@ -34,10 +36,10 @@ pub use facade::Sessions;
 pub use memory::{MemoryOptions, MemoryStore};
 pub use redis::{RedisOptions, RedisStore, Topology};
 pub use request::{Arrival, Held, LogoutFailed, RequestInfo, RequestSession};
-pub use sealed::{Jar, SealedOptions, Sealer};
+pub use sealed::{SealedOptions, Sealer};
+pub use server_store::ServerStore;
 pub use store::{
     AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
     StoreError, unix_ms,
 };
-pub use stores::Store;
 pub use token::{SessionKeys, StoreId, Token, TokenError};

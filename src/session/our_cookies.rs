@@ -8,7 +8,29 @@
 use cookie::Cookie;
 use http::header::{self, HeaderMap, HeaderValue};
 
+use super::token::Token;
 use crate::config::{CookieConfig, SameSite, Secure};
+
+/// Where `commit` writes the cookie of a token it hands out (or ends): nowhere when the token
+/// travels in URLs instead.
+#[derive(Debug)]
+pub struct CookieOut<'a> {
+    cookies: &'a OurCookies,
+    tls: bool,
+    /// Cookies are set at all.
+    on: bool,
+}
+
+impl CookieOut<'_> {
+    /// Adds `Set-Cookie` for `token`, or one that expires the cookie when `None`, unless
+    /// the token travels in URLs.
+    pub fn set(&self, headers: &mut HeaderMap, token: Option<&Token>) {
+        if self.on {
+            self.cookies
+                .set(headers, token.map(Token::expose).as_deref(), self.tls);
+        }
+    }
+}
 
 /// Our cookies as the configuration sets them, worked out once (their names per listener,
 /// the attributes they are written with), as tower-sessions' `SessionConfig` is.
@@ -25,6 +47,16 @@ impl OurCookies {
         OurCookies {
             config: config.clone(),
             names: [false, true].map(|tls| names(config, tls)),
+        }
+    }
+
+    /// Where `commit` writes a token's cookie on a TLS listener or not; `on`: cookies are
+    /// set at all (not when the token travels in URLs).
+    pub fn out(&self, tls: bool, on: bool) -> CookieOut<'_> {
+        CookieOut {
+            cookies: self,
+            tls,
+            on,
         }
     }
 

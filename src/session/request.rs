@@ -6,8 +6,8 @@ use http::Method;
 use http::header::HeaderName;
 
 use super::contract::Status;
+use super::kept_in_cookies::SealedRequest;
 use super::store::Session;
-use super::stores::Store;
 use super::token::Token;
 use super::tracking::{self, Evidence, Source};
 use super::url::UrlTokens;
@@ -46,28 +46,12 @@ pub struct RequestSession {
     pub(super) url_token_ignored: bool,
     pub(super) arrival: Option<Arrival>,
     pub(super) store_failed: bool,
-    /// With the sealed-cookie store: this request's jar and the cookie it presented.
+    /// With the sealed-cookie store: the cookie the request presented, and what became of it.
     pub(super) sealed: Option<Box<SealedRequest>>,
     /// The URL carried a token (counted or not).
     pub(super) in_url: bool,
     /// From `resolve` to `load`: the URL's handoff code and its `Referer`'s token.
     pub(super) url: Option<Box<UrlTokens>>,
-}
-
-/// A request's own sealed-cookie jar (see [`Sessions::load_sealed`]).
-pub(super) struct SealedRequest {
-    /// Made by `load`.
-    pub(super) jar: Option<Store>,
-    /// The cookie the request brought: a credential, never printed.
-    pub(super) presented: Option<String>,
-}
-
-impl std::fmt::Debug for SealedRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedRequest")
-            .field("presented", &self.presented.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 /// A client arriving from a sibling host with a handoff code: the token it holds here now.
@@ -134,8 +118,8 @@ impl RequestSession {
     pub(super) fn sealed(mut self, presented: Option<String>) -> RequestSession {
         self.tracking = Tracking::Cookie;
         self.sealed = Some(Box::new(SealedRequest {
-            jar: None,
             presented,
+            value: None,
         }));
         self
     }

@@ -8,14 +8,10 @@
 //! past its timeouts. The newest secret seals; every secret opens (rotation). GCM-SIV because
 //! nonces are random: a repeated nonce would reveal only that two cookies are equal.
 //!
-//! The store works on a [`Jar`]: the cookies clients hold, by id. On the request path a jar
-//! holds the one cookie a request presented, under an id made for that request, and what is
-//! in it afterwards becomes the response's cookie. The trade-off: a session cannot be revoked
-//! before it expires (a copy of the cookie stays valid), except all at once by retiring the
-//! secret that sealed it.
+//! The request path's use of it is in `kept_in_cookies`. The trade-off: a session cannot be
+//! revoked before it expires (a copy of the cookie stays valid), except all at once by
+//! retiring the secret that sealed it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_256_GCM_SIV, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -24,11 +20,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 
-use super::StoreId;
-use super::store::{
-    AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
-    StoreError,
-};
+use super::store::{Change, Limits, Rejected, Session, StoreError};
 
 /// Format version, first byte of every sealed value.
 const VERSION: u8 = 1;
@@ -47,8 +39,6 @@ pub struct Sealer {
     limits: Limits,
     /// A use is sealed into the cookie again only when the last one is older than this.
     touch_after_ms: u64,
-    idle: Duration,
-    absolute: Duration,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -111,8 +101,6 @@ impl Sealer {
             // Within a tenth of the idle timeout, and at least once a minute: the cookie is
             // not set again on every request, and a session idles out at most 10% early.
             touch_after_ms: (idle / 10).min(60_000),
-            idle: options.idle_timeout,
-            absolute: options.absolute_timeout,
         })
     }
 
@@ -176,20 +164,20 @@ impl Sealer {
         None
     }
 
-    /// A jar holding the cookie a request presented (if it opens) under `id`.
-    pub fn jar_for_request(self: &Arc<Self>, id: StoreId, cookie: Option<&str>) -> Jar {
-        let jar = Jar::new(self.clone());
-        if let Some(value) = cookie
-            && self.open(value).is_some()
-        {
-            jar.lock().insert(id, Entry::Sealed(value.to_owned()));
+    /// Notes a use of `session` at `now` if the last one noted is old enough (a tenth of the
+    /// idle timeout, at most a minute): a use goes into the cookie only now and then, not as a
+    /// `Set-Cookie` per request. `true` if it did (the session must be sealed again).
+    pub fn touch(&self, session: &mut Session, now_ms: u64) -> bool {
+        if now_ms.saturating_sub(session.last_seen_ms) < self.touch_after_ms {
+            return false;
         }
-        jar
+        session.last_seen_ms = now_ms;
+        true
     }
 
     /// Applies `changes` one by one: each is checked against the limits, then against the
     /// sealed size; those that would break either are refused.
-    fn apply(&self, session: &mut Session, changes: &[Change]) -> Vec<Rejected> {
+    pub fn apply(&self, session: &mut Session, changes: &[Change]) -> Vec<Rejected> {
         let mut rejected = Vec::new();
         for change in changes {
             let mut next = session.clone();
@@ -211,308 +199,10 @@ impl Sealer {
     }
 }
 
-/// A cookie a client holds, or another id of one (an alias; a regenerated cookie's
-/// predecessor, read-only, for the grace window).
-#[derive(Debug, Clone)]
-enum Entry {
-    Sealed(String),
-    Alias {
-        to: StoreId,
-        until_ms: u64,
-    },
-    /// The cookie as it was before a regenerate, while the one it became is there.
-    Retired {
-        value: String,
-        successor: StoreId,
-        until_ms: u64,
-    },
-    /// A one-time code (not an id: loads through it find nothing).
-    Code {
-        to: StoreId,
-        until_ms: u64,
-    },
-}
-
-/// Sealed sessions by id: the cookies clients hold. The store contract runs on it.
-#[derive(Clone)]
-pub struct Jar {
-    sealer: Arc<Sealer>,
-    entries: Arc<Mutex<HashMap<StoreId, Entry>>>,
-}
-
-impl std::fmt::Debug for Jar {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jar")
-            .field("sealer", &self.sealer)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Jar {
-    /// An empty jar.
-    pub fn new(sealer: Arc<Sealer>) -> Jar {
-        Jar {
-            sealer,
-            entries: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
-
-    /// The sealer.
-    pub fn sealer(&self) -> &Arc<Sealer> {
-        &self.sealer
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StoreId, Entry>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The sealed value (the cookie) of the session under `id`, if any.
-    pub fn cookie(&self, id: &StoreId) -> Option<String> {
-        let entries = self.lock();
-        let own = resolve(&entries, id, super::store::unix_ms())?;
-        match entries.get(&own) {
-            Some(Entry::Sealed(v)) => Some(v.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// The id of the cookie `id` reaches (itself, or the one its live alias names), for a read
-/// or a change; a retired id reaches none.
-fn resolve(entries: &HashMap<StoreId, Entry>, id: &StoreId, now: u64) -> Option<StoreId> {
-    match entries.get(id)? {
-        Entry::Sealed(_) => Some(*id),
-        Entry::Alias { to, until_ms } if *until_ms > now => {
-            matches!(entries.get(to), Some(Entry::Sealed(_))).then_some(*to)
-        }
-        Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
-    }
-}
-
-/// The retired view `id` reaches (itself, or through an alias), while its successor lives.
-fn retired<'a>(entries: &'a HashMap<StoreId, Entry>, id: &StoreId, now: u64) -> Option<&'a str> {
-    let entry = match entries.get(id)? {
-        Entry::Alias { to, until_ms } if *until_ms > now => entries.get(to)?,
-        other => other,
-    };
-    let Entry::Retired {
-        value,
-        successor,
-        until_ms,
-    } = entry
-    else {
-        return None;
-    };
-    let mut next = *successor;
-    for _ in 0..4 {
-        match entries.get(&next) {
-            Some(Entry::Sealed(_)) => return (*until_ms > now).then_some(value.as_str()),
-            Some(Entry::Retired { successor, .. }) => next = *successor,
-            _ => return None,
-        }
-    }
-    None
-}
-
-impl Jar {
-    /// Files `entry(own id of to, expiry)` under `id` for `ttl`; `false` if `to` reaches no
-    /// session.
-    fn point(
-        &self,
-        id: &StoreId,
-        to: &StoreId,
-        ttl: Duration,
-        entry: impl FnOnce(StoreId, u64) -> Entry,
-    ) -> bool {
-        let now = super::store::unix_ms();
-        let mut entries = self.lock();
-        let Some(own) = resolve(&entries, to, now) else {
-            return false;
-        };
-        let until_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(0));
-        entries.insert(*id, entry(own, until_ms));
-        true
-    }
-
-    fn open_at(&self, entries: &HashMap<StoreId, Entry>, own: &StoreId) -> Option<Session> {
-        match entries.get(own) {
-            Some(Entry::Sealed(v)) => self.sealer.open(v),
-            _ => None,
-        }
-    }
-}
-
-impl SessionStore for Jar {
-    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        let mut entries = self.lock();
-        let Some(own) = resolve(&entries, id, now_ms) else {
-            return Ok(retired(&entries, id, now_ms)
-                .and_then(|v| self.sealer.open(v))
-                .map(Session::retired));
-        };
-        let Some(mut session) = self.open_at(&entries, &own) else {
-            return Ok(None);
-        };
-        // A use goes into the cookie only now and then: not a Set-Cookie per request. An
-        // expired session is not revived by a use.
-        if now_ms.saturating_sub(session.last_seen_ms) >= self.sealer.touch_after_ms
-            && !session.expired(now_ms, self.sealer.idle, self.sealer.absolute)
-        {
-            session.last_seen_ms = now_ms;
-            entries.insert(own, Entry::Sealed(self.sealer.seal(&session)?));
-        }
-        Ok(Some(session))
-    }
-
-    async fn update(
-        &self,
-        id: &StoreId,
-        create: Option<SessionKey>,
-        changes: &[Change],
-        now_ms: u64,
-    ) -> Result<Option<Applied>, StoreError> {
-        let mut entries = self.lock();
-        let (own, mut session, created) = match resolve(&entries, id, now_ms) {
-            Some(own) => match self.open_at(&entries, &own) {
-                Some(s) => (own, s, false),
-                None => return Ok(None),
-            },
-            None => match create {
-                Some(key) if !entries.contains_key(id) => (*id, Session::new(key, now_ms), true),
-                _ => return Ok(None),
-            },
-        };
-        let before = session.packed().clone();
-        let rejected = self.sealer.apply(&mut session, changes);
-        // Sealed again only when something changed: every new seal is a new Set-Cookie.
-        if created || *session.packed() != before {
-            session.last_seen_ms = session.last_seen_ms.max(now_ms);
-            entries.insert(own, Entry::Sealed(self.sealer.seal(&session)?));
-        }
-        Ok(Some(Applied {
-            session,
-            rejected,
-            created,
-        }))
-    }
-
-    async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let mut entries = self.lock();
-        if let Some(own) = resolve(&entries, id, super::store::unix_ms()) {
-            entries.remove(&own);
-        }
-        entries.remove(id);
-        Ok(())
-    }
-
-    async fn rename(
-        &self,
-        from: &StoreId,
-        to: &StoreId,
-        grace: Duration,
-    ) -> Result<bool, StoreError> {
-        let now = super::store::unix_ms();
-        let mut entries = self.lock();
-        let Some(own) = resolve(&entries, from, now) else {
-            return Ok(false);
-        };
-        let Some(Entry::Sealed(value)) = entries.remove(&own) else {
-            return Ok(false);
-        };
-        // A new nonce: the new cookie shares nothing visible with the old one.
-        let resealed = match self.sealer.open(&value) {
-            Some(s) => self.sealer.seal(&s)?,
-            None => return Ok(false),
-        };
-        entries.insert(*to, Entry::Sealed(resealed));
-        if !grace.is_zero() {
-            let until_ms = now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(0));
-            entries.insert(
-                own,
-                Entry::Retired {
-                    value,
-                    successor: *to,
-                    until_ms,
-                },
-            );
-        }
-        Ok(true)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
-impl HandoffStore for Jar {
-    async fn alias(
-        &self,
-        alias: &StoreId,
-        to: &StoreId,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        Ok(self.point(alias, to, ttl, |to, until_ms| Entry::Alias { to, until_ms }))
-    }
-    async fn put_code(
-        &self,
-        code: &StoreId,
-        to: &StoreId,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        Ok(self.point(code, to, ttl, |to, until_ms| Entry::Code { to, until_ms }))
-    }
-    async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
-        let now = super::store::unix_ms();
-        let mut entries = self.lock();
-        match entries.get(code) {
-            Some(Entry::Code { to, until_ms }) => {
-                let to = (*until_ms > now).then_some(*to);
-                entries.remove(code);
-                Ok(to)
-            }
-            _ => Ok(None),
-        }
-    }
-}
-
-impl AdminStore for Jar {
-    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
-        let mut entries = self.lock();
-        let doomed: Vec<StoreId> = entries
-            .iter()
-            .filter_map(|(id, e)| match e {
-                Entry::Sealed(v) => self
-                    .sealer
-                    .open(v)
-                    .filter(|s| s.attr(name) == Some(value))
-                    .map(|_| *id),
-                Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
-            })
-            .collect();
-        for id in &doomed {
-            entries.remove(id);
-        }
-        Ok(doomed.len())
-    }
-    async fn find_by_key(
-        &self,
-        key: &SessionKey,
-    ) -> Result<Option<(StoreId, Session)>, StoreError> {
-        let entries = self.lock();
-        Ok(entries.iter().find_map(|(id, e)| match e {
-            Entry::Sealed(v) => self
-                .sealer
-                .open(v)
-                .filter(|s| s.key() == key.as_str())
-                .map(|s| (*id, s)),
-            Entry::Alias { .. } | Entry::Code { .. } | Entry::Retired { .. } => None,
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::store::SessionKey;
 
     fn sealer(secrets: &[&str], max_bytes: usize) -> Sealer {
         Sealer::new(&SealedOptions {

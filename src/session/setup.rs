@@ -6,15 +6,22 @@ use std::time::Duration;
 
 use super::memory::{MemoryOptions, MemoryStore};
 use super::redis::{RedisOptions, RedisStore};
-use super::sealed::{Jar, SealedOptions, Sealer};
-use super::stores::Store;
+use super::sealed::{SealedOptions, Sealer};
+use super::server_store::ServerStore;
 use super::token::SessionKeys;
 use crate::config::{ConfigError, SessionLimits, SessionsConfig, StoreConfig};
 
-/// What sessions stand on: the keys that sign tokens, and the store.
+/// Where sessions are kept: in a server store, or sealed in clients' cookies.
+#[derive(Debug, Clone)]
+pub(super) enum Kept {
+    InStore(ServerStore),
+    InCookies(Arc<Sealer>),
+}
+
+/// What sessions stand on: the keys that sign tokens, and where sessions are kept.
 pub(super) struct Foundation {
     pub(super) keys: Arc<SessionKeys>,
-    pub(super) store: Store,
+    pub(super) kept: Kept,
     /// What the store was built from.
     pub(super) basis: StoreBasis,
 }
@@ -74,12 +81,13 @@ impl Foundation {
         // The sealed store is made from the secrets: built again when they are read again.
         let kept = previous
             .filter(|p| p.basis == basis)
-            .filter(|p| secrets.is_none() || !matches!(p.store, Store::Sealed(_)))
-            .map(|p| p.store.clone());
-        let store = match kept {
-            Some(store) => store,
+            .filter(|p| secrets.is_none() || !matches!(p.kept, Kept::InCookies(_)))
+            .map(|p| p.kept.clone());
+        let kept = match kept {
+            Some(kept) => kept,
             None => {
-                if previous.is_some_and(|p| matches!(p.store, Store::Memory(_))) {
+                if previous.is_some_and(|p| matches!(p.kept, Kept::InStore(ServerStore::Memory(_))))
+                {
                     tracing::warn!(
                         "session store settings changed: a new memory store starts empty, and \
                          the sessions of the old one end"
@@ -104,13 +112,13 @@ impl Foundation {
                 }
             },
         };
-        Ok(Foundation { keys, store, basis })
+        Ok(Foundation { keys, kept, basis })
     }
 }
 
-/// The store a configuration chose (Redis connects on first use); the sealed-cookie store
-/// keys from the session `secrets`.
-fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Result<Store, String> {
+/// Where a configuration keeps sessions (Redis connects on first use); the sealed-cookie
+/// store keys from the session `secrets`.
+fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Result<Kept, String> {
     let store = match &config.store {
         StoreConfig::Cookie { max_bytes } => {
             let sealer = Sealer::new(&SealedOptions {
@@ -121,18 +129,20 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
                 absolute_timeout: config.absolute_timeout,
             })
             .map_err(|e| e.to_string())?;
-            Store::Sealed(Jar::new(Arc::new(sealer)))
+            Kept::InCookies(Arc::new(sealer))
         }
         StoreConfig::Memory {
             max_sessions,
             max_bytes,
-        } => Store::Memory(Box::new(MemoryStore::new(MemoryOptions {
-            max_sessions: *max_sessions,
-            max_bytes: *max_bytes,
-            idle_timeout: config.idle_timeout,
-            absolute_timeout: config.absolute_timeout,
-            limits: config.limits,
-        }))),
+        } => Kept::InStore(ServerStore::Memory(Box::new(MemoryStore::new(
+            MemoryOptions {
+                max_sessions: *max_sessions,
+                max_bytes: *max_bytes,
+                idle_timeout: config.idle_timeout,
+                absolute_timeout: config.absolute_timeout,
+                limits: config.limits,
+            },
+        )))),
         StoreConfig::Redis {
             topology,
             key_prefix,
@@ -141,7 +151,7 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
             near_max,
             serve_stale,
             ca,
-        } => Store::Redis(Box::new(
+        } => Kept::InStore(ServerStore::Redis(Box::new(
             RedisStore::new(RedisOptions {
                 topology: topology.clone(),
                 ca_pem: match ca {
@@ -160,7 +170,7 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
                 serve_stale: *serve_stale,
             })
             .map_err(|e| e.to_string())?,
-        )),
+        ))),
     };
     Ok(store)
 }

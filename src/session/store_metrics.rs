@@ -1,7 +1,6 @@
 //! The metrics of the store operations the request path makes: each one's time, and
 //! whether it failed.
 
-use super::stores::Store;
 use crate::metrics::{Metrics, StoreOpMetrics};
 
 /// The metrics of each store operation the request path makes.
@@ -16,12 +15,7 @@ pub(super) struct StoreOps {
 }
 
 impl StoreOps {
-    pub(super) fn new(metrics: &Metrics, store: &Store) -> StoreOps {
-        let kind = match store {
-            Store::Memory(_) => "memory",
-            Store::Redis(_) => "redis",
-            Store::Sealed(_) => "cookie",
-        };
+    pub(super) fn new(metrics: &Metrics, kind: &'static str) -> StoreOps {
         let op = |name| metrics.store_operation(kind, name);
         StoreOps {
             load: op("load"),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use sessiongate::session::{AdminStore, HandoffStore};
 use sessiongate::session::{
-    Change, Jar, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SealedOptions,
-    Sealer, SessionKey, SessionKeys, SessionStore, StoreId, Token, Topology, unix_ms,
+    Change, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SessionKey, SessionKeys,
+    SessionStore, StoreId, Token, Topology, unix_ms,
 };
 
 /// A store with every part of the contract: the request path's, handoffs and admin queries.
@@ -538,21 +538,6 @@ conformance!(redis_cluster, |setup: Setup| async move {
     RedisStore::connect(redis_options(Topology::Cluster { nodes }, setup))
         .await
         .expect("the test's Redis Cluster")
-});
-
-// Sessions sealed in cookies: the jar stands for the cookies clients hold, and every
-// operation opens and seals them again, as the gateway does with the one cookie a request
-// brings.
-conformance!(sealed_cookie, |setup: Setup| async move {
-    let sealer = Sealer::new(&SealedOptions {
-        secrets: Some(vec![SECRET.as_bytes().to_vec()]),
-        max_bytes: 4000,
-        limits: setup.limits,
-        idle_timeout: setup.idle,
-        absolute_timeout: setup.absolute,
-    })
-    .unwrap();
-    Jar::new(Arc::new(sealer))
 });
 
 #[tokio::test]

@@ -1,41 +1,46 @@
-//! The store a configuration chose: the gateway holds one of these, whatever its kind.
+//! The server store a configuration chose (memory or Redis): one type for either, so that
+//! the request path is not generic over it.
 
 use std::time::Duration;
 
 use super::StoreId;
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
-use super::sealed::Jar;
 use super::store::{
     AdminStore, Applied, Change, HandoffStore, Session, SessionKey, SessionStore, StoreError,
 };
 
-/// One of the stores.
+/// One of the server stores.
 #[derive(Debug, Clone)]
-pub enum Store {
-    /// Sessions in this process (boxed, as the Redis store is: both are large beside the
-    /// sealed store's per-request jar).
+pub enum ServerStore {
+    /// Sessions in this process (boxed, as the Redis store is: both are large).
     Memory(Box<MemoryStore>),
     /// Sessions in Redis, shared by every gateway that uses it (boxed: its client and
     /// scripts are large, and the memory store is the common case).
     Redis(Box<RedisStore>),
-    /// Sessions sealed in clients' cookies: the configured store is an empty jar, and each
-    /// request works on a jar of its own holding the cookie it presented.
-    Sealed(Jar),
+}
+
+impl ServerStore {
+    /// The store's kind, as metrics name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerStore::Memory(_) => "memory",
+            ServerStore::Redis(_) => "redis",
+        }
+    }
 }
 
 /// Runs the same call on whichever store this is.
 macro_rules! each {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
-            Store::Memory($s) => $call.await,
-            Store::Redis($s) => $call.await,
-            Store::Sealed($s) => $call.await,
+            ServerStore::Memory($s) => $call.await,
+            ServerStore::Redis($s) => $call.await,
         }
     };
 }
 
-impl SessionStore for Store {
+impl SessionStore for ServerStore {
     async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
         each!(self, s => s.load(id, now_ms))
     }
@@ -68,7 +73,7 @@ impl SessionStore for Store {
     }
 }
 
-impl HandoffStore for Store {
+impl HandoffStore for ServerStore {
     async fn alias(
         &self,
         alias: &StoreId,
@@ -92,7 +97,7 @@ impl HandoffStore for Store {
     }
 }
 
-impl AdminStore for Store {
+impl AdminStore for ServerStore {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         each!(self, s => s.delete_where(name, value))
     }

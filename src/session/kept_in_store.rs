@@ -1,0 +1,331 @@
+//! Sessions kept in a server store (memory or Redis), found by the request's token: `load`
+//! reads the session (and redeems a sibling's handoff code), `commit` applies the backend's
+//! directives to it — creating it on its first `Set`, giving it a new token on `regenerate`
+//! (the old one reads it as it was, read-only, for the grace), ending it on `destroy`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderMap;
+use http::{Method, StatusCode};
+
+use super::contract::{Directives, Status};
+use super::handoff::Handoffs;
+use super::our_cookies::CookieOut;
+use super::request::{LogoutFailed, RequestInfo, RequestSession};
+use super::server_store::ServerStore;
+use super::store::{Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
+use super::store_metrics::{StoreOps, timed};
+use super::token::{SessionKeys, StoreId, Token};
+use super::tracking::Source;
+use crate::metrics::{Metrics, SessionEvent};
+
+/// Sessions in a server store.
+pub(super) struct KeptInStore {
+    store: ServerStore,
+    keys: Arc<SessionKeys>,
+    ops: StoreOps,
+    metrics: Arc<Metrics>,
+    idle: Duration,
+    absolute: Duration,
+    /// How long a regenerated session's old token reads it.
+    grace: Duration,
+    handoffs: Handoffs,
+}
+
+impl KeptInStore {
+    /// Sessions in `store`, tokens signed with `keys`; `(idle, absolute, grace)` from the
+    /// configuration.
+    pub(super) fn new(
+        store: ServerStore,
+        keys: Arc<SessionKeys>,
+        metrics: &Arc<Metrics>,
+        (idle, absolute, grace): (Duration, Duration, Duration),
+    ) -> KeptInStore {
+        let ops = StoreOps::new(metrics, store.kind());
+        let handoffs = Handoffs::new(&store, &keys, absolute, &ops);
+        KeptInStore {
+            store,
+            keys,
+            ops,
+            metrics: metrics.clone(),
+            idle,
+            absolute,
+            grace,
+            handoffs,
+        }
+    }
+
+    /// The store.
+    pub(super) fn store(&self) -> &ServerStore {
+        &self.store
+    }
+
+    /// Handoffs to and from sibling hosts, through the store.
+    pub(super) fn handoffs(&self) -> &Handoffs {
+        &self.handoffs
+    }
+
+    /// The `load` phase for a stored session: the session of the token `resolve` chose,
+    /// loaded and judged against the timeouts; a URL token whose page's URL carried another
+    /// session's is refused; a URL token that does not count is marked for a clean redirect;
+    /// a sibling's handoff code is redeemed.
+    pub(super) async fn load(
+        &self,
+        rs: &mut RequestSession,
+        headers: &HeaderMap,
+        info: &RequestInfo<'_>,
+    ) {
+        let (handoff, referer) = match rs.url.take() {
+            Some(u) => (u.handoff, u.referer),
+            None => (None, None),
+        };
+        let now = unix_ms();
+        let (status, session) = match &rs.token {
+            None => (Status::None, None),
+            Some(t) => match timed!(self.ops.load, self.store.load(&t.store_id(), now)) {
+                Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
+                    (Status::Active, Some(s))
+                }
+                Ok(_) => {
+                    self.metrics.session(SessionEvent::Expired);
+                    (Status::Expired, None)
+                }
+                Err(e) => {
+                    tracing::warn!(session = %t, error = %e, "session store failed");
+                    rs.store_failed = true;
+                    (Status::None, None)
+                }
+            },
+        };
+        // A URL token from one of our pages whose own URL carried another token, of another
+        // session (a login renews the token, not the session), was put in the link by
+        // someone else (a comment, an upload): the client does not take it.
+        let (status, session) = match (&session, rs.source, referer.as_deref()) {
+            (Some(s), Source::Url, Some(referer))
+                if !self
+                    .same_session_as(referer, rs.token.as_ref(), s, now)
+                    .await =>
+            {
+                tracing::debug!("a URL token unlike its Referer's: refused");
+                rs.token = None;
+                rs.source = Source::None;
+                (Status::None, None)
+            }
+            _ => (status, session),
+        };
+        (rs.status, rs.session) = (status, session);
+        // A URL whose token does not count here (the client holds its session in the
+        // cookie; or the token is refused: the route does not track by URL, another site
+        // wrote the link, the client keeps cookies, the token is not ours) is left for the
+        // same URL without it, so that no page is shown at an address that names a token the
+        // client does not hold, which a copy, a bookmark or the next link's Referer would
+        // carry on. Another method cannot be redirected: its response sends no Referer.
+        rs.url_token_ignored = rs.in_url && rs.source != Source::Url;
+        rs.clean_redirect =
+            rs.url_token_ignored && matches!(*info.method, Method::GET | Method::HEAD);
+        // A sibling host's handoff: answered by the proxy, never by the backend.
+        rs.arrival = match handoff {
+            Some(code) if !rs.store_failed => {
+                let live = rs
+                    .token
+                    .as_ref()
+                    .filter(|_| rs.session.is_some())
+                    .map(|t| (t.clone(), rs.source == Source::Url));
+                self.handoffs
+                    .hand_in(&code, headers, info.method, info.share_with, live)
+                    .await
+            }
+            _ => None,
+        };
+    }
+
+    /// Whether the token in a page's URL (`referer`, as written) reaches the same session `s`
+    /// as `token` (itself, or a token of it from before a regenerate); `true` when it is no
+    /// token at all, or one whose session is gone (nothing to take over: a client whose
+    /// session expired logs in again from its stale pages).
+    async fn same_session_as(
+        &self,
+        referer: &str,
+        token: Option<&Token>,
+        s: &Session,
+        now: u64,
+    ) -> bool {
+        let Ok(theirs) = Token::parse(referer, &self.keys) else {
+            return true;
+        };
+        if Some(&theirs) == token {
+            return true;
+        }
+        match timed!(self.ops.load, self.store.load(&theirs.store_id(), now)) {
+            Ok(Some(other)) => other.key() == s.key(),
+            Ok(None) => true,
+            // Fail closed: the request goes on without the URL's token.
+            Err(_) => false,
+        }
+    }
+
+    /// The `commit` phase for a stored session: the directives `d` (taken out of a response
+    /// with `status`) applied to the session in the store; returns the token of the session
+    /// the client holds afterwards. Cookies for new tokens go out through `cookie` (unless
+    /// the token travels in URLs).
+    ///
+    /// # Errors
+    /// A logout the store could not make (see [`LogoutFailed`]).
+    pub(super) async fn commit(
+        &self,
+        rs: RequestSession,
+        d: &Directives,
+        status: StatusCode,
+        headers: &mut HeaderMap,
+        cookie: &CookieOut<'_>,
+    ) -> Result<Option<Token>, LogoutFailed> {
+        let store = &self.store;
+        // The token of a live session, or one whose session has expired.
+        let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
+        let (live, expired) = match (rs.token, rs.session.is_some()) {
+            (Some(t), true) => (Some(t), None),
+            (t, _) => (None, t),
+        };
+        if d.is_empty() {
+            return Ok(live);
+        }
+        if status.is_server_error() {
+            tracing::debug!(%status, "session directives of a 5xx response not applied");
+            return Ok(live);
+        }
+        if read_only && !d.destroy {
+            // A token a regenerate retired (perhaps a fixated one, in an attacker's hands):
+            // it reads the session as it was, and changes nothing. Its logout ends only its
+            // own view (below).
+            self.metrics.session(SessionEvent::DirectiveRejected);
+            tracing::warn!(session = %live.as_ref().map_or_else(String::new, Token::to_string), "session directives through a token retired by a regenerate: ignored");
+            return Ok(live);
+        }
+        let now = unix_ms();
+        if d.destroy {
+            let presented = live.as_ref().or(expired.as_ref());
+            if let Some(t) = presented {
+                match timed!(self.ops.delete, store.delete(&t.store_id())) {
+                    Ok(()) => self.metrics.session(SessionEvent::Destroyed),
+                    Err(e) => {
+                        // The session lives on in the store: the client must not be told it
+                        // logged out (its cookie kept, a stolen copy would go on working).
+                        tracing::warn!(session = %t, error = %e, "session delete failed: the logout is refused");
+                        return Err(LogoutFailed);
+                    }
+                }
+            }
+            if presented.is_some() {
+                cookie.set(headers, None);
+            }
+            return Ok(None);
+        }
+        match live {
+            Some(token) => {
+                // A regenerate comes first: the old token's view (read-only, for the grace) is
+                // the session as it was before this response, never the login it carries.
+                let token = if d.regenerate {
+                    let Some(token) = self.regenerate(token, headers, cookie).await else {
+                        return Ok(None);
+                    };
+                    token
+                } else {
+                    token
+                };
+                if !d.changes.is_empty() {
+                    self.update(&token.store_id(), None, &d.changes, now, &token)
+                        .await;
+                }
+                Ok(Some(token))
+            }
+            None => {
+                // No live session: only a write creates one (bots and health checks never do).
+                if !d.changes.iter().any(|c| matches!(c, Change::Set(..))) {
+                    return Ok(None);
+                }
+                if let Some(old) = &expired {
+                    // Expired: clear what is left of it.
+                    let _ = timed!(self.ops.delete, store.delete(&old.store_id()));
+                }
+                let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate())
+                else {
+                    tracing::warn!("no randomness: session not created");
+                    return Ok(None);
+                };
+                if !self
+                    .update(&fresh.store_id(), Some(key), &d.changes, now, &fresh)
+                    .await
+                {
+                    return Ok(None);
+                }
+                self.metrics.session(SessionEvent::Created);
+                cookie.set(headers, Some(&fresh));
+                Ok(Some(fresh))
+            }
+        }
+    }
+
+    /// Gives the session of `token` a new token (the old one is retired: read-only for the
+    /// grace); the token the client holds afterwards. `None` if the session is gone, or if it
+    /// could not be regenerated: then it is ended rather than kept under the old token (a
+    /// login applied to a token that someone else may hold is a fixation), and the client
+    /// logs in again.
+    async fn regenerate(
+        &self,
+        token: Token,
+        headers: &mut HeaderMap,
+        cookie: &CookieOut<'_>,
+    ) -> Option<Token> {
+        let store = &self.store;
+        let renamed = match Token::generate(&self.keys) {
+            Ok(fresh) => timed!(
+                self.ops.rename,
+                store.rename(&token.store_id(), &fresh.store_id(), self.grace)
+            )
+            .map(|moved| moved.then_some(fresh)),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+        };
+        match renamed {
+            Ok(Some(fresh)) => {
+                self.metrics.session(SessionEvent::Regenerated);
+                cookie.set(headers, Some(&fresh));
+                Some(fresh)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(session = %token, error = %e, "regenerate failed: the session is ended, its changes not applied");
+                if let Err(e) = timed!(self.ops.delete, store.delete(&token.store_id())) {
+                    tracing::warn!(session = %token, error = %e, "session delete failed");
+                }
+                cookie.set(headers, None);
+                None
+            }
+        }
+    }
+
+    /// Applies changes; `true` if the session exists afterwards.
+    async fn update(
+        &self,
+        id: &StoreId,
+        create: Option<SessionKey>,
+        changes: &[Change],
+        now: u64,
+        token: &Token,
+    ) -> bool {
+        match timed!(self.ops.update, self.store.update(id, create, changes, now)) {
+            Ok(Some(applied)) => {
+                for r in &applied.rejected {
+                    self.metrics.session(SessionEvent::DirectiveRejected);
+                    tracing::warn!(session = %token, attribute = %r.name, limit = r.reason, "session change over a limit ignored");
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(session = %token, error = %e, "session update failed");
+                false
+            }
+        }
+    }
+}
