@@ -5,6 +5,9 @@
 //! request path counts is resolved once per route, listener or upstream into plain handles
 //! (an atomic add each); what other parts already know (server health, store sizes, near
 //! cache hits) is read when `/metrics` is scraped.
+//!
+//! Why one file of this length: every metric's name, help text and labels are here, so that
+//! "what does this count, and where" has one place to look.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};

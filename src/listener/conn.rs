@@ -12,6 +12,10 @@
 //!   the client's flow control keeps out;
 //! - **idle** (HTTP/2): no byte either way;
 //! - **abuse** (HTTP/2): requests the client mostly cancels before their answer.
+//!
+//! Why one file of this length: the marks, the budgets and the watchdog that reads them are
+//! one state machine; split, each part would reach into the others' fields, and a reader
+//! checking that every limit ends the connection would have to hold several files at once.
 
 use std::convert::Infallible;
 use std::future::Future;

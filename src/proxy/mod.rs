@@ -6,8 +6,8 @@
 //! `resolve`, `load` and `commit` hand the request to the session facade; `rewrite` to
 //! `url_tracking`. "Downstream" is the client side, "upstream" the backend side.
 //!
-//! - `phases`: the phase functions, and the request's `Exchange` that carries what one phase
-//!   finds out to the next;
+//! - `phases`: the phase functions; `exchange`: the request's `Exchange`, which carries what
+//!   one phase finds out to the next;
 //! - `downstream`: the client's request head checked, its target for the backend, and the
 //!   answers the gateway makes itself; `headers`: header operations;
 //! - `send`: the upstream request's parts (the headers made safe, one attempt's request);
@@ -18,6 +18,7 @@
 mod body;
 mod downstream;
 mod error;
+mod exchange;
 mod headers;
 mod phases;
 mod send;

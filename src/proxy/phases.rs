@@ -8,71 +8,19 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::response;
-use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use super::body::{LogSlot, ResponseBody};
 use super::downstream::{error_response, host_str, upstream_target};
+use super::exchange::{Answer, Exchange};
 use super::url_tracking::{self, ClientUrl};
 use super::{ConnInfo, Proxy, ProxyError, headers, send, upgrade};
-use crate::routing::{Route, host_name, normalize_path};
+use crate::routing::{host_name, normalize_path};
+use crate::session::RequestInfo;
 use crate::session::url::UrlTokens;
-use crate::session::{Held, RequestInfo, RequestSession};
-use crate::upstream::{Lease, Pool, RequestBody, UpstreamError};
-
-/// One request on its way through the phases: what each phase found out for the next.
-pub(super) struct Exchange<'a> {
-    conn: &'a ConnInfo,
-    /// The request's metrics and access-log record; taken by the response that ends it.
-    log: &'a mut LogSlot,
-    route: &'a Route,
-    pool: &'a Pool,
-    /// The request target the backend gets.
-    target: PathAndQuery,
-    /// What the client's header names include (one scan).
-    found: headers::Found,
-    /// The protocol of an upgrade the route allows, and the client's side of it.
-    upgrade: Option<HeaderValue>,
-    downstream_upgrade: Option<OnUpgrade>,
-    /// The client came through a trusted proxy: its `X-Forwarded-*` count.
-    trusted: bool,
-    /// The client's URL as its browser sees it, when links or origins matter (see
-    /// [`url_tracking::wants_client_url`]).
-    client: Option<Box<ClientUrl>>,
-    /// The request's URL carried a token (or a handoff code).
-    url_carried_token: bool,
-    /// The client will render the response as a document (see [`url_tracking::as_document`]).
-    as_document: bool,
-    /// A `HEAD` request: its response has no body.
-    head_only: bool,
-    /// The response's links must be scrubbed of tokens someone else put there.
-    scrub: bool,
-    /// An HTML page in the response will be rewritten: the backend is asked for it
-    /// uncompressed.
-    rewrites: bool,
-    /// The route's session: boxed, as it lives across the upstream exchange, and inline it
-    /// would grow (and so copy) the request future of every route, with sessions or without.
-    session: Option<Box<RequestSession>>,
-    /// The token the client holds after `commit`, and how it carries it.
-    held: Option<Held>,
-}
-
-impl Exchange<'_> {
-    /// The request is on a route with sessions (from `resolve` to `commit`).
-    pub(super) fn has_session(&self) -> bool {
-        self.session.is_some()
-    }
-}
-
-/// The backend's answer, from `upstream_response` on.
-pub(super) struct Answer {
-    head: response::Parts,
-    body: Incoming,
-    lease: Lease,
-}
+use crate::upstream::{Lease, RequestBody, UpstreamError};
 
 impl Proxy {
     /// `route`: the route for the host and normalized path (404), its pool, the target the

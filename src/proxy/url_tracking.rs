@@ -2,6 +2,10 @@
 //! response's redirect headers and, for an HTML page, into its same-origin links as the page
 //! streams through; and a response whose URL carries a token (or whose links will) is kept
 //! out of shared caches and from sending its URL to other sites.
+//!
+//! Why one file of this length: when the client's URL counts, how its responses are tagged
+//! and guarded, and the redirects the gateway makes itself for it are one policy, read
+//! together when judging what a token in a URL can leak.
 
 use std::sync::Arc;
 

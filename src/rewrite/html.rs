@@ -1,6 +1,10 @@
 //! Streaming HTML rewriting: each chunk of a page goes through lol_html as it arrives and comes
 //! out with the token added to its same-origin links; the page is never held whole, and the
 //! rewriter's memory is bounded (past the bound it passes the rest through unchanged).
+//!
+//! Why one file of this length: a page's handlers and the documents inside it (`srcdoc`,
+//! `<noscript>`) share one tagger and one memory bound, and what a browser will see of a page
+//! is audited in one place; a third of it is tests.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
