@@ -6,6 +6,7 @@
 //! expiry refresh are atomic: two gateways setting different attributes of one session both
 //! keep theirs.
 
+mod admin;
 mod batch;
 mod circuit;
 mod conn;
@@ -31,8 +32,8 @@ use pending::{Pending, PendingWrite};
 
 use super::StoreId;
 use super::store::{
-    AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
-    StoreError, TOUCH_EVERY_MS,
+    Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore, StoreError,
+    TOUCH_EVERY_MS,
 };
 use crate::deadline::{Elapsed, TimerPool};
 use crate::metrics::Tally;
@@ -141,9 +142,6 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 fn timed_out(e: impl std::fmt::Display) -> StoreError {
     StoreError::TimedOut(format!("redis: {e}"))
 }
-
-/// An admin scan's time, in operation timeouts.
-const ADMIN_SCAN_TIMEOUTS: u32 = 10;
 
 /// How often a store sets its marker again (see [`RedisStore::mark`]).
 const MARK_EVERY_MS: u64 = 24 * 3600 * 1000;
@@ -835,24 +833,6 @@ impl RedisStore {
         Ok(true)
     }
 
-    /// Every session hash key (a scan of every master: the admin API's, not a request path's).
-    async fn session_keys(&self) -> Result<Vec<String>, StoreError> {
-        let pattern = format!("{}s:*", self.prefix);
-        // A scan of a large keyspace may take longer than one operation: it gets more time,
-        // and running out of it says nothing of whether Redis answers (no circuit trip).
-        match self
-            .timers
-            .within(
-                self.op_timeout * ADMIN_SCAN_TIMEOUTS,
-                self.connector.scan(&pattern),
-            )
-            .await
-        {
-            Ok(r) => r.map_err(failed),
-            Err(_) => Err(timed_out("the key scan took too long")),
-        }
-    }
-
     /// Reads the session under `id` from Redis (following an alias once), keeping a copy
     /// near when it was reached by its own id.
     async fn load_from_redis(
@@ -1331,58 +1311,5 @@ impl HandoffStore for RedisStore {
             .timed(redis::cmd("GETDEL").arg(&key).query_async(&mut conn))
             .await?;
         Ok(to.as_deref().and_then(parse_hex).map(StoreId::from_bytes))
-    }
-}
-
-impl AdminStore for RedisStore {
-    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
-        if self.circuit.is_open() {
-            return Err(down());
-        }
-        let mut conn = self.conn().await?;
-        let field = format!("a:{name}");
-        let mut deleted = 0;
-        for key in self.session_keys().await? {
-            let v: Option<String> = self.timed(conn.hget(&key, &field)).await?;
-            let id = scripts::id_of(&self.prefix, &key).and_then(parse_hex);
-            if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
-                // Through the delete script, so that other gateways drop their copies.
-                self.delete(&StoreId::from_bytes(id)).await?;
-                deleted += 1;
-            }
-        }
-        Ok(deleted)
-    }
-    async fn find_by_key(
-        &self,
-        key: &SessionKey,
-    ) -> Result<Option<(StoreId, Session)>, StoreError> {
-        if self.circuit.is_open() {
-            return Err(down());
-        }
-        let mut conn = self.conn().await?;
-        for hash_key in self.session_keys().await? {
-            let (k, renamed): (Option<String>, Option<String>) = self
-                .timed(
-                    redis::cmd("HMGET")
-                        .arg(&hash_key)
-                        .arg("k")
-                        .arg("r")
-                        .query_async(&mut conn),
-                )
-                .await?;
-            if k.as_deref() != Some(key.as_str()) || renamed.is_some() {
-                continue;
-            }
-            let Some(id) = scripts::id_of(&self.prefix, &hash_key)
-                .and_then(parse_hex)
-                .map(StoreId::from_bytes)
-            else {
-                continue;
-            };
-            let hash: Vec<Value> = self.timed(conn.hgetall(&hash_key)).await?;
-            return Ok(self.session(&hash).map(|s| (id, s)));
-        }
-        Ok(None)
     }
 }
