@@ -7,27 +7,39 @@
 mod admin;
 mod error;
 mod limits;
+mod listeners;
 mod logs;
 mod node;
 mod parse;
 mod reader;
+mod routes;
+mod rules;
 mod sessions;
+#[cfg(test)]
+mod testing;
 mod timeouts;
+mod trusted;
+mod upstreams;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 pub use admin::AdminConfig;
 pub use error::{ConfigError, Problem};
 pub use limits::Limits;
+pub use listeners::{
+    CertificateConfig, Hsts, HttpsRedirect, ListenerConfig, TlsConfig, TlsVersion,
+};
 pub use logs::{LogFormat, Logs};
 pub use node::Pos;
+pub use routes::{HostMatch, RouteConfig};
 pub use sessions::{
     CookieConfig, DEFAULT_LINKS, RedisTopology, RouteSession, SameSite, Secure, SessionLimits,
     SessionsConfig, StoreConfig, Tracking, valid_attribute_name,
 };
 pub use timeouts::Timeouts;
+pub use upstreams::{
+    ActiveHealth, Balance, PassiveHealth, ServerConfig, UpstreamConfig, UpstreamTls,
+};
 
 /// A complete, validated gateway configuration.
 #[derive(Debug, Clone)]
@@ -115,209 +127,4 @@ impl Config {
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| u.name == name)
     }
-}
-
-/// A client-facing listener.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    /// Unique name, used in logs.
-    pub name: String,
-    /// Address to bind (port 0 picks a free port).
-    pub bind: SocketAddr,
-    /// TLS termination settings; `None` for plain HTTP.
-    pub tls: Option<TlsConfig>,
-    /// On a plain listener: answer every request with a 308 to the same URL over HTTPS.
-    pub redirect_to_https: Option<HttpsRedirect>,
-    /// Read a PROXY protocol header (v1 or v2) from peers in `trusted_proxies`: the client's
-    /// address survives an L4 balancer. Any other peer that sends one is refused.
-    pub proxy_protocol: bool,
-}
-
-/// Where a plain listener redirects to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpsRedirect {
-    /// The HTTPS port to put in `Location` (omitted when 443).
-    pub port: u16,
-}
-
-/// TLS settings of a listener.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// Certificates, chosen by SNI; the first is the default.
-    pub certificates: Vec<CertificateConfig>,
-    /// Lowest protocol version accepted.
-    pub min_version: TlsVersion,
-    /// How long a client may take to finish the handshake.
-    pub handshake_timeout: Duration,
-    /// `Strict-Transport-Security` to add to every response, if any.
-    pub hsts: Option<Hsts>,
-}
-
-/// A certificate chain and its private key, as PEM files.
-#[derive(Debug, Clone)]
-pub struct CertificateConfig {
-    /// PEM file with the leaf certificate first, then intermediates.
-    pub cert: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    pub key: PathBuf,
-    /// Where the entry was written, for errors found when the files are loaded.
-    pub pos: Pos,
-    /// The entry's key path, for errors found when the files are loaded.
-    pub path: String,
-}
-
-/// A TLS protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TlsVersion {
-    /// TLS 1.2
-    Tls12,
-    /// TLS 1.3
-    Tls13,
-}
-
-/// HTTP Strict Transport Security settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hsts {
-    /// `max-age`.
-    pub max_age: Duration,
-    /// Adds `includeSubDomains`.
-    pub include_subdomains: bool,
-    /// Adds `preload`.
-    pub preload: bool,
-}
-
-impl Hsts {
-    /// The header value.
-    pub fn header_value(&self) -> String {
-        let mut v = format!("max-age={}", self.max_age.as_secs());
-        if self.include_subdomains {
-            v.push_str("; includeSubDomains");
-        }
-        if self.preload {
-            v.push_str("; preload");
-        }
-        v
-    }
-}
-
-/// A pool of backend servers.
-#[derive(Debug, Clone)]
-pub struct UpstreamConfig {
-    /// Name that routes refer to.
-    pub name: String,
-    /// The servers.
-    pub servers: Vec<ServerConfig>,
-    /// How a server is chosen.
-    pub balance: Balance,
-    /// Time to establish a TCP (and TLS) connection to a server (504 beyond it).
-    pub connect_timeout: Duration,
-    /// Time from sending the request to receiving the response head (504 beyond it).
-    pub response_timeout: Duration,
-    /// How many other servers to try when one fails (only when the retry is safe).
-    pub retries: u32,
-    /// Passive health: ejection after consecutive failures.
-    pub passive: PassiveHealth,
-    /// Active health checks, if configured.
-    pub health: Option<ActiveHealth>,
-    /// Idle keep-alive connections kept per server.
-    pub max_idle_per_server: usize,
-    /// How long an idle upstream connection is kept.
-    pub idle_timeout: Duration,
-    /// TLS settings for `https` servers.
-    pub tls: UpstreamTls,
-}
-
-/// How the gateway verifies `https` backends.
-#[derive(Debug, Clone, Default)]
-pub struct UpstreamTls {
-    /// PEM file of the CA certificates to trust instead of the public web roots (an internal CA).
-    pub ca: Option<PathBuf>,
-    /// The name to send (SNI) and verify, when it differs from the host in the server URL
-    /// (e.g. servers listed by IP address).
-    pub server_name: Option<String>,
-    /// Where the `tls` section was written, for errors found when the CA file is loaded.
-    pub pos: Pos,
-    /// The section's key path.
-    pub path: String,
-}
-
-/// One backend server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerConfig {
-    /// `http` or `https`.
-    pub scheme: http::uri::Scheme,
-    /// `host:port`.
-    pub authority: http::uri::Authority,
-    /// Relative share of requests.
-    pub weight: u32,
-}
-
-/// How a server is picked from a pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    /// Weighted round robin.
-    RoundRobin,
-    /// The server with the fewest requests in flight, relative to its weight.
-    LeastConnections,
-    /// The same server for the same session (rendezvous hashing on the session key, so that
-    /// every gateway picks alike), the next one by the hash while it is unavailable; round
-    /// robin for requests without a session.
-    SessionAffinity,
-}
-
-/// Passive health: a server that fails `max_failures` times in a row is ejected for `eject_for`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PassiveHealth {
-    /// Consecutive connection failures or timeouts before ejection (0 disables).
-    pub max_failures: u32,
-    /// How long an ejected server gets no traffic.
-    pub eject_for: Duration,
-}
-
-/// Active health checks: a `GET` of `path` on every server every `interval`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveHealth {
-    /// Path to request; a 2xx or 3xx answer counts as healthy.
-    pub path: String,
-    /// Time between checks.
-    pub interval: Duration,
-    /// Time a check may take.
-    pub timeout: Duration,
-    /// Consecutive failed checks before a server is marked down.
-    pub fails: u32,
-    /// Consecutive passed checks before a down server is marked up.
-    pub passes: u32,
-}
-
-/// A route: which requests go to which upstream pool.
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// Unique name, used in logs.
-    pub name: String,
-    /// Host to match.
-    pub host: HostMatch,
-    /// Path prefix to match, on segment boundaries (`/api` matches `/api/x`, not `/apix`).
-    pub path_prefix: String,
-    /// The upstream pool's name.
-    pub upstream: String,
-    /// Remove `path_prefix` from the path sent upstream.
-    pub strip_prefix: bool,
-    /// Request body limit for this route (defaults to `limits.max_body_bytes`).
-    pub max_body_bytes: u64,
-    /// Protocols a client may upgrade to on this route (lower case; `websocket` by default).
-    /// Any other `Upgrade` is dropped, and the request goes on as a plain one.
-    pub upgrades: Vec<String>,
-    /// The route's sessions: `None` when off (`session: off`, or no `sessions:` section).
-    pub session: Option<RouteSession>,
-}
-
-/// How a route matches the request's host.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum HostMatch {
-    /// Any host (`"*"`).
-    Any,
-    /// Exactly this host (lower case, no port).
-    Exact(String),
-    /// Any subdomain of this suffix: `*.example.com` is stored as `.example.com`.
-    Suffix(String),
 }

@@ -344,6 +344,24 @@ pub(crate) fn list<'a>(node: &'a Node, path: &str, p: &mut Problems) -> Option<&
     }
 }
 
+/// Reads a URL path starting with `/` (a health check's path, a route's path prefix).
+pub(crate) fn absolute_path(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
+    let s = string(node, path, p)?;
+    if !s.starts_with('/') || s.contains(char::is_whitespace) {
+        p.push(
+            node.pos,
+            path,
+            format!("{s:?} must be a path starting with /"),
+        );
+        return None;
+    }
+    if s.parse::<http::uri::PathAndQuery>().is_err() {
+        p.push(node.pos, path, format!("{s:?} is not a valid URL path"));
+        return None;
+    }
+    Some(s)
+}
+
 /// Replaces `${NAME}` and `${NAME:-default}` in every string of the tree; `$$` is a literal `$`.
 /// Runs on the tree (not the raw text) so that positions in error messages stay exact.
 pub(crate) fn interpolate_env(
