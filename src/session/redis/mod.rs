@@ -19,15 +19,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use moka::future::Cache;
 use redis::{AsyncCommands, Script, Value};
-use rustc_hash::FxBuildHasher;
 
 use batch::Batcher;
 use circuit::Circuit;
 pub use conn::Topology;
 use conn::{Conn, Connector};
-use near::{Epoch, Listener, Near, NearCopy};
+use near::{NearCache, NearCopy};
 use pending::{Pending, PendingWrite};
 
 use super::StoreId;
@@ -36,7 +34,6 @@ use super::store::{
     TOUCH_EVERY_MS,
 };
 use crate::deadline::{Elapsed, TimerPool};
-use crate::metrics::Tally;
 
 /// Settings of the Redis store.
 #[derive(Debug, Clone)]
@@ -76,13 +73,7 @@ pub struct RedisStore {
     /// meant for different nodes).
     batch: Option<Arc<Batcher>>,
     /// Recent sessions, by their own id (not an alias's), if the near cache is on.
-    near: Option<Near>,
-    /// The near cache's invalidation listener: started with the connection, stopped when the
-    /// last clone of the store goes.
-    listener: Arc<Listener>,
-    /// Counts invalidations (any gateway's, this one's): a read keeps a near copy only if
-    /// none came while it was in flight.
-    epoch: Epoch,
+    near: Option<NearCache>,
     /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
     pending: Option<Arc<Pending>>,
     /// Open while Redis does not answer: requests do not ask it (see [`circuit`]).
@@ -104,9 +95,6 @@ pub struct RedisStore {
     op_timeout: Duration,
     /// Timers for the operation timeout: a met deadline registers none (see `deadline`).
     timers: Arc<TimerPool>,
-    /// Reads the near cache served, and those it could not (for metrics).
-    near_hits: Arc<Tally>,
-    near_misses: Arc<Tally>,
     load: Script,
     update: Script,
     delete: Script,
@@ -256,21 +244,11 @@ impl RedisStore {
         } else {
             options.near_ttl
         };
-        let near = (!options.near_ttl.is_zero()).then(|| {
-            Cache::builder()
-                .max_capacity(options.near_max)
-                // Least recently used goes first, and a new copy is always kept (see the
-                // memory store: moka's default admission refuses newcomers to a full cache).
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .time_to_live(keep)
-                .build_with_hasher(FxBuildHasher)
-        });
+        let near = (!options.near_ttl.is_zero()).then(|| NearCache::new(options.near_max, keep));
         Ok(RedisStore {
             batch: (!connector.is_cluster()).then(|| Arc::new(Batcher::new(options.op_timeout))),
             connector: Arc::new(connector),
             near,
-            listener: Arc::new(Listener::default()),
-            epoch: Epoch::default(),
             pending: (options.serve_stale && !options.near_ttl.is_zero())
                 .then(|| Arc::new(Pending::default())),
             circuit: Arc::default(),
@@ -284,8 +262,6 @@ impl RedisStore {
             limits: options.limits,
             op_timeout: options.op_timeout,
             timers: Arc::new(TimerPool::default()),
-            near_hits: Arc::default(),
-            near_misses: Arc::default(),
             load: scripts::script(scripts::LOAD),
             update: scripts::script(scripts::UPDATE),
             delete: scripts::script(scripts::DELETE),
@@ -301,9 +277,7 @@ impl RedisStore {
 
     /// Reads the near cache served, and reads it sent to Redis; `None` without a near cache.
     pub fn near_cache_stats(&self) -> Option<(u64, u64)> {
-        self.near
-            .as_ref()
-            .map(|_| (self.near_hits.get(), self.near_misses.get()))
+        self.near.as_ref().map(NearCache::stats)
     }
 
     /// A store for `options`, connected now.
@@ -323,16 +297,8 @@ impl RedisStore {
         if super::store::unix_ms().saturating_sub(marked) > MARK_EVERY_MS {
             self.mark(&conn).await;
         }
-        // Checked first: the arguments are clones, and this runs on every operation.
-        if let Some(near) = &self.near
-            && !self.listener.is_started()
-        {
-            self.listener.start(
-                self.connector.clone(),
-                self.channel.clone(),
-                (near.clone(), self.epoch.clone()),
-                self.pending.is_some(),
-            );
+        if let Some(near) = &self.near {
+            near.listen(&self.connector, &self.channel, self.pending.is_some());
         }
         Ok(conn)
     }
@@ -730,8 +696,7 @@ impl RedisStore {
     /// in flight meanwhile keeps no copy either (see [`Epoch`]).
     async fn forget(&self, id: &StoreId) {
         if let Some(near) = &self.near {
-            self.epoch.bump(id);
-            near.invalidate(id).await;
+            near.forget(id).await;
         }
     }
 
@@ -840,7 +805,7 @@ impl RedisStore {
         id: &StoreId,
         now_ms: u64,
     ) -> Result<Option<Session>, StoreError> {
-        let epoch = self.epoch.now(id);
+        let epoch = self.near.as_ref().map(|n| n.epoch(id));
         let mut target = hex(id);
         for hop in 0..2 {
             // The common case needs no script: see `read`.
@@ -896,7 +861,7 @@ impl RedisStore {
             // And only if no invalidation came while it was read: the copy could be of a
             // session that was changed, regenerated or ended meanwhile.
             if let (Some(near), Some(s), 0) = (&self.near, &session, hop)
-                && self.epoch.now(id) == epoch
+                && Some(near.epoch(id)) == epoch
             {
                 let expires_ms = now_ms.saturating_add(read.ttl_ms);
                 near.insert(*id, NearCopy::new(s.clone(), expires_ms)).await;
@@ -1089,7 +1054,7 @@ impl SessionStore for RedisStore {
                 if let Some(near) = &self.near
                     && let Some(copy) = near.get(id).await
                 {
-                    self.near_hits.inc();
+                    near.hit();
                     return Ok(Some(copy.session));
                 }
                 // Written during the outage, its copy since dropped (the invalidation
@@ -1113,13 +1078,13 @@ impl SessionStore for RedisStore {
                     .refreshing
                     .swap(true, std::sync::atomic::Ordering::AcqRel)
             {
-                self.near_hits.inc();
+                near.hit();
                 return Ok(Some(copy.session));
             }
             refreshing = Some(copy.refreshing);
         }
-        if self.near.is_some() {
-            self.near_misses.inc();
+        if let Some(near) = &self.near {
+            near.miss();
         }
         let found = self.load_from_redis(id, now_ms).await;
         if let Some(flag) = refreshing {
@@ -1139,7 +1104,7 @@ impl SessionStore for RedisStore {
                             .await
                             .is_some_and(|c| Arc::ptr_eq(&c.refreshing, &flag))
                     {
-                        near.invalidate(id).await;
+                        near.drop_copy(id).await;
                     }
                 }
             }
