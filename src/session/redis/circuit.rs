@@ -23,6 +23,9 @@ pub(super) struct Circuit {
     draining: AtomicBool,
     /// Whether a probe runs (under the lock).
     probing: Mutex<bool>,
+    /// A trip found no probe running: the store must start one (see
+    /// [`Circuit::take_probe_wanted`]).
+    probe_wanted: AtomicBool,
 }
 
 impl Circuit {
@@ -31,11 +34,22 @@ impl Circuit {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Opens the circuit; `true` if the caller must start the probe (none runs).
+    /// Opens the circuit; `true` if it was not probing yet: a probe is then wanted, and the
+    /// store starts it when the operation that tripped it is done.
     pub(super) fn trip(&self) -> bool {
         let mut probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
         self.open.store(true, Ordering::Release);
-        !std::mem::replace(&mut *probing, true)
+        let start = !std::mem::replace(&mut *probing, true);
+        if start {
+            self.probe_wanted.store(true, Ordering::Release);
+        }
+        start
+    }
+
+    /// Whether a trip wants a probe started (once: the caller starts it). One load when
+    /// none does: it is asked after every operation.
+    pub(super) fn take_probe_wanted(&self) -> bool {
+        self.probe_wanted.load(Ordering::Acquire) && self.probe_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Makes sure a probe will replay a write just queued: one that runs sees it (it closes
