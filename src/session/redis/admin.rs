@@ -10,33 +10,29 @@ use crate::session::store::{AdminStore, Session, SessionKey, SessionStore, Store
 
 impl AdminStore for RedisStore {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
-        let r = self.scan_and_delete(name, value).await;
-        self.after();
-        r
+        self.scan_and_delete(name, value).await
     }
 
     async fn find_by_key(
         &self,
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
-        let r = self.scan_for_key(key).await;
-        self.after();
-        r
+        self.scan_for_key(key).await
     }
 }
 
 impl RedisStore {
     /// `delete_where`: every session scanned, those whose attribute `name` is `value` ended.
     async fn scan_and_delete(&self, name: &str, value: &str) -> Result<usize, StoreError> {
-        if self.wire.circuit.is_open() {
+        if self.0.wire.circuit.is_open() {
             return Err(down());
         }
-        let mut conn = self.wire.conn().await?;
+        let mut conn = self.0.wire.conn().await?;
         let field = format!("a:{name}");
         let mut deleted = 0;
-        for key in self.wire.session_keys().await? {
-            let v: Option<String> = self.wire.timed(conn.hget(&key, &field)).await?;
-            let id = scripts::id_of(&self.wire.prefix, &key).and_then(parse_hex);
+        for key in self.0.wire.session_keys().await? {
+            let v: Option<String> = self.0.wire.timed(conn.hget(&key, &field)).await?;
+            let id = scripts::id_of(&self.0.wire.prefix, &key).and_then(parse_hex);
             if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
                 // Through the delete script, so that other gateways drop their copies.
                 self.delete(&StoreId::from_bytes(id)).await?;
@@ -51,12 +47,13 @@ impl RedisStore {
         &self,
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
-        if self.wire.circuit.is_open() {
+        if self.0.wire.circuit.is_open() {
             return Err(down());
         }
-        let mut conn = self.wire.conn().await?;
-        for hash_key in self.wire.session_keys().await? {
+        let mut conn = self.0.wire.conn().await?;
+        for hash_key in self.0.wire.session_keys().await? {
             let (k, renamed): (Option<String>, Option<String>) = self
+                .0
                 .wire
                 .timed(
                     redis::cmd("HMGET")
@@ -69,14 +66,14 @@ impl RedisStore {
             if k.as_deref() != Some(key.as_str()) || renamed.is_some() {
                 continue;
             }
-            let Some(id) = scripts::id_of(&self.wire.prefix, &hash_key)
+            let Some(id) = scripts::id_of(&self.0.wire.prefix, &hash_key)
                 .and_then(parse_hex)
                 .map(StoreId::from_bytes)
             else {
                 continue;
             };
-            let hash: Vec<Value> = self.wire.timed(conn.hgetall(&hash_key)).await?;
-            return Ok(self.wire.session(&hash).map(|s| (id, s)));
+            let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&hash_key)).await?;
+            return Ok(self.0.wire.session(&hash).map(|s| (id, s)));
         }
         Ok(None)
     }

@@ -6,7 +6,7 @@
 //! ask it again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 /// How often the probe asks a Redis that does not answer.
@@ -14,7 +14,7 @@ pub(super) const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Whether Redis is taken as down, and whether a probe runs: one lock, so that a trip racing
 /// a close either finds the probe still running (which then sees its write) or starts one.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(super) struct Circuit {
     /// Read without the lock on the request path.
     open: AtomicBool,
@@ -23,9 +23,16 @@ pub(super) struct Circuit {
     draining: AtomicBool,
     /// Whether a probe runs (under the lock).
     probing: Mutex<bool>,
-    /// A trip found no probe running: the store must start one (see
-    /// [`Circuit::take_probe_wanted`]).
-    probe_wanted: AtomicBool,
+    /// Starts the probe (set by the store, which the probe works on).
+    starter: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Circuit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Circuit")
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Circuit {
@@ -34,22 +41,22 @@ impl Circuit {
         self.open.load(Ordering::Acquire)
     }
 
-    /// Opens the circuit; `true` if it was not probing yet: a probe is then wanted, and the
-    /// store starts it when the operation that tripped it is done.
-    pub(super) fn trip(&self) -> bool {
-        let mut probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
-        self.open.store(true, Ordering::Release);
-        let start = !std::mem::replace(&mut *probing, true);
-        if start {
-            self.probe_wanted.store(true, Ordering::Release);
-        }
-        start
+    /// How a trip starts the probe: set once, when the store is made.
+    pub(super) fn on_trip(&self, starter: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.starter.set(starter);
     }
 
-    /// Whether a trip wants a probe started (once: the caller starts it). One load when
-    /// none does: it is asked after every operation.
-    pub(super) fn take_probe_wanted(&self) -> bool {
-        self.probe_wanted.load(Ordering::Acquire) && self.probe_wanted.swap(false, Ordering::AcqRel)
+    /// Opens the circuit, and starts the probe if none runs; `true` if it started one.
+    pub(super) fn trip(&self) -> bool {
+        let start = {
+            let mut probing = self.probing.lock().unwrap_or_else(PoisonError::into_inner);
+            self.open.store(true, Ordering::Release);
+            !std::mem::replace(&mut *probing, true)
+        };
+        if start && let Some(starter) = self.starter.get() {
+            starter();
+        }
+        start
     }
 
     /// Makes sure a probe will replay a write just queued: one that runs sees it (it closes

@@ -7,14 +7,15 @@
 //! (`near`) is read before Redis is asked and forgets a copy on every write; with
 //! `serve_stale`, while the circuit is open copies serve and writes wait in a queue
 //! (`pending`) that the probe (`outage`) replays. The admin API's scans are in `admin`.
+//! The wire reaches back to the store only through two callbacks set at its making (see
+//! [`RedisStore::new`]).
 //!
 //! Every change runs as one Lua script on one session's keys, so a session's changes and its
 //! expiry refresh are atomic: two gateways setting different attributes of one session both
 //! keep theirs.
 //!
 //! Why one file of this length: each operation of the store contract is one decision over the
-//! three parts (a read: copy, refresh, stale, alias, retired view), best read top to bottom;
-//! the trait methods themselves are thin (each then calls `after`).
+//! three parts (a read: copy, refresh, stale, alias, retired view), best read top to bottom.
 
 mod admin;
 mod batch;
@@ -71,9 +72,13 @@ pub struct RedisOptions {
     pub serve_stale: bool,
 }
 
-/// Sessions kept in Redis: the wire, with the near cache and the outage queue over it.
+/// Sessions kept in Redis: the wire, with the near cache and the outage queue over it. A
+/// clone shares them all.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct RedisStore(Arc<Parts>);
+
+/// What a [`RedisStore`] is made of.
+struct Parts {
     /// Redis itself.
     wire: Wire,
     /// Recent sessions, by their own id (not an alias's), if the near cache is on.
@@ -85,8 +90,8 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("connector", &self.wire.connector)
-            .field("prefix", &self.wire.prefix)
+            .field("connector", &self.0.wire.connector)
+            .field("prefix", &self.0.wire.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -106,17 +111,42 @@ impl RedisStore {
             options.near_ttl
         };
         let near = (!options.near_ttl.is_zero()).then(|| NearCache::new(options.near_max, keep));
-        Ok(RedisStore {
+        let pending = (options.serve_stale && !options.near_ttl.is_zero())
+            .then(|| Arc::new(Pending::default()));
+        let parts = Arc::new(Parts {
             wire,
             near,
-            pending: (options.serve_stale && !options.near_ttl.is_zero())
-                .then(|| Arc::new(Pending::default())),
-        })
+            pending,
+        });
+        // The wire calls back into the store it is part of, by a weak reference (a strong
+        // one would keep a replaced store, and its listener, alive for ever): a trip starts
+        // the probe at once, and the first connection starts the near cache's listener.
+        let store = Arc::downgrade(&parts);
+        parts.wire.circuit.on_trip(Box::new(move || {
+            if let Some(parts) = store.upgrade() {
+                RedisStore(parts).start_probe();
+            }
+        }));
+        if parts.near.is_some() {
+            let store = Arc::downgrade(&parts);
+            parts.wire.on_first_connection(Box::new(move || {
+                if let Some(parts) = store.upgrade()
+                    && let Some(near) = &parts.near
+                {
+                    near.listen(
+                        &parts.wire.connector,
+                        &parts.wire.channel,
+                        parts.pending.is_some(),
+                    );
+                }
+            }));
+        }
+        Ok(RedisStore(parts))
     }
 
     /// Reads the near cache served, and reads it sent to Redis; `None` without a near cache.
     pub fn near_cache_stats(&self) -> Option<(u64, u64)> {
-        self.near.as_ref().map(NearCache::stats)
+        self.0.near.as_ref().map(NearCache::stats)
     }
 
     /// A store for `options`, connected now.
@@ -133,11 +163,11 @@ impl RedisStore {
     /// and this gateway's copies of it.
     async fn delete_in_redis(&self, id: &StoreId) -> Result<(), StoreError> {
         let named: Option<String> =
-            redis::from_redis_value(self.wire.delete_here(&hex(id)).await?).map_err(failed)?;
+            redis::from_redis_value(self.0.wire.delete_here(&hex(id)).await?).map_err(failed)?;
         self.forget(id).await;
         // Deleting through an alias ends the session it names.
         if let Some(to) = named {
-            let _: Value = self.wire.delete_here(&to).await?;
+            let _: Value = self.0.wire.delete_here(&to).await?;
             if let Some(to) = parse_hex(&to) {
                 self.forget(&StoreId::from_bytes(to)).await;
             }
@@ -148,7 +178,7 @@ impl RedisStore {
     /// Drops this gateway's near copy of `id` (other gateways hear of it by pub/sub); a read
     /// in flight meanwhile keeps no copy either.
     async fn forget(&self, id: &StoreId) {
-        if let Some(near) = &self.near {
+        if let Some(near) = &self.0.near {
             near.forget(id).await;
         }
     }
@@ -160,19 +190,19 @@ impl RedisStore {
         id: &StoreId,
         now_ms: u64,
     ) -> Result<Option<Session>, StoreError> {
-        let epoch = self.near.as_ref().map(|n| n.epoch(id));
+        let epoch = self.0.near.as_ref().map(|n| n.epoch(id));
         let mut target = hex(id);
         for hop in 0..2 {
             // The common case needs no script: see `read`.
-            let step = match self.wire.read(&target, now_ms).await {
+            let step = match self.0.wire.read(&target, now_ms).await {
                 Ok(Some(read)) => Ok(Found::Here(read)),
-                Ok(None) => self.wire.load_script(&target, now_ms).await,
+                Ok(None) => self.0.wire.load_script(&target, now_ms).await,
                 Err(e) => Err(e),
             };
             let read = match step {
                 Ok(Found::Here(read)) => read,
                 Ok(Found::Alias(to)) => {
-                    if let Some(p) = &self.pending
+                    if let Some(p) = &self.0.pending
                         && let Some(own) = parse_hex(&to).map(StoreId::from_bytes)
                     {
                         // A logout of the session, waiting for Redis, holds through its
@@ -187,9 +217,9 @@ impl RedisStore {
                 }
                 Ok(Found::Nothing) => return Ok(None),
                 Err(e) => {
-                    if self.pending.is_some()
-                        && self.wire.circuit.is_open()
-                        && let Some(near) = &self.near
+                    if self.0.pending.is_some()
+                        && self.0.wire.circuit.is_open()
+                        && let Some(near) = &self.0.near
                         && let Some(copy) = near.get(id).await
                     {
                         tracing::debug!(error = %e, "session served stale");
@@ -199,7 +229,7 @@ impl RedisStore {
                 }
             };
             let age = Duration::from_millis(super::store::unix_ms().saturating_sub(read.created));
-            let session = if age > self.wire.absolute || read.packed.is_empty() {
+            let session = if age > self.0.wire.absolute || read.packed.is_empty() {
                 None
             } else {
                 Session::from_packed(Bytes::from(read.packed), read.created, read.last)
@@ -215,7 +245,7 @@ impl RedisStore {
             // Only a session reached by its own id is kept near: invalidations name that id.
             // And only if no invalidation came while it was read: the copy could be of a
             // session that was changed, regenerated or ended meanwhile.
-            if let (Some(near), Some(s), 0) = (&self.near, &session, hop)
+            if let (Some(near), Some(s), 0) = (&self.0.near, &session, hop)
                 && Some(near.epoch(id)) == epoch
             {
                 let expires_ms = now_ms.saturating_add(read.ttl_ms);
@@ -231,12 +261,12 @@ impl RedisStore {
     async fn lives(&self, mut successor: String) -> Result<bool, StoreError> {
         for _ in 0..wire::MAX_RETIRED_HOPS {
             // A logout of it, waiting for Redis (see `Pending::ended`), holds here too.
-            if self.pending.as_ref().is_some_and(|p| {
+            if self.0.pending.as_ref().is_some_and(|p| {
                 parse_hex(&successor).is_some_and(|own| p.ended(&StoreId::from_bytes(own)))
             }) {
                 return Ok(false);
             }
-            match self.wire.successor(&successor).await? {
+            match self.0.wire.successor(&successor).await? {
                 (None, _) => return Ok(false),
                 (Some(_), None) => return Ok(true),
                 (Some(_), Some(next)) => successor = next,
@@ -245,40 +275,23 @@ impl RedisStore {
         Ok(false)
     }
 
-    /// After every operation: a trip of the circuit (in this operation or one before) starts
-    /// the probe, and the near cache listens once a connection was asked for.
-    pub(super) fn after(&self) {
-        if self.wire.circuit.take_probe_wanted() {
-            self.start_probe();
-        }
-        if let Some(near) = &self.near {
-            near.listen(
-                &self.wire.connector,
-                &self.wire.channel,
-                self.pending.is_some(),
-            );
-        }
-    }
-
     /// How many outage-class failures this store has seen (a replay tells by it whether its
     /// failure was one).
     pub(super) fn outages(&self) -> u64 {
-        self.wire.outages()
+        self.0.wire.outages()
     }
 
     /// Whether Redis answers a PING now (the probe's question, past the circuit).
     pub(super) async fn answers(&self) -> bool {
-        self.wire.answers().await
+        self.0.wire.answers().await
     }
 }
 
-/// The store contract's operations, each run by its trait method, which then calls
-/// [`RedisStore::after`].
-impl RedisStore {
-    async fn load_now(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
+impl SessionStore for RedisStore {
+    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
         // A logout made while Redis was down holds until it is replayed, even if Redis is
         // back first and still has the session.
-        if let Some(p) = &self.pending
+        if let Some(p) = &self.0.pending
             && p.ended(id)
         {
             return Ok(None);
@@ -286,9 +299,9 @@ impl RedisStore {
         // Redis does not answer (or does, but this session's writes still wait): a copy
         // serves (with `serve_stale`), else the request is refused now rather than after the
         // operation timeout.
-        if self.wire.circuit.is_open() || self.queued_behind(id) {
-            if let Some(p) = &self.pending {
-                if let Some(near) = &self.near
+        if self.0.wire.circuit.is_open() || self.queued_behind(id) {
+            if let Some(p) = &self.0.pending {
+                if let Some(near) = &self.0.near
                     && let Some(copy) = near.get(id).await
                 {
                     near.hit();
@@ -306,9 +319,9 @@ impl RedisStore {
         // to Redis, which notes the use (so the near cache never hides a session's use from
         // the idle timeout), and the copy serves the others until that one is back.
         let mut refreshing = None;
-        if let Some(near) = &self.near
+        if let Some(near) = &self.0.near
             && let Some(copy) = near.get(id).await
-            && copy.expires_ms.saturating_sub(now_ms) > ms(self.wire.idle) / 2
+            && copy.expires_ms.saturating_sub(now_ms) > ms(self.0.wire.idle) / 2
         {
             if now_ms.saturating_sub(copy.session.last_seen_ms) < TOUCH_EVERY_MS
                 || copy
@@ -320,7 +333,7 @@ impl RedisStore {
             }
             refreshing = Some(copy.refreshing);
         }
-        if let Some(near) = &self.near {
+        if let Some(near) = &self.0.near {
             near.miss();
         }
         let found = self.load_from_redis(id, now_ms).await;
@@ -329,13 +342,13 @@ impl RedisStore {
                 // The next request tries again.
                 Err(_) => flag.store(false, std::sync::atomic::Ordering::Release),
                 // Served stale (Redis did not answer): the copy serves on.
-                Ok(_) if self.wire.circuit.is_open() => {
+                Ok(_) if self.0.wire.circuit.is_open() => {
                     flag.store(false, std::sync::atomic::Ordering::Release);
                 }
                 // A copy that Redis did not replace (the session is gone, or is reached
                 // through an alias now) must not serve on.
                 Ok(_) => {
-                    if let Some(near) = &self.near
+                    if let Some(near) = &self.0.near
                         && near
                             .get(id)
                             .await
@@ -349,23 +362,24 @@ impl RedisStore {
         found
     }
 
-    async fn update_now(
+    async fn update(
         &self,
         id: &StoreId,
         create: Option<SessionKey>,
         changes: &[Change],
         now_ms: u64,
     ) -> Result<Option<Applied>, StoreError> {
-        if self.wire.circuit.is_open() || self.queued_behind(id) {
+        if self.0.wire.circuit.is_open() || self.queued_behind(id) {
             return self.update_stale(id, create, changes, now_ms, down()).await;
         }
         let parts = match self
+            .0
             .wire
             .update_in_redis(id, create.as_ref(), changes, now_ms)
             .await
         {
             Ok(parts) => parts,
-            Err(e) if self.wire.circuit.is_open() => {
+            Err(e) if self.0.wire.circuit.is_open() => {
                 return self.update_stale(id, create, changes, now_ms, e).await;
             }
             Err(e) => return Err(e),
@@ -405,8 +419,8 @@ impl RedisStore {
         }))
     }
 
-    async fn delete_now(&self, id: &StoreId) -> Result<(), StoreError> {
-        let stale = self.wire.circuit.is_open() || self.queued_behind(id);
+    async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
+        let stale = self.0.wire.circuit.is_open() || self.queued_behind(id);
         let deleted = if stale {
             Err(down())
         } else {
@@ -414,11 +428,11 @@ impl RedisStore {
         };
         match deleted {
             Ok(()) => Ok(()),
-            Err(e) if !stale && !self.wire.circuit.is_open() => Err(e),
+            Err(e) if !stale && !self.0.wire.circuit.is_open() => Err(e),
             // With serve_stale, a logout while Redis does not answer is not lost: this
             // gateway stops serving the session at once, and the delete is replayed.
             Err(e) => {
-                let Some(pending) = &self.pending else {
+                let Some(pending) = &self.0.pending else {
                     return Err(e);
                 };
                 // Through an alias, the session's own id (and the copy kept under it) ends too.
@@ -447,24 +461,24 @@ impl RedisStore {
         }
     }
 
-    async fn rename_now(
+    async fn rename(
         &self,
         from: &StoreId,
         to: &StoreId,
         grace: Duration,
     ) -> Result<bool, StoreError> {
-        if self.wire.circuit.is_open() {
+        if self.0.wire.circuit.is_open() {
             return Err(down());
         }
         let (from_hex, to_hex, grace) = (hex(from), hex(to), ms(grace));
-        let moved = match self.wire.rename_here(&from_hex, &to_hex, grace).await? {
+        let moved = match self.0.wire.rename_here(&from_hex, &to_hex, grace).await? {
             Moved::Yes => true,
             Moved::No => false,
             // Renamed through an alias: the session moves, and the alias, which names its
             // old id, now reads that id's retired view, and ends with it.
             Moved::Alias(own) => {
                 let moved = matches!(
-                    self.wire.rename_here(&own, &to_hex, grace).await?,
+                    self.0.wire.rename_here(&own, &to_hex, grace).await?,
                     Moved::Yes
                 );
                 if moved && let Some(own) = parse_hex(&own) {
@@ -477,77 +491,8 @@ impl RedisStore {
         Ok(moved)
     }
 
-    async fn ping_now(&self) -> Result<(), StoreError> {
-        self.wire.ping().await
-    }
-
-    async fn alias_now(
-        &self,
-        alias: &StoreId,
-        to: &StoreId,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.wire
-            .point(&scripts::alias_key(&self.wire.prefix, &hex(alias)), to, ttl)
-            .await
-    }
-
-    async fn put_code_now(
-        &self,
-        code: &StoreId,
-        to: &StoreId,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.wire
-            .point(&scripts::code_key(&self.wire.prefix, &hex(code)), to, ttl)
-            .await
-    }
-
-    async fn take_code_now(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
-        self.wire.take_code(code).await
-    }
-}
-
-impl SessionStore for RedisStore {
-    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        let r = self.load_now(id, now_ms).await;
-        self.after();
-        r
-    }
-
-    async fn update(
-        &self,
-        id: &StoreId,
-        create: Option<SessionKey>,
-        changes: &[Change],
-        now_ms: u64,
-    ) -> Result<Option<Applied>, StoreError> {
-        let r = self.update_now(id, create, changes, now_ms).await;
-        self.after();
-        r
-    }
-
-    async fn delete(&self, id: &StoreId) -> Result<(), StoreError> {
-        let r = self.delete_now(id).await;
-        self.after();
-        r
-    }
-
-    async fn rename(
-        &self,
-        from: &StoreId,
-        to: &StoreId,
-        grace: Duration,
-    ) -> Result<bool, StoreError> {
-        let r = self.rename_now(from, to, grace).await;
-        self.after();
-        r
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
-        let r = self.ping_now().await;
-        self.after();
-        r
+        self.0.wire.ping().await
     }
 }
 
@@ -558,23 +503,29 @@ impl HandoffStore for RedisStore {
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let r = self.alias_now(alias, to, ttl).await;
-        self.after();
-        r
+        self.0
+            .wire
+            .point(
+                &scripts::alias_key(&self.0.wire.prefix, &hex(alias)),
+                to,
+                ttl,
+            )
+            .await
     }
+
     async fn put_code(
         &self,
         code: &StoreId,
         to: &StoreId,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let r = self.put_code_now(code, to, ttl).await;
-        self.after();
-        r
+        self.0
+            .wire
+            .point(&scripts::code_key(&self.0.wire.prefix, &hex(code)), to, ttl)
+            .await
     }
+
     async fn take_code(&self, code: &StoreId) -> Result<Option<StoreId>, StoreError> {
-        let r = self.take_code_now(code).await;
-        self.after();
-        r
+        self.0.wire.take_code(code).await
     }
 }

@@ -3,6 +3,8 @@
 //! replays the queue (restoring each written session first if Redis lost its data), then
 //! closes the circuit.
 
+use std::sync::Arc;
+
 use super::near::NearCopy;
 use super::pending::PendingWrite;
 use super::{RedisStore, circuit, ms};
@@ -18,7 +20,7 @@ impl RedisStore {
 
     /// A write was queued: a probe must replay it.
     pub(super) fn replay_later(&self) {
-        if self.wire.circuit.ensure_probe() {
+        if self.0.wire.circuit.ensure_probe() {
             self.start_probe();
         }
     }
@@ -26,7 +28,8 @@ impl RedisStore {
     /// Whether a request for session `id` must not ask Redis yet: Redis answers again, but
     /// writes of this session still wait in the queue, and its later ones go behind them.
     pub(super) fn queued_behind(&self, id: &StoreId) -> bool {
-        self.wire.circuit.is_draining() && self.pending.as_ref().is_some_and(|p| p.has_queued(id))
+        self.0.wire.circuit.is_draining()
+            && self.0.pending.as_ref().is_some_and(|p| p.has_queued(id))
     }
 
     /// With `serve_stale`, while Redis does not answer: the changes applied to this gateway's
@@ -39,7 +42,7 @@ impl RedisStore {
         now_ms: u64,
         error: StoreError,
     ) -> Result<Option<Applied>, StoreError> {
-        let (Some(pending), Some(near)) = (&self.pending, &self.near) else {
+        let (Some(pending), Some(near)) = (&self.0.pending, &self.0.near) else {
             return Err(error);
         };
         // Logged out here, the logout waiting for Redis: nothing to change, nor to create
@@ -53,7 +56,7 @@ impl RedisStore {
             (None, Some(key)) => (Session::new(key.clone(), now_ms), true),
             (None, None) => return Err(error),
         };
-        let rejected = session.apply(changes, &self.wire.limits);
+        let rejected = session.apply(changes, &self.0.wire.limits);
         session.last_seen_ms = session.last_seen_ms.max(now_ms);
         near.insert(*id, NearCopy::new(session.clone(), 0)).await;
 
@@ -87,23 +90,23 @@ impl RedisStore {
         loop {
             tokio::time::sleep(circuit::PROBE_EVERY).await;
             // The store was replaced (a reload) and nothing else holds it.
-            if self.wire.is_abandoned() {
-                self.wire.circuit.abandon();
+            if Arc::strong_count(&self.0) == 1 {
+                self.0.wire.circuit.abandon();
                 return;
             }
-            let Some(lost) = self.wire.answers_with_data().await else {
+            let Some(lost) = self.0.wire.answers_with_data().await else {
                 continue;
             };
             // Sessions without queued writes ask Redis again from now on.
-            self.wire.circuit.drain();
+            self.0.wire.circuit.drain();
             loop {
-                if let Some(p) = &self.pending
+                if let Some(p) = &self.0.pending
                     && !p.replay(&self, lost).await
                 {
                     break;
                 }
-                let empty = || self.pending.as_ref().is_none_or(|p| p.is_empty());
-                if self.wire.circuit.close_if(empty) {
+                let empty = || self.0.pending.as_ref().is_none_or(|p| p.is_empty());
+                if self.0.wire.circuit.close_if(empty) {
                     tracing::info!("session store answers again");
                     return;
                 }
@@ -115,17 +118,17 @@ impl RedisStore {
     /// Writes this gateway's copy of session `id` back into a Redis that lost it (nothing is
     /// written over a session that is there).
     async fn restore(&self, id: &StoreId) -> Result<(), StoreError> {
-        let Some(s) = self.pending.as_ref().and_then(|p| p.snapshot(id)) else {
+        let Some(s) = self.0.pending.as_ref().and_then(|p| p.snapshot(id)) else {
             return Ok(());
         };
         let s = &s;
         // What is left of its idle time, as it was last used: a session that idled out
         // meanwhile stays out.
-        let ttl = (s.last_seen_ms + ms(self.wire.idle)).saturating_sub(unix_ms());
+        let ttl = (s.last_seen_ms + ms(self.0.wire.idle)).saturating_sub(unix_ms());
         if ttl == 0 {
             return Ok(());
         }
-        self.wire.restore_copy(id, s, ttl).await
+        self.0.wire.restore_copy(id, s, ttl).await
     }
 
     /// Replays a write queued while Redis did not answer; after Redis `lost` its data, the
@@ -137,7 +140,8 @@ impl RedisStore {
         if lost {
             self.restore(&w.id).await?;
         }
-        self.wire
+        self.0
+            .wire
             .update_in_redis(&w.id, w.create.as_ref(), &w.changes, w.now_ms)
             .await
             .map(|_| ())

@@ -8,7 +8,8 @@
 //! share; split by operation, a reader would check that rule in several places.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script, Value};
@@ -136,6 +137,13 @@ pub(super) enum Moved {
     Alias(String),
 }
 
+/// What runs once, after a store's first connection.
+#[derive(Default)]
+struct FirstConnection {
+    done: AtomicBool,
+    then: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
 /// Redis, spoken to.
 #[derive(Clone)]
 pub(super) struct Wire {
@@ -164,6 +172,8 @@ pub(super) struct Wire {
     op_timeout: Duration,
     /// Timers for the operation timeout: a met deadline registers none (see `deadline`).
     timers: Arc<TimerPool>,
+    /// Run once, after the first connection (the near cache starts listening then).
+    first_connection: Arc<FirstConnection>,
     load: Script,
     update: Script,
     delete: Script,
@@ -202,6 +212,7 @@ impl Wire {
             limits: options.limits,
             op_timeout: options.op_timeout,
             timers: Arc::new(TimerPool::default()),
+            first_connection: Arc::default(),
             load: scripts::script(scripts::LOAD),
             update: scripts::script(scripts::UPDATE),
             delete: scripts::script(scripts::DELETE),
@@ -215,9 +226,9 @@ impl Wire {
         })
     }
 
-    /// Whether no other clone of this store lives (a reload replaced it): its probe ends.
-    pub(super) fn is_abandoned(&self) -> bool {
-        Arc::strong_count(&self.circuit) == 1
+    /// What to do once, after the first connection: set once, when the store is made.
+    pub(super) fn on_first_connection(&self, then: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.first_connection.then.set(then);
     }
 
     /// The connection, made now if this is the first use (within the operation timeout).
@@ -227,8 +238,17 @@ impl Wire {
         if unix_ms().saturating_sub(marked) > MARK_EVERY_MS {
             self.mark(&conn).await;
         }
+        // Checked first: this runs on every operation.
+        let first = &self.first_connection;
+        if !first.done.load(Ordering::Relaxed)
+            && !first.done.swap(true, Ordering::Relaxed)
+            && let Some(then) = first.then.get()
+        {
+            then();
+        }
         Ok(conn)
     }
+
     /// Runs `f` within the operation timeout.
     pub(super) async fn timed<T>(
         &self,
@@ -237,6 +257,7 @@ impl Wire {
         let r = self.timers.within(self.op_timeout, f).await;
         self.judged(r)
     }
+
     /// An operation's outcome within the operation timeout: an outage-class failure opens
     /// the circuit.
     pub(super) fn judged<T>(
@@ -258,6 +279,7 @@ impl Wire {
             }
         }
     }
+
     /// Like [`Wire::timed`], asking once more if the connection turned out to be dead
     /// before an answer came (Redis restarted while the gateway sat idle: the first command
     /// finds the old socket broken, and the connection is made again for the second). Only
@@ -277,6 +299,7 @@ impl Wire {
         let conn = self.conn().await?;
         self.timed(op(conn)).await
     }
+
     /// Opens the circuit (Redis does not answer), and starts the probe that closes it.
     pub(super) fn trip(&self) {
         self.outages.fetch_add(1, Ordering::Relaxed);
@@ -286,11 +309,13 @@ impl Wire {
             );
         }
     }
+
     /// How many outage-class failures this store has seen (a replay tells by it whether its
     /// failure was one).
     pub(super) fn outages(&self) -> u64 {
         self.outages.load(Ordering::Relaxed)
     }
+
     /// Whether Redis answers a PING now (the probe's question, past the circuit).
     pub(super) async fn answers(&self) -> bool {
         let Ok(mut conn) = self.conn().await else {
@@ -300,6 +325,7 @@ impl Wire {
             .await
             .is_ok()
     }
+
     /// Sets the marker whose absence tells that Redis lost its data (it lives a week, and is
     /// set again every day and after each outage).
     pub(super) async fn mark(&self, conn: &Conn) {
@@ -318,6 +344,7 @@ impl Wire {
             self.marked.store(unix_ms().max(1), Ordering::Relaxed);
         }
     }
+
     /// Runs `script` on the keys of session `id` (its hash, its alias record) and `extra`
     /// keys, with `args`, within the operation timeout; asked again once if the connection
     /// turned out dead (see [`Wire::retried`]): for scripts that may run twice.
@@ -335,6 +362,7 @@ impl Wire {
         })
         .await
     }
+
     /// [`Wire::eval`] asked once: for scripts that must not run twice (a rename).
     pub(super) async fn eval_once(
         &self,
@@ -364,6 +392,7 @@ impl Wire {
         args(&mut call);
         call
     }
+
     /// Runs the update script for `changes` to the session under `id` (following an alias
     /// once); the id of the session changed and the script's reply, or `None`.
     pub(super) async fn update_in_redis(
@@ -403,6 +432,7 @@ impl Wire {
         }
         Ok(None)
     }
+
     /// Renames the session under `from` (not following an alias) to `to`.
     pub(super) async fn rename_here(
         &self,
@@ -478,6 +508,7 @@ impl Wire {
         }
         Err(failed("the session kept changing while it was renamed"))
     }
+
     /// The id of the session `id` reaches (itself, or the one its alias names), if any.
     pub(super) async fn own_id(&self, id: &str) -> Result<Option<String>, StoreError> {
         let mut target = id.to_owned();
@@ -490,6 +521,7 @@ impl Wire {
         }
         Ok(None)
     }
+
     /// Sets `key` (an alias or a code) to the own id of the session `to` reaches, for `ttl`;
     /// `false` if it reaches none.
     pub(super) async fn point(
@@ -508,6 +540,7 @@ impl Wire {
         let _: () = self.timed(conn.pset_ex(key, &own, ms(ttl).max(1))).await?;
         Ok(true)
     }
+
     /// The load script on `id`: follows an alias, packs a session that lacks its packed form.
     pub(super) async fn load_script(
         &self,
@@ -537,6 +570,7 @@ impl Wire {
             Found::Nothing => Found::Nothing,
         })
     }
+
     /// The read path without a script: one `HMGET p c l`, then, at most once per touch
     /// interval, the touch script. `None` when the id holds no packed session (an alias,
     /// nothing, or a session written before `p` existed): the caller runs the load script.
@@ -604,6 +638,7 @@ impl Wire {
             renamed_to: None,
         }))
     }
+
     /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
     /// Fields are read in place (this runs on every read the near cache does not serve).
     pub(super) fn session(&self, hash: &[Value]) -> Option<Session> {
