@@ -179,10 +179,7 @@ impl KeptInCookies {
         if d.destroy {
             if presented.is_some() {
                 // Nothing to fail: the cookie is cleared.
-                let _ = timed!(
-                    self.ops.delete,
-                    std::future::ready(Ok::<(), StoreError>(()))
-                );
+                self.count_delete().await;
                 self.metrics.session(SessionEvent::Destroyed);
             }
             return None;
@@ -208,10 +205,7 @@ impl KeptInCookies {
                 }
                 Err(e) => {
                     tracing::warn!(session = %token, error = %e, "regenerate failed: the session is ended, its changes not applied");
-                    let _ = timed!(
-                        self.ops.delete,
-                        std::future::ready(Ok::<(), StoreError>(()))
-                    );
+                    self.count_delete().await;
                     return None;
                 }
             }
@@ -246,10 +240,7 @@ impl KeptInCookies {
             return None;
         }
         if expired.is_some() {
-            let _ = timed!(
-                self.ops.delete,
-                std::future::ready(Ok::<(), StoreError>(()))
-            );
+            self.count_delete().await;
         }
         let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate()) else {
             tracing::warn!("no randomness: session not created");
@@ -273,6 +264,15 @@ impl KeptInCookies {
                 None
             }
         }
+    }
+
+    /// A delete, counted as the store operation it stands for: the cookie is cleared, and
+    /// nothing can fail.
+    async fn count_delete(&self) {
+        let _ = timed!(
+            self.ops.delete,
+            std::future::ready(Ok::<(), StoreError>(()))
+        );
     }
 
     /// Changes refused for a limit: counted and logged.
@@ -342,6 +342,15 @@ mod tests {
         (status, session, k.commit(rs, d, StatusCode::OK).await)
     }
 
+    /// A new session for alice, and its cookie.
+    async fn alice(k: &KeptInCookies) -> String {
+        value(
+            exchange(k, None, &changes(vec![set("user", "alice")]))
+                .await
+                .2,
+        )
+    }
+
     fn value(c: CookieChange) -> String {
         match c {
             CookieChange::Set(v) => v,
@@ -357,11 +366,7 @@ mod tests {
         // Nothing but a Set creates one.
         let unset = changes(vec![Change::Unset("a".into())]);
         assert_eq!(exchange(&k, None, &unset).await.2, CookieChange::Keep);
-        let cookie = value(
-            exchange(&k, None, &changes(vec![set("user", "alice")]))
-                .await
-                .2,
-        );
+        let cookie = alice(&k).await;
         let (status, session, change) = exchange(&k, Some(&cookie), &Directives::default()).await;
         assert_eq!(status, Status::Active);
         assert_eq!(session.unwrap().attr("user"), Some("alice"));
@@ -372,11 +377,7 @@ mod tests {
     #[tokio::test]
     async fn changes_reseal_the_cookie_and_those_over_a_limit_are_refused() {
         let k = kept(4000);
-        let cookie = value(
-            exchange(&k, None, &changes(vec![set("user", "alice")]))
-                .await
-                .2,
-        );
+        let cookie = alice(&k).await;
         let d = changes(vec![
             set("cart", "3"),
             Change::Unset("user".into()),
@@ -406,11 +407,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_that_would_outgrow_the_cookie_is_refused() {
         let k = kept(300);
-        let cookie = value(
-            exchange(&k, None, &changes(vec![set("user", "alice")]))
-                .await
-                .2,
-        );
+        let cookie = alice(&k).await;
         let big = changes(vec![set("big", &"x".repeat(400))]);
         assert_eq!(
             exchange(&k, Some(&cookie), &big).await.2,
@@ -421,11 +418,7 @@ mod tests {
     #[tokio::test]
     async fn destroy_clears_the_cookie_and_regenerate_reseals_the_same_session() {
         let k = kept(4000);
-        let cookie = value(
-            exchange(&k, None, &changes(vec![set("user", "alice")]))
-                .await
-                .2,
-        );
+        let cookie = alice(&k).await;
         let regenerate = Directives {
             regenerate: true,
             ..Directives::default()

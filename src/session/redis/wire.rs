@@ -376,6 +376,8 @@ impl Wire {
         self.timed(call.invoke_async(&mut conn)).await
     }
 
+    /// `script` prepared on the keys of session `id` (its hash, its alias record) and
+    /// `extra` keys, with `args`.
     pub(super) fn invocation<'a>(
         script: &'a Script,
         prefix: &str,
