@@ -296,6 +296,10 @@ impl Running {
             self.drain.force.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.drain.tracker.wait()).await;
         }
+        // What the access logs hold goes to disk before the process ends.
+        tokio::task::spawn_blocking(|| crate::access_log::flush_all(Duration::from_secs(2)))
+            .await
+            .ok();
         // Only now: load balancers polling /readyz saw "draining" all along.
         self.admin_drain.stop.cancel();
         if let Some(task) = self.admin_loop {
@@ -325,6 +329,7 @@ pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -338,21 +343,29 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
-    /// The next signal.
+    /// The next signal that asks for a stop or a reload; SIGUSR1 (logrotate moved the access
+    /// logs) is answered on the way, by reopening them.
     pub async fn next(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.term.recv() => {
-                tracing::info!("SIGTERM: draining");
-                Signal::Stop
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM: draining");
+                    return Signal::Stop;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT: draining");
+                    return Signal::Stop;
+                }
+                _ = self.hup.recv() => return Signal::Reload,
+                _ = self.usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access logs");
+                    crate::access_log::reopen_all();
+                }
             }
-            _ = self.int.recv() => {
-                tracing::info!("SIGINT: draining");
-                Signal::Stop
-            }
-            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

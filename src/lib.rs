@@ -26,6 +26,7 @@
 //! - [`certs`]: development certificates (`gen-cert`).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
 pub mod admin;
 pub mod cache_control;
 pub mod certs;

@@ -157,6 +157,8 @@ pub struct Metrics {
     store_errors: Family<StoreLabels, Counter>,
     rewrites: Counter,
     rewritten_bytes: Counter,
+    /// Access lines a full queue could not take (a slow or full disk).
+    access_dropped: Counter,
     reloads: Family<ResultLabel, Counter>,
     last_reload: Gauge,
     /// Requests that matched no route (404, and requests refused before routing); made on
@@ -249,6 +251,12 @@ impl Metrics {
             "Responses rewritten to carry session tokens in their URLs",
             rewrites.clone(),
         );
+        let access_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access-log lines dropped because the log's writer fell behind (a slow or full disk)",
+            access_dropped.clone(),
+        );
         let rewritten_bytes = Counter::default();
         registry.register_with_unit(
             "rewritten",
@@ -289,6 +297,7 @@ impl Metrics {
             store_duration,
             store_errors,
             rewrites,
+            access_dropped,
             rewritten_bytes,
             reloads,
             last_reload,
@@ -300,6 +309,11 @@ impl Metrics {
     /// The handles of a route's request metrics.
     pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
         Arc::new(RouteMetrics::new(name, self))
+    }
+
+    /// The counter of access-log lines dropped for a full queue.
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_dropped.clone()
     }
 
     /// The handles of requests that matched no route.

@@ -29,7 +29,7 @@ pub use limits::Limits;
 pub use listeners::{
     CertificateConfig, Hsts, HttpsRedirect, ListenerConfig, TlsConfig, TlsVersion,
 };
-pub use logs::{LogFormat, Logs};
+pub use logs::{AccessLineFormat, LogFormat, Logs};
 pub use node::Pos;
 pub use routes::{HostMatch, RouteConfig};
 pub use sessions::{

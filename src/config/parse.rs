@@ -57,7 +57,7 @@ fn read_config(file: &str, root: &Node, base: &Path, p: &mut Problems) -> Option
         .and_then(|n| sessions::read_sessions(n, "sessions", base, p));
     let logs = m
         .get("logs")
-        .and_then(|n| logs::read(n, "logs", p))
+        .and_then(|n| logs::read(n, "logs", base, p))
         .unwrap_or_default();
     m.finish(p);
 

@@ -42,27 +42,46 @@ struct Tally {
 impl LogSlot {
     /// Starts a record, counted under `route` (the unrouted requests' metrics until a route
     /// is found); the access-log record only if `access` lines are enabled at `info`.
-    pub fn begin(
-        method: &Method,
-        path: &str,
+    pub fn begin<B>(
+        req: &http::Request<B>,
         listener: &Arc<str>,
         peer: std::net::IpAddr,
         route: Arc<RouteMetrics>,
-        access_log: bool,
+        access_log: Option<&Arc<crate::access_log::AccessLog>>,
     ) -> Self {
+        let method = req.method();
         let start = Instant::now();
         let tally = Tally {
             route: Some((route, start)),
             method: metrics::method_index(method),
             status: 0,
         };
-        if !access_log || !tracing::enabled!(target: "access", tracing::Level::INFO) {
+        let Some(sink) =
+            access_log.filter(|_| tracing::enabled!(target: "access", tracing::Level::INFO))
+        else {
             return LogSlot { log: None, tally };
-        }
+        };
+        // Only `combined` names the request's version, query and two of its headers.
+        let request = sink.wants_request_headers().then(|| {
+            let header = |name| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            Box::new(RequestLine {
+                query: req.uri().query().map(str::to_owned),
+                version: req.version(),
+                referer: header(http::header::REFERER),
+                user_agent: header(http::header::USER_AGENT),
+            })
+        });
         let log = Some(Box::new(AccessLog {
+            sink: sink.clone(),
+            request,
             start,
             method: method.clone(),
-            path: path.to_owned(),
+            path: req.uri().path().to_owned(),
             listener: listener.clone(),
             peer,
             route: None,
@@ -133,9 +152,21 @@ impl Drop for LogSlot {
     }
 }
 
+/// For a `combined` line: what of the request it names besides the method and path.
+#[derive(Debug)]
+struct RequestLine {
+    query: Option<String>,
+    version: http::Version,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
 /// What one access-log line says about a request.
 #[derive(Debug)]
 pub(crate) struct AccessLog {
+    /// Where the line goes.
+    sink: Arc<crate::access_log::AccessLog>,
+    request: Option<Box<RequestLine>>,
     pub start: Instant,
     pub method: Method,
     pub path: String,
@@ -155,25 +186,32 @@ pub(crate) struct AccessLog {
 
 impl AccessLog {
     fn write(&self, bytes: u64, complete: bool) {
-        // Milliseconds with two decimals, as numbers (JSON logs keep them numeric).
-        let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
-        tracing::info!(
-            target: "access",
-            listener = %self.listener,
-            client = %self.peer,
-            method = %self.method,
-            path = %self.path,
-            route = self.route.as_deref().unwrap_or("-"),
-            upstream = self.upstream.as_deref().unwrap_or("-"),
-            status = self.status,
+        let request = self.request.as_deref();
+        let version = match request.map(|r| r.version) {
+            Some(http::Version::HTTP_2) => "HTTP/2.0",
+            Some(http::Version::HTTP_10) => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        self.sink.line(&crate::access_log::Record {
+            listener: &self.listener,
+            client: self.peer,
+            method: self.method.as_str(),
+            path: &self.path,
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            status: self.status,
             bytes,
-            duration_ms = ms(self.start.elapsed()),
-            upstream_ms = self.upstream_time.map(ms),
-            session_status = self.session_status,
-            session = self.session.as_deref(),
+            duration: self.start.elapsed(),
+            upstream_time: self.upstream_time,
+            session_status: self.session_status,
+            session: self.session.as_deref(),
             complete,
-            error = self.error.as_deref(),
-        );
+            error: self.error.as_deref(),
+            query: request.and_then(|r| r.query.as_deref()),
+            version,
+            referer: request.and_then(|r| r.referer.as_deref()),
+            user_agent: request.and_then(|r| r.user_agent.as_deref()),
+        });
     }
 }
 

@@ -38,7 +38,8 @@ use tokio_util::task::TaskTracker;
 pub use body::ResponseBody;
 pub use error::ProxyError;
 
-use crate::config::{Config, ConfigError};
+use crate::access_log::{AccessFormat, AccessLog, AccessSettings, Destination};
+use crate::config::{AccessLineFormat, Config, ConfigError};
 use crate::deadline::TimerSlot;
 use crate::metrics::{Metrics, RouteMetrics, UpstreamMetrics};
 use crate::routing::Router;
@@ -108,8 +109,8 @@ pub struct Proxy {
     tunnel_idle_timeout: Duration,
     tunnels: TaskTracker,
     force: CancellationToken,
-    /// `logs.access`: a line per request.
-    access_log: bool,
+    /// `logs.access`: a line per request, to its writer.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -154,6 +155,7 @@ impl Proxy {
                     .map(|s| Arc::new(s.guarding(guarded)))
             })
             .transpose()?;
+        let access_log = access_log_for(config, metrics, previous)?;
         let pools = Pools::start(
             &config.upstreams,
             &config.source,
@@ -177,7 +179,7 @@ impl Proxy {
             tunnel_idle_timeout: config.timeouts.idle,
             tunnels,
             force,
-            access_log: config.logs.access,
+            access_log,
         })
     }
 
@@ -252,12 +254,11 @@ impl Proxy {
             None => Ok(None),
         };
         let mut log = LogSlot::begin(
-            req.method(),
-            req.uri().path(),
+            &req,
             &conn.listener.name,
             conn.peer_ip,
             self.metrics.unrouted(),
-            self.access_log,
+            self.access_log.as_ref(),
         );
         let mut resp = match url_tokens {
             Err(_) => error_response(&ProxyError::BadRequest("invalid request target"), log),
@@ -311,4 +312,44 @@ impl Proxy {
         }
         self.rewrite(x, answer)
     }
+}
+
+/// The access log a configuration asks for: the previous configuration's, if it asked for the
+/// same (its file stays open), else a new writer.
+fn access_log_for(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&Proxy>,
+) -> Result<Option<Arc<AccessLog>>, ConfigError> {
+    let logs = &config.logs;
+    if !logs.access {
+        return Ok(None);
+    }
+    let settings = AccessSettings {
+        to: logs
+            .access_file
+            .clone()
+            .map_or(Destination::Stderr, Destination::File),
+        format: match logs.access_format {
+            AccessLineFormat::Text => AccessFormat::Text,
+            AccessLineFormat::Json => AccessFormat::Json,
+            AccessLineFormat::Combined => AccessFormat::Combined,
+        },
+    };
+    if let Some(kept) = previous
+        .and_then(|p| p.access_log.as_ref())
+        .filter(|a| *a.settings() == settings)
+    {
+        return Ok(Some(kept.clone()));
+    }
+    AccessLog::start(settings, metrics.access_log_dropped())
+        .map(|a| Some(Arc::new(a)))
+        .map_err(|e| {
+            ConfigError::single(
+                &config.source,
+                logs.access_pos,
+                "logs.access.file",
+                format!("cannot open the access log: {e}"),
+            )
+        })
 }

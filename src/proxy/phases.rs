@@ -344,7 +344,7 @@ impl Proxy {
         // A new token (a login) is logged as the one the client holds now; after a logout
         // the line keeps the one it presented.
         if let Some(h) = &x.held {
-            x.log.note(|l| l.session = Some(h.token.to_string()));
+            x.log.note(|l| l.session = Some(h.token.log_hash()));
         }
         Ok(())
     }

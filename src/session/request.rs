@@ -131,7 +131,7 @@ impl RequestSession {
 
     /// A short hash of the token the request presented, for logs (never the token).
     pub fn token_hash(&self) -> Option<String> {
-        self.token.as_ref().map(Token::to_string)
+        self.token.as_ref().map(Token::log_hash)
     }
 
     /// The URL carried a token that does not count for this request (the client keeps its

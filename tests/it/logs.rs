@@ -100,3 +100,121 @@ async fn access_lines_can_be_turned_off_and_other_logs_stay() {
     assert!(text.contains("listening"), "{text}");
     assert!(!text.contains("access"), "{text}");
 }
+
+/// The gateway binary with access lines to `access.log` beside its configuration, in
+/// `format`; its own logs to `stderr_file`.
+async fn file_logged_gateway(
+    b: &Backend,
+    format: &str,
+    stderr_file: &std::path::Path,
+) -> GatewayProcess {
+    logged_gateway(
+        b,
+        &format!("{{ access: {{ file: access.log, format: {format} }} }}"),
+        stderr_file,
+    )
+    .await
+}
+
+/// The lines of `file` once at least `want` are in it (lines go out within a second).
+async fn file_lines(file: &std::path::Path, want: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let written = eventually(Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let n = lines.len();
+        async move { n >= want }
+    })
+    .await;
+    assert!(
+        written,
+        "fewer than {want} lines in {}: {lines:?}",
+        file.display()
+    );
+    lines
+}
+
+#[tokio::test]
+async fn an_access_log_file_in_combined_format_reads_as_nginxs_and_holds_no_token() {
+    let b = shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = file_logged_gateway(&b, "combined", &dir.path().join("stderr")).await;
+    let token = get(&gw, "/login", None).await.unwrap();
+    let resp = client()
+        .get(format!("http://{}/cart?item=7", gw.http))
+        .header("cookie", format!("sg={token}"))
+        .header("referer", format!("http://{}/;sgsid={token}", gw.http))
+        .header("user-agent", "tester \"one\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    let lines = file_lines(&gw.dir().join("access.log"), 2).await;
+    let cart = lines.iter().find(|l| l.contains("/cart")).unwrap();
+    // $remote_addr - - [$time_local] "$request" $status $bytes "$http_referer" "$http_user_agent"
+    let re_ok = cart.starts_with("127.0.0.1 - - [")
+        && cart.contains("] \"GET /cart?item=7 HTTP/1.1\" 200 ")
+        && cart.ends_with(&format!("\"http://{}/\" \"tester \\x22one\\x22\"", gw.http));
+    assert!(re_ok, "{cart}");
+    let all = lines.join("\n");
+    assert!(
+        !all.contains(&token),
+        "the token is in the access log:\n{all}"
+    );
+    // The gateway's own lines stay on stderr; no access line goes there.
+    let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(!stderr.contains("/cart"), "{stderr}");
+}
+
+#[tokio::test]
+async fn after_logrotate_moves_the_file_sigusr1_makes_the_gateway_write_a_new_one() {
+    let b = shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = file_logged_gateway(&b, "json", &dir.path().join("stderr")).await;
+    let log = gw.dir().join("access.log");
+    get(&gw, "/whoami", None).await;
+    file_lines(&log, 1).await;
+    let rotated = gw.dir().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    // The reopen is asked for within the writer's tick; lines after it go to the new file.
+    let reopened = eventually(Duration::from_secs(5), || {
+        let log = log.clone();
+        let gw_addr = gw.http;
+        async move {
+            let _ = client()
+                .get(format!("http://{gw_addr}/whoami"))
+                .send()
+                .await
+                .map(|r| r.status());
+            std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/whoami"))
+        }
+    })
+    .await;
+    assert!(reopened, "no new access.log after SIGUSR1");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let first: serde_json::Value = serde_json::from_str(old.lines().next().unwrap()).unwrap();
+    assert_eq!(first["path"], "/whoami");
+}
+
+#[tokio::test]
+async fn lines_waiting_in_the_access_log_are_written_before_the_gateway_exits() {
+    let b = shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = file_logged_gateway(&b, "text", &dir.path().join("stderr")).await;
+    for _ in 0..3 {
+        get(&gw, "/whoami", None).await;
+    }
+    // Stopped at once: the lines are still waiting for their second to pass.
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "did not exit"
+    );
+    let text = std::fs::read_to_string(gw.dir().join("access.log")).unwrap();
+    assert_eq!(text.matches("path=/whoami").count(), 3, "{text}");
+}
