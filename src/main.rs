@@ -133,6 +133,8 @@ async fn serve_async(config: Config, path: &Path, with_demo: bool) -> anyhow::Re
     if with_demo {
         start_demo_backend(&config, path, &demo_stop).await?;
     }
+    // Installed first: a SIGUSR1 from logrotate while the gateway starts must not end it.
+    let mut signals = gateway::Signals::new().context("cannot install signal handlers")?;
     let running = gateway::start(&config).await?;
     print_urls(&running, with_demo);
     // A change of the file (or of its certificates) on disk reloads, as SIGHUP does.
@@ -141,7 +143,6 @@ async fn serve_async(config: Config, path: &Path, with_demo: bool) -> anyhow::Re
             |e| tracing::warn!(error = %e, "configuration files not watched: reload with SIGHUP"),
         )
         .ok();
-    let mut signals = gateway::Signals::new().context("cannot install signal handlers")?;
     while signals.next().await == gateway::Signal::Reload {
         tracing::info!("SIGHUP: reloading the configuration");
         // The outcome is logged (and counted) by the reload itself.

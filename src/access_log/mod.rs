@@ -7,6 +7,8 @@
 mod format;
 mod writer;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::SystemTime;
 
@@ -15,8 +17,10 @@ use prometheus_client::metrics::counter::Counter;
 pub use format::{AccessFormat, Record};
 pub use writer::{Destination, flush_all, reopen_all};
 
-/// How many lines may wait for the writer; past that, lines are dropped.
+/// How many lines may wait for the writer, and how many bytes; past either, lines are
+/// dropped (a client cannot fill memory with long lines while the disk is slow).
 const QUEUE: usize = 16 * 1024;
+const QUEUE_BYTES: usize = 32 << 20;
 
 /// Where a configuration's access lines go, and how they are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub struct AccessSettings {
 pub struct AccessLog {
     settings: AccessSettings,
     lines: SyncSender<Vec<u8>>,
+    /// Bytes waiting in the queue.
+    queued: Arc<AtomicUsize>,
     dropped: Counter,
 }
 
@@ -43,10 +49,12 @@ impl AccessLog {
     /// The file cannot be opened for appending.
     pub fn start(settings: AccessSettings, dropped: Counter) -> std::io::Result<AccessLog> {
         let (lines, queue) = std::sync::mpsc::sync_channel(QUEUE);
-        writer::start(&settings.to, queue)?;
+        let queued = Arc::new(AtomicUsize::new(0));
+        writer::start(&settings.to, queue, queued.clone(), dropped.clone())?;
         Ok(AccessLog {
             settings,
             lines,
+            queued,
             dropped,
         })
     }
@@ -65,9 +73,16 @@ impl AccessLog {
     pub fn line(&self, r: &Record<'_>) {
         let mut out = Vec::with_capacity(256);
         format::write(&mut out, self.settings.format, r, SystemTime::now());
+        let len = out.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) > QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.dropped.inc();
+            return;
+        }
         match self.lines.try_send(out) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 self.dropped.inc();
             }
         }

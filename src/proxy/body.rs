@@ -67,10 +67,10 @@ impl LogSlot {
                 req.headers()
                     .get(name)
                     .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
+                    .map(capped)
             };
             Box::new(RequestLine {
-                query: req.uri().query().map(str::to_owned),
+                query: req.uri().query().map(capped),
                 version: req.version(),
                 referer: header(http::header::REFERER),
                 user_agent: header(http::header::USER_AGENT),
@@ -81,7 +81,7 @@ impl LogSlot {
             request,
             start,
             method: method.clone(),
-            path: req.uri().path().to_owned(),
+            path: capped(req.uri().path()),
             listener: listener.clone(),
             peer,
             route: None,
@@ -150,6 +150,20 @@ impl Drop for LogSlot {
         self.note(|l| l.error = Some("the client went away before the response".to_owned()));
         self.finish(0, false, false);
     }
+}
+
+/// At most 4 KiB of a request's text for its access line (cut at a character): a line stays
+/// small whatever the client sent.
+fn capped(s: &str) -> String {
+    const MAX: usize = 4096;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// For a `combined` line: what of the request it names besides the method and path.
