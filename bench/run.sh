@@ -8,6 +8,8 @@
 #   bench/run.sh                 # defaults: 3 rounds of 10 s at 50 connections
 #   ROUNDS=5 DURATION=15s CONNS=100 bench/run.sh
 #   SESSIONS=1 bench/run.sh      # every request with a valid session cookie (bench/gateway-sessions.yaml)
+#   LOGS=1 bench/run.sh          # access logs on both sides: `combined` to a file (nginx with
+#                                # buffer=64k), as operators run them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,7 @@ NGINX_PORT=${NGINX_PORT:-19002}
 GW_PORT=${GW_PORT:-19003}
 FLOOR_PORT=${FLOOR_PORT:-19004}
 SESSIONS=${SESSIONS:-0}
+LOGS=${LOGS:-0}
 GW_CONFIG=bench/gateway.yaml
 [ "$SESSIONS" = 1 ] && GW_CONFIG=bench/gateway-sessions.yaml
 
@@ -34,11 +37,21 @@ trap cleanup EXIT
 
 taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
 backend_pid=$!; pids+=("$backend_pid")
+access_log="access_log off;"
+gw_log=warn
+if [ "$LOGS" = 1 ]; then
+    access_log="access_log $work/nginx-access.log combined buffer=64k;"
+    # The gateway's access lines as nginx's: combined, to a file.
+    { cat "$GW_CONFIG"; echo "logs: { access: { file: $work/gateway-access.log, format: combined } }"; } \
+        >"$work/gateway.yaml"
+    GW_CONFIG="$work/gateway.yaml"
+    gw_log=warn,access=info
+fi
 sed -e "s#@DIR@#$work#g" -e "s#@BACKEND_PORT@#$BACKEND_PORT#g" -e "s#@NGINX_PORT@#$NGINX_PORT#g" \
-    bench/nginx.conf >"$work/nginx.conf"
+    -e "s#@ACCESS_LOG@#$access_log#g" bench/nginx.conf >"$work/nginx.conf"
 taskset -c 1 nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" &
 nginx_pid=$!; pids+=("$nginx_pid")
-GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=warn \
+GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=$gw_log \
     taskset -c 1 "$target/sessiongate" run --config "$GW_CONFIG" >/dev/null &
 gw_pid=$!; pids+=("$gw_pid")
 # The floor of the stack: hyper server + hyper client with nothing in between (a reference
@@ -90,6 +103,7 @@ n_rss=$(peak_rss_kib "$nginx_pid"); g_rss=$(peak_rss_kib "$gw_pid")
 
 echo
 [ "$SESSIONS" = 1 ] && echo "sessions: every request with a valid session cookie (5 attributes to the backend); issue 3's targets: >= 1.0x requests/s, CPU per request <= 1.1x"
+[ "$LOGS" = 1 ] && echo "access logs on both sides: combined, to a file ($(wc -l <"$work/gateway-access.log") gateway lines, $(wc -l <"$work/nginx-access.log") nginx lines written); issue 16's target: >= 0.9x nginx requests/s"
 echo "100-byte responses, keep-alive, $CONNS connections, median of $ROUNDS rounds of $DURATION:"
 printf '%-10s %12s %10s %10s %14s %14s %12s\n' "" "requests/s" "p50 us" "p99 us" "cpu us/req" "added p50@1" "peak RSS KiB"
 printf '%-10s %12s %10s %10s %14s %14s %12s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_cpu" \
