@@ -73,90 +73,103 @@ pub fn write(out: &mut Vec<u8>, format: AccessFormat, r: &Record<'_>, now: Syste
 
 fn text(out: &mut Vec<u8>, r: &Record<'_>, now: SystemTime) {
     rfc3339(out, now);
-    out.extend_from_slice(b"  INFO access: listener=");
-    out.extend_from_slice(r.listener.as_bytes());
-    out.extend_from_slice(b" client=");
-    ip(out, r.client);
-    out.extend_from_slice(b" method=");
-    out.extend_from_slice(r.method.as_bytes());
-    out.extend_from_slice(b" path=");
-    plain(out, r.path);
-    out.extend_from_slice(b" route=");
-    quoted(out, r.route.unwrap_or("-"));
-    out.extend_from_slice(b" upstream=");
-    quoted(out, r.upstream.unwrap_or("-"));
-    out.extend_from_slice(b" status=");
-    uint(out, u64::from(r.status));
-    out.extend_from_slice(b" bytes=");
-    uint(out, r.bytes);
-    out.extend_from_slice(b" duration_ms=");
-    millis(out, r.duration);
-    if let Some(t) = r.upstream_time {
-        out.extend_from_slice(b" upstream_ms=");
-        millis(out, t);
-    }
-    if let Some(s) = r.session_status {
-        out.extend_from_slice(b" session_status=");
-        quoted(out, s);
-    }
-    if let Some(s) = r.session {
-        out.extend_from_slice(b" session=");
-        quoted(out, s);
-    }
-    out.extend_from_slice(if r.complete {
-        b" complete=true"
-    } else {
-        b" complete=false"
-    });
-    if let Some(e) = r.error {
-        out.extend_from_slice(b" error=");
-        quoted(out, e);
-    }
+    out.extend_from_slice(b"  INFO access:");
+    fields(out, r, Style::Text);
 }
 
 fn json(out: &mut Vec<u8>, r: &Record<'_>, now: SystemTime) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     rfc3339(out, now);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"listener\":");
-    json_str(out, r.listener);
-    out.extend_from_slice(b",\"client\":\"");
-    ip(out, r.client);
-    out.extend_from_slice(b"\",\"method\":");
-    json_str(out, r.method);
-    out.extend_from_slice(b",\"path\":");
-    json_str(out, r.path);
-    out.extend_from_slice(b",\"route\":");
-    json_str(out, r.route.unwrap_or("-"));
-    out.extend_from_slice(b",\"upstream\":");
-    json_str(out, r.upstream.unwrap_or("-"));
-    out.extend_from_slice(b",\"status\":");
-    uint(out, u64::from(r.status));
-    out.extend_from_slice(b",\"bytes\":");
-    uint(out, r.bytes);
-    out.extend_from_slice(b",\"duration_ms\":");
-    millis(out, r.duration);
+    out.extend_from_slice(b"\",\"level\":\"INFO\"");
+    fields(out, r, Style::Json);
+    out.extend_from_slice(b",\"target\":\"access\"}");
+}
+
+/// How `text` and `json` write a field: the same fields, in the same order.
+#[derive(Clone, Copy)]
+enum Style {
+    /// ` key=value`: strings that `tracing` took by `Display` as they are, the others quoted.
+    Text,
+    /// `,"key":value`.
+    Json,
+}
+
+impl Style {
+    fn key(self, out: &mut Vec<u8>, key: &str) {
+        match self {
+            Style::Text => {
+                out.push(b' ');
+                out.extend_from_slice(key.as_bytes());
+                out.push(b'=');
+            }
+            Style::Json => {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":");
+            }
+        }
+    }
+
+    /// A string written as it is in text (a `Display` field there).
+    fn plain(self, out: &mut Vec<u8>, key: &str, value: &str) {
+        self.key(out, key);
+        match self {
+            Style::Text => plain(out, value),
+            Style::Json => json_str(out, value),
+        }
+    }
+
+    /// A string quoted in text (a `&str` field there).
+    fn quoted(self, out: &mut Vec<u8>, key: &str, value: &str) {
+        self.key(out, key);
+        match self {
+            Style::Text => quoted(out, value),
+            Style::Json => json_str(out, value),
+        }
+    }
+
+    /// A number, a boolean or milliseconds: the same in both.
+    fn raw(self, out: &mut Vec<u8>, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.key(out, key);
+        value(out);
+    }
+}
+
+/// The fields of a `text` or `json` line, in the order the `tracing` lines had them; an
+/// absent one is left out.
+fn fields(out: &mut Vec<u8>, r: &Record<'_>, s: Style) {
+    s.plain(out, "listener", r.listener);
+    // An address needs no escaping: text writes it bare, JSON in quotes.
+    s.raw(out, "client", |o| match s {
+        Style::Text => ip(o, r.client),
+        Style::Json => {
+            o.push(b'"');
+            ip(o, r.client);
+            o.push(b'"');
+        }
+    });
+    s.plain(out, "method", r.method);
+    s.plain(out, "path", r.path);
+    s.quoted(out, "route", r.route.unwrap_or("-"));
+    s.quoted(out, "upstream", r.upstream.unwrap_or("-"));
+    s.raw(out, "status", |o| uint(o, u64::from(r.status)));
+    s.raw(out, "bytes", |o| uint(o, r.bytes));
+    s.raw(out, "duration_ms", |o| millis(o, r.duration));
     if let Some(t) = r.upstream_time {
-        out.extend_from_slice(b",\"upstream_ms\":");
-        millis(out, t);
+        s.raw(out, "upstream_ms", |o| millis(o, t));
     }
-    if let Some(s) = r.session_status {
-        out.extend_from_slice(b",\"session_status\":");
-        json_str(out, s);
+    if let Some(v) = r.session_status {
+        s.quoted(out, "session_status", v);
     }
-    if let Some(s) = r.session {
-        out.extend_from_slice(b",\"session\":");
-        json_str(out, s);
+    if let Some(v) = r.session {
+        s.quoted(out, "session", v);
     }
-    out.extend_from_slice(if r.complete {
-        b",\"complete\":true"
-    } else {
-        b",\"complete\":false"
+    s.raw(out, "complete", |o| {
+        o.extend_from_slice(if r.complete { b"true" } else { b"false" });
     });
     if let Some(e) = r.error {
-        out.extend_from_slice(b",\"error\":");
-        json_str(out, e);
+        s.quoted(out, "error", e);
     }
-    out.extend_from_slice(b",\"target\":\"access\"}");
 }
 
 /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer"
