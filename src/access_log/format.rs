@@ -269,11 +269,7 @@ fn rfc3339(out: &mut Vec<u8>, now: SystemTime) {
     out.push(b'-');
     two(out, d);
     out.push(b'T');
-    two(out, h);
-    out.push(b':');
-    two(out, min);
-    out.push(b':');
-    two(out, s);
+    clock(out, (h, min, s));
     out.push(b'.');
     let mut digits = [b'0'; 6];
     let mut n = micros;
@@ -298,12 +294,17 @@ fn clf_time(out: &mut Vec<u8>, now: SystemTime) {
     out.push(b'/');
     uint(out, u64::try_from(y).unwrap_or(0));
     out.push(b':');
+    clock(out, (h, min, s));
+    out.extend_from_slice(b" +0000");
+}
+
+/// `HH:MM:SS`.
+fn clock(out: &mut Vec<u8>, (h, min, s): (u64, u64, u64)) {
     two(out, h);
     out.push(b':');
     two(out, min);
     out.push(b':');
     two(out, s);
-    out.extend_from_slice(b" +0000");
 }
 
 fn ip(out: &mut Vec<u8>, addr: IpAddr) {
