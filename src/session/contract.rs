@@ -92,25 +92,29 @@ impl Names {
     }
 }
 
-/// A header name as a backend may read it: `x_session_key`, `X.Session.Key` and
-/// `X-Session-Key` are one name to CGI gateways and many frameworks (every character that is
-/// not a letter or digit stands for `-`). `None` when the name has no such character (it is
-/// its own normal form: names come lower case).
-fn normalized(name: &str) -> Option<String> {
-    name.bytes()
-        .any(|b| !b.is_ascii_alphanumeric() && b != b'-')
-        .then(|| {
-            name.chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect()
+/// Whether `name` (lower case) is one of ours in some spelling: under the prefix, or one of
+/// `guarded`. Judged byte by byte, without building the name's normal form (this runs on
+/// every header of every request): it says what comparing `name` and its normal form (each
+/// byte not a letter or digit as `-`) would say (a unit test compares the two).
+fn poses_as_ours(name: &str, names: &Names, guarded: &[HeaderName]) -> bool {
+    let name = name.as_bytes();
+    begins_with_spelled(name, names.prefix.as_bytes())
+        || guarded.iter().any(|m| {
+            m.as_str().len() == name.len() && begins_with_spelled(name, m.as_str().as_bytes())
         })
 }
 
-/// Whether `name` (lower case) is one of ours in some spelling: under the prefix, or one of
-/// `guarded`.
-fn poses_as_ours(name: &str, names: &Names, guarded: &[HeaderName]) -> bool {
-    let looks = |n: &str| n.starts_with(&names.prefix) || guarded.iter().any(|m| m == n);
-    looks(name) || normalized(name).is_some_and(|n| looks(&n))
+/// Whether `name` begins with `target` as it is written, or as a backend reads it (every
+/// byte that is not a letter or digit standing for `-`; header names are ASCII).
+fn begins_with_spelled(name: &[u8], target: &[u8]) -> bool {
+    let Some(head) = name.get(..target.len()) else {
+        return false;
+    };
+    head == target
+        || head.iter().zip(target).all(|(&n, &t)| {
+            let n = if n.is_ascii_alphanumeric() { n } else { b'-' };
+            n == t
+        })
 }
 
 /// Whether `name` (lower case) is under the prefix, in any spelling.
@@ -354,5 +358,64 @@ mod tests {
         let mut h = map(&[("X-Session-Set", "token=a=b==")]);
         let d = take_directives(&mut h, &names());
         assert_eq!(d.changes, [Change::Set("token".into(), "a=b==".into())]);
+    }
+
+    /// A header name as a backend may read it: `x_session_key`, `X.Session.Key` and
+    /// `X-Session-Key` are one name to CGI gateways and many frameworks (every character that is
+    /// not a letter or digit stands for `-`). `None` when the name has no such character (it is
+    /// its own normal form: names come lower case).
+    fn normalized(name: &str) -> Option<String> {
+        name.bytes()
+            .any(|b| !b.is_ascii_alphanumeric() && b != b'-')
+            .then(|| {
+                name.chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect()
+            })
+    }
+
+    #[test]
+    fn the_byte_wise_judgement_says_what_the_normal_form_would() {
+        // The judgement as it was written before: on the name and on its normal form.
+        fn by_normal_form(name: &str, names: &Names, guarded: &[HeaderName]) -> bool {
+            let looks = |n: &str| n.starts_with(&names.prefix) || guarded.iter().any(|m| m == n);
+            looks(name) || normalized(name).is_some_and(|n| looks(&n))
+        }
+        let names = Names::new("X-Session-").unwrap();
+        let guarded = [
+            HeaderName::from_static("x-remote-user"),
+            HeaderName::from_static("x_odd.name"),
+        ];
+        // Every name of up to six characters over an alphabet that spells the edges.
+        let alphabet = ['x', '-', '_', '.', 's', 'e', 'r'];
+        let mut checked = 0;
+        let mut names_to_try: Vec<String> = vec![String::new()];
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for n in &names_to_try {
+                for c in alphabet {
+                    next.push(format!("{n}{c}"));
+                }
+            }
+            names_to_try.extend(next.iter().cloned());
+            names_to_try = next;
+            for n in &names_to_try {
+                for full in [
+                    n.clone(),
+                    format!("x{n}session-key"),
+                    format!("x-session{n}"),
+                    format!("x{n}remote{n}user"),
+                    format!("x{n}odd{n}name"),
+                ] {
+                    assert_eq!(
+                        poses_as_ours(&full, &names, &guarded),
+                        by_normal_form(&full, &names, &guarded),
+                        "{full:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
     }
 }
