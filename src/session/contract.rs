@@ -104,17 +104,13 @@ fn poses_as_ours(name: &str, names: &Names, guarded: &[HeaderName]) -> bool {
         })
 }
 
-/// Whether `name` begins with `target` as it is written, or as a backend reads it (every
-/// byte that is not a letter or digit standing for `-`; header names are ASCII).
+/// Whether `name` begins with `target` as a backend reads both: every byte that is not a
+/// letter or digit standing for `-` (header names are ASCII). Both sides: a configured name
+/// written with `_` (`X_Remote_User`) is one name with `X-Remote-User` to such a backend.
 fn begins_with_spelled(name: &[u8], target: &[u8]) -> bool {
-    let Some(head) = name.get(..target.len()) else {
-        return false;
-    };
-    head == target
-        || head.iter().zip(target).all(|(&n, &t)| {
-            let n = if n.is_ascii_alphanumeric() { n } else { b'-' };
-            n == t
-        })
+    let norm = |b: u8| if b.is_ascii_alphanumeric() { b } else { b'-' };
+    name.get(..target.len())
+        .is_some_and(|head| head.iter().zip(target).all(|(&n, &t)| norm(n) == norm(t)))
 }
 
 /// Whether `name` (lower case) is under the prefix, in any spelling.
@@ -375,10 +371,24 @@ mod tests {
     }
 
     #[test]
+    fn a_guarded_name_written_with_underscores_is_guarded_in_every_spelling() {
+        let names = Names::new("X-Session-").unwrap();
+        let guarded = [HeaderName::from_static("x_remote_user")];
+        for n in ["x-remote-user", "x_remote_user", "x.remote-user"] {
+            assert!(poses_as_ours(n, &names, &guarded), "{n}");
+        }
+        assert!(!poses_as_ours("x-remote-users", &names, &guarded));
+    }
+
+    #[test]
     fn the_byte_wise_judgement_says_what_the_normal_form_would() {
-        // The judgement as it was written before: on the name and on its normal form.
+        // The judgement as it was written before, on the name and on its normal form, with
+        // the configured names taken in their normal form too.
         fn by_normal_form(name: &str, names: &Names, guarded: &[HeaderName]) -> bool {
-            let looks = |n: &str| n.starts_with(&names.prefix) || guarded.iter().any(|m| m == n);
+            let norm = |n: &str| normalized(n).unwrap_or_else(|| n.to_owned());
+            let prefix = norm(&names.prefix);
+            let guarded: Vec<String> = guarded.iter().map(|g| norm(g.as_str())).collect();
+            let looks = |n: &str| n.starts_with(&prefix) || guarded.iter().any(|m| m == n);
             looks(name) || normalized(name).is_some_and(|n| looks(&n))
         }
         let names = Names::new("X-Session-").unwrap();

@@ -89,7 +89,7 @@ impl KeptInCookies {
         let Some(sealed) = rs.sealed.as_deref_mut() else {
             return;
         };
-        let token = match Token::generate(&self.keys) {
+        let token = match Token::generate_unsent(&self.keys) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(error = %e, "no randomness: sealed session not read");
@@ -190,7 +190,7 @@ impl KeptInCookies {
         let mut value = value;
         if d.regenerate {
             // A new nonce: the new cookie shares nothing visible with the old one.
-            let renamed = match Token::generate(&self.keys) {
+            let renamed = match Token::generate_unsent(&self.keys) {
                 Ok(fresh) => timed!(
                     self.ops.rename,
                     std::future::ready(self.sealer.seal(&session))
@@ -242,7 +242,8 @@ impl KeptInCookies {
         if expired.is_some() {
             self.count_delete().await;
         }
-        let (Ok(fresh), Ok(key)) = (Token::generate(&self.keys), SessionKey::generate()) else {
+        let (Ok(fresh), Ok(key)) = (Token::generate_unsent(&self.keys), SessionKey::generate())
+        else {
             tracing::warn!("no randomness: session not created");
             return None;
         };

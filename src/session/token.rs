@@ -194,13 +194,22 @@ impl Token {
     /// # Errors
     /// The OS random source failed.
     pub fn generate(keys: &SessionKeys) -> Result<Token, TokenError> {
-        let mut random = [0u8; RANDOM_LEN];
-        rand::fill(&mut random).map_err(|_| TokenError::NoRandomness)?;
-        let (tag, id) = mac(keys.newest(), &random);
-        let token = Token { random, tag, id };
+        let token = Self::generate_unsent(keys)?;
         // It comes back with the client's next request.
         keys.verified.remember(&token);
         Ok(token)
+    }
+
+    /// A new token that no client will present (the sealed-cookie store's per-request one):
+    /// not remembered as verified.
+    ///
+    /// # Errors
+    /// The OS random source failed.
+    pub fn generate_unsent(keys: &SessionKeys) -> Result<Token, TokenError> {
+        let mut random = [0u8; RANDOM_LEN];
+        rand::fill(&mut random).map_err(|_| TokenError::NoRandomness)?;
+        let (tag, id) = mac(keys.newest(), &random);
+        Ok(Token { random, tag, id })
     }
 
     /// Checks a presented token: its form, then its signature under any configured key.
