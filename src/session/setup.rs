@@ -24,6 +24,9 @@ pub(super) struct Foundation {
     pub(super) kept: Kept,
     /// What the store was built from.
     pub(super) basis: StoreBasis,
+    /// The keys (and a sealer) were made at start, not read from a secret file: only such
+    /// keys are kept by a reload without a secret file.
+    pub(super) made_at_start: bool,
 }
 
 /// What a store is built from: a reload keeps the store while these stay the same.
@@ -78,10 +81,14 @@ impl Foundation {
             }
         };
         let basis = StoreBasis::of(config);
-        // The sealed store is made from the secrets: built again when they are read again.
+        // Keys kept across a reload are only ever ones made at start: a reload that drops the
+        // secret file must not go on trusting the secrets that were in it.
+        let keep_keys = secrets.is_none() && previous.is_some_and(|p| p.made_at_start);
+        // The sealed store is made from the secrets: built again when they are read again,
+        // or dropped.
         let kept = previous
             .filter(|p| p.basis == basis)
-            .filter(|p| secrets.is_none() || !matches!(p.kept, Kept::InCookies(_)))
+            .filter(|_| keep_keys || !matches!(config.store, StoreConfig::Cookie { .. }))
             .map(|p| p.kept.clone());
         let kept = match kept {
             Some(kept) => kept,
@@ -98,21 +105,25 @@ impl Foundation {
                 })?
             }
         };
-        let keys = match secrets {
-            Some(s) => Arc::new(SessionKeys::from_secrets(&s).map_err(fail)?),
+        let made_at_start = secrets.is_none();
+        let keys = match (secrets, previous) {
+            (Some(s), _) => Arc::new(SessionKeys::from_secrets(&s).map_err(fail)?),
             // Without a secret file the key was made at start: a reload keeps it.
-            None => match previous {
-                Some(p) => p.keys.clone(),
-                None => {
-                    tracing::warn!(
-                        "no sessions.secret_file: using a key made at start; sessions will not \
-                         survive a restart nor be shared with other gateways"
-                    );
-                    Arc::new(SessionKeys::generate().map_err(fail)?)
-                }
-            },
+            (None, Some(p)) if keep_keys => p.keys.clone(),
+            (None, _) => {
+                tracing::warn!(
+                    "no sessions.secret_file: using a key made at start; sessions will not \
+                     survive a restart nor be shared with other gateways"
+                );
+                Arc::new(SessionKeys::generate().map_err(fail)?)
+            }
         };
-        Ok(Foundation { keys, kept, basis })
+        Ok(Foundation {
+            keys,
+            kept,
+            basis,
+            made_at_start,
+        })
     }
 }
 
@@ -173,4 +184,33 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
         ))),
     };
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::token::Token;
+
+    #[test]
+    fn a_reload_that_drops_the_secret_file_stops_trusting_its_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("session.keys");
+        std::fs::write(&file, "a-secret-that-leaked-0123456789abcdef0123\n").unwrap();
+        let with_file = SessionsConfig {
+            secret_file: Some(file),
+            ..SessionsConfig::default()
+        };
+        let first = Foundation::build(&with_file, "gw.yaml", None).unwrap();
+        assert!(!first.made_at_start);
+        let token = Token::generate(&first.keys).unwrap().expose();
+        // Reloaded without the file: a key made now, not the file's.
+        let without = SessionsConfig::default();
+        let second = Foundation::build(&without, "gw.yaml", Some(&first)).unwrap();
+        assert!(second.made_at_start);
+        assert!(Token::parse(&token, &second.keys).is_err());
+        // Reloaded again without a file: the key made at start is kept (its sessions live).
+        let token = Token::generate(&second.keys).unwrap().expose();
+        let third = Foundation::build(&without, "gw.yaml", Some(&second)).unwrap();
+        assert!(Token::parse(&token, &third.keys).is_ok());
+    }
 }
