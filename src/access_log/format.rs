@@ -113,22 +113,13 @@ impl Style {
         }
     }
 
-    /// A string written as it is in text (a `Display` field there).
+    /// A string: in JSON always a JSON string; in text written by `in_text` ([`plain`] for
+    /// what `tracing` took by `Display`, [`quoted`] for a `&str` field).
     #[inline(always)]
-    fn plain(self, out: &mut Vec<u8>, key: &str, value: &str) {
+    fn string(self, out: &mut Vec<u8>, key: &str, value: &str, in_text: fn(&mut Vec<u8>, &str)) {
         self.key(out, key);
         match self {
-            Style::Text => plain(out, value),
-            Style::Json => json_str(out, value),
-        }
-    }
-
-    /// A string quoted in text (a `&str` field there).
-    #[inline(always)]
-    fn quoted(self, out: &mut Vec<u8>, key: &str, value: &str) {
-        self.key(out, key);
-        match self {
-            Style::Text => quoted(out, value),
+            Style::Text => in_text(out, value),
             Style::Json => json_str(out, value),
         }
     }
@@ -145,7 +136,7 @@ impl Style {
 /// absent one is left out.
 #[inline(always)]
 fn fields(out: &mut Vec<u8>, r: &Record<'_>, s: Style) {
-    s.plain(out, "listener", r.listener);
+    s.string(out, "listener", r.listener, plain);
     // An address needs no escaping: text writes it bare, JSON in quotes.
     s.raw(out, "client", |o| match s {
         Style::Text => ip(o, r.client),
@@ -155,10 +146,10 @@ fn fields(out: &mut Vec<u8>, r: &Record<'_>, s: Style) {
             o.push(b'"');
         }
     });
-    s.plain(out, "method", r.method);
-    s.plain(out, "path", r.path);
-    s.quoted(out, "route", r.route.unwrap_or("-"));
-    s.quoted(out, "upstream", r.upstream.unwrap_or("-"));
+    s.string(out, "method", r.method, plain);
+    s.string(out, "path", r.path, plain);
+    s.string(out, "route", r.route.unwrap_or("-"), quoted);
+    s.string(out, "upstream", r.upstream.unwrap_or("-"), quoted);
     s.raw(out, "status", |o| uint(o, u64::from(r.status)));
     s.raw(out, "bytes", |o| uint(o, r.bytes));
     s.raw(out, "duration_ms", |o| millis(o, r.duration));
@@ -166,16 +157,16 @@ fn fields(out: &mut Vec<u8>, r: &Record<'_>, s: Style) {
         s.raw(out, "upstream_ms", |o| millis(o, t));
     }
     if let Some(v) = r.session_status {
-        s.quoted(out, "session_status", v);
+        s.string(out, "session_status", v, quoted);
     }
     if let Some(v) = r.session {
-        s.quoted(out, "session", v);
+        s.string(out, "session", v, quoted);
     }
     s.raw(out, "complete", |o| {
         o.extend_from_slice(if r.complete { b"true" } else { b"false" });
     });
     if let Some(e) = r.error {
-        s.quoted(out, "error", e);
+        s.string(out, "error", e, quoted);
     }
 }
 
