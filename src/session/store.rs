@@ -155,6 +155,19 @@ impl Session {
         }
     }
 
+    /// A session from bytes that [`Session::packed`] made in this process (the memory
+    /// store's own copy), not checked again: every session read takes this path, and the
+    /// check is a walk over every attribute. Bytes not so made read as a shorter session
+    /// (each walk stops where the layout breaks), never as anything unsafe.
+    pub(crate) fn from_own_packing(packed: Bytes, created_ms: u64, last_seen_ms: u64) -> Session {
+        Session {
+            packed,
+            created_ms,
+            last_seen_ms,
+            read_only: false,
+        }
+    }
+
     /// A session from the bytes of [`Session::packed`]; `None` if they are not laid out so.
     /// Only the layout is checked here: text is checked where it is read as text.
     pub fn from_packed(packed: Bytes, created_ms: u64, last_seen_ms: u64) -> Option<Session> {
