@@ -89,13 +89,6 @@ impl KeptInCookies {
         let Some(sealed) = rs.sealed.as_deref_mut() else {
             return;
         };
-        let token = match Token::generate_unsent(&self.keys) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "no randomness: sealed session not read");
-                return;
-            }
-        };
         let now = unix_ms();
         let opened = timed!(
             self.ops.load,
@@ -105,6 +98,7 @@ impl KeptInCookies {
             return;
         };
         sealed.value = Some(value);
+        let token = Token::stand_in(session.key());
         if session.expired(now, self.idle, self.absolute) {
             self.metrics.session(SessionEvent::Expired);
             rs.status = Status::Expired;
