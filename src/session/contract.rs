@@ -213,6 +213,11 @@ pub use crate::config::valid_attribute_name as valid_name;
 /// happens next, so a client never sees them.
 pub fn take_directives(headers: &mut HeaderMap, names: &Names) -> Directives {
     let mut d = Directives::default();
+    // Most responses carry none: one pass over the names, rather than three lookups that
+    // each hash a long name, and a second pass to strip.
+    if !headers.keys().any(|n| under_prefix(n.as_str(), names)) {
+        return d;
+    }
     let sets: Vec<HeaderValue> = headers.get_all(&names.set).iter().cloned().collect();
     for v in sets {
         let Some((name, value)) = v.to_str().ok().and_then(|s| s.split_once('=')) else {
