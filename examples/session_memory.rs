@@ -2,6 +2,12 @@
 //! small attributes (as the shop demo would) and prints the growth of the process's RSS.
 //!
 //! `cargo run --release --example session_memory -- 1000000`
+//!
+//! With `floor` after the count it fills a bare `moka` cache, built as the memory store
+//! builds its own (idle expiry, LRU, a weigher), with N empty entries under 16-byte ids: what
+//! the cache itself costs per entry, which no session data can go under.
+//!
+//! `cargo run --release --example session_memory -- 1000000 floor`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -27,6 +33,9 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    if std::env::args().nth(2).as_deref() == Some("floor") {
+        return floor(n).await;
+    }
     let store = MemoryStore::new(MemoryOptions {
         max_sessions: n,
         max_bytes: u64::MAX,
@@ -58,5 +67,32 @@ async fn main() {
         store.entry_count(),
         grown as f64 / 1024.0,
         grown as f64 / 1024.0 * 1_000_000.0 / n as f64
+    );
+}
+
+/// `n` empty entries in a moka cache built as `MemoryStore::new` builds its own.
+async fn floor(n: u64) {
+    let cache: moka::future::Cache<[u8; 16], (), rustc_hash::FxBuildHasher> =
+        moka::future::Cache::builder()
+            .max_capacity(n)
+            .weigher(|_, _| 1)
+            .time_to_idle(Duration::from_secs(3600))
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .eviction_listener(|_, _, _| {})
+            .build_with_hasher(rustc_hash::FxBuildHasher);
+    let before = rss_kib();
+    for i in 0..n {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.to_le_bytes());
+        cache.insert(id, ()).await;
+    }
+    cache.run_pending_tasks().await;
+    let grown = rss_kib().saturating_sub(before);
+    println!(
+        "{} empty entries in a bare moka cache: RSS grew by {:.1} MiB ({:.1} MiB per million, {:.0} bytes each)",
+        cache.entry_count(),
+        grown as f64 / 1024.0,
+        grown as f64 / 1024.0 * 1_000_000.0 / n as f64,
+        grown as f64 * 1024.0 / n as f64
     );
 }
