@@ -9,6 +9,10 @@
 # it.
 #
 #   bench/instructions.sh                    # plain proxy, and a session on every request
+#   MODES="plain sessions sealed floor" bench/instructions.sh
+#                                            # sealed: the session sealed in the cookie
+#                                            # (bench/gateway-sealed.yaml); floor: the bare
+#                                            # hyper proxy (examples/bare_proxy.rs), logs off
 #   MODES=sessions LOGS=on DURATION=5s bench/instructions.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,13 +31,17 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || {
     exit 1
 }
 
-cargo build --release --quiet --bin sessiongate --example bench_backend
+cargo build --release --quiet --bin sessiongate --example bench_backend --example bare_proxy
 target=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+# KEEP=1 keeps the callgrind files (for callgrind_annotate) and says where.
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ -n "${KEEP:-}" ]; then echo "callgrind files kept in $work"; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
-[ -n "${KEEP:-}" ] && trap - EXIT
 
 taskset -c 1 "$target/examples/bench_backend" "127.0.0.1:$BACKEND_PORT" 2>/dev/null &
 pids+=("$!")
@@ -43,18 +51,27 @@ for mode in $MODES; do
   for logs in $LOGS; do
     config=bench/gateway.yaml
     [ "$mode" = sessions ] && config=bench/gateway-sessions.yaml
+    [ "$mode" = sealed ] && config=bench/gateway-sealed.yaml
     level=warn
     [ "$logs" = on ] && level=info
+    # The floor writes no access lines: it has one row, with logs off.
+    [ "$mode" = floor ] && [ "$logs" = on ] && continue
     out="$work/callgrind.$mode.$logs"
     # valgrind's own report and the gateway's log lines share stderr: both go to a file.
-    GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=$level taskset -c 1 \
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
-        "$target/sessiongate" run --config "$config" >/dev/null 2>"$work/stderr.$mode.$logs" &
+    if [ "$mode" = floor ]; then
+        taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+            "$target/examples/bare_proxy" "127.0.0.1:$GW_PORT" "127.0.0.1:$BACKEND_PORT" \
+            >/dev/null 2>"$work/stderr.$mode.$logs" &
+    else
+        GW_PORT=$GW_PORT BACKEND_PORT=$BACKEND_PORT RUST_LOG=$level taskset -c 1 \
+            valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+            "$target/sessiongate" run --config "$config" >/dev/null 2>"$work/stderr.$mode.$logs" &
+    fi
     gw=$!
     pids+=("$gw")
     wait_port "$GW_PORT"
     header=()
-    if [ "$mode" = sessions ]; then
+    if [ "$mode" = sessions ] || [ "$mode" = sealed ]; then
         cookie=$(curl -s -D - -o /dev/null "http://127.0.0.1:$GW_PORT/login" | awk -F'[ ;]' 'tolower($1) == "set-cookie:" {print $2}')
         [ -n "$cookie" ] || { echo "no session cookie from the gateway" >&2; exit 1; }
         header=(-H "Cookie: $cookie")

@@ -17,6 +17,17 @@ bench_tools() {
     [ "$(nproc)" -ge 2 ] || { echo "bench needs 2 CPUs (wrk on one, proxy + backend on the other)" >&2; exit 1; }
 }
 
+# Installs nginx's Lua module (the session-aware peer, bench/nginx-sessions.conf) when missing.
+bench_lua() {
+    [ -e /usr/share/nginx/modules/ngx_http_lua_module.so ] && return 0
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnginx-mod-http-lua
+    else
+        echo "PEER=lua needs libnginx-mod-http-lua (apt-get install it as root)" >&2
+        exit 1
+    fi
+}
+
 wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # CPU time (user + system, all threads) of a process and its children, in clock ticks.
