@@ -198,18 +198,8 @@ fn combined(out: &mut Vec<u8>, r: &Record<'_>, now: SystemTime) {
 }
 
 /// A decimal number.
-fn uint(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn uint(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Milliseconds with at most two decimals, written as `f64`'s shortest form would be
@@ -245,55 +235,84 @@ fn civil(days: i64) -> (i64, u64, u64) {
     (y, m, d)
 }
 
-/// The time in seconds and microseconds since the epoch, split into a civil date and time.
-fn parts(now: SystemTime) -> ((i64, u64, u64), (u64, u64, u64), u64) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+/// Seconds since the epoch, split into a civil date and time.
+fn parts(secs: u64) -> ((i64, u64, u64), (u64, u64, u64)) {
     let day = i64::try_from(secs / 86_400).unwrap_or(0);
     let in_day = secs % 86_400;
-    (
-        civil(day),
-        (in_day / 3600, (in_day / 60) % 60, in_day % 60),
-        u64::from(since.subsec_micros()),
-    )
+    (civil(day), (in_day / 3600, (in_day / 60) % 60, in_day % 60))
+}
+
+/// The parts of a line's time that change once a second, written once a second per thread
+/// (as nginx caches its time strings): `2026-12-07T05:10:00` and `07/Dec/2026:05:10:00 +0000`.
+struct Second {
+    secs: u64,
+    rfc3339: Vec<u8>,
+    clf: Vec<u8>,
+}
+
+thread_local! {
+    static SECOND: std::cell::RefCell<Second> = const {
+        std::cell::RefCell::new(Second { secs: u64::MAX, rfc3339: Vec::new(), clf: Vec::new() })
+    };
+}
+
+/// Calls `f` with the second of `now`, written.
+fn with_second<R>(now: SystemTime, f: impl FnOnce(&Second, u32) -> R) -> R {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    SECOND.with_borrow_mut(|second| {
+        if second.secs != since.as_secs() {
+            *second = Second::of(since.as_secs());
+        }
+        f(second, since.subsec_micros())
+    })
+}
+
+impl Second {
+    fn of(secs: u64) -> Second {
+        const MONTHS: [&[u8; 3]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
+        ];
+        let ((y, m, d), hms) = parts(secs);
+        let year = u64::try_from(y).unwrap_or(0);
+        let mut rfc3339 = Vec::with_capacity(20);
+        uint(&mut rfc3339, year);
+        rfc3339.push(b'-');
+        two(&mut rfc3339, m);
+        rfc3339.push(b'-');
+        two(&mut rfc3339, d);
+        rfc3339.push(b'T');
+        clock(&mut rfc3339, hms);
+        let mut clf = Vec::with_capacity(27);
+        two(&mut clf, d);
+        clf.push(b'/');
+        clf.extend_from_slice(MONTHS[usize::try_from(m - 1).unwrap_or(0) % 12]);
+        clf.push(b'/');
+        uint(&mut clf, year);
+        clf.push(b':');
+        clock(&mut clf, hms);
+        clf.extend_from_slice(b" +0000");
+        Second { secs, rfc3339, clf }
+    }
 }
 
 /// `2026-12-07T05:10:00.123456Z`.
 fn rfc3339(out: &mut Vec<u8>, now: SystemTime) {
-    let ((y, m, d), (h, min, s), micros) = parts(now);
-    uint(out, u64::try_from(y).unwrap_or(0));
-    out.push(b'-');
-    two(out, m);
-    out.push(b'-');
-    two(out, d);
-    out.push(b'T');
-    clock(out, (h, min, s));
-    out.push(b'.');
-    let mut digits = [b'0'; 6];
-    let mut n = micros;
-    for slot in digits.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    out.extend_from_slice(&digits);
-    out.push(b'Z');
+    with_second(now, |second, micros| {
+        out.extend_from_slice(&second.rfc3339);
+        let mut digits = *b".000000Z";
+        let mut n = micros;
+        for slot in digits[1..7].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.extend_from_slice(&digits);
+    });
 }
 
 /// `07/Dec/2026:05:10:00 +0000`.
 fn clf_time(out: &mut Vec<u8>, now: SystemTime) {
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let ((y, m, d), (h, min, s), _) = parts(now);
-    two(out, d);
-    out.push(b'/');
-    out.extend_from_slice(MONTHS[usize::try_from(m - 1).unwrap_or(0) % 12]);
-    out.push(b'/');
-    uint(out, u64::try_from(y).unwrap_or(0));
-    out.push(b':');
-    clock(out, (h, min, s));
-    out.extend_from_slice(b" +0000");
+    with_second(now, |second, _| out.extend_from_slice(&second.clf));
 }
 
 /// `HH:MM:SS`.
@@ -320,14 +339,41 @@ fn ip(out: &mut Vec<u8>, addr: IpAddr) {
     }
 }
 
+/// Appends `s`, each byte that `special` picks written by `escape` instead: the runs between
+/// them are copied whole (most values have no such byte at all).
+#[inline(always)]
+fn escaping(
+    out: &mut Vec<u8>,
+    s: &str,
+    special: impl Fn(u8) -> bool,
+    escape: impl Fn(&mut Vec<u8>, u8),
+) {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if special(b) {
+            out.extend_from_slice(&bytes[from..i]);
+            escape(out, b);
+            from = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[from..]);
+}
+
 /// A value as `tracing` wrote a `Display` field: as it is, control characters escaped.
 fn plain(out: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
-        if b < 0x20 || b == 0x7f {
-            hex_escape(out, b);
-        } else {
-            out.push(b);
-        }
+    escaping(out, s, |b| b < 0x20 || b == 0x7f, hex_escape);
+}
+
+/// Rust's `Debug` escapes of the common characters; others as `\xHH`.
+fn debug_escape(out: &mut Vec<u8>, b: u8) {
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        b => hex_escape(out, b),
     }
 }
 
@@ -335,51 +381,47 @@ fn plain(out: &mut Vec<u8>, s: &str) {
 /// escapes the common characters.
 fn quoted(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b if b < 0x20 || b == 0x7f => hex_escape(out, b),
-            b => out.push(b),
-        }
-    }
+    escaping(
+        out,
+        s,
+        |b| b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f,
+        debug_escape,
+    );
     out.push(b'"');
 }
 
 /// A JSON string.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
+    escaping(
+        out,
+        s,
+        |b| b == b'"' || b == b'\\' || b < 0x20,
+        |out, b| match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            b if b < 0x20 => {
+            b => {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
                 out.push(HEX[usize::from(b & 15)]);
             }
-            b => out.push(b),
-        }
-    }
+        },
+    );
     out.push(b'"');
 }
 
 /// A value inside a `combined` quoted field: `"`, `\`, control and non-ASCII bytes as
 /// `\xHH`, as nginx writes them.
 fn escaped(out: &mut Vec<u8>, s: &str) {
-    for &b in s.as_bytes() {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            hex_escape(out, b);
-        } else {
-            out.push(b);
-        }
-    }
+    escaping(
+        out,
+        s,
+        |b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b),
+        hex_escape,
+    );
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -476,6 +518,62 @@ mod tests {
             let mut out = Vec::new();
             millis(&mut out, Duration::from_micros(micros));
             assert_eq!(String::from_utf8(out).unwrap(), want, "{micros}");
+        }
+    }
+
+    #[test]
+    fn each_line_has_its_own_time_when_the_second_changes_between_lines() {
+        let at = |micros: u64| {
+            let mut out = Vec::new();
+            write(
+                &mut out,
+                AccessFormat::Combined,
+                &record(),
+                UNIX_EPOCH + Duration::from_micros(micros),
+            );
+            let mut rfc = Vec::new();
+            rfc3339(&mut rfc, UNIX_EPOCH + Duration::from_micros(micros));
+            (
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(rfc).unwrap(),
+            )
+        };
+        // Within a second, across a second, across a day and a year, and back again.
+        for (micros, clf, rfc) in [
+            (
+                1_764_430_745_533_030,
+                "[29/Nov/2025:15:39:05 +0000]",
+                "2025-11-29T15:39:05.533030Z",
+            ),
+            (
+                1_764_430_745_999_999,
+                "[29/Nov/2025:15:39:05 +0000]",
+                "2025-11-29T15:39:05.999999Z",
+            ),
+            (
+                1_764_430_746_000_001,
+                "[29/Nov/2025:15:39:06 +0000]",
+                "2025-11-29T15:39:06.000001Z",
+            ),
+            (
+                1_767_225_599_000_000,
+                "[31/Dec/2025:23:59:59 +0000]",
+                "2025-12-31T23:59:59.000000Z",
+            ),
+            (
+                1_767_225_600_000_000,
+                "[01/Jan/2026:00:00:00 +0000]",
+                "2026-01-01T00:00:00.000000Z",
+            ),
+            (
+                1_764_430_745_533_030,
+                "[29/Nov/2025:15:39:05 +0000]",
+                "2025-11-29T15:39:05.533030Z",
+            ),
+        ] {
+            let (line, time) = at(micros);
+            assert!(line.contains(clf), "{line}");
+            assert_eq!(time, rfc);
         }
     }
 

@@ -7,20 +7,14 @@
 mod format;
 mod writer;
 
+use std::cell::RefCell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::SystemTime;
 
 use prometheus_client::metrics::counter::Counter;
 
 pub use format::{AccessFormat, Record};
 pub use writer::{Destination, flush_all, reopen_all};
-
-/// How many lines may wait for the writer, and how many bytes; past either, lines are
-/// dropped (a client cannot fill memory with long lines while the disk is slow).
-const QUEUE: usize = 16 * 1024;
-const QUEUE_BYTES: usize = 32 << 20;
 
 /// Where a configuration's access lines go, and how they are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +30,13 @@ pub struct AccessSettings {
 #[derive(Debug)]
 pub struct AccessLog {
     settings: AccessSettings,
-    lines: SyncSender<Vec<u8>>,
-    /// Bytes waiting in the queue.
-    queued: Arc<AtomicUsize>,
+    queue: Arc<writer::Queue>,
     dropped: Counter,
+}
+
+thread_local! {
+    /// Where a line is written before it is queued: one buffer per thread, reused.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
 }
 
 impl AccessLog {
@@ -48,13 +45,10 @@ impl AccessLog {
     /// # Errors
     /// The file cannot be opened for appending.
     pub fn start(settings: AccessSettings, dropped: Counter) -> std::io::Result<AccessLog> {
-        let (lines, queue) = std::sync::mpsc::sync_channel(QUEUE);
-        let queued = Arc::new(AtomicUsize::new(0));
-        writer::start(&settings.to, queue, queued.clone(), dropped.clone())?;
+        let queue = writer::start(&settings.to, dropped.clone())?;
         Ok(AccessLog {
             settings,
-            lines,
-            queued,
+            queue,
             dropped,
         })
     }
@@ -71,20 +65,24 @@ impl AccessLog {
 
     /// Writes the line for `r`, or drops it if the writer is that far behind.
     pub fn line(&self, r: &Record<'_>) {
-        let mut out = Vec::with_capacity(256);
-        format::write(&mut out, self.settings.format, r, SystemTime::now());
-        let len = out.len();
-        if self.queued.fetch_add(len, Ordering::Relaxed) > QUEUE_BYTES {
-            self.queued.fetch_sub(len, Ordering::Relaxed);
-            self.dropped.inc();
-            return;
-        }
-        match self.lines.try_send(out) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(len, Ordering::Relaxed);
+        LINE.with_borrow_mut(|out| {
+            out.clear();
+            format::write(out, self.settings.format, r, SystemTime::now());
+            if !self.queue.push(out) {
                 self.dropped.inc();
             }
-        }
+            // A long line's buffer is not kept.
+            if out.capacity() > 16 * 1024 {
+                *out = Vec::with_capacity(512);
+            }
+        });
+    }
+}
+
+impl Drop for AccessLog {
+    /// The last request (or reload) that could write a line is gone: the writer writes what
+    /// waits, and stops.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
