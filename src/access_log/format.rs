@@ -205,8 +205,11 @@ fn uint(out: &mut Vec<u8>, n: u64) {
 /// Milliseconds with at most two decimals, written as `f64`'s shortest form would be
 /// (`1.61`, `1.6`, `1.0`), as the `tracing` lines had them.
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let hundredths = (d.as_nanos() + 5_000) / 10_000;
-    let hundredths = u64::try_from(hundredths).unwrap_or(u64::MAX);
+    // In u64 (a u128 division is a library call): whole seconds, then the rest.
+    let hundredths = d
+        .as_secs()
+        .saturating_mul(100_000)
+        .saturating_add((u64::from(d.subsec_nanos()) + 5_000) / 10_000);
     uint(out, hundredths / 100);
     out.push(b'.');
     let frac = hundredths % 100;
@@ -257,14 +260,25 @@ thread_local! {
 }
 
 /// Calls `f` with the second of `now`, written.
-fn with_second<R>(now: SystemTime, f: impl FnOnce(&Second, u32) -> R) -> R {
+fn with_second(now: SystemTime, f: impl FnOnce(&Second, u32)) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    SECOND.with_borrow_mut(|second| {
-        if second.secs != since.as_secs() {
-            *second = Second::of(since.as_secs());
+    let (secs, micros) = (since.as_secs(), since.subsec_micros());
+    let mut f = Some(f);
+    let _ = SECOND.try_with(|cell| {
+        let Ok(mut second) = cell.try_borrow_mut() else {
+            return;
+        };
+        if second.secs != secs {
+            *second = Second::of(secs);
         }
-        f(second, since.subsec_micros())
-    })
+        if let Some(f) = f.take() {
+            f(&second, micros);
+        }
+    });
+    // Written afresh where the thread's cache is gone or in use.
+    if let Some(f) = f {
+        f(&Second::of(secs), micros);
+    }
 }
 
 impl Second {

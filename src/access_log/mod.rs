@@ -65,17 +65,29 @@ impl AccessLog {
 
     /// Writes the line for `r`, or drops it if the writer is that far behind.
     pub fn line(&self, r: &Record<'_>) {
-        LINE.with_borrow_mut(|out| {
+        let write = |out: &mut Vec<u8>| {
             out.clear();
             format::write(out, self.settings.format, r, SystemTime::now());
             if !self.queue.push(out) {
                 self.dropped.inc();
             }
+        };
+        // The thread's buffer; a fresh one where there is none (a line written while the
+        // thread's locals are torn down).
+        let reused = LINE.try_with(|buf| {
+            let Ok(mut out) = buf.try_borrow_mut() else {
+                return false;
+            };
+            write(&mut out);
             // A long line's buffer is not kept.
             if out.capacity() > 16 * 1024 {
                 *out = Vec::with_capacity(512);
             }
+            true
         });
+        if reused != Ok(true) {
+            write(&mut Vec::new());
+        }
     }
 }
 

@@ -157,6 +157,8 @@ fn run(out: &mut Output, queue: &Queue) {
             out.reopen();
         }
         if closed {
+            // Nothing more will come: no flush need wait for this writer.
+            queue.flushed.store(u64::MAX, Ordering::Release);
             return;
         }
         // A lone line waits no longer than about a second.

@@ -93,7 +93,6 @@ impl Sessions {
             )),
             Kept::InCookies(sealer) => Keeper::InCookies(KeptInCookies::new(
                 sealer.clone(),
-                keys,
                 metrics,
                 (config.idle_timeout, config.absolute_timeout),
             )),

@@ -19,7 +19,7 @@ use super::request::RequestSession;
 use super::sealed::Sealer;
 use super::store::{Change, Session, SessionKey, StoreError, unix_ms};
 use super::store_metrics::{StoreOps, timed};
-use super::token::{SessionKeys, Token};
+use super::token::Token;
 use super::tracking::Source;
 use crate::metrics::{Metrics, SessionEvent};
 
@@ -55,9 +55,6 @@ pub(super) enum CookieChange {
 /// Sessions sealed in cookies.
 pub(super) struct KeptInCookies {
     sealer: Arc<Sealer>,
-    /// Tokens: the request's session has one in the log and the warnings, as with a store
-    /// (a random one, never sent anywhere).
-    keys: Arc<SessionKeys>,
     ops: StoreOps,
     metrics: Arc<Metrics>,
     idle: Duration,
@@ -68,13 +65,11 @@ impl KeptInCookies {
     /// Sessions sealed by `sealer`, judged against `idle` and `absolute`.
     pub(super) fn new(
         sealer: Arc<Sealer>,
-        keys: Arc<SessionKeys>,
         metrics: &Arc<Metrics>,
         (idle, absolute): (Duration, Duration),
     ) -> KeptInCookies {
         KeptInCookies {
             sealer,
-            keys,
             ops: StoreOps::new(metrics, "cookie"),
             metrics: metrics.clone(),
             idle,
@@ -178,24 +173,20 @@ impl KeptInCookies {
             }
             return None;
         }
-        let Some((mut session, mut token)) = live else {
+        let Some((mut session, token)) = live else {
             return self.create(presented, &d.changes).await;
         };
         let mut value = value;
         if d.regenerate {
-            // A new nonce: the new cookie shares nothing visible with the old one.
-            let renamed = match Token::generate_unsent(&self.keys) {
-                Ok(fresh) => timed!(
-                    self.ops.rename,
-                    std::future::ready(self.sealer.seal(&session))
-                )
-                .map(|v| (fresh, v)),
-                Err(e) => Err(StoreError::Unavailable(e.to_string())),
-            };
-            match renamed {
-                Ok((fresh, resealed)) => {
+            // A new nonce: the new cookie shares nothing visible with the old one. (Its log
+            // name, a hash of the session's key, stays: see `Token::stand_in`.)
+            match timed!(
+                self.ops.rename,
+                std::future::ready(self.sealer.seal(&session))
+            ) {
+                Ok(resealed) => {
                     self.metrics.session(SessionEvent::Regenerated);
-                    (token, value) = (fresh, Some(resealed));
+                    value = Some(resealed);
                 }
                 Err(e) => {
                     tracing::warn!(session = %token, error = %e, "regenerate failed: the session is ended, its changes not applied");
@@ -236,11 +227,11 @@ impl KeptInCookies {
         if expired.is_some() {
             self.count_delete().await;
         }
-        let (Ok(fresh), Ok(key)) = (Token::generate_unsent(&self.keys), SessionKey::generate())
-        else {
+        let Ok(key) = SessionKey::generate() else {
             tracing::warn!("no randomness: session not created");
             return None;
         };
+        let fresh = Token::stand_in(key.as_str());
         let now = unix_ms();
         let mut session = Session::new(key, now);
         let rejected = self.sealer.apply(&mut session, changes);
@@ -303,10 +294,8 @@ mod tests {
             absolute_timeout: ABSOLUTE,
         })
         .unwrap();
-        let keys = Arc::new(SessionKeys::from_secrets(&[SECRET]).unwrap());
         KeptInCookies::new(
             Arc::new(sealer),
-            keys,
             &Arc::new(Metrics::new()),
             (IDLE, ABSOLUTE),
         )

@@ -78,6 +78,7 @@ enum Entry {
     Grace(Box<Grace>),
 }
 
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(std::mem::size_of::<Entry>() == 32);
 
 /// An id that is no session of its own, for a while.

@@ -253,7 +253,8 @@ impl Token {
 
     /// A stand-in for a session sealed in a cookie, which has no token: it names the session
     /// in log lines (by a hash of its stable key, so the lines of one session correlate
-    /// across reseals) and is never sent anywhere. Made without randomness or a MAC: the
+    /// across reseals and regenerates) and is never sent anywhere, nor remembered as
+    /// verified (its text fails the HMAC). Made without randomness or a MAC: the
     /// sealed store made one per request with both, 4,700 instructions of a sealed read.
     pub fn stand_in(key: &str) -> Token {
         let mut id = [0u8; ID_LEN];
@@ -282,7 +283,8 @@ impl Token {
         raw[RANDOM_LEN..].copy_from_slice(&self.tag);
         let mut text = [0u8; TOKEN_CHARS];
         // 48 bytes are exactly 64 characters: the buffer always fits.
-        let _ = URL_SAFE_NO_PAD.encode_slice(raw, &mut text);
+        let written = URL_SAFE_NO_PAD.encode_slice(raw, &mut text);
+        debug_assert_eq!(written.ok(), Some(TOKEN_CHARS));
         text
     }
 
