@@ -214,7 +214,7 @@ fn millis(out: &mut Vec<u8>, d: Duration) {
     out.push(b'.');
     let frac = hundredths % 100;
     out.push(b'0' + (frac / 10) as u8);
-    if frac % 10 != 0 {
+    if !frac.is_multiple_of(10) {
         out.push(b'0' + (frac % 10) as u8);
     }
 }

@@ -98,3 +98,94 @@ impl Drop for AccessLog {
         self.queue.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn record(path: &str) -> Record<'_> {
+        Record {
+            listener: "web",
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            method: "GET",
+            path,
+            route: Some("app"),
+            upstream: Some("app"),
+            status: 200,
+            bytes: 100,
+            duration: Duration::from_micros(900),
+            upstream_time: None,
+            session_status: None,
+            session: None,
+            complete: true,
+            error: None,
+            query: None,
+            version: "HTTP/1.1",
+            referer: None,
+            user_agent: None,
+        }
+    }
+
+    #[test]
+    fn lines_a_full_disk_refuses_are_counted_as_dropped() {
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        let dropped = Counter::default();
+        let log = AccessLog::start(
+            AccessSettings {
+                to: writer::Destination::File("/dev/full".into()),
+                format: AccessFormat::Combined,
+            },
+            dropped.clone(),
+        )
+        .unwrap();
+        for i in 0..10 {
+            log.line(&record(&format!("/item/{i}")));
+        }
+        flush_all(Duration::from_secs(5));
+        assert_eq!(dropped.get(), 10);
+    }
+
+    #[test]
+    fn lines_are_written_whole_and_in_order_from_many_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = Arc::new(
+            AccessLog::start(
+                AccessSettings {
+                    to: writer::Destination::File(path.clone()),
+                    format: AccessFormat::Combined,
+                },
+                Counter::default(),
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2_000 {
+                        log.line(&record(&format!("/t{t}/{i}")));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        flush_all(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 8_000);
+        for t in 0..4 {
+            // Each thread's lines, whole and in the order it wrote them.
+            let seen: Vec<usize> = text
+                .lines()
+                .filter_map(|l| {
+                    let (_, rest) = l.split_once(&format!("\"GET /t{t}/"))?;
+                    rest.split_once(' ')?.0.parse().ok()
+                })
+                .collect();
+            assert_eq!(seen, (0..2_000).collect::<Vec<_>>(), "thread {t}");
+        }
+    }
+}
