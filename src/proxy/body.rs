@@ -195,7 +195,7 @@ pub(crate) struct AccessLog {
     /// On a route with sessions: `none`, `active` or `expired`.
     pub session_status: Option<&'static str>,
     /// A short hash of the token the client holds after the response (never the token).
-    pub session: Option<String>,
+    pub session: Option<crate::session::LogHash>,
 }
 
 impl AccessLog {
@@ -218,7 +218,7 @@ impl AccessLog {
             duration: self.start.elapsed(),
             upstream_time: self.upstream_time,
             session_status: self.session_status,
-            session: self.session.as_deref(),
+            session: self.session.as_ref().map(crate::session::LogHash::as_str),
             complete,
             error: self.error.as_deref(),
             query: request.and_then(|r| r.query.as_deref()),

@@ -42,4 +42,4 @@ pub use store::{
     AdminStore, Applied, Change, HandoffStore, Limits, Rejected, Session, SessionKey, SessionStore,
     StoreError, unix_ms,
 };
-pub use token::{SessionKeys, StoreId, Token, TokenError};
+pub use token::{LogHash, SessionKeys, StoreId, Token, TokenError};

@@ -130,7 +130,7 @@ impl RequestSession {
     }
 
     /// A short hash of the token the request presented, for logs (never the token).
-    pub fn token_hash(&self) -> Option<String> {
+    pub fn token_hash(&self) -> Option<super::LogHash> {
         self.token.as_ref().map(Token::log_hash)
     }
 

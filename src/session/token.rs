@@ -188,7 +188,9 @@ impl StoreId {
 
 impl std::fmt::Debug for StoreId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoreId({})", short_hex(&self.0))
+        // The first four bytes only, as in log hashes.
+        let [a, b, c, d, ..] = self.0;
+        write!(f, "StoreId({a:02x}{b:02x}{c:02x}{d:02x})")
     }
 }
 
@@ -303,32 +305,50 @@ fn mac(key: &hmac::Key, random: &[u8]) -> ([u8; TAG_LEN], [u8; ID_LEN]) {
     (tag, id)
 }
 
-/// The first four bytes in hex (written by hand: an access line may carry one per request).
-fn short_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(12);
-    for &b in bytes.iter().take(4) {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
+/// A token's name in logs: `tok:` and eight hex digits of its store id. Enough to correlate
+/// lines, useless as a credential; held inline, as an access line may carry one per request
+/// (two allocations each as a `String`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct LogHash([u8; 12]);
+
+impl LogHash {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        // Written below from ASCII only.
+        std::str::from_utf8(&self.0).unwrap_or("tok:?")
     }
-    out
+}
+
+impl std::fmt::Display for LogHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for LogHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Token {
     /// A short hash for logs (`tok:` and eight hex digits): enough to correlate lines,
     /// useless as a credential.
-    pub fn log_hash(&self) -> String {
-        let mut out = String::with_capacity(12);
-        out.push_str("tok:");
-        out.push_str(&short_hex(&self.id));
-        out
+    pub fn log_hash(&self) -> LogHash {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"tok:00000000";
+        for (i, &b) in self.id.iter().take(4).enumerate() {
+            out[4 + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[5 + 2 * i] = DIGITS[usize::from(b & 15)];
+        }
+        LogHash(out)
     }
 }
 
 /// A short hash for logs: enough to correlate lines, useless as a credential.
 impl std::fmt::Display for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.log_hash())
+        f.write_str(self.log_hash().as_str())
     }
 }
 
@@ -431,12 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn a_log_hash_is_four_bytes_of_the_store_id_in_hex_and_never_the_token() {
+        let keys = SessionKeys::from_secrets(&["log-hash-secret-0123456789abcdef012345"]).unwrap();
+        let t = Token::generate(&keys).unwrap();
+        let hash = t.log_hash();
+        let id = t.store_id();
+        let want: String = id.0[..4].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hash.as_str(), format!("tok:{want}"));
+        assert_eq!(t.to_string(), hash.as_str());
+        assert!(!t.expose().contains(&hash.as_str()[4..]));
+    }
+
+    #[test]
     fn a_sealed_sessions_stand_in_names_it_by_its_key_alone() {
         let a = Token::stand_in("key-of-session-a");
         assert_eq!(a.log_hash(), Token::stand_in("key-of-session-a").log_hash());
         assert_ne!(a.log_hash(), Token::stand_in("key-of-session-b").log_hash());
         // Nothing of the key shows in the hash.
-        assert!(!a.log_hash().contains("key"));
+        assert!(!a.log_hash().as_str().contains("key"));
     }
 
     #[test]
