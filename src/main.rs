@@ -118,7 +118,13 @@ fn serve(path: &Path, with_demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_async(config, path, with_demo)) {
+    let outcome = runtime.block_on(serve_async(config, path, with_demo));
+    // Requests the drain cut and that had not ended yet are dropped with the runtime, each
+    // writing its access line (499) as it goes: those lines are written too before the
+    // process ends, not only those the drain's own flush saw.
+    drop(runtime);
+    sessiongate::access_log::flush_all(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

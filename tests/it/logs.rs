@@ -218,3 +218,43 @@ async fn lines_waiting_in_the_access_log_are_written_before_the_gateway_exits() 
     let text = std::fs::read_to_string(gw.dir().join("access.log")).unwrap();
     assert_eq!(text.matches("path=/whoami").count(), 3, "{text}");
 }
+
+/// A request the drain cuts is logged too (as 499, nginx's "client closed request"), and its
+/// line reaches the file before the process ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_of_a_request_the_drain_cut_is_written_before_the_gateway_exits() {
+    let stuck = Backend::start(|_req| async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        text(200, "never")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = simple_config(
+        &[stuck.addr],
+        "    response_timeout: 60s",
+        "timeouts: { drain: 300ms }\nlogs: { access: { file: access.log, format: combined } }\n",
+    );
+    let stderr = dir.path().join("stderr");
+    let mut gw = tokio::task::spawn_blocking(move || GatewayProcess::start_logged(&yaml, &stderr))
+        .await
+        .unwrap();
+    let url = format!("http://{}/stuck", gw.http);
+    let in_flight = tokio::spawn(async move { client().get(url).send().await });
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            stuck.requests().len() == 1
+        })
+        .await
+    );
+    gw.signal("TERM");
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "did not exit"
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the drain did not cut it"
+    );
+    let text = std::fs::read_to_string(gw.dir().join("access.log")).unwrap_or_default();
+    assert!(text.contains("\"GET /stuck HTTP/1.1\" 499 "), "{text}");
+}
