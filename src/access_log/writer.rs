@@ -1,5 +1,5 @@
-//! The thread that owns an access log's file (or stderr): lines are appended to a shared
-//! buffer (a lock held for a copy, never across I/O), and go out in large writes: when 64 KiB
+//! The thread that owns an access log's file (or stderr): lines are appended to shared
+//! chunks (a lock held for a copy, never across I/O), and go out in large writes: when 64 KiB
 //! are waiting, at most about a second after the first of them came, and when asked to
 //! (drain, shutdown). A request never waits on the disk: when too much is waiting, its line
 //! is dropped and counted.
@@ -125,7 +125,7 @@ pub fn flush_all(limit: Duration) {
     }
 }
 
-/// Starts the thread that writes the lines of `queue` to `to`.
+/// Starts the thread that writes to `to` the lines pushed into the queue it returns.
 ///
 /// # Errors
 /// The file cannot be opened.

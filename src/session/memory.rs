@@ -59,13 +59,13 @@ impl Packed {
     }
 
     /// The session, sharing these bytes (one small allocation, whatever its size).
-    fn session(&self) -> Option<Session> {
+    fn session(&self) -> Session {
         // Packed by `pack` from a session: its layout holds.
-        Some(Session::from_own_packing(
+        Session::from_own_packing(
             Bytes::from_owner(self.bytes.clone()),
             self.created_ms,
             self.last_seen_ms,
-        ))
+        )
     }
 }
 
@@ -286,7 +286,7 @@ impl MemoryStore {
         if !self.lives(successor).await {
             return None;
         }
-        snapshot.session().map(Session::retired)
+        Some(snapshot.session().retired())
     }
 }
 
@@ -319,7 +319,7 @@ impl SessionStore for MemoryStore {
             let touched = self.update(&own, None, &[], now_ms).await?;
             return Ok(touched.map(|a| a.session));
         }
-        Ok(session.session())
+        Ok(Some(session.session()))
     }
 
     async fn update(
@@ -344,9 +344,7 @@ impl SessionStore for MemoryStore {
             .and_compute_with(|current| {
                 let op = match current.map(moka::Entry::into_value) {
                     Some(Entry::Live(s)) => {
-                        let Some(mut s) = s.session() else {
-                            return std::future::ready(Op::Nop);
-                        };
+                        let mut s = s.session();
                         rejected = s.apply(changes, &limits);
                         s.last_seen_ms = s.last_seen_ms.max(now_ms);
                         Op::Put(Entry::Live(Packed::pack(&s)))
@@ -371,8 +369,8 @@ impl SessionStore for MemoryStore {
             _ => return Ok(None),
         };
         match entry.into_value() {
-            Entry::Live(s) => Ok(s.session().map(|session| Applied {
-                session,
+            Entry::Live(s) => Ok(Some(Applied {
+                session: s.session(),
                 rejected,
                 created,
             })),
@@ -490,7 +488,7 @@ impl AdminStore for MemoryStore {
             .iter()
             .filter_map(|(id, e)| {
                 let live = matches!(e, Entry::Live(_));
-                (e.packed()?.session()?.attr(name) == Some(value)).then_some((*id, live))
+                (e.packed()?.session().attr(name) == Some(value)).then_some((*id, live))
             })
             .collect();
         for (id, live) in &doomed {
@@ -504,10 +502,10 @@ impl AdminStore for MemoryStore {
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         Ok(self.cache.iter().find_map(|(id, e)| match e {
-            Entry::Live(s) => s
-                .session()
-                .filter(|s| s.key() == key.as_str())
-                .map(|s| (*id, s)),
+            Entry::Live(s) => {
+                let s = s.session();
+                (s.key() == key.as_str()).then(|| (*id, s))
+            }
             Entry::Grace(_) => None,
         }))
     }
@@ -633,12 +631,12 @@ mod tests {
             9,
         );
         let p = Packed::pack(&s);
-        assert_eq!(p.session(), Some(s.clone()));
-        let back = p.session().unwrap();
+        assert_eq!(p.session(), s.clone());
+        let back = p.session();
         assert_eq!(back.attr("utf8"), Some("grüße ✓"));
         assert_eq!(back.attr("missing"), None);
         assert_eq!(back.key(), "k3y_-AZ");
         s = Session::new(SessionKey::from("k"), 0);
-        assert_eq!(Packed::pack(&s).session().unwrap().attr_count(), 0);
+        assert_eq!(Packed::pack(&s).session().attr_count(), 0);
     }
 }
