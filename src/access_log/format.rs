@@ -411,16 +411,14 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
         out,
         s,
         |b| b == b'"' || b == b'\\' || b < 0x20,
-        |out, b| match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b => {
+        // As `Debug` escapes them, but other control characters as `\u00HH`.
+        |out, b| {
+            if b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t') {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[usize::from(b >> 4)]);
                 out.push(HEX[usize::from(b & 15)]);
+            } else {
+                debug_escape(out, b);
             }
         },
     );
@@ -588,6 +586,45 @@ mod tests {
             let (line, time) = at(micros);
             assert!(line.contains(clf), "{line}");
             assert_eq!(time, rfc);
+        }
+    }
+
+    #[test]
+    fn no_byte_a_client_sends_can_break_a_line_or_forge_a_field() {
+        // Every ASCII byte, and non-ASCII text, in the path, the Referer and the User-Agent.
+        let every: String = (1u8..=0x7f)
+            .map(char::from)
+            .chain("é\u{2028}".chars())
+            .collect();
+        let mut r = record();
+        r.path = &every;
+        r.referer = Some(&every);
+        r.user_agent = Some(&every);
+        r.error = Some(&every);
+        for format in [
+            AccessFormat::Text,
+            AccessFormat::Json,
+            AccessFormat::Combined,
+        ] {
+            let line = line(format, &r);
+            let body = line.strip_suffix('\n').unwrap();
+            // (JSON may carry DEL as it is, as serde_json writes it; no C0 byte anywhere.)
+            assert!(
+                !body
+                    .bytes()
+                    .any(|b| b < 0x20 || (b == 0x7f && format != AccessFormat::Json)),
+                "{format:?}: a control byte is written raw: {body:?}"
+            );
+            if format == AccessFormat::Combined {
+                // nginx's escapes: printable ASCII only, and `"` only around the fields.
+                assert!(body.is_ascii(), "{body}");
+                assert_eq!(body.matches('"').count(), 6, "{body}");
+            }
+            if format == AccessFormat::Json {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(v["path"], every.as_str());
+                assert_eq!(v["error"], every.as_str());
+            }
         }
     }
 

@@ -309,6 +309,23 @@ mod tests {
     }
 
     #[test]
+    fn a_response_whose_only_directives_are_misspelled_applies_none_and_keeps_none() {
+        // Nothing spelled exactly as ours: the one-pass check must still see these as ours.
+        let mut h = map(&[
+            ("x_session_set", "user=admin"),
+            ("x.session.action", "destroy"),
+            ("x-session_attr-role", "admin"),
+            ("content-type", "text/html"),
+        ]);
+        let d = take_directives(&mut h, &names());
+        assert!(d.changes.is_empty() && !d.destroy && !d.regenerate, "{d:?}");
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["content-type"]
+        );
+    }
+
+    #[test]
     fn directives_are_read_and_removed() {
         let mut h = map(&[
             ("X-Session-Set", "user=alice"),

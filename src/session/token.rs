@@ -451,6 +451,39 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_tokens_text_in_another_case_or_length_is_not_taken_for_it() {
+        let keys =
+            SessionKeys::from_secrets(&["case-spelling-secret-0123456789abcdef0123"]).unwrap();
+        let t = Token::generate(&keys).unwrap();
+        let text = t.expose();
+        assert_eq!(Token::parse(&text, &keys).unwrap().store_id(), t.store_id());
+        // Base64url is case-sensitive: another case is another (unsigned) token.
+        let flipped: String = text
+            .chars()
+            .map(|c| {
+                if c.is_ascii_lowercase() {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        assert_ne!(flipped, text);
+        assert!(Token::parse(&flipped, &keys).is_err());
+        for spelled in [
+            format!("{text}="),
+            format!(" {text}"),
+            text[..TOKEN_CHARS - 1].to_owned(),
+            text.replace('-', "+").replace('_', "/"),
+            format!("{text}{text}"),
+        ] {
+            if spelled != text {
+                assert!(Token::parse(&spelled, &keys).is_err(), "{spelled}");
+            }
+        }
+    }
+
+    #[test]
     fn a_log_hash_is_four_bytes_of_the_store_id_in_hex_and_never_the_token() {
         let keys = SessionKeys::from_secrets(&["log-hash-secret-0123456789abcdef012345"]).unwrap();
         let t = Token::generate(&keys).unwrap();
