@@ -692,11 +692,6 @@ async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_al
         .unwrap(),
     );
     let id = new_id();
-    store
-        .update(&id, Some(key()), &[set("user", "alice")], unix_ms())
-        .await
-        .unwrap();
-    store.load(&id, unix_ms()).await.unwrap().unwrap();
     let loads = |n: usize| {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
@@ -707,11 +702,27 @@ async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_al
         futures_util::future::join_all(tasks)
     };
     let reads = || calls(port, &["hmget", "evalsha"]);
-    let before = reads();
-    for got in loads(200).await {
-        assert_eq!(got.unwrap().attr("user"), Some("alice"));
+    // Hits within the touch interval cost no round trip. On a loaded machine the second after
+    // the write can pass before the 200 reads end, and a read then rightly notes the use in
+    // Redis: such a try does not count, and the write and reads start again.
+    for attempt in 1..=5 {
+        let written = std::time::Instant::now();
+        store
+            .update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+            .await
+            .unwrap();
+        store.load(&id, unix_ms()).await.unwrap().unwrap();
+        let before = reads();
+        for got in loads(200).await {
+            assert_eq!(got.unwrap().attr("user"), Some("alice"));
+        }
+        let went = reads() - before;
+        if went != 0 && written.elapsed() >= Duration::from_millis(900) && attempt < 5 {
+            continue;
+        }
+        assert_eq!(went, 0, "hits went to Redis");
+        break;
     }
-    assert_eq!(reads() - before, 0, "hits went to Redis");
     // Past the touch interval the use must reach Redis: one request takes it there.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (before, noted) = (calls(port, &["hmget"]), calls(port, &["pexpire"]));
