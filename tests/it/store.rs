@@ -702,22 +702,38 @@ async fn near_cache_hits_cost_no_round_trip_and_one_request_notes_the_use_for_al
         futures_util::future::join_all(tasks)
     };
     let reads = || calls(port, &["hmget", "evalsha"]);
-    // Hits within the touch interval cost no round trip. On a loaded machine the second after
-    // the write can pass before the 200 reads end, and a read then rightly notes the use in
-    // Redis: such a try does not count, and the write and reads start again.
+    // Hits within the touch interval cost no round trip. Two things outside the code under
+    // test can spoil a try, and then it does not count and the write and reads start again:
+    // on a loaded machine the second after the write can pass before the 200 reads end (a
+    // read then rightly notes the use in Redis), and the write's own announcement can reach
+    // the listener after the first read kept its copy (it then rightly drops the copy). The
+    // priming read is repeated until a copy serves, so only a late announcement spoils it.
     for attempt in 1..=5 {
         let written = std::time::Instant::now();
         store
             .update(&id, Some(key()), &[set("user", "alice")], unix_ms())
             .await
             .unwrap();
-        store.load(&id, unix_ms()).await.unwrap().unwrap();
+        for _ in 0..100 {
+            store.load(&id, unix_ms()).await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let before = reads();
+            store.load(&id, unix_ms()).await.unwrap().unwrap();
+            if reads() == before {
+                break;
+            }
+        }
         let before = reads();
         for got in loads(200).await {
             assert_eq!(got.unwrap().attr("user"), Some("alice"));
         }
         let went = reads() - before;
-        if went != 0 && written.elapsed() >= Duration::from_millis(900) && attempt < 5 {
+        if went != 0 && attempt < 5 {
+            eprintln!(
+                "try {attempt}: {went} of 200 reads went to Redis, {:?} after the write",
+                written.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(1100)).await;
             continue;
         }
         assert_eq!(went, 0, "hits went to Redis");
