@@ -75,20 +75,23 @@ impl Names {
         })
     }
 
-    /// The header an attribute is sent as. Names are remembered, up to a bound: backends
-    /// choose them, and a backend that makes up a new one per request must not grow memory.
-    fn attr_header(&self, attr: &[u8]) -> Option<HeaderName> {
+    /// The header an attribute is sent as, when none is remembered: made from the name.
+    fn new_attr_header(&self, attr: &[u8]) -> Option<HeaderName> {
+        HeaderName::from_bytes(&[self.attr_prefix.as_bytes(), attr].concat()).ok()
+    }
+
+    /// Remembers the headers of `attrs`, up to a bound: backends choose the names, and a
+    /// backend that makes up a new one per request must not grow memory.
+    fn remember(&self, attrs: Vec<(&[u8], HeaderName)>) {
         const MAX_REMEMBERED: usize = 1024;
-        if let Some(n) = self.attr_names.read().ok()?.get(attr) {
-            return Some(n.clone());
+        if let Ok(mut names) = self.attr_names.write() {
+            for (attr, name) in attrs {
+                if names.len() >= MAX_REMEMBERED {
+                    break;
+                }
+                names.insert(Box::from(attr), name);
+            }
         }
-        let name = HeaderName::from_bytes(&[self.attr_prefix.as_bytes(), attr].concat()).ok()?;
-        if let Ok(mut names) = self.attr_names.write()
-            && names.len() < MAX_REMEMBERED
-        {
-            names.insert(Box::from(attr), name.clone());
-        }
-        Some(name)
     }
 }
 
@@ -165,15 +168,31 @@ pub fn set_session_headers(
         headers.insert(names.key.clone(), v);
     }
     headers.reserve(session.attr_count() + mapped.len());
-    for (attr, value) in session.attr_bytes() {
-        let (Some(name), Ok(value)) = (
-            names.attr_header(attr),
-            HeaderValue::from_maybe_shared(value),
-        ) else {
-            continue;
-        };
-        // Every header with the prefix was stripped first: nothing to replace.
-        headers.append(name, value);
+    // One read of the remembered names for all attributes; those not known yet are made,
+    // and remembered once the read is over.
+    let mut unknown = Vec::new();
+    {
+        let known = names.attr_names.read().ok();
+        for (attr, value) in session.attr_bytes() {
+            let name = match known.as_ref().and_then(|k| k.get(attr)) {
+                Some(name) => name.clone(),
+                None => {
+                    let Some(name) = names.new_attr_header(attr) else {
+                        continue;
+                    };
+                    unknown.push((attr, name.clone()));
+                    name
+                }
+            };
+            let Ok(value) = HeaderValue::from_maybe_shared(value) else {
+                continue;
+            };
+            // Every header with the prefix was stripped first: nothing to replace.
+            headers.append(name, value);
+        }
+    }
+    if !unknown.is_empty() {
+        names.remember(unknown);
     }
     for (attr, header) in mapped {
         if let Some(v) = session
@@ -288,6 +307,30 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-kept", "x_kept_too"]);
+    }
+
+    #[test]
+    fn attribute_headers_are_the_same_once_their_names_are_remembered_and_past_the_bound() {
+        let names = names();
+        // The first request makes the names, the second finds them remembered.
+        let s = Session::from_parts("k1", [("role", "admin"), ("user", "alice")], 0, 0);
+        for _ in 0..2 {
+            let mut h = HeaderMap::new();
+            set_session_headers(&mut h, &names, Status::Active, Some(&s), &[]);
+            assert_eq!(h["x-session-attr-role"], "admin");
+            assert_eq!(h["x-session-attr-user"], "alice");
+            assert_eq!(h.len(), 4);
+        }
+        // A backend that makes up names without end: memory stops growing at the bound, and
+        // every name still makes its header.
+        for i in 0..1100 {
+            let name = format!("a{i}");
+            let s = Session::from_parts("k1", [(name.as_str(), "v")], 0, 0);
+            let mut h = HeaderMap::new();
+            set_session_headers(&mut h, &names, Status::Active, Some(&s), &[]);
+            assert_eq!(h[format!("x-session-attr-{name}").as_str()], "v");
+        }
+        assert_eq!(names.attr_names.read().unwrap().len(), 1024);
     }
 
     #[test]

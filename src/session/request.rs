@@ -152,7 +152,7 @@ impl RequestSession {
 
     /// The live session's stable key, for `balance: session_affinity`.
     pub fn affinity_key(&self) -> Option<&[u8]> {
-        self.session.as_ref().map(|s| s.key().as_bytes())
+        self.session.as_ref().map(Session::key_raw)
     }
 
     /// The request presented a session and the store did not answer: the proxy fails closed

@@ -210,6 +210,12 @@ impl Session {
             .unwrap_or("")
     }
 
+    /// The stable key's bytes, unchecked (for hashing: `balance: session_affinity`).
+    pub fn key_raw(&self) -> &[u8] {
+        let mut rest: &[u8] = &self.packed;
+        take_short(&mut rest).unwrap_or_default()
+    }
+
     /// The stable key, owned.
     pub fn session_key(&self) -> SessionKey {
         SessionKey(self.key().to_owned())
