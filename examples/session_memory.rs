@@ -60,7 +60,7 @@ async fn main() {
             .await
             .unwrap();
     }
-    store.run_pending_tasks().await;
+    store.run_pending_tasks();
     let grown = rss_kib().saturating_sub(before);
     println!(
         "{} sessions of 5 attributes: RSS grew by {:.1} MiB ({:.1} MiB per million)",

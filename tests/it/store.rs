@@ -554,7 +554,7 @@ async fn memory_store_evicts_past_its_capacity() {
             .await
             .unwrap();
     }
-    s.run_pending_tasks().await;
+    s.run_pending_tasks();
     assert!(s.entry_count() <= 100, "{} entries", s.entry_count());
 }
 
