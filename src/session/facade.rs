@@ -22,7 +22,7 @@ use super::request::{Held, LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
 use super::setup::{Foundation, Kept};
 use super::store::{AdminStore, Session, SessionKey, SessionStore, StoreError};
-use super::token::{StoreId, Token};
+use super::token::{StoreId, Token, TokenError};
 use super::tracking::{self, Evidence, Provenance, Source};
 use super::url::{self, UrlTokens};
 use crate::config::{ConfigError, SessionsConfig, Tracking};
@@ -30,6 +30,14 @@ use crate::metrics::{Metrics, SessionEvent, Snapshot};
 
 /// `Sec-Fetch-Site`: where a browser says a request comes from.
 const FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// The session cookie as `resolve` reads it.
+enum FromCookie {
+    /// A token, checked.
+    Token(Result<Token, TokenError>),
+    /// A sealed session, as presented.
+    Sealed(String),
+}
 
 /// Sessions as the proxy sees them.
 pub struct Sessions {
@@ -209,7 +217,17 @@ impl Sessions {
         // any name that any route maps (a route's backend may be another route's too).
         contract::strip_client_headers(headers, &self.names, &self.guarded);
         let tls = info.tls;
-        let taken = self.cookies.take(headers, tls);
+        let keys = &self.foundation.keys;
+        let sealed = matches!(self.keeper, Keeper::InCookies(_));
+        // The cookie is read where it lies: a token is parsed from it, and only a sealed
+        // session is copied out.
+        let taken = self.cookies.take(headers, tls, |value| {
+            if sealed {
+                FromCookie::Sealed(value.to_owned())
+            } else {
+                FromCookie::Token(Token::parse(value, keys))
+            }
+        });
         let mut evidence = Evidence {
             takes_cookies: taken.probe || taken.session.is_some(),
             ..Evidence::default()
@@ -228,12 +246,20 @@ impl Sessions {
                 .get(header::USER_AGENT)
                 .is_some_and(|ua| tracking::is_crawler(ua.as_bytes(), &self.crawlers));
         }
-        if matches!(self.keeper, Keeper::InCookies(_)) {
+        if sealed {
             // The sealed store tracks by cookie only, and has no handoffs (`check` refuses
             // both): a URL's token or code counts for nothing here.
+            let presented = match taken.session {
+                Some(FromCookie::Sealed(presented)) => Some(presented),
+                _ => None,
+            };
             return RequestSession::new(None, Source::None, info.tracking, evidence)
-                .sealed(taken.session);
+                .sealed(presented);
         }
+        let from_cookie = match taken.session {
+            Some(FromCookie::Token(parsed)) => Some(parsed),
+            _ => None,
+        };
         let (from_path, from_query) = url
             .as_deref()
             .map_or((None, None), |u| (u.path.as_deref(), u.query.as_deref()));
@@ -241,15 +267,17 @@ impl Sessions {
         // A URL token counts only where the route tracks by URL, and never when the request
         // comes from another site: anyone can put a token in a link (a fixation).
         let url_counts = info.tracking != Tracking::Cookie && !evidence.from_elsewhere;
-        let candidates = [
-            (Source::Cookie, taken.session.as_deref()),
-            (Source::Url, from_path.filter(|_| url_counts)),
-            (Source::Url, from_query.filter(|_| url_counts)),
-        ];
-        let (mut source, mut token) = candidates
-            .into_iter()
-            .filter_map(|(src, t)| Some((src, t?)))
-            .find_map(|(src, t)| match Token::parse(t, &self.foundation.keys) {
+        // The URL's tokens are parsed only if the cookie's is missing or refused.
+        let url_candidates = [from_path, from_query].into_iter().map(|t| {
+            (
+                Source::Url,
+                t.filter(|_| url_counts).map(|t| Token::parse(t, keys)),
+            )
+        });
+        let (mut source, mut token) = std::iter::once((Source::Cookie, from_cookie))
+            .chain(url_candidates)
+            .filter_map(|(src, parsed)| Some((src, parsed?)))
+            .find_map(|(src, parsed)| match parsed {
                 Ok(token) => Some((src, Some(token))),
                 Err(e) => {
                     tracing::debug!(error = %e, "session token refused");

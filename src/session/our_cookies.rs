@@ -62,10 +62,20 @@ impl OurCookies {
 
     /// Takes our cookies out of a request that came over a TLS listener or not (see
     /// [`take`]): this listener's are read, the other kind's only taken out.
-    pub fn take(&self, headers: &mut HeaderMap, tls: bool) -> Taken {
+    pub fn take<T>(
+        &self,
+        headers: &mut HeaderMap,
+        tls: bool,
+        read: impl FnOnce(&str) -> T,
+    ) -> Taken<T> {
         let (session, probe) = &self.names[usize::from(tls)];
         let (other_session, other_probe) = &self.names[usize::from(!tls)];
-        take(headers, session, probe, &[other_session, other_probe])
+        take(
+            headers,
+            (session, probe),
+            &[other_session, other_probe],
+            read,
+        )
     }
 
     /// Adds `Set-Cookie` with `value` (a token, or a sealed session), or one that expires the
@@ -139,24 +149,41 @@ fn is_secure(cookie: &CookieConfig, tls: bool) -> bool {
     }
 }
 
-/// The values of our cookies in a request.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Taken {
-    /// The session cookie's value (the first, if a client sent several).
-    pub session: Option<String>,
+/// Our cookies in a request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Taken<T> {
+    /// The session cookie's value (the first, if a client sent several), as read.
+    pub session: Option<T>,
     /// The probe cookie was there.
     pub probe: bool,
 }
 
+impl<T> Default for Taken<T> {
+    fn default() -> Self {
+        Taken {
+            session: None,
+            probe: false,
+        }
+    }
+}
+
 /// Takes the cookies `session` and `probe` out of the request's `Cookie` headers and reads
-/// them; cookies named in `also` are taken out unread.
-pub fn take(headers: &mut HeaderMap, session: &str, probe: &str, also: &[&str]) -> Taken {
-    let mut all = headers.get_all(header::COOKIE).iter();
-    let Some(first) = all.next() else {
+/// them; cookies named in `also` are taken out unread. The session cookie's value is handed
+/// to `read` while the header still holds it: a request path that only parses a token from
+/// it copies nothing (an owned copy cost an allocation per request).
+pub fn take<T>(
+    headers: &mut HeaderMap,
+    (session, probe): (&str, &str),
+    also: &[&str],
+    read: impl FnOnce(&str) -> T,
+) -> Taken<T> {
+    // One lookup of `Cookie`, whose entry also removes it in the common case.
+    let header::Entry::Occupied(entry) = headers.entry(header::COOKIE) else {
         return Taken::default();
     };
     // The common case: one `Cookie` header that holds the session cookie alone.
-    if all.next().is_none()
+    let mut all = entry.iter();
+    if let (Some(first), None) = (all.next(), all.next())
         && let Ok(text) = first.to_str()
         && let Some(value) = text
             .trim()
@@ -164,14 +191,15 @@ pub fn take(headers: &mut HeaderMap, session: &str, probe: &str, also: &[&str]) 
             .and_then(|v| v.strip_prefix('='))
         && !value.contains(';')
     {
-        let value = value.to_owned();
-        headers.remove(header::COOKIE);
+        let value = read(value);
+        entry.remove();
         return Taken {
             session: Some(value),
             probe: false,
         };
     }
     let mut taken = Taken::default();
+    let mut read = Some(read);
     let mut ours = false;
     let mut kept: Vec<HeaderValue> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
@@ -184,8 +212,8 @@ pub fn take(headers: &mut HeaderMap, session: &str, probe: &str, also: &[&str]) 
             match Cookie::parse(pair) {
                 Ok(c) if c.name() == session => {
                     ours = true;
-                    if taken.session.is_none() {
-                        taken.session = Some(c.value().to_owned());
+                    if let Some(read) = read.take() {
+                        taken.session = Some(read(c.value()));
                     }
                 }
                 Ok(c) if c.name() == probe => {
@@ -215,7 +243,7 @@ pub fn take(headers: &mut HeaderMap, session: &str, probe: &str, also: &[&str]) 
 mod tests {
     use super::*;
 
-    fn session(t: Taken) -> Option<String> {
+    fn session(t: Taken<String>) -> Option<String> {
         t.session
     }
 
@@ -227,7 +255,7 @@ mod tests {
             HeaderValue::from_static("a=1; sg=TOKEN; sg_probe=1; b=2"),
         );
         h.append(header::COOKIE, HeaderValue::from_static("sg=second"));
-        let t = take(&mut h, "sg", "sg_probe", &[]);
+        let t = take(&mut h, ("sg", "sg_probe"), &[], str::to_owned);
         assert_eq!(t.session.as_deref(), Some("TOKEN"));
         assert!(t.probe);
         let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
@@ -235,20 +263,23 @@ mod tests {
         // Not ours: untouched.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sgx=1; xsg=2"));
-        assert_eq!(take(&mut h, "sg", "sg_probe", &[]), Taken::default());
+        assert_eq!(
+            take(&mut h, ("sg", "sg_probe"), &[], str::to_owned),
+            Taken::<String>::default()
+        );
         assert_eq!(h[header::COOKIE], "sgx=1; xsg=2");
         // The session cookie alone: the header goes.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sg=TOKEN"));
         assert_eq!(
-            session(take(&mut h, "sg", "p", &[])).as_deref(),
+            session(take(&mut h, ("sg", "p"), &[], str::to_owned)).as_deref(),
             Some("TOKEN")
         );
         assert!(h.is_empty());
         // The probe alone.
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sg_probe=1"));
-        let t = take(&mut h, "sg", "sg_probe", &[]);
+        let t = take(&mut h, ("sg", "sg_probe"), &[], str::to_owned);
         assert!(t.probe && t.session.is_none());
         assert!(h.is_empty());
     }
@@ -260,7 +291,12 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("sg=PLAIN; a=1; __Host-sg_probe=1"),
         );
-        let t = take(&mut h, "__Host-sg", "__Host-sg_probe", &["sg", "sg_probe"]);
+        let t = take(
+            &mut h,
+            ("__Host-sg", "__Host-sg_probe"),
+            &["sg", "sg_probe"],
+            str::to_owned,
+        );
         assert_eq!(
             t,
             Taken {
@@ -271,8 +307,13 @@ mod tests {
         assert_eq!(h[header::COOKIE], "a=1");
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("sg=PLAIN"));
-        let t = take(&mut h, "__Host-sg", "__Host-sg_probe", &["sg", "sg_probe"]);
-        assert_eq!(t, Taken::default());
+        let t = take(
+            &mut h,
+            ("__Host-sg", "__Host-sg_probe"),
+            &["sg", "sg_probe"],
+            str::to_owned,
+        );
+        assert_eq!(t, Taken::<String>::default());
         assert!(h.is_empty());
     }
 }

@@ -64,6 +64,10 @@ pub fn take_from_request(
     // and `Ping-To` (a page the gateway rewrote has no ping, but another may).
     let mut referer_token = None;
     for name in [header::REFERER, PING_FROM, PING_TO] {
+        // Most requests carry none of them: one lookup each.
+        if !headers.contains_key(&name) {
+            continue;
+        }
         for taking in [param, HANDOFF_PARAMETER] {
             if let Some(url) = headers.get(&name).and_then(|v| v.to_str().ok())
                 && let Some((clean, taken)) = take_tokens(url, taking)
