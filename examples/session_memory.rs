@@ -34,7 +34,7 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     if std::env::args().nth(2).as_deref() == Some("floor") {
-        return floor(n).await;
+        return floor(n);
     }
     let store = MemoryStore::new(MemoryOptions {
         max_sessions: n,
@@ -71,9 +71,9 @@ async fn main() {
 }
 
 /// `n` empty entries in a moka cache built as `MemoryStore::new` builds its own.
-async fn floor(n: u64) {
-    let cache: moka::future::Cache<[u8; 16], (), rustc_hash::FxBuildHasher> =
-        moka::future::Cache::builder()
+fn floor(n: u64) {
+    let cache: moka::sync::Cache<[u8; 16], (), rustc_hash::FxBuildHasher> =
+        moka::sync::Cache::builder()
             .max_capacity(n)
             .weigher(|_, _| 1)
             .time_to_idle(Duration::from_secs(3600))
@@ -84,9 +84,9 @@ async fn floor(n: u64) {
     for i in 0..n {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&i.to_le_bytes());
-        cache.insert(id, ()).await;
+        cache.insert(id, ());
     }
-    cache.run_pending_tasks().await;
+    cache.run_pending_tasks();
     let grown = rss_kib().saturating_sub(before);
     println!(
         "{} empty entries in a bare moka cache: RSS grew by {:.1} MiB ({:.1} MiB per million, {:.0} bytes each)",
