@@ -68,17 +68,40 @@ pub fn take_from_request(
         if !headers.contains_key(&name) {
             continue;
         }
-        for taking in [param, HANDOFF_PARAMETER] {
-            if let Some(url) = headers.get(&name).and_then(|v| v.to_str().ok())
-                && let Some((clean, taken)) = take_tokens(url, taking)
-            {
-                if name == header::REFERER && taking == param {
-                    referer_token = taken.path.or(taken.query);
+        // Every value, not only the first: a client may send the header twice.
+        let mut changed = false;
+        let mut cleaned = Vec::new();
+        for value in headers.get_all(&name) {
+            let mut value = Some(value.clone());
+            for taking in [param, HANDOFF_PARAMETER] {
+                let Some(v) = &value else { break };
+                match v.to_str() {
+                    Ok(url) => {
+                        if let Some((clean, taken)) = take_tokens(url, taking) {
+                            if name == header::REFERER && taking == param && referer_token.is_none()
+                            {
+                                referer_token = taken.path.or(taken.query);
+                            }
+                            value = HeaderValue::from_str(&clean).ok();
+                            changed = true;
+                        }
+                    }
+                    // Not text, so not parsed: dropped if it holds the parameter's name at
+                    // all (fail closed), kept otherwise.
+                    Err(_) => {
+                        if contains_bytes(v.as_bytes(), taking.as_bytes()) {
+                            value = None;
+                            changed = true;
+                        }
+                    }
                 }
-                match HeaderValue::from_str(&clean) {
-                    Ok(v) => headers.insert(name.clone(), v),
-                    Err(_) => headers.remove(&name),
-                };
+            }
+            cleaned.extend(value);
+        }
+        if changed {
+            headers.remove(&name);
+            for v in cleaned {
+                headers.append(name.clone(), v);
             }
         }
     }
@@ -110,6 +133,14 @@ pub fn take_from_request(
         }
         _ => Err(BadTarget),
     }
+}
+
+/// Whether `needle` (not empty) occurs in `hay`.
+fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// Takes every `NAME` parameter out of `url` (a request target, or an absolute URL such as a
@@ -218,6 +249,43 @@ mod tests {
                 None
             ))
         );
+    }
+
+    #[test]
+    fn every_referer_and_ping_value_loses_its_token_not_only_the_first() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::REFERER,
+            HeaderValue::from_static("https://a.example/x"),
+        );
+        headers.append(
+            header::REFERER,
+            HeaderValue::from_static("https://a.example/cart;sgsid=SECOND"),
+        );
+        headers.append(PING_TO, HeaderValue::from_static("https://a.example/p"));
+        let code = format!("https://a.example/q?{HANDOFF_PARAMETER}=CODE");
+        headers.append(PING_TO, HeaderValue::from_str(&code).unwrap());
+        // Not text: it cannot be parsed, and it names the parameter, so it goes.
+        headers.append(
+            PING_FROM,
+            HeaderValue::from_bytes(b"https://a.example/\xff;SGSID=RAW").unwrap(),
+        );
+        headers.append(
+            PING_FROM,
+            HeaderValue::from_bytes(b"https://a.example/\xff").unwrap(),
+        );
+        let mut uri: Uri = "/".parse().unwrap();
+        let got = take_from_request(&mut uri, &mut headers, "sgsid").unwrap();
+        assert!(got.is_none(), "nothing in the target: no tokens to report");
+        let all: Vec<&[u8]> = headers.values().map(HeaderValue::as_bytes).collect();
+        for v in &all {
+            let v = String::from_utf8_lossy(v).to_ascii_lowercase();
+            assert!(!v.contains("sgsid") && !v.contains("handoff"), "{v}");
+        }
+        let referers: Vec<_> = headers.get_all(header::REFERER).iter().collect();
+        assert_eq!(referers, ["https://a.example/x", "https://a.example/cart"]);
+        assert_eq!(headers.get_all(PING_TO).iter().count(), 2);
+        assert_eq!(headers.get_all(PING_FROM).iter().count(), 1);
     }
 
     #[test]
