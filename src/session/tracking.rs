@@ -129,12 +129,17 @@ pub fn carry(tracking: Tracking, source: Source, ev: Evidence) -> Carry {
 
 /// Whether `user_agent` contains one of `patterns` (lower case), ignoring case.
 pub fn is_crawler(user_agent: &[u8], patterns: &[String]) -> bool {
-    patterns.iter().any(|p| {
-        !p.is_empty()
-            && user_agent
-                .windows(p.len())
-                .any(|w| w.eq_ignore_ascii_case(p.as_bytes()))
-    })
+    patterns
+        .iter()
+        .any(|p| contains_ignoring_case(user_agent, p.as_bytes()))
+}
+
+/// Whether `needle` (not empty) occurs in `hay`, ignoring ASCII case.
+pub(super) fn contains_ignoring_case(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]

@@ -72,31 +72,10 @@ pub fn take_from_request(
         let mut changed = false;
         let mut cleaned = Vec::new();
         for value in headers.get_all(&name) {
-            let mut value = Some(value.clone());
-            for taking in [param, HANDOFF_PARAMETER] {
-                let Some(v) = &value else { break };
-                match v.to_str() {
-                    Ok(url) => {
-                        if let Some((clean, taken)) = take_tokens(url, taking) {
-                            if name == header::REFERER && taking == param && referer_token.is_none()
-                            {
-                                referer_token = taken.path.or(taken.query);
-                            }
-                            value = HeaderValue::from_str(&clean).ok();
-                            changed = true;
-                        }
-                    }
-                    // Not text, so not parsed: dropped if it holds the parameter's name at
-                    // all (fail closed), kept otherwise.
-                    Err(_) => {
-                        if contains_bytes(v.as_bytes(), taking.as_bytes()) {
-                            value = None;
-                            changed = true;
-                        }
-                    }
-                }
-            }
-            cleaned.extend(value);
+            let wanted = (name == header::REFERER).then_some(&mut referer_token);
+            let (kept, taken) = without_tokens(value, param, wanted);
+            changed |= taken;
+            cleaned.extend(kept);
         }
         if changed {
             headers.remove(&name);
@@ -135,12 +114,38 @@ pub fn take_from_request(
     }
 }
 
-/// Whether `needle` (not empty) occurs in `hay`.
-fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty()
-        && hay
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+/// One value of a header that carries a page's URL, without its tokens (`param`'s and
+/// handoff codes), and whether it had any. A value that is not text cannot be parsed: it
+/// is dropped if it names either parameter at all (fail closed), kept otherwise.
+/// `referer_token`: where the first session token found goes, if it is still empty.
+fn without_tokens(
+    value: &HeaderValue,
+    param: &str,
+    mut referer_token: Option<&mut Option<String>>,
+) -> (Option<HeaderValue>, bool) {
+    let mut value = Some(value.clone());
+    let mut taken = false;
+    for taking in [param, HANDOFF_PARAMETER] {
+        let Some(v) = &value else { break };
+        let Ok(url) = v.to_str() else {
+            if super::tracking::contains_ignoring_case(v.as_bytes(), taking.as_bytes()) {
+                return (None, true);
+            }
+            continue;
+        };
+        let Some((clean, tokens)) = take_tokens(url, taking) else {
+            continue;
+        };
+        if taking == param
+            && let Some(slot) = referer_token.as_deref_mut()
+            && slot.is_none()
+        {
+            *slot = tokens.path.or(tokens.query);
+        }
+        value = HeaderValue::from_str(&clean).ok();
+        taken = true;
+    }
+    (value, taken)
 }
 
 /// Takes every `NAME` parameter out of `url` (a request target, or an absolute URL such as a
