@@ -178,11 +178,26 @@ impl SentinelSet {
     pub fn start() -> SentinelSet {
         let dir = tempfile::tempdir().unwrap();
         let (master_port, replica_port, sentinel_port) = (free_port(), free_port(), free_port());
-        let master = OwnRedis::start(master_port);
+        // A full sync writes an RDB file even with `--save ''`: both servers keep theirs in the
+        // test's directory, not in the working directory (the repository).
+        let master = OwnRedis(
+            Command::new("redis-server")
+                .args(["--port", &master_port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["--dbfilename", "master.rdb"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server"),
+        );
         let replica = OwnRedis(
             Command::new("redis-server")
                 .args(["--port", &replica_port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .args(["--dbfilename", "replica.rdb"])
                 .args(["--replicaof", "127.0.0.1", &master_port.to_string()])
                 .stdout(Stdio::null())
                 .spawn()
