@@ -88,6 +88,6 @@ for mode in $MODES; do
     total=$(awk '/^totals:/ {t += $2} END {print t + 0}' "$out"*)
     lines=$(grep -c "status" "$work/stderr.$mode.$logs" || true)
     awk -v m="$mode" -v l="$logs" -v t="$total" -v n="$requests" -v a="$lines" \
-        'BEGIN { printf "%-9s logs %-3s %7d requests, %.1fk instructions per request (%d log lines)\n", m, l, n, t / n / 1000, a }'
+        'BEGIN { printf "%-9s logs %-3s %7d requests, %.2fk instructions per request (%d log lines)\n", m, l, n, t / n / 1000, a }'
   done
 done

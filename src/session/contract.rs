@@ -5,8 +5,8 @@
 //! `X_Session_Key` as `X-Session-Key`), then the gateway's own are set. Responses: the
 //! backend's directives are read and always removed, whatever the status, in every spelling.
 
-use rustc_hash::FxHashMap;
-use std::sync::{Arc, RwLock};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
@@ -61,6 +61,7 @@ impl Names {
         let prefix = prefix.to_ascii_lowercase();
         let name = |suffix: &str| {
             HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .map(lasting)
                 .map_err(|_| format!("{prefix:?} does not make valid header names"))
         };
         Ok(Names {
@@ -98,10 +99,35 @@ impl Names {
                 if names.len() >= MAX_REMEMBERED {
                     break;
                 }
-                names.insert(Box::from(attr), name);
+                names.insert(Box::from(attr), lasting(name));
             }
         }
     }
+}
+
+/// `name` with bytes that live as long as the program, so that the clone each request makes
+/// to insert it copies a pointer: a name built at run time shares a counted buffer, and each
+/// clone and drop is an atomic operation on it (seven headers a session request). Names are
+/// interned, so a name is kept once however often configurations are reloaded; past a bound
+/// (backends choose attribute names), a name is returned as it is.
+fn lasting(name: HeaderName) -> HeaderName {
+    const MAX_INTERNED: usize = 4096;
+    static INTERNED: Mutex<Option<FxHashSet<&'static str>>> = Mutex::new(None);
+    let Ok(mut interned) = INTERNED.lock() else {
+        return name;
+    };
+    let interned = interned.get_or_insert_with(FxHashSet::default);
+    let kept = match interned.get(name.as_str()) {
+        Some(kept) => *kept,
+        None if interned.len() < MAX_INTERNED => {
+            let kept: &'static str = Box::leak(Box::from(name.as_str()));
+            interned.insert(kept);
+            kept
+        }
+        None => return name,
+    };
+    // `kept` is the text of a valid name (lower case, legal bytes): `from_static` accepts it.
+    HeaderName::from_static(kept)
 }
 
 /// Whether `name` (lower case) is one of ours in some spelling: under the prefix, or one of
@@ -188,6 +214,10 @@ pub fn set_session_headers(
     {
         let known = names.attr_names.read().ok();
         for (attr, value) in session.attr_bytes() {
+            // A kept backend cookie is the session's, not the backend's to read as a header.
+            if super::jar::is_jar_attribute(attr) {
+                continue;
+            }
             let name = match known.as_ref().and_then(|k| k.get(attr)) {
                 Some(name) => name.clone(),
                 None => {
