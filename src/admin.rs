@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::reload::Live;
-use crate::session::{SessionKey, Sessions};
+use crate::session::{SessionKey, Sessions, jar};
 
 /// State the admin endpoints report.
 #[derive(Debug)]
@@ -196,7 +196,13 @@ async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, St
                 StatusCode::OK,
                 serde_json::json!({
                     "key": session.key(),
-                    "attributes": session.attrs().collect::<std::collections::BTreeMap<_, _>>(),
+                    "attributes": session
+                        .attrs()
+                        .filter(|(n, _)| !jar::is_jar_attribute(n.as_bytes()))
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                    // The backend's cookies it keeps, by name: their values are the
+                    // application's credentials.
+                    "backend_cookies": jar::kept_names(&session),
                     "created_ms": session.created_ms,
                     "last_seen_ms": session.last_seen_ms,
                 })

@@ -3,6 +3,8 @@
 //! them from `X-Session-*` request headers and changes them with response directives, as an
 //! unmodified application behind sessiongate would.
 
+pub mod cookie_shop;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
 

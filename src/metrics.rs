@@ -124,8 +124,11 @@ pub enum SessionEvent {
     Destroyed,
     /// A request presented a correctly signed token whose session had expired or was gone.
     Expired,
-    /// A directive was ignored (malformed, or over a limit).
+    /// A directive was ignored (malformed, or over a limit), or a backend cookie was not
+    /// kept or passed (named like ours, or one a browser would refuse).
     DirectiveRejected,
+    /// A client's application cookie (`session.adopt`) became a session's kept cookie.
+    Adopted,
 }
 
 impl SessionEvent {
@@ -136,6 +139,7 @@ impl SessionEvent {
             SessionEvent::Destroyed => "destroyed",
             SessionEvent::Expired => "expired",
             SessionEvent::DirectiveRejected => "directive_rejected",
+            SessionEvent::Adopted => "adopted",
         }
     }
 }

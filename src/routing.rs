@@ -7,7 +7,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::{Config, DEFAULT_LINKS, HostMatch, RouteConfig, Tracking};
+use crate::config::{BackendCookies, Config, DEFAULT_LINKS, HostMatch, RouteConfig, Tracking};
+use crate::session::jar::Jar;
 
 /// A route, ready for matching.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct RouteSessions {
     pub links: Arc<[(String, String)]>,
     /// Sibling hosts sharing the sessions (`host[:port]`, lower case).
     pub share_with: Arc<[String]>,
+    /// `backend_cookies: jar`: which of the backend's cookies the session keeps.
+    pub jar: Option<Arc<Jar>>,
 }
 
 impl Route {
@@ -154,6 +157,12 @@ impl Router {
                                 .collect(),
                         },
                         share_with: s.share_with.clone().into(),
+                        jar: match &s.backend_cookies {
+                            BackendCookies::Pass => None,
+                            BackendCookies::Jar(names) => {
+                                Some(Jar::new(names.clone(), s.adopt.clone()))
+                            }
+                        },
                     }),
                     host: r.host.clone(),
                     prefix: r.path_prefix.clone(),

@@ -19,6 +19,33 @@ pub(super) fn check(config: &Config, routes: &[RouteRefs], root: Pos, p: &mut Pr
     check_route_upstreams(routes, &config.upstreams, p);
     check_route_sessions_have_a_section(routes, config.sessions.as_ref(), p);
     check_sealed_route_sessions(routes, config.sessions.as_ref(), p);
+    check_jar_names(routes, config.sessions.as_ref(), p);
+}
+
+/// A jar's `names` cannot name the gateway's own cookies (the session cookie, its probe, on
+/// either kind of listener, in any case): a backend cookie so named is dropped, never kept.
+fn check_jar_names(routes: &[RouteRefs], sessions: Option<&SessionsConfig>, p: &mut Problems) {
+    let Some(s) = sessions else { return };
+    let base = &s.cookie.name;
+    let ours = [
+        base.clone(),
+        format!("{base}_probe"),
+        format!("__Host-{base}"),
+        format!("__Host-{base}_probe"),
+    ];
+    for r in routes.iter().filter_map(|r| r.session.as_ref()) {
+        if let sessions::BackendCookies::Jar(Some(names)) = &r.value.backend_cookies {
+            for n in names {
+                if ours.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                    p.push(
+                        r.pos,
+                        &format!("{}.backend_cookies.names", r.path),
+                        format!("{n:?} is the gateway's own cookie: it is never kept or passed"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The admin listener cannot bind a client listener's address (port 0 picks a free port, so

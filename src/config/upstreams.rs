@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub authority: http::uri::Authority,
     /// Relative share of requests.
     pub weight: u32,
+    /// Its route name: with `balance: session_affinity` and a cookie jar, a request whose
+    /// application cookie ends in `.NAME` goes here (Tomcat's `jvmRoute`).
+    pub route: Option<String>,
 }
 
 /// How a server is picked from a pool.
@@ -249,6 +252,21 @@ fn read_server(node: &Node, path: &str, p: &mut Problems) -> Option<ServerConfig
         .and_then(|n| integer(n, &m.child("weight"), 1, 1000, p))
         .and_then(|v| u32::try_from(v).ok())
         .unwrap_or(1);
+    let route = m.get("route").and_then(|n| {
+        let rpath = m.child("route");
+        let r = non_empty(n, &rpath, p)?;
+        let ok = r.len() <= 64
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            p.push(
+                n.pos,
+                &rpath,
+                format!("{r:?}: a route is [A-Za-z0-9_-]{{1,64}}"),
+            );
+        }
+        ok.then_some(r)
+    });
     let upath = m.child("url");
     m.finish(p);
     let url_node = url?;
@@ -258,6 +276,7 @@ fn read_server(node: &Node, path: &str, p: &mut Problems) -> Option<ServerConfig
             scheme,
             authority,
             weight,
+            route,
         }),
         Err(msg) => {
             p.push(url_node.pos, &upath, msg);

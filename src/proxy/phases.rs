@@ -20,7 +20,7 @@ use super::{ConnInfo, Proxy, ProxyError, headers, send, upgrade};
 use crate::routing::{host_name, normalize_path};
 use crate::session::RequestInfo;
 use crate::session::url::UrlTokens;
-use crate::upstream::{Lease, RequestBody, UpstreamError};
+use crate::upstream::{Affinity, Lease, RequestBody, UpstreamError};
 
 impl Proxy {
     /// `route`: the route for the host and normalized path (404), its pool, the target the
@@ -205,8 +205,20 @@ impl Proxy {
             pool: pool.name.clone(),
             source,
         };
-        // The session key, for balance: session_affinity (the upstream gets bytes).
-        let affinity = x.session.as_ref().and_then(|rs| rs.affinity_key());
+        // Where the session wants to go, for balance: session_affinity (the upstream gets
+        // bytes): worked out only for a pool that balances so.
+        let affinity = x
+            .session
+            .as_ref()
+            .filter(|_| pool.uses_affinity())
+            .and_then(|rs| {
+                let (key, routes) = (rs.affinity_key(), rs.app_routes());
+                (key.is_some() || !routes.is_empty()).then(|| Affinity {
+                    key,
+                    pinned: rs.pinned_server(),
+                    routes,
+                })
+            });
         let idempotent = send::is_idempotent(&req.method);
         // Headers are copied per attempt only when a second attempt is possible at all.
         let may_need_headers_again = pool.retries > 0 && pool.backends().len() > 1;
@@ -214,7 +226,7 @@ impl Proxy {
         let mut last_error: Option<UpstreamError> = None;
         let mut timer = x.conn.timer.take();
         let answered = loop {
-            let Some((index, backend)) = pool.select(tried.as_slice(), affinity) else {
+            let Some((index, backend)) = pool.select(tried.as_slice(), affinity.as_ref()) else {
                 // Out of servers: report what went wrong with the last one, if any was tried.
                 break Err(last_error.unwrap_or_else(|| {
                     if let Some(m) = counted {
@@ -313,6 +325,7 @@ impl Proxy {
         // A route without sessions applies no session directive, and lets none through.
         if let (Some(sessions), None) = (&self.sessions, &x.session) {
             sessions.strip_directives(&mut head.headers);
+            sessions.drop_backend_cookies_like_ours(&mut head.headers);
         }
         Ok(Answer { head, body, lease })
     }
@@ -337,8 +350,9 @@ impl Proxy {
             );
         }
         let tls = x.conn.listener.tls;
+        let served_by = Some(&**answer.lease.backend_label());
         x.held = sessions
-            .commit(*session, head.status, &mut head.headers, tls)
+            .commit(*session, head.status, &mut head.headers, tls, served_by)
             .await
             .map_err(|_| ProxyError::SessionStore)?;
         // A new token (a login) is logged as the one the client holds now; after a logout
@@ -485,5 +499,7 @@ fn request_info<'a>(x: &'a Exchange<'_>, method: &'a Method) -> RequestInfo<'a> 
         mapped: rs.map_or(&[], |rs| &rs.mapped),
         tracking: rs.map_or(crate::config::Tracking::Cookie, |rs| rs.tracking),
         share_with: rs.map_or(&[], |rs| &rs.share_with),
+        jar: rs.and_then(|rs| rs.jar.as_ref()),
+        backend_path: x.target.path(),
     }
 }

@@ -15,13 +15,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 
 use super::contract::{self, Names};
+use super::jar::{self, Jar, JarScope};
 use super::kept_in_cookies::{CookieChange, KeptInCookies};
 use super::kept_in_store::KeptInStore;
 use super::our_cookies::OurCookies;
 use super::request::{Held, LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
 use super::setup::{Foundation, Kept};
-use super::store::{AdminStore, Session, SessionKey, SessionStore, StoreError};
+use super::store::{AdminStore, Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::token::{StoreId, Token, TokenError};
 use super::tracking::{self, Evidence, Provenance, Source};
 use super::url::{self, UrlTokens};
@@ -320,6 +321,14 @@ impl Sessions {
                 rs.session.as_ref(),
                 info.mapped,
             );
+            if let Some(jar) = info.jar {
+                let mut scope = jar_scope(jar, headers, info);
+                if rs.session.is_none() && !rs.store_failed {
+                    scope.adopted = jar::adoptable(headers, &scope);
+                }
+                jar::attach(headers, &scope, rs.session.as_ref(), unix_ms());
+                rs.jar = Some(Box::new(scope));
+            }
         }
     }
 
@@ -340,6 +349,30 @@ impl Sessions {
         found
     }
 
+    /// A client's application cookie `adopted` now lives in its new session: its copy in
+    /// the browser is expired.
+    fn adopted(&self, headers: &mut HeaderMap, adopted: Option<String>) {
+        if let Some(name) = adopted {
+            jar::expire_client_copy(headers, &name);
+            self.metrics.session(SessionEvent::Adopted);
+        }
+    }
+
+    /// Takes out of a backend's response every cookie named like ours (any case, either
+    /// kind of listener): on any route, a backend must not plant, replace or end the
+    /// gateway's session cookie or its probe. `true` if there was one.
+    pub fn drop_backend_cookies_like_ours(&self, headers: &mut HeaderMap) -> bool {
+        let gone = jar::drop_named_like(headers, &self.cookies.all_names());
+        if gone > 0 {
+            self.metrics.session(SessionEvent::DirectiveRejected);
+            tracing::warn!(
+                cookies = gone,
+                "backend cookies named like the gateway's: removed"
+            );
+        }
+        gone > 0
+    }
+
     /// Whether a trailer (or any header) name is one of ours: under the prefix, in any
     /// spelling.
     pub fn is_ours(&self, name: &HeaderName) -> bool {
@@ -347,7 +380,9 @@ impl Sessions {
     }
 
     /// The `commit` phase: directives out of the response, applied unless it is a 5xx, and
-    /// the cookie set or expired when the token changes. With URL tracking no cookie is set:
+    /// the cookie set or expired when the token changes; on a route with a cookie jar, the
+    /// backend's cookies are kept (`served_by`: the server that answered, which a session
+    /// whose application cookie it made is pinned to). With URL tracking no cookie is set:
     /// the token the client holds after this response is returned instead, for the proxy to
     /// put into the response's URLs.
     ///
@@ -355,24 +390,63 @@ impl Sessions {
     /// A logout the store could not make (see [`LogoutFailed`]).
     pub async fn commit(
         &self,
-        rs: RequestSession,
+        mut rs: RequestSession,
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
+        served_by: Option<&str>,
     ) -> Result<Option<Held>, LogoutFailed> {
-        let d = contract::take_directives(headers, &self.names);
+        let mut d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
             self.metrics.session(SessionEvent::DirectiveRejected);
             tracing::warn!(reason = %why, "session directive ignored");
         }
+        self.drop_backend_cookies_like_ours(headers);
+        let mut adopted = None;
+        if let Some(scope) = rs.jar.take() {
+            adopted = scope.adopted.as_ref().map(|(name, _)| name.clone());
+            let captured = jar::capture(headers, &scope, rs.session.as_ref(), unix_ms());
+            if captured.refused > 0 {
+                self.metrics.session(SessionEvent::DirectiveRejected);
+                tracing::debug!(
+                    refused = captured.refused,
+                    "backend cookies a browser would refuse: not kept"
+                );
+            }
+            // The application started or renewed a session of its own (a login): on a live
+            // session of ours, ours is renewed too (see `jar::renews`), and the session is
+            // pinned to the server that holds the application's.
+            let fresh = match &rs.session {
+                Some(live) => jar::renews(&captured.changes, live),
+                None => captured
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, Change::Set(..))),
+            };
+            if fresh && rs.session.is_some() {
+                d.regenerate = true;
+            }
+            d.changes.extend(captured.changes);
+            if let (true, Some(server)) = (fresh, served_by) {
+                d.changes
+                    .push(Change::Set(jar::PIN.to_owned(), server.to_owned()));
+            }
+        }
         let store = match &self.keeper {
             Keeper::InStore(store) => store,
             Keeper::InCookies(c) => {
-                match c.commit(rs, &d, status).await {
-                    CookieChange::Set(v) => self.cookies.set(headers, Some(&v), tls),
-                    CookieChange::Clear => self.cookies.set(headers, None, tls),
-                    CookieChange::Keep => {}
-                }
+                let made = match c.commit(rs, &d, status).await {
+                    CookieChange::Set(v) => {
+                        self.cookies.set(headers, Some(&v), tls);
+                        true
+                    }
+                    CookieChange::Clear => {
+                        self.cookies.set(headers, None, tls);
+                        false
+                    }
+                    CookieChange::Keep => false,
+                };
+                self.adopted(headers, adopted.filter(|_| made));
                 // Nothing goes into URLs: the sealed store is cookie-only.
                 return Ok(None);
             }
@@ -385,6 +459,7 @@ impl Sessions {
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let cookie = self.cookies.out(tls, carry.cookie());
         let held = store.commit(rs, &d, status, headers, &cookie).await?;
+        self.adopted(headers, adopted.filter(|_| held.is_some()));
         // No session cookie of ours goes out (a client without a session, or one whose
         // session just ended): the probe asks, or goes on showing, that the client keeps
         // cookies, and so never takes a token from a URL.
@@ -418,5 +493,25 @@ impl Sessions {
     /// The name of the URL parameter that carries tokens.
     pub fn url_parameter(&self) -> &str {
         &self.url_parameter
+    }
+}
+
+/// The request as a route's jar sees it: the host the client addressed (lower case, no
+/// port), the path the backend gets, and whether the browser says another site made it.
+fn jar_scope(jar: &Arc<Jar>, headers: &HeaderMap, info: &RequestInfo<'_>) -> JarScope {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| crate::routing::host_name(h).to_ascii_lowercase())
+        .unwrap_or_default();
+    JarScope {
+        jar: jar.clone(),
+        host,
+        path: info.backend_path.to_owned(),
+        tls: info.tls,
+        cross_site: headers
+            .get(FETCH_SITE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")),
+        adopted: None,
     }
 }

@@ -12,11 +12,13 @@
 //! - [`store`]: the store contract and the session record; the stores [`memory`] (embedded),
 //!   [`redis`] (shared, with a near cache and a circuit) and [`sealed`] (the whole session in
 //!   a cookie), one of which [`stores`] holds;
-//! - [`contract`]: the headers exchanged with backends.
+//! - [`contract`]: the headers exchanged with backends; [`jar`]: the backend's cookies kept
+//!   in the session (`backend_cookies: jar`).
 
 pub mod contract;
 mod facade;
 pub mod handoff;
+pub mod jar;
 mod kept_in_cookies;
 mod kept_in_store;
 pub mod memory;

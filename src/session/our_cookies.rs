@@ -78,6 +78,12 @@ impl OurCookies {
         )
     }
 
+    /// Every name of ours: the session and probe cookies, on plain and TLS listeners.
+    pub fn all_names(&self) -> [&str; 4] {
+        let [(s, p), (ts, tp)] = &self.names;
+        [s, p, ts, tp]
+    }
+
     /// Adds `Set-Cookie` with `value` (a token, or a sealed session), or one that expires the
     /// cookie when `None`; the response is made private.
     pub fn set(&self, headers: &mut HeaderMap, value: Option<&str>, tls: bool) {

@@ -2,10 +2,13 @@
 //! ([`RequestInfo`]), what `resolve` and `load` found for `commit` ([`RequestSession`]),
 //! and what the proxy learns back ([`Arrival`], [`Held`], [`LogoutFailed`]).
 
+use std::sync::Arc;
+
 use http::Method;
 use http::header::HeaderName;
 
 use super::contract::Status;
+use super::jar::{Jar, JarScope};
 use super::kept_in_cookies::SealedRequest;
 use super::store::Session;
 use super::token::Token;
@@ -30,6 +33,10 @@ pub struct RequestInfo<'a> {
     pub tracking: Tracking,
     /// The route's sibling hosts (`host[:port]`), whose links may bring handoff codes.
     pub share_with: &'a [String],
+    /// The route's cookie jar (`backend_cookies: jar`).
+    pub jar: Option<&'a Arc<Jar>>,
+    /// The path the backend gets (a jar's cookies are matched against it).
+    pub backend_path: &'a str,
 }
 
 /// What `resolve` and `load` found, for `commit`.
@@ -52,6 +59,8 @@ pub struct RequestSession {
     pub(super) in_url: bool,
     /// From `resolve` to `load`: the URL's handoff code and its `Referer`'s token.
     pub(super) url: Option<Box<UrlTokens>>,
+    /// On a route with a cookie jar: the request as the jar sees it, from `load` to `commit`.
+    pub(super) jar: Option<Box<JarScope>>,
 }
 
 /// A client arriving from a sibling host with a handoff code: the token it holds here now.
@@ -110,6 +119,7 @@ impl RequestSession {
             sealed: None,
             in_url: false,
             url: None,
+            jar: None,
         }
     }
 
@@ -153,6 +163,30 @@ impl RequestSession {
     /// The live session's stable key, for `balance: session_affinity`.
     pub fn affinity_key(&self) -> Option<&[u8]> {
         self.session.as_ref().map(Session::key_raw)
+    }
+
+    /// The server (`host:port`) that made the live session's kept backend cookies (see
+    /// `jar::pinned`), for `balance: session_affinity`.
+    pub fn pinned_server(&self) -> Option<&[u8]> {
+        self.session.as_ref().and_then(super::jar::pinned)
+    }
+
+    /// The route names the live session's kept backend cookies end in (see
+    /// `jar::route_hints`), for `balance: session_affinity`.
+    pub fn app_routes(&self) -> Vec<&[u8]> {
+        match (&self.session, &self.jar) {
+            (Some(s), Some(_)) => super::jar::route_hints(s),
+            // An application cookie being adopted names its server too.
+            (None, Some(scope)) => scope
+                .adopted
+                .as_ref()
+                .and_then(|(_, v)| v.rsplit_once('.'))
+                .map(|(_, r)| r.as_bytes())
+                .filter(|r| !r.is_empty())
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The request presented a session and the store did not answer: the proxy fails closed

@@ -235,6 +235,11 @@ impl Session {
         std::iter::from_fn(move || take_pair(&mut rest))
     }
 
+    /// Attributes `(name, value)` as bytes, by name, without a text check or a copy.
+    pub fn attr_bytes_raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.raw_attrs()
+    }
+
     /// Attributes `(name, value)`, by name.
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.raw_attrs()

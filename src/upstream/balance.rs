@@ -23,30 +23,93 @@ pub(crate) struct Balancer {
     /// Each backend's hash of its address, for rendezvous hashing: an address, not a position,
     /// so that adding a server moves only the sessions it wins.
     ids: Vec<u64>,
+    /// Each backend's address (`host:port`), which a session may be pinned to.
+    addresses: Vec<Box<str>>,
+    /// Each backend's `route` name, if it has one.
+    routes: Vec<Option<Box<str>>>,
+}
+
+/// Where a request's session wants to go, for `session_affinity`, in order: the server whose
+/// `route` an application cookie names, the server the session is pinned to, the server its
+/// key hashes to.
+#[derive(Debug, Default)]
+pub struct Affinity<'a> {
+    /// The session's key (rendezvous hashing); none yet (round robin).
+    pub key: Option<&'a [u8]>,
+    /// The server (`host:port`) that holds the application's own session, as the session
+    /// remembers it.
+    pub pinned: Option<&'a [u8]>,
+    /// What follows the last `.` of each application cookie's value: a server whose `route`
+    /// is one of them holds that session (Tomcat's `jvmRoute`).
+    pub routes: Vec<&'a [u8]>,
+}
+
+impl<'a> Affinity<'a> {
+    /// Affinity by the session's key alone.
+    pub fn key(key: &'a [u8]) -> Affinity<'a> {
+        Affinity {
+            key: Some(key),
+            ..Affinity::default()
+        }
+    }
 }
 
 impl Balancer {
-    /// A balancer for backends of `weights` and `addresses` (in the same order).
-    pub fn new(kind: Balance, weights: &[u32], addresses: &[&str]) -> Self {
+    /// A balancer for backends of `weights`, `addresses` and `routes` (in the same order).
+    pub fn new(
+        kind: Balance,
+        weights: &[u32],
+        addresses: &[&str],
+        routes: &[Option<&str>],
+    ) -> Self {
         Balancer {
             kind,
             schedule: smooth_schedule(weights),
             next: AtomicUsize::new(0),
             ids: addresses.iter().map(|a| fnv1a(a.as_bytes())).collect(),
+            addresses: addresses.iter().map(|a| Box::from(*a)).collect(),
+            routes: routes.iter().map(|r| r.map(Box::from)).collect(),
         }
     }
 
+    /// Whether it balances by session.
+    pub fn uses_affinity(&self) -> bool {
+        self.kind == Balance::SessionAffinity
+    }
+
     /// The index of the backend to use, skipping unavailable ones and those in `exclude`;
-    /// `affinity` is the request's session key, for `session_affinity`.
+    /// `affinity` is where the request's session wants to go, for `session_affinity`.
     pub fn pick<C: Candidate>(
         &self,
         backends: &[C],
         exclude: &[usize],
-        affinity: Option<&[u8]>,
+        affinity: Option<&Affinity<'_>>,
     ) -> Option<usize> {
         let usable = |i: usize| !exclude.contains(&i) && backends[i].available();
         match (self.kind, affinity) {
-            (Balance::SessionAffinity, Some(key)) => {
+            (Balance::SessionAffinity, Some(a)) => {
+                // The application's own session first: where its cookie says it lives, or
+                // where the session remembers it was made.
+                let routed = (0..backends.len()).find(|&i| {
+                    usable(i)
+                        && self
+                            .routes
+                            .get(i)
+                            .and_then(Option::as_deref)
+                            .is_some_and(|r| a.routes.contains(&r.as_bytes()))
+                });
+                let pinned = || {
+                    let to = a.pinned?;
+                    (0..backends.len()).find(|&i| {
+                        usable(i) && self.addresses.get(i).is_some_and(|x| x.as_bytes() == to)
+                    })
+                };
+                if let Some(i) = routed.or_else(pinned) {
+                    return Some(i);
+                }
+                let Some(key) = a.key else {
+                    return self.round_robin(&usable);
+                };
                 // Weighted rendezvous: each server scores -weight / ln(u) with u uniform in
                 // (0, 1) from hash(key, server); the highest wins. A server that becomes
                 // unavailable hands its sessions to their next-best, and only those move.
@@ -61,16 +124,7 @@ impl Balancer {
                     .max_by(|a, b| a.1.total_cmp(&b.1))
                     .map(|(i, _)| i)
             }
-            (Balance::RoundRobin | Balance::SessionAffinity, _) => {
-                let n = self.schedule.len();
-                if n == 0 {
-                    return None;
-                }
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| self.schedule[(start + k) % n])
-                    .find(|&i| usable(i))
-            }
+            (Balance::RoundRobin | Balance::SessionAffinity, _) => self.round_robin(&usable),
             (Balance::LeastConnections, _) => {
                 let n = backends.len();
                 // Rotate the starting point so that ties do not always favour the first server.
@@ -97,6 +151,20 @@ impl Balancer {
                 best
             }
         }
+    }
+}
+
+impl Balancer {
+    /// The next server in the weighted order that is `usable`.
+    fn round_robin(&self, usable: &impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.schedule.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| self.schedule[(start + k) % n])
+            .find(|&i| usable(i))
     }
 }
 
@@ -169,7 +237,7 @@ mod tests {
     fn round_robin_follows_weights_smoothly() {
         assert_eq!(smooth_schedule(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(smooth_schedule(&[2, 2]), vec![0, 1]);
-        let bal = Balancer::new(Balance::RoundRobin, &[3, 1], &["a:1", "b:1"]);
+        let bal = Balancer::new(Balance::RoundRobin, &[3, 1], &["a:1", "b:1"], &[None, None]);
         let backends = [b(3, 0, true), b(1, 0, true)];
         let picks: Vec<usize> = (0..8)
             .filter_map(|_| bal.pick(&backends, &[], None))
@@ -179,7 +247,12 @@ mod tests {
 
     #[test]
     fn round_robin_skips_unavailable_and_excluded() {
-        let bal = Balancer::new(Balance::RoundRobin, &[1, 1, 1], &["a:1", "b:1", "c:1"]);
+        let bal = Balancer::new(
+            Balance::RoundRobin,
+            &[1, 1, 1],
+            &["a:1", "b:1", "c:1"],
+            &[None; 3],
+        );
         let backends = [b(1, 0, false), b(1, 0, true), b(1, 0, true)];
         for _ in 0..6 {
             assert_ne!(bal.pick(&backends, &[], None), Some(0));
@@ -191,10 +264,13 @@ mod tests {
     #[test]
     fn session_affinity_keeps_a_session_on_one_server_and_moves_only_the_lost_ones() {
         let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
-        let bal = Balancer::new(Balance::SessionAffinity, &[1, 1, 1], &addrs);
+        let bal = Balancer::new(Balance::SessionAffinity, &[1, 1, 1], &addrs, &[None; 3]);
         let all = [b(1, 0, true), b(1, 0, true), b(1, 0, true)];
         let keys: Vec<String> = (0..3000).map(|i| format!("session-{i}")).collect();
-        let pick = |backends: &[B], k: &str| bal.pick(backends, &[], Some(k.as_bytes())).unwrap();
+        let pick = |backends: &[B], k: &str| {
+            bal.pick(backends, &[], Some(&Affinity::key(k.as_bytes())))
+                .unwrap()
+        };
         let first: Vec<usize> = keys.iter().map(|k| pick(&all, k)).collect();
         // Stable, and spread about evenly.
         assert_eq!(
@@ -215,14 +291,46 @@ mod tests {
             }
         }
         // A heavier server wins more sessions; without a session, round robin.
-        let heavy = Balancer::new(Balance::SessionAffinity, &[3, 1, 1], &addrs);
+        let heavy = Balancer::new(Balance::SessionAffinity, &[3, 1, 1], &addrs, &[None; 3]);
         let weighted = [b(3, 0, true), b(1, 0, true), b(1, 0, true)];
         let n = keys
             .iter()
-            .filter(|k| heavy.pick(&weighted, &[], Some(k.as_bytes())) == Some(0))
+            .filter(|k| heavy.pick(&weighted, &[], Some(&Affinity::key(k.as_bytes()))) == Some(0))
             .count();
         assert!(n > 1500, "weight 3 of 5 won {n} of 3000");
         assert!(bal.pick(&all, &[], None).is_some());
+    }
+
+    #[test]
+    fn an_application_session_goes_to_its_route_then_to_its_pin_then_by_key() {
+        let addrs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"];
+        let routes = [Some("n1"), None, Some("n3")];
+        let bal = Balancer::new(Balance::SessionAffinity, &[1, 1, 1], &addrs, &routes);
+        let all = [b(1, 0, true), b(1, 0, true), b(1, 0, true)];
+        let by_key = bal.pick(&all, &[], Some(&Affinity::key(b"k"))).unwrap();
+        for (pinned, addr) in addrs.iter().enumerate() {
+            let a = Affinity {
+                key: Some(b"k"),
+                pinned: Some(addr.as_bytes()),
+                routes: Vec::new(),
+            };
+            assert_eq!(bal.pick(&all, &[], Some(&a)), Some(pinned));
+        }
+        let a = Affinity {
+            key: Some(b"k"),
+            pinned: Some(addrs[1].as_bytes()),
+            routes: vec![b"n3"],
+        };
+        assert_eq!(bal.pick(&all, &[], Some(&a)), Some(2), "the route wins");
+        // Its server down: the pin, then the key.
+        let down = [b(1, 0, true), b(1, 0, true), b(1, 0, false)];
+        assert_eq!(bal.pick(&down, &[], Some(&a)), Some(1));
+        let lost = Affinity {
+            key: Some(b"k"),
+            pinned: Some(b"10.0.0.9:80"),
+            routes: vec![b"n9"],
+        };
+        assert_eq!(bal.pick(&all, &[], Some(&lost)), Some(by_key));
     }
 
     #[test]
@@ -231,6 +339,7 @@ mod tests {
             Balance::LeastConnections,
             &[1, 1, 2],
             &["a:1", "b:1", "c:1"],
+            &[None; 3],
         );
         let backends = [b(1, 3, true), b(1, 1, true), b(2, 3, true)];
         // 3/1, 1/1, 3/2: the second is least loaded.

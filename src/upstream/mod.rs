@@ -27,6 +27,7 @@ pub use pools::{PoolSettings, Pools};
 use crate::config::{ConfigError, PassiveHealth, UpstreamConfig};
 use crate::deadline::LazyTimer;
 use crate::idle::now_ms;
+pub use balance::Affinity;
 use balance::{Balancer, Candidate};
 use connect::{Connector, IdleConns, Sender};
 
@@ -113,6 +114,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The backend's address (`host:port`), as a session pins to it.
+    pub fn backend_label(&self) -> &Arc<str> {
+        &self.backend.label
+    }
+
     /// Longest wait for the next piece of the response body (the pool's response timeout).
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout
@@ -220,6 +226,11 @@ impl Pool {
                     .iter()
                     .map(|s| s.authority.as_str())
                     .collect::<Vec<_>>(),
+                &config
+                    .servers
+                    .iter()
+                    .map(|s| s.route.as_deref())
+                    .collect::<Vec<_>>(),
             ),
             connector,
             response_timeout: config.response_timeout,
@@ -245,12 +256,18 @@ impl Pool {
             .map_err(|msg| ConfigError::single(file, config.tls.pos, &config.tls.path, msg))
     }
 
+    /// Whether the pool balances by session (`balance: session_affinity`).
+    pub fn uses_affinity(&self) -> bool {
+        self.balancer.uses_affinity()
+    }
+
     /// Chooses a backend not in `tried` (indices), or `None` if none is available;
-    /// `affinity` is the request's session key (bytes: this module knows no sessions).
+    /// `affinity` is where the request's session wants to go (bytes: this module knows no
+    /// sessions).
     pub fn select(
         &self,
         tried: &[usize],
-        affinity: Option<&[u8]>,
+        affinity: Option<&Affinity<'_>>,
     ) -> Option<(usize, Arc<Backend>)> {
         let i = self.balancer.pick(&self.backends, tried, affinity)?;
         self.backends.get(i).map(|b| (i, b.clone()))

@@ -4,6 +4,7 @@
 mod abuse;
 mod browser;
 mod check;
+mod cookie_jar;
 mod errors;
 mod headers;
 mod hostile;

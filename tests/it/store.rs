@@ -79,6 +79,36 @@ async fn first_update_creates_and_load_returns_it(s: impl FullStore) {
     assert_eq!(again.session.attr_count(), 2);
 }
 
+/// The cookie jar keeps each backend cookie as an attribute whose name no backend writes
+/// (`~jar;=host;/path;NAME`, up to 255 bytes) and whose value holds `;`: every store keeps
+/// them exactly, beside ordinary attributes, and unsets them one by one.
+async fn jar_attributes_are_kept_exactly(s: impl FullStore) {
+    let id = new_id();
+    let now = unix_ms();
+    let long = format!("~jar;=shop.example;/{};APP", "p".repeat(255 - 24));
+    assert_eq!(long.len(), 255);
+    let jar = [
+        ("~jar;=shop.example;/;JSESSIONID", "0;;ABC123.node1"),
+        ("~jar;.example;/cart;theme", "1900000000000;sS;\"dark\""),
+        ("~pin", "10.0.0.1:8080"),
+        (long.as_str(), "0;;x"),
+    ];
+    let mut changes: Vec<Change> = jar.iter().map(|(n, v)| set(n, v)).collect();
+    changes.push(set("user", "alice"));
+    s.update(&id, Some(key()), &changes, now).await.unwrap();
+    let got = s.load(&id, now).await.unwrap().unwrap();
+    for (n, v) in jar {
+        assert_eq!(got.attr(n), Some(v), "{n}");
+    }
+    assert_eq!(got.attr("user"), Some("alice"));
+    s.update(&id, None, &[Change::Unset(jar[0].0.into())], now)
+        .await
+        .unwrap();
+    let got = s.load(&id, now).await.unwrap().unwrap();
+    assert_eq!(got.attr(jar[0].0), None);
+    assert_eq!(got.attr(jar[1].0), Some(jar[1].1));
+}
+
 async fn unset_and_last_write_wins(s: impl FullStore) {
     let id = new_id();
     let now = unix_ms();
@@ -411,6 +441,10 @@ macro_rules! conformance {
             #[tokio::test]
             async fn first_update_creates_and_load_returns_it() {
                 super::first_update_creates_and_load_returns_it(make(RELAXED).await).await;
+            }
+            #[tokio::test]
+            async fn jar_attributes_are_kept_exactly() {
+                super::jar_attributes_are_kept_exactly(make(RELAXED).await).await;
             }
             #[tokio::test]
             async fn unset_and_last_write_wins() {

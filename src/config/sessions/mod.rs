@@ -15,7 +15,7 @@ use super::reader::{MapReader, integer, non_empty, one_of, positive_duration, si
 
 pub use cookie::{CookieConfig, SameSite, Secure};
 pub(super) use route::read_route_session;
-pub use route::{DEFAULT_LINKS, RouteSession, valid_attribute_name};
+pub use route::{BackendCookies, DEFAULT_LINKS, RouteSession, valid_attribute_name};
 pub use store::{DEFAULT_MEMORY_BYTES, RedisTopology, StoreConfig};
 
 /// Session settings shared by all routes. With no `sessions:` section, no route has sessions.
