@@ -174,7 +174,8 @@ fn home(req: &Request<Incoming>) -> String {
          <p>This shop keeps no state: the gateway holds the session and sends it in the headers \
          below (the session cookie itself never reaches the shop). Request path: <code>{}</code></p>\
          <table>{rows}</table>\
-         <p><a href=\"/\">home</a> · <a id=\"about\" href=\"/about\">about</a></p></body></html>",
+         <p><a href=\"/\">home</a> · <a id=\"about\" href=\"/about\">about</a> · \
+         <a id=\"classic\" href=\"/classic/\">a classic app with its own cookie, behind the jar</a></p></body></html>",
         escape(status),
         escape(req.uri().path())
     )

@@ -201,6 +201,40 @@ async fn start_demo_backend(
     })?;
     tokio::spawn(demo::serve_backend(listener, stop.clone()));
     tracing::info!(%addr, "demo backend listening");
+    start_classic_replicas(config, path, stop).await
+}
+
+/// The classic cookie application's replicas, one per server of the `classic` upstream (if
+/// the configuration has one), each named by its server's `route`.
+async fn start_classic_replicas(
+    config: &Config,
+    path: &Path,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(classic) = config.upstream("classic") else {
+        return Ok(());
+    };
+    for (i, server) in classic.servers.iter().enumerate() {
+        let addr: SocketAddr = server.authority.as_str().parse().with_context(|| {
+            format!(
+                "a classic replica must listen on an IP:PORT, but {} names {}",
+                path.display(),
+                server.authority
+            )
+        })?;
+        let name = server
+            .route
+            .clone()
+            .unwrap_or_else(|| format!("replica{}", i + 1));
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot start the classic replica {name} on {addr}: is something else using it?"
+            )
+        })?;
+        let stop = stop.clone();
+        tokio::spawn(async move { demo::cookie_shop::serve(listener, &name, stop).await });
+        tracing::info!(%addr, "demo classic replica listening");
+    }
     Ok(())
 }
 
@@ -231,6 +265,10 @@ fn print_urls(running: &Running, with_demo: bool) {
         println!("  http://{a}/healthz   (admin)");
     }
     if with_demo {
+        println!(
+            "Under /classic/ a classic application with its own session cookie runs as two replicas:"
+        );
+        println!("the gateway keeps its cookie, and each page names the replica that served it.");
         println!("The https listener uses the self-signed development certificate in certs/.");
         println!("Press Ctrl-C to stop.\n");
     }

@@ -199,3 +199,83 @@ async fn browser_with_cookies_never_sees_a_token_in_a_url() {
         assert!(!page.contains("sgsid"), "{page}");
     }
 }
+
+/// Clicks `id` and waits for the cookie shop's next page (its `#replica`).
+async fn click_for_replica(c: &Client, id: &str) -> String {
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(10), || {
+        let old = old.clone();
+        async move { old.text().await.is_err() }
+    })
+    .await;
+    assert!(gone, "clicking #{id} led nowhere");
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("replica"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn browser_with_cookies_blocked_uses_a_cookie_app_through_the_jar() {
+    let stop = CancellationToken::new();
+    let mut servers = Vec::new();
+    for name in ["a", "b"] {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        servers.push((name, l.local_addr().unwrap()));
+        let stop = stop.clone();
+        tokio::spawn(async move { sessiongate::demo::cookie_shop::serve(l, name, stop).await });
+    }
+    let list: Vec<String> = servers
+        .iter()
+        .map(|(n, a)| format!("{{ url: \"http://{a}\", route: {n} }}"))
+        .collect();
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\" }}\nupstreams:\n  classic:\n    balance: session_affinity\n    servers: [ {} ]\nroutes:\n  - {{ name: classic, match: {{ path_prefix: /classic }}, upstream: classic, strip_prefix: true, session: {{ backend_cookies: jar }} }}\nsessions: {{ tracking: auto }}\n",
+        list.join(", ")
+    );
+    let gw = Gateway::start(&yaml).await;
+    let base = gw.url("web", "/classic/");
+    let driver = driver().await;
+    let c = browser(&driver, true).await;
+    c.goto(&base).await.unwrap();
+    let page = c.source().await.unwrap();
+    assert!(page.contains("Not logged in"), "{page}");
+    let replica = click_for_replica(&c, "login").await;
+    let text = |id: &'static str| {
+        let c = c.clone();
+        async move { c.find(Locator::Id(id)).await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(text("user").await, "alice");
+    for n in 1..=2 {
+        assert_eq!(
+            click_for_replica(&c, "add").await,
+            replica,
+            "the session stayed put"
+        );
+        assert_eq!(text("cart").await, n.to_string());
+    }
+    let url = c.current_url().await.unwrap().to_string();
+    assert!(url.contains(";sgsid="), "{url}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cookie-app-jar.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    click_for_replica(&c, "logout").await;
+    let page = c.source().await.unwrap();
+    assert!(page.contains("Not logged in"), "{page}");
+    c.close().await.unwrap();
+    stop.cancel();
+}
