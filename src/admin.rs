@@ -53,7 +53,16 @@ impl AdminState {
 pub async fn handle<B>(
     state: Arc<AdminState>,
     req: Request<B>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, Infallible>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if matches!(req.uri().path(), "/sessions/export" | "/sessions/import") {
+        let (status, ctype, body) = transfer_api(&state, req).await;
+        return Ok(reply(status, ctype, body));
+    }
     if req.uri().path() == "/sessions" || req.uri().path().starts_with("/sessions/") {
         let (status, body) = session_api(&state, &req).await;
         return Ok(reply(status, "application/json", body));
@@ -160,25 +169,99 @@ async fn reload<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String)
     }
 }
 
-/// The session API; every answer is JSON.
-async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
+/// The sessions, if the session API is on and `req` carries the admin token, and a server
+/// store keeps them; else the answer that says why not.
+fn session_gate<B>(
+    state: &AdminState,
+    req: &Request<B>,
+) -> Result<Arc<Sessions>, (StatusCode, String)> {
     let token = state.live.admin_token();
     let Some((sessions, token)) = state.sessions().zip(token.as_ref().as_ref()) else {
-        return json_error(
+        return Err(json_error(
             StatusCode::NOT_FOUND,
             "the session API is off: configure sessions and admin.token_file",
-        );
+        ));
     };
     if !authorized(req, token) {
-        return json_error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        ));
     }
     if sessions.sealed_in_cookies() {
-        return json_error(
+        return Err(json_error(
             StatusCode::NOT_IMPLEMENTED,
-            "sessions live sealed in clients' cookies: none can be looked up or revoked here \
-             (retire the secret that sealed them to end them all)",
-        );
+            "sessions live sealed in clients' cookies: none can be looked up, revoked, \
+             exported or imported here (retire the secret that sealed them to end them all)",
+        ));
     }
+    Ok(sessions)
+}
+
+/// The most an import may send: a million sessions of a few KiB each.
+const MAX_IMPORT_BYTES: usize = 4 << 30;
+
+/// `GET /sessions/export` (the live sessions as JSON lines, see `session::transfer`) and
+/// `POST /sessions/import` (such lines loaded into this gateway's store).
+async fn transfer_api<B>(state: &AdminState, req: Request<B>) -> (StatusCode, &'static str, String)
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    const JSON: &str = "application/json";
+    let sessions = match session_gate(state, &req) {
+        Ok(s) => s,
+        Err((status, body)) => return (status, JSON, body),
+    };
+    let failed = |e: crate::session::StoreError| {
+        let (status, body) = json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        (status, JSON, body)
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/sessions/export") => match sessions.export().await {
+            Ok(lines) => (StatusCode::OK, "application/x-ndjson", lines),
+            Err(e) => failed(e),
+        },
+        (&Method::POST, "/sessions/import") => {
+            let body = http_body_util::Limited::new(req.into_body(), MAX_IMPORT_BYTES);
+            let bytes = match http_body_util::BodyExt::collect(body).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    let (status, body) =
+                        json_error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}"));
+                    return (status, JSON, body);
+                }
+            };
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                let (status, body) = json_error(StatusCode::BAD_REQUEST, "the body is not UTF-8");
+                return (status, JSON, body);
+            };
+            match sessions.import(text).await {
+                Ok(done) => (
+                    StatusCode::OK,
+                    JSON,
+                    serde_json::to_string(&done).unwrap_or_default(),
+                ),
+                Err(e) => failed(e),
+            }
+        }
+        _ => {
+            let (status, body) = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET /sessions/export or POST /sessions/import",
+            );
+            (status, JSON, body)
+        }
+    }
+}
+
+/// The session API; every answer is JSON.
+async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
+    let sessions = match session_gate(state, req) {
+        Ok(s) => s,
+        Err(answer) => return answer,
+    };
     let failed =
         |e: crate::session::StoreError| json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     let path = req.uri().path();

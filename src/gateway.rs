@@ -125,6 +125,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         (drain.tracker.clone(), drain.force.clone()),
         None,
     )?;
+    // Before any listener accepts: the memory store's sessions from its snapshot file.
+    if let Some(sessions) = proxy.sessions() {
+        sessions.load_snapshot().await;
+    }
     let named_tls = config
         .listeners
         .iter()
@@ -295,6 +299,14 @@ impl Running {
             tracing::warn!(timeout = ?drain_timeout, "drain timeout expired: closing remaining connections");
             self.drain.force.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(1), self.drain.tracker.wait()).await;
+        }
+        // No request runs now: the memory store's sessions go to its snapshot file.
+        if let Some(sessions) = self.live.proxy().sessions() {
+            match sessions.save_snapshot().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "sessions written to the snapshot"),
+                Err(e) => tracing::warn!(error = %e, "session snapshot not written"),
+            }
         }
         // What the access logs hold goes to disk before the process ends.
         tokio::task::spawn_blocking(|| crate::access_log::flush_all(Duration::from_secs(2)))

@@ -18,7 +18,8 @@
 //! - [`gateway`]: start, serve, drain.
 //! - [`reload`]: the configuration in use, and how a reload (SIGHUP, a file change,
 //!   `POST /reload`) swaps in a new one.
-//! - [`admin`]: `/healthz`, `/readyz`, the session API.
+//! - [`admin`]: `/healthz`, `/readyz`, the session API; [`admin_client`]: the
+//!   `sessions export|import` commands' requests to it.
 //! - [`deadline`]: per-request timeouts that cost no timer registration when met.
 //! - [`idle`]: silence detection for HTTP/2 connections and WebSocket tunnels.
 //! - [`metrics`]: Prometheus metrics, counted by every other part, served by `admin`.
@@ -28,6 +29,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_client;
 pub mod cache_control;
 pub mod certs;
 pub mod config;

@@ -37,6 +37,11 @@ enum Command {
     Check,
     /// Serve gateway.yaml together with a built-in sample backend.
     Demo,
+    /// Export or import the sessions of the running gateway's store (through its admin API).
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
     /// Write a self-signed development certificate and key (PEM).
     GenCert {
         /// Output directory.
@@ -45,6 +50,21 @@ enum Command {
         /// DNS names or IP addresses to cover (repeatable; default: localhost, 127.0.0.1, ::1).
         #[arg(long = "name")]
         names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionsAction {
+    /// Write every live session as JSON lines (store ids and data, never tokens).
+    Export {
+        /// The file to write (made readable by its owner only); default: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Load sessions from JSON lines into the store (those already there are left alone).
+    Import {
+        /// The file to read (`-`: standard input).
+        file: PathBuf,
     },
 }
 
@@ -58,6 +78,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
+        Command::Sessions { action } => sessions(&cli.config, action),
         Command::GenCert { out, names } => match certs::generate(&out, &names) {
             Ok(w) => {
                 println!(
@@ -97,6 +118,89 @@ fn check(path: &Path) -> ExitCode {
         config.routes.len()
     );
     ExitCode::SUCCESS
+}
+
+/// `sessions export|import`: the running gateway's admin API does the work.
+fn sessions(path: &Path, action: SessionsAction) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let done = runtime.block_on(async {
+        match action {
+            SessionsAction::Export { out } => {
+                let lines = sessiongate::admin_client::call(
+                    &config,
+                    http::Method::GET,
+                    "/sessions/export",
+                    Vec::new(),
+                )
+                .await?;
+                let count = lines.iter().filter(|&&b| b == b'\n').count();
+                match out {
+                    Some(file) => write_private(&file, &lines)?,
+                    None => {
+                        use std::io::Write as _;
+                        std::io::stdout().write_all(&lines)?;
+                    }
+                }
+                eprintln!("exported {count} sessions");
+            }
+            SessionsAction::Import { file } => {
+                let lines = if file.as_os_str() == "-" {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    buf
+                } else {
+                    std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?
+                };
+                let answer = sessiongate::admin_client::call(
+                    &config,
+                    http::Method::POST,
+                    "/sessions/import",
+                    lines,
+                )
+                .await?;
+                println!("{}", String::from_utf8_lossy(&answer));
+            }
+        }
+        anyhow::Ok(())
+    });
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiongate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes `bytes` to `file`, readable by its owner only (it holds what sessions hold).
+fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
 }
 
 fn serve(path: &Path, with_demo: bool) -> ExitCode {

@@ -7,8 +7,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::config::{BackendCookies, Config, DEFAULT_LINKS, HostMatch, RouteConfig, Tracking};
-use crate::session::jar::Jar;
+use crate::config::{
+    BackendCookies, Config, DEFAULT_LINKS, HostMatch, JarSettings, RouteConfig, Tracking,
+};
 
 /// A route, ready for matching.
 #[derive(Debug)]
@@ -43,7 +44,7 @@ pub struct RouteSessions {
     /// Sibling hosts sharing the sessions (`host[:port]`, lower case).
     pub share_with: Arc<[String]>,
     /// `backend_cookies: jar`: which of the backend's cookies the session keeps.
-    pub jar: Option<Arc<Jar>>,
+    pub jar: Option<Arc<JarSettings>>,
 }
 
 impl Route {
@@ -159,9 +160,10 @@ impl Router {
                         share_with: s.share_with.clone().into(),
                         jar: match &s.backend_cookies {
                             BackendCookies::Pass => None,
-                            BackendCookies::Jar(names) => {
-                                Some(Jar::new(names.clone(), s.adopt.clone()))
-                            }
+                            BackendCookies::Jar(names) => Some(Arc::new(JarSettings {
+                                names: names.clone(),
+                                adopt: s.adopt.clone(),
+                            })),
                         },
                     }),
                     host: r.host.clone(),

@@ -33,8 +33,8 @@ pub use logs::{AccessLineFormat, LogFormat, Logs};
 pub use node::Pos;
 pub use routes::{HostMatch, RouteConfig};
 pub use sessions::{
-    BackendCookies, CookieConfig, DEFAULT_LINKS, RedisTopology, RouteSession, SameSite, Secure,
-    SessionLimits, SessionsConfig, StoreConfig, Tracking, valid_attribute_name,
+    BackendCookies, CookieConfig, DEFAULT_LINKS, JarSettings, RedisTopology, RouteSession,
+    SameSite, Secure, SessionLimits, SessionsConfig, StoreConfig, Tracking, valid_attribute_name,
 };
 pub use timeouts::Timeouts;
 pub use upstreams::{

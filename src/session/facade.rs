@@ -25,6 +25,7 @@ use super::setup::{Foundation, Kept};
 use super::store::{AdminStore, Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::token::{StoreId, Token, TokenError};
 use super::tracking::{self, Evidence, Provenance, Source};
+use super::transfer;
 use super::url::{self, UrlTokens};
 use crate::config::{ConfigError, SessionsConfig, Tracking};
 use crate::metrics::{Metrics, SessionEvent, Snapshot};
@@ -54,6 +55,8 @@ pub struct Sessions {
     url_parameter: String,
     crawlers: Vec<String>,
     metrics: Arc<Metrics>,
+    /// `store.memory.snapshot`: the file the memory store is loaded from and saved to.
+    snapshot: Option<std::path::PathBuf>,
 }
 
 /// Sessions in a server store, or sealed in clients' cookies.
@@ -115,6 +118,10 @@ impl Sessions {
             url_parameter: config.url_parameter.clone(),
             crawlers: config.crawlers.clone(),
             metrics: metrics.clone(),
+            snapshot: config
+                .memory_snapshot
+                .clone()
+                .filter(|_| matches!(config.store, crate::config::StoreConfig::Memory { .. })),
         })
     }
 
@@ -174,6 +181,78 @@ impl Sessions {
             Some(store) => store.delete_where(name, value).await,
             None => Ok(0),
         }
+    }
+
+    /// Every live session as JSON lines (see [`transfer`]); `Ok("")` with sealed cookies,
+    /// which no server holds.
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn export(&self) -> Result<String, StoreError> {
+        match self.store() {
+            Some(store) => transfer::export(store).await,
+            None => Ok(String::new()),
+        }
+    }
+
+    /// Loads sessions from JSON lines into the store (see [`transfer::import`]); sessions
+    /// already there, or past their timeouts, are left out.
+    ///
+    /// # Errors
+    /// The store did not answer (what was imported before stays).
+    pub async fn import(&self, lines: &str) -> Result<transfer::Imported, StoreError> {
+        match &self.keeper {
+            Keeper::InStore(s) => transfer::import(s.store(), lines, s.timeouts(), unix_ms()).await,
+            Keeper::InCookies(_) => Ok(transfer::Imported::default()),
+        }
+    }
+
+    /// At start: the memory store's sessions loaded from its snapshot file, if there is one
+    /// (`store.memory.snapshot`); how many. A file that cannot be read is reported and left
+    /// alone: the gateway starts with what it could load.
+    pub async fn load_snapshot(&self) -> usize {
+        let Some(file) = &self.snapshot else { return 0 };
+        let text = match tokio::fs::read_to_string(file).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "session snapshot not read");
+                return 0;
+            }
+        };
+        match self.import(&text).await {
+            Ok(done) => {
+                tracing::info!(
+                    file = %file.display(),
+                    imported = done.imported,
+                    expired = done.expired,
+                    invalid = done.invalid,
+                    "sessions loaded from the snapshot"
+                );
+                done.imported
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "session snapshot not loaded");
+                0
+            }
+        }
+    }
+
+    /// At drain: the memory store's live sessions written to its snapshot file (a new file
+    /// renamed over the old, readable by its owner only); how many.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub async fn save_snapshot(&self) -> std::io::Result<usize> {
+        let Some(file) = self.snapshot.clone() else {
+            return Ok(0);
+        };
+        let lines = self.export().await.map_err(std::io::Error::other)?;
+        let count = lines.lines().count();
+        tokio::task::spawn_blocking(move || write_replacing(&file, lines.as_bytes()))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(count)
     }
 
     /// What the store knows of itself, for a metrics scrape.
@@ -514,4 +593,21 @@ fn jar_scope(jar: &Arc<Jar>, headers: &HeaderMap, info: &RequestInfo<'_>) -> Jar
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")),
         adopted: None,
     }
+}
+
+/// Writes `bytes` to a new file beside `file`, readable by its owner only, and renames it over
+/// `file`: a crash mid-write leaves the old snapshot whole.
+fn write_replacing(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
 }

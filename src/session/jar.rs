@@ -21,6 +21,7 @@ use cookie::Cookie;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use super::store::{Change, Session};
+use crate::config::JarSettings;
 
 /// Every kept cookie's attribute name starts so: outside `[a-z0-9-]`, no backend's.
 const PREFIX: &str = "~jar;";
@@ -35,19 +36,9 @@ pub const PIN: &str = "~pin";
 /// Which of a route's backend cookies the jar keeps: every one, or those named. Names are
 /// compared exactly when kept (a cookie's name is case-sensitive), and loosely when a client
 /// sends one (see [`client_spelling`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Jar {
-    names: Option<Vec<String>>,
-    /// Cookies a client without a session hands over to a new one (`session.adopt`).
-    adopt: Vec<String>,
-}
+pub type Jar = JarSettings;
 
 impl Jar {
-    /// A jar for every cookie (`None`) or the `names` given, adopting the client's `adopt`.
-    pub fn new(names: Option<Vec<String>>, adopt: Vec<String>) -> Arc<Jar> {
-        Arc::new(Jar { names, adopt })
-    }
-
     /// Whether the jar keeps the backend's cookie `name`.
     fn keeps(&self, name: &str) -> bool {
         self.names
@@ -565,10 +556,10 @@ mod tests {
 
     fn scope(jar: Option<Vec<&str>>, host: &str, path: &str, tls: bool) -> JarScope {
         JarScope {
-            jar: Jar::new(
-                jar.map(|n| n.into_iter().map(str::to_owned).collect()),
-                vec!["APPSESSID".to_owned()],
-            ),
+            jar: Arc::new(Jar {
+                names: jar.map(|n| n.into_iter().map(str::to_owned).collect()),
+                adopt: vec!["APPSESSID".to_owned()],
+            }),
             host: host.to_owned(),
             path: path.to_owned(),
             tls,

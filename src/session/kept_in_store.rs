@@ -61,6 +61,11 @@ impl KeptInStore {
         &self.store
     }
 
+    /// The idle and absolute timeouts sessions are judged by.
+    pub(super) fn timeouts(&self) -> (Duration, Duration) {
+        (self.idle, self.absolute)
+    }
+
     /// Handoffs to and from sibling hosts, through the store.
     pub(super) fn handoffs(&self) -> &Handoffs {
         &self.handoffs

@@ -507,6 +507,30 @@ impl AdminStore for MemoryStore {
             Entry::Grace(_) => None,
         }))
     }
+
+    async fn export(&self) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        let now = unix_ms();
+        Ok(self
+            .cache
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Live(s)
+                    if Duration::from_millis(now.saturating_sub(s.created_ms)) <= self.absolute =>
+                {
+                    Some((*id, s.session()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn import(&self, id: &StoreId, session: &Session) -> Result<bool, StoreError> {
+        let entry = self
+            .cache
+            .entry(*id)
+            .or_insert_with(|| Entry::Live(Packed::pack(session)));
+        Ok(entry.is_fresh())
+    }
 }
 
 #[cfg(test)]

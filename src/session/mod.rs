@@ -12,6 +12,7 @@
 //! - [`store`]: the store contract and the session record; the stores [`memory`] (embedded),
 //!   [`redis`] (shared, with a near cache and a circuit) and [`sealed`] (the whole session in
 //!   a cookie), one of which [`stores`] holds;
+//! - [`transfer`]: sessions exported and imported as JSON lines;
 //! - [`contract`]: the headers exchanged with backends; [`jar`]: the backend's cookies kept
 //!   in the session (`backend_cookies: jar`).
 
@@ -32,6 +33,7 @@ pub mod store;
 mod store_metrics;
 pub mod token;
 pub mod tracking;
+pub mod transfer;
 pub mod url;
 
 pub use facade::Sessions;

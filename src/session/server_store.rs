@@ -108,4 +108,12 @@ impl AdminStore for ServerStore {
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         each!(self, s => s.find_by_key(key))
     }
+
+    async fn export(&self) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        each!(self, s => s.export())
+    }
+
+    async fn import(&self, id: &StoreId, session: &Session) -> Result<bool, StoreError> {
+        each!(self, s => s.import(id, session))
+    }
 }

@@ -477,6 +477,19 @@ pub trait AdminStore: SessionStore {
         &self,
         key: &SessionKey,
     ) -> impl Future<Output = Result<Option<(StoreId, Session)>, StoreError>> + Send;
+
+    /// Every live session and its id (no alias, retired id or code), for an export: sessions
+    /// that move to another store, region or process with the same secret.
+    fn export(&self) -> impl Future<Output = Result<Vec<(StoreId, Session)>, StoreError>> + Send;
+
+    /// Puts `session` under `id` as it is (its times kept, so its timeouts run on), unless a
+    /// session is there already, or a logout ended one there lately; `true` if written. The
+    /// caller judges expiry first.
+    fn import(
+        &self,
+        id: &StoreId,
+        session: &Session,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 #[cfg(test)]

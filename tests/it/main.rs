@@ -25,6 +25,7 @@ mod streaming;
 mod support;
 mod timeouts;
 mod tls;
+mod transfer;
 mod upstreams;
 mod url_tracking;
 mod websocket;

@@ -15,7 +15,7 @@ use super::reader::{MapReader, integer, non_empty, one_of, positive_duration, si
 
 pub use cookie::{CookieConfig, SameSite, Secure};
 pub(super) use route::read_route_session;
-pub use route::{BackendCookies, DEFAULT_LINKS, RouteSession, valid_attribute_name};
+pub use route::{BackendCookies, DEFAULT_LINKS, JarSettings, RouteSession, valid_attribute_name};
 pub use store::{DEFAULT_MEMORY_BYTES, RedisTopology, StoreConfig};
 
 /// Session settings shared by all routes. With no `sessions:` section, no route has sessions.
@@ -48,6 +48,10 @@ pub struct SessionsConfig {
     pub url_parameter: String,
     /// Size limits on what backends store.
     pub limits: SessionLimits,
+    /// `store.memory.snapshot`: the memory store's sessions are loaded from this file at
+    /// start and written to it at drain (apart from `store`, so that naming a file does not
+    /// make a reload start a new store).
+    pub memory_snapshot: Option<PathBuf>,
 }
 
 /// User-Agent substrings of well-known crawlers: a URL token in a search index would hand a
@@ -144,6 +148,7 @@ impl Default for SessionsConfig {
             crawlers: DEFAULT_CRAWLERS.iter().map(|s| (*s).to_owned()).collect(),
             url_parameter: "sgsid".to_owned(),
             limits: SessionLimits::default(),
+            memory_snapshot: None,
         }
     }
 }
@@ -162,10 +167,10 @@ pub(super) fn read_sessions(
         .and_then(|n| non_empty(n, &m.child("secret_file"), p))
         .map(|s| base.join(s));
     let m_store_pos = m.get("store").map_or(node.pos, |n| n.pos);
-    let store = m
+    let (store, memory_snapshot) = m
         .get("store")
         .and_then(|n| store::read_store(n, &m.child("store"), base, p))
-        .unwrap_or(d.store.clone());
+        .unwrap_or((d.store.clone(), None));
     let cookie = m
         .get("cookie")
         .and_then(|n| cookie::read_cookie(n, &m.child("cookie"), p))
@@ -222,6 +227,7 @@ pub(super) fn read_sessions(
         crawlers,
         url_parameter,
         limits,
+        memory_snapshot,
     })
 }
 

@@ -39,6 +39,16 @@ pub enum BackendCookies {
     Jar(Option<Vec<String>>),
 }
 
+/// A route's cookie jar, as configured (`backend_cookies: jar` and `adopt`); what it does is
+/// `session::jar`'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JarSettings {
+    /// The backend cookies kept: every one (`None`), or those named.
+    pub names: Option<Vec<String>>,
+    /// Cookies a client without a session hands over to a new one (`session.adopt`).
+    pub adopt: Vec<String>,
+}
+
 /// A cookie name: an RFC 9110 token.
 fn cookie_name(s: &str) -> bool {
     !s.is_empty()

@@ -87,7 +87,7 @@ pub(super) fn read_store(
     path: &str,
     base: &Path,
     p: &mut Problems,
-) -> Option<StoreConfig> {
+) -> Option<(StoreConfig, Option<PathBuf>)> {
     let mut m = MapReader::new(node, path, p)?;
     let kind = match m.get("kind") {
         Some(n) => one_of(n, &m.child("kind"), &["memory", "redis", "cookie"], p)?,
@@ -114,7 +114,7 @@ pub(super) fn read_store(
             }
             cm.finish(p);
         }
-        return Some(StoreConfig::Cookie { max_bytes });
+        return Some((StoreConfig::Cookie { max_bytes }, None));
     }
     if kind == "redis" {
         let Some(r) = redis else {
@@ -166,20 +166,28 @@ pub(super) fn read_store(
             );
         }
         rm.finish(p);
-        return Some(StoreConfig::Redis {
-            topology: topology?,
-            key_prefix,
-            timeout,
-            near_ttl,
-            near_max,
-            serve_stale,
-            ca,
-        });
+        return Some((
+            StoreConfig::Redis {
+                topology: topology?,
+                key_prefix,
+                timeout,
+                near_ttl,
+                near_max,
+                serve_stale,
+                ca,
+            },
+            None,
+        ));
     }
     let (mut max_sessions, mut max_bytes) = (1_000_000, DEFAULT_MEMORY_BYTES);
+    let mut snapshot = None;
     if let Some(n) = memory
         && let Some(mut mm) = MapReader::new(n, &mpath, p)
     {
+        snapshot = mm
+            .get("snapshot")
+            .and_then(|n| non_empty(n, &mm.child("snapshot"), p))
+            .map(|f| base.join(f));
         if let Some(v) = mm
             .get("max_sessions")
             .and_then(|v| integer(v, &mm.child("max_sessions"), 1, 1 << 40, p))
@@ -195,10 +203,13 @@ pub(super) fn read_store(
         }
         mm.finish(p);
     }
-    Some(StoreConfig::Memory {
-        max_sessions,
-        max_bytes,
-    })
+    Some((
+        StoreConfig::Memory {
+            max_sessions,
+            max_bytes,
+        },
+        snapshot,
+    ))
 }
 
 /// A Redis URL, if `node` holds one.

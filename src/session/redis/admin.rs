@@ -6,7 +6,7 @@ use redis::{AsyncCommands, Value};
 
 use super::{RedisStore, down, parse_hex, scripts};
 use crate::session::StoreId;
-use crate::session::store::{AdminStore, Session, SessionKey, SessionStore, StoreError};
+use crate::session::store::{AdminStore, Session, SessionKey, SessionStore, StoreError, unix_ms};
 
 impl AdminStore for RedisStore {
     async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
@@ -18,6 +18,47 @@ impl AdminStore for RedisStore {
         key: &SessionKey,
     ) -> Result<Option<(StoreId, Session)>, StoreError> {
         self.scan_for_key(key).await
+    }
+
+    async fn export(&self) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        if self.0.wire.circuit.is_open() {
+            return Err(down());
+        }
+        let mut conn = self.0.wire.conn().await?;
+        let mut out = Vec::new();
+        for hash_key in self.0.wire.session_keys().await? {
+            let Some(id) = scripts::id_of(&self.0.wire.prefix, &hash_key)
+                .and_then(parse_hex)
+                .map(StoreId::from_bytes)
+            else {
+                continue;
+            };
+            let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&hash_key)).await?;
+            // A retired id (`r`) is a view of a session exported under its own id.
+            let retired = hash
+                .chunks(2)
+                .any(|f| matches!(&f[0], Value::BulkString(b) if b == b"r"));
+            if let (false, Some(s)) = (retired, self.0.wire.session(&hash)) {
+                out.push((id, s));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn import(&self, id: &StoreId, session: &Session) -> Result<bool, StoreError> {
+        if self.0.wire.circuit.is_open() {
+            return Err(down());
+        }
+        // As long as the session has left to idle, as last used.
+        let idle = u64::try_from(self.0.wire.idle.as_millis()).unwrap_or(u64::MAX);
+        let ttl = session
+            .last_seen_ms
+            .saturating_add(idle)
+            .saturating_sub(unix_ms());
+        if ttl == 0 {
+            return Ok(false);
+        }
+        self.0.wire.restore_copy(id, session, ttl).await
     }
 }
 

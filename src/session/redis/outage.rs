@@ -128,7 +128,7 @@ impl RedisStore {
         if ttl == 0 {
             return Ok(());
         }
-        self.0.wire.restore_copy(id, s, ttl).await
+        self.0.wire.restore_copy(id, s, ttl).await.map(|_| ())
     }
 
     /// Replays a write queued while Redis did not answer; after Redis `lost` its data, the

@@ -698,15 +698,15 @@ impl Wire {
         Some(lost)
     }
 
-    /// Writes `s`, this gateway's copy of session `id`, back into a Redis that lost it, for
-    /// `ttl_ms` (nothing is written over a session that is there, nor over a logout's
-    /// tombstone).
+    /// Writes `s`, this gateway's copy of session `id` (or an imported one), into Redis for
+    /// `ttl_ms`: nothing is written over a session that is there, nor over a logout's
+    /// tombstone. `true` if written.
     pub(super) async fn restore_copy(
         &self,
         id: &StoreId,
         s: &Session,
         ttl_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let own = hex(id);
         let mut call = self.restore.prepare_invoke();
         call.key(scripts::session_key(&self.prefix, &own))
@@ -728,8 +728,8 @@ impl Wire {
             call.arg(format!("a:{n}")).arg(v);
         }
         let mut conn = self.conn().await?;
-        let _: Value = self.timed(call.invoke_async(&mut conn)).await?;
-        Ok(())
+        let written: Value = self.timed(call.invoke_async(&mut conn)).await?;
+        Ok(matches!(written, Value::Int(1)))
     }
 
     /// Runs the delete script on `own` (a hex id): the session there ends, leaving a

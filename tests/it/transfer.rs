@@ -1,0 +1,268 @@
+//! Sessions moved between stores: `GET /sessions/export` and `POST /sessions/import` on the
+//! admin API, the `sessiongate sessions export|import` commands, and the memory store's
+//! snapshot (`store.memory.snapshot`), written at drain and loaded at start. A session moved
+//! with the same secret goes on working with the token its client holds.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::sessions::{field, shop};
+use crate::support::*;
+
+const SECRET: &str = "a-secret-shared-by-the-old-and-the-new-0123456789\n";
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// A gateway in front of `b`, sessions in `store`, with the shared secret and the admin API.
+async fn gateway(b: &Backend, store: &str) -> Gateway {
+    gateway_with_secret(b, SECRET, store).await
+}
+
+fn redis_store() -> String {
+    format!(
+        "{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{}\" }} }}",
+        redis_test_prefix()
+    )
+}
+
+/// `n` logged-in clients of `gw`, with carts of 1..=n: their session cookies.
+async fn logged_in(gw: &Gateway, n: usize) -> Vec<String> {
+    let mut cookies = Vec::new();
+    for i in 1..=n {
+        let mut c = crate::sessions::Client::new(gw);
+        c.get("/login").await;
+        for _ in 0..i {
+            c.get("/cart").await;
+        }
+        cookies.push(c.cookie.clone().unwrap());
+    }
+    cookies
+}
+
+/// What `gw`'s backend sees of the session of `cookie`.
+async fn seen(gw: &Gateway, cookie: &str) -> String {
+    client()
+        .get(gw.url("web", "/whoami"))
+        .header("cookie", format!("sg={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn admin(gw: &Gateway, method: reqwest::Method, path: &str, body: String) -> (u16, String) {
+    let resp = client()
+        .request(method, format!("http://{}{path}", gw.admin()))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn sessions_exported_from_memory_work_in_redis_and_back_in_memory() {
+    let b = shop().await;
+    let first = gateway(&b, "{ kind: memory }").await;
+    let cookies = logged_in(&first, 12).await;
+    let (status, lines) = admin(
+        &first,
+        reqwest::Method::GET,
+        "/sessions/export",
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(lines.lines().count(), 12, "{lines}");
+    // Store ids, never tokens.
+    for c in &cookies {
+        assert!(!lines.contains(c.as_str()));
+    }
+
+    let redis = gateway(&b, &redis_store()).await;
+    let (status, done) = admin(
+        &redis,
+        reqwest::Method::POST,
+        "/sessions/import",
+        lines.clone(),
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    assert!(done.contains("\"imported\":12"), "{done}");
+    for (i, c) in cookies.iter().enumerate() {
+        let body = seen(&redis, c).await;
+        assert_eq!(field(&body, "user"), "alice", "{body}");
+        assert_eq!(field(&body, "cart"), (i + 1).to_string());
+    }
+    // Importing again writes nothing over them.
+    let (_, again) = admin(&redis, reqwest::Method::POST, "/sessions/import", lines).await;
+    assert!(
+        again.contains("\"imported\":0") && again.contains("\"present\":12"),
+        "{again}"
+    );
+
+    // And on to another memory store, from Redis's export.
+    let (_, from_redis) = admin(
+        &redis,
+        reqwest::Method::GET,
+        "/sessions/export",
+        String::new(),
+    )
+    .await;
+    assert_eq!(from_redis.lines().count(), 12);
+    let last = gateway(&b, "{ kind: memory }").await;
+    let (_, done) = admin(&last, reqwest::Method::POST, "/sessions/import", from_redis).await;
+    assert!(done.contains("\"imported\":12"), "{done}");
+    let body = seen(&last, &cookies[4]).await;
+    assert_eq!(field(&body, "cart"), "5", "{body}");
+}
+
+#[tokio::test]
+async fn an_import_refuses_bad_lines_and_expired_sessions_and_names_them() {
+    let b = shop().await;
+    let gw = gateway(&b, "{ kind: memory }").await;
+    let old = r#"{"v":1,"id":"00112233445566778899aabbccddeeff","key":"k1","attrs":{"user":"x"},"created_ms":1,"last_seen_ms":1}"#;
+    let body = format!("{old}\nnot json\n{{\"v\":9}}\n");
+    let (status, done) = admin(&gw, reqwest::Method::POST, "/sessions/import", body).await;
+    assert_eq!(status, 200, "{done}");
+    assert!(
+        done.contains("\"expired\":1") && done.contains("\"invalid\":2"),
+        "{done}"
+    );
+    assert!(
+        done.contains("line 2:") && done.contains("line 3:"),
+        "{done}"
+    );
+    // Without the token: refused.
+    let resp = client()
+        .get(format!("http://{}/sessions/export", gw.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+/// A configuration on disk whose admin listener has a port of its own (the commands read
+/// it), its files in `dir`, sessions in `store`.
+fn on_disk(dir: &Path, backend: SocketAddr, store: &str) -> (String, SocketAddr) {
+    std::fs::write(dir.join("session.keys"), SECRET).unwrap();
+    std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = dir.display();
+    let yaml = simple_config(
+        &[backend],
+        "",
+        &format!(
+            "sessions:\n  secret_file: {d}/session.keys\n  store: {store}\nadmin: {{ bind: \"{admin}\", token_file: {d}/admin.token }}\n"
+        ),
+    );
+    (yaml, admin)
+}
+
+fn command(config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sessiongate"))
+        .arg("sessions")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_sessions_commands_export_and_import_through_the_running_gateways() {
+    let b = shop().await;
+    let files = tempfile::tempdir().unwrap();
+    let (yaml, _) = on_disk(files.path(), b.addr, "{ kind: memory }");
+    let from = GatewayProcess::start(&yaml);
+    let base = format!("http://{}", from.http);
+    let mut cookies = Vec::new();
+    for _ in 0..3 {
+        let resp = client().get(format!("{base}/login")).send().await.unwrap();
+        let sc = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+        cookies.push(sc.split(';').next().unwrap().to_owned());
+    }
+    let out = files.path().join("sessions.jsonl");
+    let exported = command(
+        &from.dir().join("gateway.yaml"),
+        &["export", "--out", out.to_str().unwrap()],
+    );
+    assert!(exported.status.success(), "{exported:?}");
+    assert!(String::from_utf8_lossy(&exported.stderr).contains("exported 3 sessions"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let (yaml, _) = on_disk(other.path(), b.addr, &redis_store());
+    std::fs::write(other.path().join("gateway.yaml"), &yaml).unwrap();
+    let to = GatewayProcess::start(&yaml);
+    let imported = command(
+        &to.dir().join("gateway.yaml"),
+        &["import", out.to_str().unwrap()],
+    );
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(String::from_utf8_lossy(&imported.stdout).contains("\"imported\":3"));
+    for c in &cookies {
+        let body = client()
+            .get(format!("http://{}/whoami", to.http))
+            .header("cookie", c)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(field(&body, "user"), "alice", "{body}");
+    }
+    // No gateway on the admin port: a clear error, not a hang.
+    drop(to);
+    let failed = command(&other.path().join("gateway.yaml"), &["export"]);
+    assert!(!failed.status.success());
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(said.contains("no gateway answers"), "{said}");
+}
+
+#[tokio::test]
+async fn a_memory_store_snapshot_carries_sessions_across_a_restart() {
+    let b = shop().await;
+    let files = tempfile::tempdir().unwrap();
+    let snapshot = files.path().join("snapshot.jsonl");
+    let store = format!(
+        "{{ kind: memory, memory: {{ snapshot: {} }} }}",
+        snapshot.display()
+    );
+    let (yaml, _) = on_disk(files.path(), b.addr, &store);
+    let mut first = GatewayProcess::start(&yaml);
+    let resp = client()
+        .get(format!("http://{}/login", first.http))
+        .send()
+        .await
+        .unwrap();
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    first.signal("TERM");
+    assert!(first.wait_exit(Duration::from_secs(15)).is_some());
+    let text = std::fs::read_to_string(&snapshot).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    // The same configuration again: the session is back before the first request.
+    let (yaml, _) = on_disk(files.path(), b.addr, &store);
+    let second = GatewayProcess::start(&yaml);
+    let body = client()
+        .get(format!("http://{}/whoami", second.http))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(field(&body, "status"), "active", "{body}");
+    assert_eq!(field(&body, "user"), "alice");
+}
