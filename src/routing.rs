@@ -161,6 +161,7 @@ impl Router {
                         jar: match &s.backend_cookies {
                             BackendCookies::Pass => None,
                             BackendCookies::Jar(names) => Some(Arc::new(JarSettings {
+                                route: r.name.clone(),
                                 names: names.clone(),
                                 adopt: s.adopt.clone(),
                             })),

@@ -33,6 +33,9 @@ use crate::metrics::{Metrics, SessionEvent, Snapshot};
 /// `Sec-Fetch-Site`: where a browser says a request comes from.
 const FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 
+/// `Sec-Fetch-Mode`: `navigate` for a top-level navigation.
+const FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+
 /// The session cookie as `resolve` reads it.
 enum FromCookie {
     /// A token, checked.
@@ -400,14 +403,16 @@ impl Sessions {
                 rs.session.as_ref(),
                 info.mapped,
             );
-            if let Some(jar) = info.jar {
-                let mut scope = jar_scope(jar, headers, info);
-                if rs.session.is_none() && !rs.store_failed {
-                    scope.adopted = jar::adoptable(headers, &scope);
-                }
-                jar::attach(headers, &scope, rs.session.as_ref(), unix_ms());
-                rs.jar = Some(Box::new(scope));
+        }
+        // Whatever else happens to the request (even an arrival the proxy cannot answer
+        // itself), the client's cookies are judged and the kept ones added.
+        if let Some(jar) = info.jar {
+            let mut scope = jar_scope(jar, headers, info);
+            if rs.session.is_none() && !rs.store_failed {
+                scope.adopted = jar::adoptable(headers, &scope);
             }
+            jar::attach(headers, &scope, rs.session.as_ref(), unix_ms());
+            rs.jar = Some(Box::new(scope));
         }
     }
 
@@ -591,6 +596,10 @@ fn jar_scope(jar: &Arc<Jar>, headers: &HeaderMap, info: &RequestInfo<'_>) -> Jar
         cross_site: headers
             .get(FETCH_SITE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")),
+        navigation: matches!(*info.method, http::Method::GET | http::Method::HEAD)
+            && headers
+                .get(FETCH_MODE)
+                .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"navigate")),
         adopted: None,
     }
 }

@@ -46,26 +46,30 @@ impl Jar {
             .is_none_or(|names| names.iter().any(|n| n == name))
     }
 
-    /// Whether a cookie the client sends under `name` must not reach the backend: the jar
-    /// keeps every cookie (so the client's are no application's), or one that a backend would
-    /// read under that name.
-    fn refuses_from_client(&self, name: &str) -> bool {
+    /// Whether a `Cookie` element the client sends must not reach the backend: the jar keeps
+    /// every cookie (so the client's are no application's), or the element holds a kept name
+    /// anywhere, in any spelling a lenient backend reads as it (whatever it splits on: `;`,
+    /// `,`, white space). A harmless cookie that merely contains such a name goes too.
+    fn refuses_from_client(&self, element: &str) -> bool {
         let Some(names) = &self.names else {
             return true;
         };
-        let spelled = client_spelling(name);
-        names.iter().any(|n| client_spelling(n) == spelled)
+        let spelled = client_spelling(element);
+        names
+            .iter()
+            .any(|n| spelled.contains(client_spelling(n).as_str()))
     }
 }
 
-/// A cookie name as the most lenient backend reads it: percent-decoded (PHP decodes names),
-/// trimmed, lower case (ASP.NET compares without case), with ` `, `.` and `[` as `_` (PHP makes
-/// them so). A client cookie that reads as a kept one under these rules is refused.
-fn client_spelling(name: &str) -> String {
-    let decoded = percent_decode(name.trim().as_bytes());
-    decoded
-        .iter()
-        .map(|&b| match b {
+/// A cookie's text as the most lenient backend reads a name in it: `+` as a space and
+/// percent-decoded (PHP decodes names so), trimmed, lower case (ASP.NET compares without
+/// case), with ` `, `.` and `[` as `_` (PHP makes them so).
+fn client_spelling(text: &str) -> String {
+    let decoded = percent_decode(text.replace('+', " ").as_bytes());
+    String::from_utf8_lossy(&decoded)
+        .trim()
+        .bytes()
+        .map(|b| match b {
             b' ' | b'.' | b'[' => '_',
             b => char::from(b.to_ascii_lowercase()),
         })
@@ -108,6 +112,9 @@ pub struct JarScope {
     pub tls: bool,
     /// The browser says another site made the request (`Sec-Fetch-Site: cross-site`).
     pub cross_site: bool,
+    /// A top-level navigation that changes nothing (GET or HEAD, `Sec-Fetch-Mode: navigate`
+    /// or none said): `SameSite=Lax` cookies go with it even from another site.
+    pub navigation: bool,
     /// A client without a session presented this application cookie (`name`, `value`) to
     /// be adopted (see [`adoptable`]).
     pub adopted: Option<(String, String)>,
@@ -125,6 +132,8 @@ enum SameSite {
 /// One kept cookie, as read from its attribute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Kept<'a> {
+    /// The route whose backend set it (`;` as `_`).
+    route: &'a str,
     /// The host it was set for, or (`host_only: false`) the domain it covers.
     domain: &'a str,
     host_only: bool,
@@ -137,11 +146,14 @@ struct Kept<'a> {
     value: &'a str,
 }
 
-/// The attribute name of a cookie: `~jar;` then `=host` or `.domain`, `;path;name`. `;` cannot
-/// occur in a domain, a path attribute or a cookie name.
-fn attr_name(domain: &str, host_only: bool, path: &str, name: &str) -> String {
+/// The attribute name of a cookie: `~jar;`, the route's name (`;` as `_`), `;`, then `=host`
+/// or `.domain`, `;path;name`. `;` cannot occur in a domain, a path attribute or a cookie
+/// name. The route is part of it: each route's backend has its own cookies, even where
+/// `strip_prefix` gives two backends the same paths.
+fn attr_name(route: &str, domain: &str, host_only: bool, path: &str, name: &str) -> String {
     let mark = if host_only { '=' } else { '.' };
-    format!("{PREFIX}{mark}{domain};{path};{name}")
+    let route = route.replace(';', "_");
+    format!("{PREFIX}{route};{mark}{domain};{path};{name}")
 }
 
 /// The attribute value: `expires_ms;flags;value` (`s` Secure; `S` Strict, `N` None).
@@ -163,25 +175,32 @@ pub fn is_jar_attribute(name: &[u8]) -> bool {
     name.first() == Some(&b'~')
 }
 
-/// A kept cookie's attribute name read: (domain, host only, path, cookie name); `None` for
-/// any other attribute.
-fn read_name(name: &str) -> Option<(&str, bool, &str, &str)> {
-    let rest = name.strip_prefix(PREFIX)?;
+/// A kept cookie's attribute name read: (route, domain, host only, path, cookie name);
+/// `None` for any other attribute.
+fn read_name(name: &str) -> Option<(&str, &str, bool, &str, &str)> {
+    let (route, rest) = name.strip_prefix(PREFIX)?.split_once(';')?;
     let host_only = match rest.as_bytes().first() {
         Some(b'=') => true,
         Some(b'.') => false,
         _ => return None,
     };
     let mut parts = rest[1..].splitn(3, ';');
-    Some((parts.next()?, host_only, parts.next()?, parts.next()?))
+    Some((
+        route,
+        parts.next()?,
+        host_only,
+        parts.next()?,
+        parts.next()?,
+    ))
 }
 
 /// A kept cookie from its attribute; `None` for any other attribute.
 fn read_kept<'a>(name: &'a str, value: &'a str) -> Option<Kept<'a>> {
-    let (domain, host_only, path, cookie_name) = read_name(name)?;
+    let (route, domain, host_only, path, cookie_name) = read_name(name)?;
     let mut v = value.splitn(3, ';');
     let (expires, flags, value) = (v.next()?, v.next()?, v.next()?);
     Some(Kept {
+        route,
         domain,
         host_only,
         path,
@@ -283,11 +302,7 @@ pub fn attach(headers: &mut HeaderMap, scope: &JarScope, session: Option<&Sessio
         // Not text: no backend could read a kept cookie's name in it safely; it goes.
         let Ok(text) = v.to_str() else { continue };
         for element in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-            let refused = element.split(',').any(|piece| {
-                let name = piece.split_once('=').map_or(piece, |(n, _)| n);
-                scope.jar.refuses_from_client(name)
-            });
-            if !refused {
+            if !scope.jar.refuses_from_client(element) {
                 pairs.push(element.to_owned());
             }
         }
@@ -302,10 +317,17 @@ pub fn attach(headers: &mut HeaderMap, scope: &JarScope, session: Option<&Sessio
     if !touched && kept.is_empty() {
         return;
     }
-    pairs.extend(kept.iter().map(|k| format!("{}={}", k.name, k.value)));
+    // Kept cookies first: a backend that reads the first of two same-named cookies reads
+    // the gateway's.
+    let mut ours: Vec<String> = kept
+        .iter()
+        .map(|k| format!("{}={}", k.name, k.value))
+        .collect();
     if let (None, Some((name, value))) = (session, &scope.adopted) {
-        pairs.push(format!("{name}={value}"));
+        ours.push(format!("{name}={value}"));
     }
+    ours.append(&mut pairs);
+    let pairs = ours;
     headers.remove(header::COOKIE);
     if pairs.is_empty() {
         return;
@@ -322,11 +344,18 @@ fn sendable(k: &Kept<'_>, scope: &JarScope, now_ms: u64) -> bool {
     } else {
         domain_matches(&scope.host, k.domain)
     };
-    host_ok
+    let same_site_ok = match k.same_site {
+        SameSite::Strict => !scope.cross_site,
+        // Lax: from another site only on a top-level navigation that changes nothing.
+        SameSite::Lax => !scope.cross_site || scope.navigation,
+        SameSite::None => true,
+    };
+    k.route == scope.jar.route.replace(';', "_")
+        && host_ok
         && path_matches(&scope.path, k.path)
         && (k.expires_ms == 0 || k.expires_ms > now_ms)
         && (!k.secure || scope.tls)
-        && !(scope.cross_site && k.same_site == SameSite::Strict)
+        && same_site_ok
 }
 
 /// What [`capture`] did with a response's cookies.
@@ -364,10 +393,14 @@ pub fn capture(
                 passed.push(v.clone());
                 continue;
             }
-            // Unreadable: kept from the client when the jar keeps every cookie; else it goes
-            // on, as a browser would judge it (a nameless one cannot be a named kept cookie).
+            // Unreadable (not text, no name): kept from the client when the jar keeps every
+            // cookie, or when what a browser would read as its name is a kept one; else it
+            // goes on, as a browser would judge it.
             _ => {
-                if scope.jar.names.is_some() {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                let first = text.split(';').next().unwrap_or("");
+                let name = first.split_once('=').map_or("", |(n, _)| n).trim();
+                if scope.jar.names.is_some() && !name.is_empty() && !scope.jar.keeps(name) {
                     passed.push(v.clone());
                 } else {
                     out.refused += 1;
@@ -388,10 +421,10 @@ pub fn capture(
     // An adopted cookie the response did not set or delete itself is kept as the client
     // had it: for this host, `Path=/`, for the session's life.
     if let Some((name, value)) = &scope.adopted {
-        let attr = attr_name(&scope.host, true, "/", name);
+        let attr = attr_name(&scope.jar.route, &scope.host, true, "/", name);
         let answered = out.changes.iter().any(|c| match c {
             Change::Set(n, _) | Change::Unset(n) => {
-                read_name(n).is_some_and(|(_, _, _, kept)| kept == name.as_str())
+                read_name(n).is_some_and(|(_, _, _, _, kept)| kept == name.as_str())
             }
         });
         if !answered && attr.len() <= MAX_NAME && !scope.host.contains(';') {
@@ -461,25 +494,30 @@ fn keep(c: &Cookie<'_>, scope: &JarScope, now_ms: u64) -> Option<Change> {
     if path.contains(';') || domain.contains(';') {
         return None;
     }
-    let attr = attr_name(&domain, host_only, path, name);
+    let attr = attr_name(&scope.jar.route, &domain, host_only, path, name);
     if attr.len() > MAX_NAME {
         return None;
     }
+    // Browsers keep a cookie at most 400 days (RFC 6265bis), however far its date.
+    const MAX_LIFE_MS: u64 = 400 * 24 * 3600 * 1000;
     let expires_ms = match (c.max_age(), c.expires_datetime()) {
-        // Max-Age wins over Expires; zero or less deletes.
+        // Max-Age wins over Expires; zero or less deletes; a huge one is capped, not read as
+        // zero.
         (Some(age), _) => {
-            let ms = u64::try_from(age.whole_milliseconds()).unwrap_or(0);
-            if ms == 0 {
+            let ms = age.whole_milliseconds();
+            if ms <= 0 {
                 return Some(Change::Unset(attr));
             }
-            now_ms.saturating_add(ms)
+            now_ms.saturating_add(u64::try_from(ms).unwrap_or(u64::MAX).min(MAX_LIFE_MS))
         }
         (None, Some(at)) => {
-            let ms = u64::try_from(at.unix_timestamp()).unwrap_or(0) * 1000;
+            let ms = u64::try_from(at.unix_timestamp())
+                .unwrap_or(0)
+                .saturating_mul(1000);
             if ms <= now_ms {
                 return Some(Change::Unset(attr));
             }
-            ms
+            ms.min(now_ms.saturating_add(MAX_LIFE_MS))
         }
         (None, None) => 0,
     };
@@ -504,10 +542,12 @@ pub fn pinned(session: &Session) -> Option<&[u8]> {
 
 /// What follows the last `.` of each kept cookie's value: a Tomcat-style route name
 /// (`JSESSIONID=ABC.node1`), which a server's `route` may match.
-pub fn route_hints(session: &Session) -> Vec<&[u8]> {
+pub fn route_hints<'s>(session: &'s Session, jar: &Jar) -> Vec<&'s [u8]> {
+    let route = jar.route.replace(';', "_");
     session
         .attrs()
         .filter_map(|(n, v)| read_kept(n, v))
+        .filter(|k| k.route == route)
         .filter_map(|k| k.value.rsplit_once('.').map(|(_, r)| r.as_bytes()))
         .filter(|r| !r.is_empty())
         .collect()
@@ -522,15 +562,19 @@ pub fn kept_names(session: &Session) -> Vec<String> {
         .collect()
 }
 
-/// Takes out of a response every `Set-Cookie` whose name (or, for a nameless one, its value)
-/// is one of `ours` in any case: a backend must not set, replace or delete the gateway's
-/// cookies, on any route. How many went.
+/// Takes out of a response every `Set-Cookie` whose name is one of `ours` in any case, and
+/// every nameless one (no `=`, or nothing before it): a browser stores `=sg=T` as a cookie
+/// without a name whose value it sends back as `sg=T`, which reads as ours. A backend must
+/// not set, replace or delete the gateway's cookies, on any route. How many went.
 pub fn drop_named_like(headers: &mut HeaderMap, ours: &[&str]) -> usize {
     let is_ours = |v: &HeaderValue| {
         let text = String::from_utf8_lossy(v.as_bytes());
         let first = text.split(';').next().unwrap_or("");
-        let name = first.split_once('=').map_or(first, |(n, _)| n).trim();
-        ours.iter().any(|o| o.eq_ignore_ascii_case(name))
+        let Some((name, _)) = first.split_once('=') else {
+            return true;
+        };
+        let name = name.trim();
+        name.is_empty() || ours.iter().any(|o| o.eq_ignore_ascii_case(name))
     };
     let header::Entry::Occupied(entry) = headers.entry(header::SET_COOKIE) else {
         return 0;
@@ -557,6 +601,7 @@ mod tests {
     fn scope(jar: Option<Vec<&str>>, host: &str, path: &str, tls: bool) -> JarScope {
         JarScope {
             jar: Arc::new(Jar {
+                route: "app".to_owned(),
                 names: jar.map(|n| n.into_iter().map(str::to_owned).collect()),
                 adopt: vec!["APPSESSID".to_owned()],
             }),
@@ -564,6 +609,7 @@ mod tests {
             path: path.to_owned(),
             tls,
             cross_site: false,
+            navigation: true,
             adopted: None,
         }
     }
@@ -704,8 +750,9 @@ mod tests {
         let mut h = response(&["JSESSIONID=s1; Path=/", "theme=dark", "nameless"]);
         let c = capture(&mut h, &sc, None, 0);
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
-        assert_eq!(left, ["theme=dark", "nameless"]);
-        assert_eq!(c.changes.len(), 1);
+        // A nameless cookie could be anything to a browser: not passed.
+        assert_eq!(left, ["theme=dark"]);
+        assert_eq!((c.changes.len(), c.refused), (1, 1));
     }
 
     #[test]
@@ -721,10 +768,14 @@ mod tests {
             "PHP%5FSESSID=evil",
             " PHP_SESSID =evil",
             "a=1, PHP_SESSID=evil",
+            "a=1 PHP_SESSID=evil",
+            "+PHP_SESSID=evil",
+            "%20PHP_SESSID=evil",
+            "PHP+SESSID=evil",
             "PHP_SESSID",
         ] {
             let sent = cookie_sent(&sc, &s, Some(&format!("theme=dark; {planted}")), 1);
-            assert_eq!(sent, "theme=dark; PHP_SESSID=real", "{planted}");
+            assert_eq!(sent, "PHP_SESSID=real; theme=dark", "{planted}");
         }
         // Without names, the jar owns every cookie: the client's go.
         let all = scope(None, "h", "/", false);
@@ -761,9 +812,17 @@ mod tests {
 
     #[test]
     fn backend_cookies_named_like_ours_go_in_any_case() {
-        let mut h = response(&["SG=x; Path=/", "sg_probe=1", "__host-sg=y", "sg", "app=1"]);
+        let mut h = response(&[
+            "SG=x; Path=/",
+            "sg_probe=1",
+            "__host-sg=y",
+            "sg",
+            "=sg=T; Path=/deep",
+            " = sg=T",
+            "app=1",
+        ]);
         let gone = drop_named_like(&mut h, &["sg", "sg_probe", "__Host-sg", "__Host-sg_probe"]);
-        assert_eq!(gone, 4);
+        assert_eq!(gone, 6);
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
         assert_eq!(left, ["app=1"]);
     }
@@ -799,7 +858,7 @@ mod tests {
         let s = session_with(&c.changes);
         let back = scope(None, "h", "/y", false);
         assert_eq!(cookie_sent(&back, &s, None, 1), "APPSESSID=abc.n1");
-        assert_eq!(route_hints(&s), [b"n1".as_slice()]);
+        assert_eq!(route_hints(&s, &sc.jar), [b"n1".as_slice()]);
         // The backend deleted it: not kept.
         let c = capture(&mut response(&["APPSESSID=; Max-Age=0"]), &sc, None, 0);
         assert!(matches!(c.changes.as_slice(), [Change::Unset(_)]), "{c:?}");
@@ -814,6 +873,58 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
         h
+    }
+
+    #[test]
+    fn each_routes_backend_has_its_own_cookies() {
+        let a = scope(None, "h", "/admin", false);
+        let mut b = scope(None, "h", "/admin", false);
+        b.jar = Arc::new(Jar {
+            route: "other".to_owned(),
+            ..(*a.jar).clone()
+        });
+        let from_a = capture(&mut response(&["SID=a; Path=/admin"]), &a, None, 0).changes;
+        let from_b = capture(&mut response(&["SID=b; Path=/admin"]), &b, None, 0).changes;
+        let mut s = session_with(&from_a);
+        s.apply(&from_b, &Limits::default());
+        assert_eq!(cookie_sent(&a, &s, None, 1), "SID=a");
+        assert_eq!(cookie_sent(&b, &s, None, 1), "SID=b");
+    }
+
+    #[test]
+    fn a_huge_max_age_is_capped_not_read_as_zero_and_lax_stays_home_unless_navigating() {
+        let mut sc = scope(None, "h", "/", false);
+        let c = capture(
+            &mut response(&["A=1; Max-Age=99999999999999999999"]),
+            &sc,
+            None,
+            0,
+        );
+        let s = session_with(&c.changes);
+        assert_eq!(cookie_sent(&sc, &s, None, 1), "A=1");
+        sc.cross_site = true;
+        sc.navigation = false;
+        assert_eq!(cookie_sent(&sc, &s, None, 1), "", "Lax: no cross-site POST");
+        sc.navigation = true;
+        assert_eq!(cookie_sent(&sc, &s, None, 1), "A=1");
+    }
+
+    #[test]
+    fn an_unreadable_line_naming_a_kept_cookie_is_refused_not_passed() {
+        let sc = scope(Some(vec!["JSESSIONID"]), "h", "/", false);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_bytes(b"JSESSIONID=SECRET; Path=/caf\xc3\xa9").unwrap(),
+        );
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_bytes(b"other=1; Path=/caf\xc3\xa9").unwrap(),
+        );
+        let c = capture(&mut h, &sc, None, 0);
+        assert_eq!(c.refused, 1);
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().count(), 1);
+        assert!(h[header::SET_COOKIE].as_bytes().starts_with(b"other="));
     }
 
     #[test]

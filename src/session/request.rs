@@ -175,7 +175,7 @@ impl RequestSession {
     /// `jar::route_hints`), for `balance: session_affinity`.
     pub fn app_routes(&self) -> Vec<&[u8]> {
         match (&self.session, &self.jar) {
-            (Some(s), Some(_)) => super::jar::route_hints(s),
+            (Some(s), Some(scope)) => super::jar::route_hints(s, &scope.jar),
             // An application cookie being adopted names its server too.
             (None, Some(scope)) => scope
                 .adopted

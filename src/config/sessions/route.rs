@@ -43,6 +43,8 @@ pub enum BackendCookies {
 /// `session::jar`'s.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JarSettings {
+    /// The route's name: each route's backend cookies are its own.
+    pub route: String,
     /// The backend cookies kept: every one (`None`), or those named.
     pub names: Option<Vec<String>>,
     /// Cookies a client without a session hands over to a new one (`session.adopt`).
