@@ -129,6 +129,8 @@ pub enum SessionEvent {
     DirectiveRejected,
     /// A client's application cookie (`session.adopt`) became a session's kept cookie.
     Adopted,
+    /// A session moved from a store a reload replaced into the new one.
+    Migrated,
 }
 
 impl SessionEvent {
@@ -140,6 +142,7 @@ impl SessionEvent {
             SessionEvent::Expired => "expired",
             SessionEvent::DirectiveRejected => "directive_rejected",
             SessionEvent::Adopted => "adopted",
+            SessionEvent::Migrated => "migrated",
         }
     }
 }

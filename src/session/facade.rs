@@ -18,6 +18,7 @@ use super::contract::{self, Names};
 use super::jar::{self, Jar, JarScope};
 use super::kept_in_cookies::{CookieChange, KeptInCookies};
 use super::kept_in_store::KeptInStore;
+use super::migration::Migration;
 use super::our_cookies::OurCookies;
 use super::request::{Held, LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
@@ -90,22 +91,36 @@ impl Sessions {
         metrics: &Arc<Metrics>,
         previous: Option<&Sessions>,
     ) -> Result<Sessions, ConfigError> {
-        let foundation = Foundation::build(config, source, previous.map(|p| &p.foundation))?;
+        let mut foundation = Foundation::build(config, source, previous.map(|p| &p.foundation))?;
         let names = Names::new(&config.header_prefix).map_err(|msg| {
             ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg)
         })?;
         let keys = foundation.keys.clone();
         let keeper = match &foundation.kept {
-            Kept::InStore(store) => Keeper::InStore(KeptInStore::new(
-                store.clone(),
-                keys,
-                metrics,
-                (
-                    config.idle_timeout,
-                    config.absolute_timeout,
-                    config.regenerate_grace,
-                ),
-            )),
+            Kept::InStore(store) => {
+                // A replaced store's sessions start moving; a move under way goes on when the
+                // store is kept.
+                let migration = match foundation.migrate_from.take() {
+                    Some(from) => Some(Migration::start(from, store.clone(), metrics)),
+                    None => previous.and_then(|p| match &p.keeper {
+                        Keeper::InStore(k) => k.migration().cloned(),
+                        Keeper::InCookies(_) => None,
+                    }),
+                };
+                Keeper::InStore(
+                    KeptInStore::new(
+                        store.clone(),
+                        keys,
+                        metrics,
+                        (
+                            config.idle_timeout,
+                            config.absolute_timeout,
+                            config.regenerate_grace,
+                        ),
+                    )
+                    .migrating(migration),
+                )
+            }
             Kept::InCookies(sealer) => Keeper::InCookies(KeptInCookies::new(
                 sealer.clone(),
                 metrics,

@@ -11,6 +11,7 @@ use http::{Method, StatusCode};
 
 use super::contract::{Directives, Status};
 use super::handoff::Handoffs;
+use super::migration::Migration;
 use super::our_cookies::CookieOut;
 use super::request::{LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
@@ -31,6 +32,8 @@ pub(super) struct KeptInStore {
     /// How long a regenerated session's old token reads it.
     grace: Duration,
     handoffs: Handoffs,
+    /// Sessions still moving in from a store a reload replaced.
+    migration: Option<Arc<Migration>>,
 }
 
 impl KeptInStore {
@@ -53,7 +56,19 @@ impl KeptInStore {
             absolute,
             grace,
             handoffs,
+            migration: None,
         }
+    }
+
+    /// The same, with sessions moving in from a replaced store.
+    pub(super) fn migrating(mut self, migration: Option<Arc<Migration>>) -> KeptInStore {
+        self.migration = migration;
+        self
+    }
+
+    /// The move in progress, if any (a reload that keeps this store keeps it going).
+    pub(super) fn migration(&self) -> Option<&Arc<Migration>> {
+        self.migration.as_ref().filter(|m| !m.done())
     }
 
     /// The store.
@@ -88,7 +103,7 @@ impl KeptInStore {
         let now = unix_ms();
         let (status, session) = match &rs.token {
             None => (Status::None, None),
-            Some(t) => match timed!(self.ops.load, self.store.load(&t.store_id(), now)) {
+            Some(t) => match self.load_moving(t, now).await {
                 Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
                     (Status::Active, Some(s))
                 }
@@ -143,6 +158,19 @@ impl KeptInStore {
             }
             _ => None,
         };
+    }
+
+    /// The session of `t`, read through from a replaced store while its sessions move.
+    async fn load_moving(&self, t: &Token, now: u64) -> Result<Option<Session>, StoreError> {
+        let id = t.store_id();
+        match timed!(self.ops.load, self.store.load(&id, now)) {
+            // Boxed: rare, and it must not grow every request's future.
+            Ok(None) => match self.migration() {
+                Some(m) => Box::pin(m.read_through(&id)).await,
+                None => Ok(None),
+            },
+            other => other,
+        }
     }
 
     /// Whether the token in a page's URL (`referer`, as written) reaches the same session `s`
@@ -212,7 +240,12 @@ impl KeptInStore {
             let presented = live.as_ref().or(expired.as_ref());
             if let Some(t) = presented {
                 match timed!(self.ops.delete, store.delete(&t.store_id())) {
-                    Ok(()) => self.metrics.session(SessionEvent::Destroyed),
+                    Ok(()) => {
+                        if let Some(m) = self.migration() {
+                            Box::pin(m.ended(&t.store_id())).await;
+                        }
+                        self.metrics.session(SessionEvent::Destroyed);
+                    }
                     Err(e) => {
                         // The session lives on in the store: the client must not be told it
                         // logged out (its cookie kept, a stolen copy would go on working).

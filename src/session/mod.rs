@@ -12,7 +12,8 @@
 //! - [`store`]: the store contract and the session record; the stores [`memory`] (embedded),
 //!   [`redis`] (shared, with a near cache and a circuit) and [`sealed`] (the whole session in
 //!   a cookie), one of which [`stores`] holds;
-//! - [`transfer`]: sessions exported and imported as JSON lines;
+//! - [`transfer`]: sessions exported and imported as JSON lines; `migration`: a replaced
+//!   store's sessions moved into the new one;
 //! - [`contract`]: the headers exchanged with backends; [`jar`]: the backend's cookies kept
 //!   in the session (`backend_cookies: jar`).
 
@@ -23,6 +24,7 @@ pub mod jar;
 mod kept_in_cookies;
 mod kept_in_store;
 pub mod memory;
+mod migration;
 pub mod our_cookies;
 pub mod redis;
 mod request;

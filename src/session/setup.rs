@@ -27,6 +27,9 @@ pub(super) struct Foundation {
     /// The keys (and a sealer) were made at start, not read from a secret file: only such
     /// keys are kept by a reload without a secret file.
     pub(super) made_at_start: bool,
+    /// The previous server store, when a reload replaced it with another: its sessions move
+    /// into the new one (see `migration`). Taken by the sessions built on this foundation.
+    pub(super) migrate_from: Option<ServerStore>,
 }
 
 /// What a store is built from: a reload keeps the store while these stay the same.
@@ -90,19 +93,25 @@ impl Foundation {
             .filter(|p| p.basis == basis)
             .filter(|_| keep_keys || !matches!(config.store, StoreConfig::Cookie { .. }))
             .map(|p| p.kept.clone());
+        let mut migrate_from = None;
         let kept = match kept {
             Some(kept) => kept,
             None => {
-                if previous.is_some_and(|p| matches!(p.kept, Kept::InStore(ServerStore::Memory(_))))
-                {
-                    tracing::warn!(
-                        "session store settings changed: a new memory store starts empty, and \
-                         the sessions of the old one end"
-                    );
-                }
-                build_store(config, secrets.as_ref()).map_err(|msg| {
+                let built = build_store(config, secrets.as_ref()).map_err(|msg| {
                     ConfigError::single(source, config.store_pos, "sessions.store", msg)
-                })?
+                })?;
+                // A server store replaced by another: its sessions move (the sealed cookie
+                // has none to move, and none can move into it).
+                if let (Some(Kept::InStore(old)), Kept::InStore(_)) =
+                    (previous.map(|p| &p.kept), &built)
+                {
+                    tracing::info!(
+                        from = old.kind(),
+                        "session store settings changed: the sessions move to the new store"
+                    );
+                    migrate_from = Some(old.clone());
+                }
+                built
             }
         };
         let made_at_start = secrets.is_none();
@@ -123,6 +132,7 @@ impl Foundation {
             kept,
             basis,
             made_at_start,
+            migrate_from,
         })
     }
 }

@@ -266,3 +266,103 @@ async fn a_memory_store_snapshot_carries_sessions_across_a_restart() {
     assert_eq!(field(&body, "status"), "active", "{body}");
     assert_eq!(field(&body, "user"), "alice");
 }
+
+/// A configuration for `Gateway::start_file` in `dir`: sessions in `store`, the shared
+/// secret, the admin API on.
+fn file_config(dir: &Path, backend: SocketAddr, store: &str) -> String {
+    std::fs::write(dir.join("session.keys"), SECRET).unwrap();
+    std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    simple_config(
+        &[backend],
+        "",
+        &format!(
+            "sessions:\n  secret_file: session.keys\n  store: {store}\nadmin: {{ bind: \"127.0.0.1:0\", token_file: admin.token }}\n"
+        ),
+    )
+}
+
+/// `n` clients of `gw` that logged in: their session cookies.
+async fn logins(gw: &Gateway, n: usize) -> Vec<String> {
+    let http = client();
+    let mut cookies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let resp = http.get(gw.url("web", "/login")).send().await.unwrap();
+        let sc = resp.headers()["set-cookie"].to_str().unwrap();
+        let pair = sc.split(';').next().unwrap();
+        cookies.push(pair.strip_prefix("sg=").unwrap().to_owned());
+    }
+    cookies
+}
+
+/// Rewrites the gateway's file for sessions in `store` and reloads it.
+async fn reload_to(gw: &Gateway, backend: SocketAddr, store: &str) {
+    std::fs::write(
+        gw.dir().join("gateway.yaml"),
+        file_config(gw.dir(), backend, store),
+    )
+    .unwrap();
+    gw.running.as_ref().unwrap().reload().await.unwrap();
+}
+
+async fn live_sessions(gw: &Gateway) -> usize {
+    let (status, lines) = admin(gw, reqwest::Method::GET, "/sessions/export", String::new()).await;
+    assert_eq!(status, 200, "{lines}");
+    lines.lines().count()
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_the_store_moves_every_session_and_loses_none() {
+    let b = shop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = file_config(dir.path(), b.addr, "{ kind: memory }");
+    let gw = Gateway::start_file(&yaml, dir).await;
+    let cookies = logins(&gw, 1000).await;
+    assert_eq!(live_sessions(&gw).await, 1000);
+
+    // Memory to Redis: every session answers at once (read through while the mover works),
+    // and the new store ends up holding all of them.
+    reload_to(&gw, b.addr, &redis_store()).await;
+    let logged_out = cookies[7].clone();
+    let resp = client()
+        .get(gw.url("web", "/logout"))
+        .header("cookie", format!("sg={logged_out}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for c in cookies.iter().filter(|c| **c != logged_out) {
+        let body = seen(&gw, c).await;
+        assert_eq!(field(&body, "user"), "alice", "{body}");
+    }
+    let all_moved = eventually(Duration::from_secs(20), || async {
+        live_sessions(&gw).await == 999
+    })
+    .await;
+    assert!(all_moved, "{} sessions in Redis", live_sessions(&gw).await);
+    // The logout made during the move stays made.
+    assert_eq!(field(&seen(&gw, &logged_out).await, "status"), "expired");
+
+    // Redis to another Redis, then back to memory: still 999, none lost.
+    reload_to(&gw, b.addr, &redis_store()).await;
+    let moved = eventually(Duration::from_secs(20), || async {
+        live_sessions(&gw).await == 999
+    })
+    .await;
+    assert!(moved);
+    reload_to(&gw, b.addr, "{ kind: memory }").await;
+    let moved = eventually(Duration::from_secs(20), || async {
+        live_sessions(&gw).await == 999
+    })
+    .await;
+    assert!(moved);
+    for c in cookies.iter().step_by(37) {
+        let body = seen(&gw, c).await;
+        let want = if *c == logged_out { "-" } else { "alice" };
+        assert_eq!(field(&body, "user"), want, "{body}");
+    }
+    let metrics = get_text(&format!("http://{}/metrics", gw.admin())).await;
+    assert!(
+        metrics.contains("session_events_total{event=\"migrated\"}"),
+        "{metrics}"
+    );
+}
