@@ -101,7 +101,9 @@ impl Sessions {
                 // A replaced store's sessions start moving; a move under way goes on when the
                 // store is kept.
                 let migration = match foundation.migrate_from.take() {
-                    Some(from) => Some(Migration::start(from, store.clone(), metrics)),
+                    Some((from, window)) => {
+                        Some(Migration::start(from, store.clone(), window, metrics))
+                    }
                     None => previous.and_then(|p| match &p.keeper {
                         Keeper::InStore(k) => k.migration().cloned(),
                         Keeper::InCookies(_) => None,

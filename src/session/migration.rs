@@ -5,10 +5,15 @@
 //! from the old one (and moved at once), so no request finds its session missing meanwhile.
 //! Each move is an import (never over a session there) and then a delete from the old store;
 //! a session ended during the move is remembered, so the mover never brings it back.
+//!
+//! The same moves sessions from the Redis store `store.migrate_from` names, when a gateway
+//! starts: then the old store is read through for `store.migrate_window`, since gateways not
+//! restarted yet may still write sessions there.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::server_store::ServerStore;
 use super::store::{AdminStore, Session, SessionStore, StoreError, unix_ms};
@@ -23,6 +28,9 @@ pub(super) struct Migration {
     ended: Mutex<HashSet<StoreId>>,
     /// Every session of the old store has been moved.
     done: AtomicBool,
+    /// `store.migrate_window`: the old store is read through until then, moved or not
+    /// (gateways not yet restarted may still write sessions there).
+    until: Option<Instant>,
     metrics: Arc<Metrics>,
 }
 
@@ -32,6 +40,7 @@ impl Migration {
     pub(super) fn start(
         from: ServerStore,
         to: ServerStore,
+        window: Option<Duration>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Migration> {
         let m = Arc::new(Migration {
@@ -39,6 +48,7 @@ impl Migration {
             to,
             ended: Mutex::default(),
             done: AtomicBool::new(false),
+            until: window.map(|w| Instant::now() + w),
             metrics: metrics.clone(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -48,9 +58,13 @@ impl Migration {
         m
     }
 
-    /// Whether every session of the old store has been moved.
+    /// Whether the move is over: every session of the old store moved, or (with a window)
+    /// the window ended.
     pub(super) fn done(&self) -> bool {
-        self.done.load(Ordering::Relaxed)
+        match self.until {
+            Some(until) => Instant::now() >= until,
+            None => self.done.load(Ordering::Relaxed),
+        }
     }
 
     /// The session under `id` from the old store, moved into the new one first; `None` if

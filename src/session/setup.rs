@@ -27,9 +27,10 @@ pub(super) struct Foundation {
     /// The keys (and a sealer) were made at start, not read from a secret file: only such
     /// keys are kept by a reload without a secret file.
     pub(super) made_at_start: bool,
-    /// The previous server store, when a reload replaced it with another: its sessions move
-    /// into the new one (see `migration`). Taken by the sessions built on this foundation.
-    pub(super) migrate_from: Option<ServerStore>,
+    /// The previous server store, when a reload replaced it with another, or the one
+    /// `store.migrate_from` names at start (with its window): its sessions move into the new
+    /// one (see `migration`). Taken by the sessions built on this foundation.
+    pub(super) migrate_from: Option<(ServerStore, Option<Duration>)>,
 }
 
 /// What a store is built from: a reload keeps the store while these stay the same.
@@ -109,11 +110,26 @@ impl Foundation {
                         from = old.kind(),
                         "session store settings changed: the sessions move to the new store"
                     );
-                    migrate_from = Some(old.clone());
+                    migrate_from = Some((old.clone(), None));
                 }
                 built
             }
         };
+        // At start: sessions move from the Redis store `migrate_from` names.
+        if let (None, Some((from, window)), Kept::InStore(_)) =
+            (previous, &config.migrate_from, &kept)
+        {
+            let old = SessionsConfig {
+                store: from.clone(),
+                ..config.clone()
+            };
+            if let Kept::InStore(store) = build_store(&old, secrets.as_ref()).map_err(|msg| {
+                ConfigError::single(source, config.store_pos, "sessions.store.migrate_from", msg)
+            })? {
+                tracing::info!(window = ?window, "sessions move from store.migrate_from");
+                migrate_from = Some((store, Some(*window)));
+            }
+        }
         let made_at_start = secrets.is_none();
         let keys = match (secrets, previous) {
             (Some(s), _) => Arc::new(SessionKeys::from_secrets(&s).map_err(fail)?),

@@ -366,3 +366,38 @@ async fn a_reload_that_changes_the_store_moves_every_session_and_loses_none() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_started_with_migrate_from_reads_the_old_redis_through_during_its_window() {
+    let b = shop().await;
+    let (old_prefix, new_prefix) = (redis_test_prefix(), redis_test_prefix());
+    let old = gateway(
+        &b,
+        &format!("{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{old_prefix}\" }} }}"),
+    )
+    .await;
+    let before = logins(&old, 5).await;
+    // A gateway of the new configuration: another Redis (here, another prefix), moving the
+    // old one's sessions; the old gateway still serves (a rolling restart).
+    let new = gateway(
+        &b,
+        &format!(
+            "{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{new_prefix}\" }}, \
+             migrate_from: {{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{old_prefix}\" }} }}, \
+             migrate_window: 1h }}"
+        ),
+    )
+    .await;
+    for c in &before {
+        assert_eq!(field(&seen(&new, c).await, "user"), "alice");
+    }
+    let moved = eventually(Duration::from_secs(10), || async {
+        live_sessions(&new).await == 5
+    })
+    .await;
+    assert!(moved);
+    // A session the old gateway makes after the move is still read through.
+    let late = logins(&old, 1).await;
+    assert_eq!(field(&seen(&new, &late[0]).await, "user"), "alice");
+    assert_eq!(live_sessions(&new).await, 6);
+}

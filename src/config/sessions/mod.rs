@@ -52,6 +52,9 @@ pub struct SessionsConfig {
     /// start and written to it at drain (apart from `store`, so that naming a file does not
     /// make a reload start a new store).
     pub memory_snapshot: Option<PathBuf>,
+    /// `store.migrate_from` and `store.migrate_window`: a Redis store whose sessions move into
+    /// this one, read through for the window (see `session::migration`).
+    pub migrate_from: Option<(StoreConfig, Duration)>,
 }
 
 /// User-Agent substrings of well-known crawlers: a URL token in a search index would hand a
@@ -149,6 +152,7 @@ impl Default for SessionsConfig {
             url_parameter: "sgsid".to_owned(),
             limits: SessionLimits::default(),
             memory_snapshot: None,
+            migrate_from: None,
         }
     }
 }
@@ -167,10 +171,13 @@ pub(super) fn read_sessions(
         .and_then(|n| non_empty(n, &m.child("secret_file"), p))
         .map(|s| base.join(s));
     let m_store_pos = m.get("store").map_or(node.pos, |n| n.pos);
-    let (store, memory_snapshot) = m
+    let read = m
         .get("store")
-        .and_then(|n| store::read_store(n, &m.child("store"), base, p))
-        .unwrap_or((d.store.clone(), None));
+        .and_then(|n| store::read_store(n, &m.child("store"), base, p));
+    let (store, memory_snapshot, migrate_from) = match read {
+        Some(r) => (r.store, r.snapshot, r.migrate_from),
+        None => (d.store.clone(), None, None),
+    };
     let cookie = m
         .get("cookie")
         .and_then(|n| cookie::read_cookie(n, &m.child("cookie"), p))
@@ -228,6 +235,7 @@ pub(super) fn read_sessions(
         url_parameter,
         limits,
         memory_snapshot,
+        migrate_from,
     })
 }
 
@@ -314,6 +322,24 @@ mod tests {
 
     use super::*;
     use crate::config::testing::{BASE, load, problems};
+
+    #[test]
+    fn sessions_move_only_from_a_redis_store_for_a_window() {
+        let errs = problems(&format!(
+            "{BASE}sessions: {{ store: {{ kind: memory, migrate_from: {{ kind: memory }} }} }}\n"
+        ));
+        assert!(
+            errs[0].contains("sessions move from a Redis store"),
+            "{errs:?}"
+        );
+        let c = load(&format!(
+            "{BASE}sessions: {{ store: {{ migrate_from: {{ kind: redis, redis: {{ url: \"redis://10.0.0.1:6379\" }} }}, migrate_window: 2h }} }}\n"
+        ))
+        .unwrap();
+        let (from, window) = c.sessions.unwrap().migrate_from.unwrap();
+        assert!(matches!(from, StoreConfig::Redis { .. }));
+        assert_eq!(window, Duration::from_secs(7200));
+    }
 
     #[test]
     fn without_a_sessions_section_no_route_has_sessions() {

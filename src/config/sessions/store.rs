@@ -82,13 +82,71 @@ pub enum RedisTopology {
 }
 
 /// Reads `sessions.store:` at `node` (a relative `ca` is taken from `base`).
+/// What `sessions.store` says: the store, the memory store's snapshot file, and a Redis store
+/// to move sessions from (with the window to read through it).
+pub(super) struct StoreRead {
+    pub(super) store: StoreConfig,
+    pub(super) snapshot: Option<PathBuf>,
+    pub(super) migrate_from: Option<(StoreConfig, Duration)>,
+}
+
+/// Reads `sessions.store`, and its `migrate_from: { kind: redis, redis: {...} }` and
+/// `migrate_window` (default 24h): sessions move from that Redis into this store.
 pub(super) fn read_store(
     node: &Node,
     path: &str,
     base: &Path,
     p: &mut Problems,
-) -> Option<(StoreConfig, Option<PathBuf>)> {
+) -> Option<StoreRead> {
     let mut m = MapReader::new(node, path, p)?;
+    let from_node = m.get("migrate_from");
+    let from_path = m.child("migrate_from");
+    let window = m
+        .get("migrate_window")
+        .and_then(|n| positive_duration(n, &m.child("migrate_window"), p))
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    let migrate_from = from_node.and_then(|n| {
+        let read = read_one(n, &from_path, base, p)?;
+        match read.0 {
+            StoreConfig::Redis { .. } => Some((read.0, window)),
+            _ => {
+                p.push(
+                    n.pos,
+                    &from_path,
+                    "sessions move from a Redis store (kind: redis): a memory store is this \
+                     process's own, and the cookie store has none",
+                );
+                None
+            }
+        }
+    });
+    let (store, snapshot) = read_in(m, node, path, base, p)?;
+    Some(StoreRead {
+        store,
+        snapshot,
+        migrate_from,
+    })
+}
+
+/// One store mapping (`kind` and its settings), nothing else in it.
+fn read_one(
+    node: &Node,
+    path: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<(StoreConfig, Option<PathBuf>)> {
+    let m = MapReader::new(node, path, p)?;
+    read_in(m, node, path, base, p)
+}
+
+/// A store mapping's `kind` and settings, read from `m`, which is then finished.
+fn read_in(
+    mut m: MapReader<'_>,
+    node: &Node,
+    path: &str,
+    base: &Path,
+    p: &mut Problems,
+) -> Option<(StoreConfig, Option<PathBuf>)> {
     let kind = match m.get("kind") {
         Some(n) => one_of(n, &m.child("kind"), &["memory", "redis", "cookie"], p)?,
         None => "memory",
