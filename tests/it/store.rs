@@ -842,3 +842,42 @@ async fn with_serve_stale_a_logout_through_an_alias_holds_for_the_session_until_
     assert!(s.load(&id, unix_ms()).await.unwrap().is_none());
     assert!(s.load(&alias, unix_ms()).await.unwrap().is_none());
 }
+
+/// Session hashes carry their format (`f`), so gateways of two adjacent versions share one
+/// Redis: this gateway reads its own format and the next, and refuses one further ahead
+/// rather than misread it.
+#[tokio::test]
+async fn redis_session_hashes_carry_their_format_and_one_too_far_ahead_is_refused() {
+    let prefix = crate::support::redis_test_prefix();
+    let store = RedisStore::connect(RedisOptions {
+        key_prefix: prefix.clone(),
+        near_ttl: Duration::ZERO,
+        ..redis_options(
+            Topology::Standalone {
+                url: "redis://127.0.0.1:6379".to_owned(),
+            },
+            RELAXED,
+        )
+    })
+    .await
+    .unwrap();
+    let id = new_id();
+    store
+        .update(&id, Some(key()), &[set("user", "alice")], unix_ms())
+        .await
+        .unwrap();
+    let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = format!("{prefix}s:{{{hex}}}");
+    let cli = |args: &[&str]| crate::redis_servers::redis_cli(6379, args).unwrap();
+    assert_eq!(cli(&["HGET", &hash, "f"]).trim(), "1");
+    cli(&["HSET", &hash, "f", "2"]);
+    let next = store.load(&id, unix_ms()).await.unwrap().unwrap();
+    assert_eq!(next.attr("user"), Some("alice"));
+    cli(&["HSET", &hash, "f", "3"]);
+    let e = store.load(&id, unix_ms()).await.unwrap_err();
+    assert!(
+        matches!(e, sessiongate::session::StoreError::Corrupt(_)),
+        "{e:?}"
+    );
+    assert!(store.export().await.unwrap().is_empty());
+}

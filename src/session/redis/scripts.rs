@@ -6,9 +6,16 @@
 //! that finds an alias instead of a session answers `{2, TARGET}` and the store runs it again
 //! on the target (one hop), since the target may live on another node.
 
+/// The format of the session hashes this gateway writes (`f`; a hash without one is of
+/// format 1, written before `f` existed). A gateway reads formats up to one above its own, so
+/// that two adjacent versions share one Redis during a rolling upgrade: the rule for a next
+/// format is that it may add fields, never change or drop one that this one reads. A hash of
+/// a format further ahead is refused (as corrupt: the request fails closed), never misread.
+pub(super) const FORMAT: u64 = 1;
+
 /// `PREFIX s:{ID}` — the hash of a session: `k` (its stable key), `c` (created, Unix ms),
-/// `l` (last used, Unix ms), `v` (version, counts updates), `a:NAME` per attribute, and `p`
-/// (key and attributes packed for the read path). It
+/// `l` (last used, Unix ms), `v` (version, counts updates), `f` (its format, see [`FORMAT`]),
+/// `a:NAME` per attribute, and `p` (key and attributes packed for the read path). It
 /// expires (`PEXPIRE`) after the idle timeout since its last write; the absolute timeout is
 /// judged from `c`. A regenerate leaves the old id's hash as it was, read-only, with `r` (the
 /// id it was renamed to) and the grace as its expiry: no script changes a hash with `r`.
@@ -75,9 +82,10 @@ end
 ";
 
 /// The read path's one command, no script (a script costs Redis several times a plain read):
-/// `HMGET p c l r` of the session's hash (`r`: the id a retired hash was renamed to). A
-/// session without `p`, or an id that is an alias, goes through [`LOAD`] instead.
-pub(super) const READ_FIELDS: [&str; 4] = ["p", "c", "l", "r"];
+/// `HMGET p c l r f` of the session's hash (`r`: the id a retired hash was renamed to; `f`:
+/// its format). A session without `p`, or an id that is an alias, goes through [`LOAD`]
+/// instead.
+pub(super) const READ_FIELDS: [&str; 5] = ["p", "c", "l", "r", "f"];
 
 /// KEYS: session. ARGV: now, idle ms. Notes a use (last use, expiry) of a session that
 /// exists; the read path runs it at most once per touch interval. A retired hash keeps its
@@ -138,7 +146,7 @@ local created = 0
 if redis.call('EXISTS', key) == 0 then
   local f = follow()
   if f or create == '' then return f end
-  redis.call('HSET', key, 'k', create, 'c', now, 'l', now, 'v', 0)
+  redis.call('HSET', key, 'k', create, 'c', now, 'l', now, 'v', 0, 'f', 1)
   created = 1
 elseif redis.call('HEXISTS', key, 'r') == 1 then
   return false
@@ -309,5 +317,13 @@ mod tests {
         assert_eq!(id_of("sg:", &s), Some("ab12"));
         assert_eq!(id_of("sg:", "sg:m:{ab12}"), None);
         assert_eq!(id_of("other:", &s), None);
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    #[test]
+    fn a_new_session_hash_carries_this_gateways_format() {
+        assert!(super::UPDATE.contains(&format!("'f', {}", super::FORMAT)));
     }
 }

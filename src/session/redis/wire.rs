@@ -62,6 +62,19 @@ pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A session hash of `format` can be read here: this gateway's format, or the next one (see
+/// [`scripts::FORMAT`]).
+fn readable_format(format: u64) -> Result<(), StoreError> {
+    if format <= scripts::FORMAT + 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "a session of format {format}: this gateway reads up to {}; upgrade it",
+            scripts::FORMAT + 1
+        )))
+    }
+}
+
 pub(super) fn hex(id: &StoreId) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(2 * id.as_bytes().len());
@@ -608,6 +621,9 @@ impl Wire {
             Some(Value::BulkString(to)) => Some(String::from_utf8_lossy(&to).into_owned()),
             _ => None,
         };
+        if let Some(format) = number(fields.next()) {
+            readable_format(format)?;
+        }
         if renamed_to.is_some() {
             // Retired: read as it was, never touched (its expiry is its grace).
             return Ok(Some(Read {
@@ -659,6 +675,7 @@ impl Wire {
                 "k" => key = Some(value),
                 "c" => created = value.parse::<u64>().ok(),
                 "l" => last = value.parse::<u64>().ok(),
+                "f" => readable_format(value.parse().ok()?).ok()?,
                 f => {
                     if let Some(name) = f.strip_prefix("a:") {
                         attrs.push((name, value));
@@ -722,6 +739,8 @@ impl Wire {
             .arg(s.last_seen_ms)
             .arg("v")
             .arg(1)
+            .arg("f")
+            .arg(scripts::FORMAT)
             .arg("p")
             .arg(&s.packed()[..]);
         for (n, v) in s.attrs() {
