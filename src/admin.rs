@@ -198,8 +198,9 @@ fn session_gate<B>(
     Ok(sessions)
 }
 
-/// The most an import may send: a million sessions of a few KiB each.
-const MAX_IMPORT_BYTES: usize = 4 << 30;
+/// The most an import may send at once (it is read whole before it is judged): split a
+/// larger export into several imports.
+const MAX_IMPORT_BYTES: usize = 1 << 30;
 
 /// `GET /sessions/export` (the live sessions as JSON lines, see `session::transfer`) and
 /// `POST /sessions/import` (such lines loaded into this gateway's store).

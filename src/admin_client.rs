@@ -32,8 +32,14 @@ pub async fn call(
         .token_file
         .as_ref()
         .context("admin.token_file is not set: the session API is off")?;
-    let token = std::fs::read_to_string(token_file)
+    let text = std::fs::read_to_string(token_file)
         .with_context(|| format!("cannot read {}", token_file.display()))?;
+    // Its first line that is not empty, as the gateway reads it.
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .context("the admin token file is empty")?;
     // A listener on every address is asked on the loopback.
     let addr = match admin.bind.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -57,7 +63,7 @@ pub async fn call(
         .method(method)
         .uri(path)
         .header(header::HOST, addr.to_string())
-        .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Full::new(Bytes::from(body)))
         .context("admin request")?;
     let resp = sender.send_request(req).await.context("admin request")?;

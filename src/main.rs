@@ -199,6 +199,9 @@ fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut f = options
         .open(file)
         .with_context(|| format!("cannot write {}", file.display()))?;
+    // Also when the file was there before, with other permissions.
+    #[cfg(unix)]
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     f.write_all(bytes)?;
     Ok(())
 }

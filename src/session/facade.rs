@@ -61,6 +61,8 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     /// `store.memory.snapshot`: the file the memory store is loaded from and saved to.
     snapshot: Option<std::path::PathBuf>,
+    /// The limits on session data, which an import is held to.
+    limits: crate::config::SessionLimits,
 }
 
 /// Sessions in a server store, or sealed in clients' cookies.
@@ -138,6 +140,7 @@ impl Sessions {
             url_parameter: config.url_parameter.clone(),
             crawlers: config.crawlers.clone(),
             metrics: metrics.clone(),
+            limits: config.limits,
             snapshot: config
                 .memory_snapshot
                 .clone()
@@ -186,8 +189,20 @@ impl Sessions {
         }
     }
 
-    /// Ends the session under `id` (admin API).
+    /// A move in from a replaced store, while it goes on.
+    fn migration(&self) -> Option<&Arc<Migration>> {
+        match &self.keeper {
+            Keeper::InStore(k) => k.migration(),
+            Keeper::InCookies(_) => None,
+        }
+    }
+
+    /// Ends the session under `id` (admin API), in the store it may still be moving from
+    /// too.
     pub async fn end(&self, id: &StoreId) -> Result<(), StoreError> {
+        if let Some(m) = self.migration() {
+            m.ended(id).await;
+        }
         match self.store() {
             Some(store) => store.delete(id).await,
             None => Ok(()),
@@ -195,8 +210,11 @@ impl Sessions {
     }
 
     /// Ends every session whose attribute `name` equals `value` (log a user out everywhere);
-    /// how many (admin API).
+    /// how many (admin API). In the store sessions may still be moving from too.
     pub async fn end_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+        if let Some(m) = self.migration() {
+            m.ended_where(name, value).await;
+        }
         match self.store() {
             Some(store) => store.delete_where(name, value).await,
             None => Ok(0),
@@ -222,7 +240,9 @@ impl Sessions {
     /// The store did not answer (what was imported before stays).
     pub async fn import(&self, lines: &str) -> Result<transfer::Imported, StoreError> {
         match &self.keeper {
-            Keeper::InStore(s) => transfer::import(s.store(), lines, s.timeouts(), unix_ms()).await,
+            Keeper::InStore(s) => {
+                transfer::import(s.store(), lines, s.timeouts(), &self.limits, unix_ms()).await
+            }
             Keeper::InCookies(_) => Ok(transfer::Imported::default()),
         }
     }
@@ -242,6 +262,14 @@ impl Sessions {
         };
         match self.import(&text).await {
             Ok(done) => {
+                // Loaded once: a crash before the next drain must not bring back, from this
+                // file, sessions that have ended since (the memory store keeps no trace of a
+                // logout). Kept aside for the operator.
+                let mut aside = file.as_os_str().to_owned();
+                aside.push(".loaded");
+                if let Err(e) = tokio::fs::rename(file, &aside).await {
+                    tracing::warn!(file = %file.display(), error = %e, "the loaded snapshot was not set aside");
+                }
                 tracing::info!(
                     file = %file.display(),
                     imported = done.imported,
@@ -625,15 +653,23 @@ fn jar_scope(jar: &Arc<Jar>, headers: &HeaderMap, info: &RequestInfo<'_>) -> Jar
 /// `file`: a crash mid-write leaves the old snapshot whole.
 fn write_replacing(file: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    // A name of its own, made new (never an existing file or a link someone left there).
+    let mut tag = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut tag).map_err(|_| std::io::Error::other("no randomness"))?;
     let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".new");
+    tmp.push(format!(".{}.new", u64::from_le_bytes(tag)));
     let tmp = std::path::PathBuf::from(tmp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, file)
+    std::fs::rename(&tmp, file)?;
+    // The rename itself made durable.
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

@@ -199,6 +199,11 @@ fn read_kept<'a>(name: &'a str, value: &'a str) -> Option<Kept<'a>> {
     let (route, domain, host_only, path, cookie_name) = read_name(name)?;
     let mut v = value.splitn(3, ';');
     let (expires, flags, value) = (v.next()?, v.next()?, v.next()?);
+    // Whatever wrote it (an import, a store), a value that could carry another cookie into
+    // the `Cookie` header is no kept cookie.
+    if !valid_cookie_value(value) || !valid_cookie_name(cookie_name) {
+        return None;
+    }
     Some(Kept {
         route,
         domain,

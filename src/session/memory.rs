@@ -524,6 +524,10 @@ impl AdminStore for MemoryStore {
             .collect())
     }
 
+    async fn is_own(&self, id: &StoreId) -> Result<bool, StoreError> {
+        Ok(matches!(self.current(id), Some(Entry::Live(_))))
+    }
+
     async fn import(&self, id: &StoreId, session: &Session) -> Result<bool, StoreError> {
         let entry = self
             .cache

@@ -3,8 +3,13 @@
 //! of the old one move into the new one. A mover takes them over one by one in the
 //! background, and until it is done a session the new store does not hold is read through
 //! from the old one (and moved at once), so no request finds its session missing meanwhile.
-//! Each move is an import (never over a session there) and then a delete from the old store;
-//! a session ended during the move is remembered, so the mover never brings it back.
+//! Each move is an import (never over a session there); a memory store is emptied as it goes,
+//! but a Redis store is only read (other gateways may still be serving from it), and its
+//! sessions leave by their idle timeout. A session ended during the move is ended in both
+//! and remembered, so the mover never brings it back. Only a session's own id moves: a
+//! sibling host's alias, a retired id or a code does not (the client hands over again). If
+//! the old store does not answer, its sessions read as missing (the user logs in again)
+//! rather than failing requests.
 //!
 //! The same moves sessions from the Redis store `store.migrate_from` names, when a gateway
 //! starts: then the old store is read through for `store.migrate_window`, since gateways not
@@ -23,6 +28,8 @@ use crate::metrics::{Metrics, SessionEvent};
 /// Sessions on their way from the old store to the new one.
 pub(super) struct Migration {
     from: ServerStore,
+    /// The old store is this process's memory: emptied as sessions move.
+    from_private: bool,
     to: ServerStore,
     /// Sessions ended since the move began: never moved again.
     ended: Mutex<HashSet<StoreId>>,
@@ -44,6 +51,7 @@ impl Migration {
         metrics: &Arc<Metrics>,
     ) -> Arc<Migration> {
         let m = Arc::new(Migration {
+            from_private: matches!(from, ServerStore::Memory(_)),
             from,
             to,
             ended: Mutex::default(),
@@ -68,12 +76,30 @@ impl Migration {
     }
 
     /// The session under `id` from the old store, moved into the new one first; `None` if
-    /// the old store holds none (or it was ended during the move).
+    /// the old store holds none of its own under `id` (or it was ended during the move, or
+    /// the old store does not answer).
     pub(super) async fn read_through(&self, id: &StoreId) -> Result<Option<Session>, StoreError> {
         if self.done() || self.was_ended(id) {
             return Ok(None);
         }
-        if !self.move_one(id).await? {
+        let moved = async {
+            if !self.from.is_own(id).await? {
+                return Ok(None);
+            }
+            let Some(s) = self.from.load(id, unix_ms()).await? else {
+                return Ok(None);
+            };
+            Ok::<_, StoreError>(Some(s))
+        };
+        let s = match moved.await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(error = %e, "the store sessions move from did not answer: a miss");
+                return Ok(None);
+            }
+        };
+        if !self.move_one(id, &s).await? {
             return Ok(None);
         }
         self.to.load(id, unix_ms()).await
@@ -90,24 +116,30 @@ impl Migration {
         }
     }
 
+    /// The admin API ended every session whose attribute `name` is `value`: in the old store
+    /// too.
+    pub(super) async fn ended_where(&self, name: &str, value: &str) {
+        if let Err(e) = self.from.delete_where(name, value).await {
+            tracing::warn!(error = %e, "sessions not ended in the store they are moving from");
+        }
+    }
+
     fn was_ended(&self, id: &StoreId) -> bool {
         self.ended.lock().is_ok_and(|e| e.contains(id))
     }
 
-    /// Moves one session; `true` if the new store holds it now.
-    async fn move_one(&self, id: &StoreId) -> Result<bool, StoreError> {
-        let Some(s) = self.from.load(id, unix_ms()).await? else {
-            return Ok(false);
-        };
+    /// Moves session `s` of `id`; `true` if the new store holds it now.
+    async fn move_one(&self, id: &StoreId, s: &Session) -> Result<bool, StoreError> {
         // A retired id's view is not a session of its own: its successor moves.
         if s.is_read_only() || self.was_ended(id) {
             return Ok(false);
         }
-        let written = self.to.import(id, &s).await?;
-        if written {
+        if self.to.import(id, s).await? {
             self.metrics.session(SessionEvent::Migrated);
         }
-        self.from.delete(id).await?;
+        if self.from_private {
+            self.from.delete(id).await?;
+        }
         // A logout that came between the read and the write: ended after all.
         if self.was_ended(id) {
             self.to.delete(id).await?;
@@ -116,27 +148,39 @@ impl Migration {
         Ok(true)
     }
 
-    /// Moves every session of the old store, then marks the move done.
+    /// Moves every session of the old store (as listed, so that moving touches none), in
+    /// at most three passes a few seconds apart for those a store failed on; then the move
+    /// is done, whatever is left (it reads as missing).
     async fn move_all(&self) {
-        let all = match self.from.export().await {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::warn!(error = %e, "sessions of the previous store not listed: they move only as they are read");
-                return;
+        const PASSES: usize = 3;
+        let (mut moved, mut left) = (0usize, 0usize);
+        for pass in 0..PASSES {
+            if pass > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
             }
-        };
-        let (mut moved, mut failed) = (0usize, 0usize);
-        for (id, _) in &all {
-            match self.move_one(id).await {
-                Ok(true) => moved += 1,
-                Ok(false) => {}
+            let all = match self.from.export().await {
+                Ok(all) => all,
                 Err(e) => {
-                    failed += 1;
-                    tracing::debug!(error = %e, "a session not moved");
+                    tracing::warn!(error = %e, pass, "sessions of the previous store not listed");
+                    continue;
+                }
+            };
+            left = 0;
+            for (id, s) in &all {
+                match self.move_one(id, s).await {
+                    Ok(true) => moved += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        left += 1;
+                        tracing::debug!(error = %e, "a session not moved");
+                    }
                 }
             }
+            if left == 0 {
+                break;
+            }
         }
-        self.done.store(failed == 0, Ordering::Relaxed);
-        tracing::info!(moved, failed, "sessions moved from the previous store");
+        self.done.store(true, Ordering::Relaxed);
+        tracing::info!(moved, left, "sessions moved from the previous store");
     }
 }

@@ -116,4 +116,8 @@ impl AdminStore for ServerStore {
     async fn import(&self, id: &StoreId, session: &Session) -> Result<bool, StoreError> {
         each!(self, s => s.import(id, session))
     }
+
+    async fn is_own(&self, id: &StoreId) -> Result<bool, StoreError> {
+        each!(self, s => s.is_own(id))
+    }
 }

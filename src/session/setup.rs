@@ -103,8 +103,11 @@ impl Foundation {
                 })?;
                 // A server store replaced by another: its sessions move (the sealed cookie
                 // has none to move, and none can move into it).
-                if let (Some(Kept::InStore(old)), Kept::InStore(_)) =
-                    (previous.map(|p| &p.kept), &built)
+                // Not when only its tuning changed (timeouts, limits, the near cache): the
+                // new store reads the same data.
+                if let (Some(prev), Some(Kept::InStore(old)), Kept::InStore(_)) =
+                    (previous, previous.map(|p| &p.kept), &built)
+                    && !prev.basis.store.same_data(&config.store)
                 {
                     tracing::info!(
                         from = old.kind(),

@@ -482,6 +482,10 @@ pub trait AdminStore: SessionStore {
     /// that move to another store, region or process with the same secret.
     fn export(&self) -> impl Future<Output = Result<Vec<(StoreId, Session)>, StoreError>> + Send;
 
+    /// Whether `id` is a live session's own id (not an alias, a retired id or nothing): only
+    /// such an id moves to another store.
+    fn is_own(&self, id: &StoreId) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Puts `session` under `id` as it is (its times kept, so its timeouts run on), unless a
     /// session is there already, or a logout ended one there lately; `true` if written. The
     /// caller judges expiry first.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::StoreId;
-use super::store::{AdminStore, Session, StoreError};
+use super::store::{AdminStore, Limits, Session, StoreError};
 
 /// The format's version, in every line.
 pub const VERSION: u32 = 1;
@@ -70,6 +70,20 @@ pub fn from_line(text: &str) -> Result<(StoreId, Session), String> {
     if line.key.is_empty() || line.key.len() > 255 || line.attrs.keys().any(|n| n.len() > 255) {
         return Err("key or attribute name empty or longer than 255 bytes".to_owned());
     }
+    // Only names the gateway itself writes: a backend's (`[a-z0-9-]`), a kept cookie's, the
+    // affinity pin.
+    if let Some(bad) = line.attrs.keys().find(|n| {
+        !(crate::config::valid_attribute_name(n) || n.starts_with("~jar;") || *n == super::jar::PIN)
+    }) {
+        return Err(format!(
+            "attribute name {bad:?} is not one the gateway writes"
+        ));
+    }
+    if line.created_ms > line.last_seen_ms
+        || line.last_seen_ms > super::store::unix_ms().saturating_add(60_000)
+    {
+        return Err("times: created after last use, or last use in the future".to_owned());
+    }
     let session = Session::from_parts(
         &line.key,
         line.attrs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
@@ -90,6 +104,19 @@ pub async fn export(store: &impl AdminStore) -> Result<String, StoreError> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// `s`, if it keeps the configured limits on session data (an import is held to them as a
+/// backend's changes are).
+fn within(limits: &Limits, s: Session) -> Result<Session, String> {
+    let values = s.attrs().map(|(_, v)| v.len()).max().unwrap_or(0);
+    if s.attr_count() > limits.max_attributes
+        || values > limits.max_value_bytes
+        || s.size() > limits.max_session_bytes
+    {
+        return Err("over the configured limits on session data".to_owned());
+    }
+    Ok(s)
 }
 
 /// What an import did.
@@ -116,6 +143,7 @@ pub async fn import(
     store: &impl AdminStore,
     lines: &str,
     (idle, absolute): (Duration, Duration),
+    limits: &Limits,
     now_ms: u64,
 ) -> Result<Imported, StoreError> {
     let mut done = Imported::default();
@@ -123,7 +151,8 @@ pub async fn import(
         if text.trim().is_empty() {
             continue;
         }
-        let (id, session) = match from_line(text) {
+        let parsed = from_line(text).and_then(|(id, s)| within(limits, s).map(|s| (id, s)));
+        let (id, session) = match parsed {
             Ok(parsed) => parsed,
             Err(e) => {
                 done.invalid += 1;

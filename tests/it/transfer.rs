@@ -19,9 +19,13 @@ async fn gateway(b: &Backend, store: &str) -> Gateway {
 }
 
 fn redis_store() -> String {
+    redis_store_at(&redis_test_prefix(), "")
+}
+
+/// Sessions in the machine's Redis under `prefix`, with `extra` in the `redis:` mapping.
+fn redis_store_at(prefix: &str, extra: &str) -> String {
     format!(
-        "{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{}\" }} }}",
-        redis_test_prefix()
+        "{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:6379\", key_prefix: \"{prefix}\"{extra} }} }}"
     )
 }
 
@@ -125,15 +129,35 @@ async fn an_import_refuses_bad_lines_and_expired_sessions_and_names_them() {
     let b = shop().await;
     let gw = gateway(&b, "{ kind: memory }").await;
     let old = r#"{"v":1,"id":"00112233445566778899aabbccddeeff","key":"k1","attrs":{"user":"x"},"created_ms":1,"last_seen_ms":1}"#;
-    let body = format!("{old}\nnot json\n{{\"v\":9}}\n");
+    let now = sessiongate::session::unix_ms();
+    let line = |attrs: &str, created: u64, last: u64| {
+        format!(
+            r#"{{"v":1,"id":"00112233445566778899aabbccddee01","key":"k2","attrs":{attrs},"created_ms":{created},"last_seen_ms":{last}}}"#
+        )
+    };
+    let body = [
+        old.to_owned(),
+        "not json".to_owned(),
+        "{\"v\":9}".to_owned(),
+        // A name no backend writes (it would be a second X-Session-Attr-User header).
+        line(r#"{"USER":"x"}"#, now, now),
+        // Over the limits (4,096 bytes a value by default).
+        line(&format!(r#"{{"big":"{}"}}"#, "x".repeat(5000)), now, now),
+        // Used in the future.
+        line(r#"{"user":"x"}"#, now, now + 3_600_000),
+        // A kept cookie whose value would carry another cookie: imported, never sent.
+        line(r#"{"~jar;app;=h;/;A":"0;;x; B=evil"}"#, now, now),
+    ]
+    .join("\n");
     let (status, done) = admin(&gw, reqwest::Method::POST, "/sessions/import", body).await;
     assert_eq!(status, 200, "{done}");
     assert!(
-        done.contains("\"expired\":1") && done.contains("\"invalid\":2"),
+        done.contains("\"expired\":1") && done.contains("\"invalid\":5"),
         "{done}"
     );
+    assert!(done.contains("\"imported\":1"), "{done}");
     assert!(
-        done.contains("line 2:") && done.contains("line 3:"),
+        done.contains("line 2:") && done.contains("line 6:"),
         "{done}"
     );
     // Without the token: refused.
@@ -343,12 +367,17 @@ async fn a_reload_that_changes_the_store_moves_every_session_and_loses_none() {
     assert_eq!(field(&seen(&gw, &logged_out).await, "status"), "expired");
 
     // Redis to another Redis, then back to memory: still 999, none lost.
-    reload_to(&gw, b.addr, &redis_store()).await;
+    let prefix = redis_test_prefix();
+    reload_to(&gw, b.addr, &redis_store_at(&prefix, "")).await;
     let moved = eventually(Duration::from_secs(20), || async {
         live_sessions(&gw).await == 999
     })
     .await;
     assert!(moved);
+    // Only its tuning changed (the same Redis and prefix): nothing moves, nothing is lost.
+    reload_to(&gw, b.addr, &redis_store_at(&prefix, ", timeout: 900ms")).await;
+    assert_eq!(live_sessions(&gw).await, 999);
+    assert_eq!(field(&seen(&gw, &cookies[3]).await, "user"), "alice");
     reload_to(&gw, b.addr, "{ kind: memory }").await;
     let moved = eventually(Duration::from_secs(20), || async {
         live_sessions(&gw).await == 999

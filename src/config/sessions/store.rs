@@ -121,11 +121,43 @@ pub(super) fn read_store(
         }
     });
     let (store, snapshot) = read_in(m, node, path, base, p)?;
+    if let (Some((from, _)), Some(n)) = (&migrate_from, from_node)
+        && from.same_data(&store)
+    {
+        p.push(
+            n.pos,
+            &from_path,
+            "migrate_from names this very store (the same Redis and key_prefix)",
+        );
+    }
     Some(StoreRead {
         store,
         snapshot,
         migrate_from,
     })
+}
+
+impl StoreConfig {
+    /// Whether `self` and `other` keep their sessions in the same place: the same Redis (its
+    /// topology and key prefix) whatever their tuning. Memory stores never do (each is its
+    /// own), nor sealed cookies.
+    pub fn same_data(&self, other: &StoreConfig) -> bool {
+        match (self, other) {
+            (
+                StoreConfig::Redis {
+                    topology: a,
+                    key_prefix: pa,
+                    ..
+                },
+                StoreConfig::Redis {
+                    topology: b,
+                    key_prefix: pb,
+                    ..
+                },
+            ) => a == b && pa == pb,
+            _ => false,
+        }
+    }
 }
 
 /// One store mapping (`kind` and its settings), nothing else in it.

@@ -45,16 +45,39 @@ impl AdminStore for RedisStore {
         Ok(out)
     }
 
+    async fn is_own(&self, id: &StoreId) -> Result<bool, StoreError> {
+        if self.0.wire.circuit.is_open() {
+            return Err(down());
+        }
+        let mut conn = self.0.wire.conn().await?;
+        let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let key = scripts::session_key(&self.0.wire.prefix, &hex);
+        let (k, renamed): (Option<String>, Option<String>) = self
+            .0
+            .wire
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("k")
+                    .arg("r")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(k.is_some() && renamed.is_none())
+    }
+
     async fn import(&self, id: &StoreId, session: &Session) -> Result<bool, StoreError> {
         if self.0.wire.circuit.is_open() {
             return Err(down());
         }
-        // As long as the session has left to idle, as last used.
+        // As long as the session has left to idle, as last used (never more than the idle
+        // timeout, whatever the line says).
         let idle = u64::try_from(self.0.wire.idle.as_millis()).unwrap_or(u64::MAX);
         let ttl = session
             .last_seen_ms
             .saturating_add(idle)
-            .saturating_sub(unix_ms());
+            .saturating_sub(unix_ms())
+            .min(idle);
         if ttl == 0 {
             return Ok(false);
         }
