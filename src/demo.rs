@@ -20,6 +20,22 @@ use tokio_util::sync::CancellationToken;
 
 /// Serves the sample backend on `listener` until `stop` fires.
 pub async fn serve_backend(listener: TcpListener, stop: CancellationToken) {
+    serve_with(listener, stop, |req| async move {
+        match page(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    })
+    .await;
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` until `stop` fires (open connections then end
+/// gracefully), each request answered by `answer`: the demo's backends share this.
+async fn serve_with<F, Fut>(listener: TcpListener, stop: CancellationToken, answer: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let stream = tokio::select! {
@@ -31,8 +47,13 @@ pub async fn serve_backend(listener: TcpListener, stop: CancellationToken) {
         };
         let builder = builder.clone();
         let stop = stop.clone();
+        let answer = answer.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), service_fn(page));
+            let service = service_fn(move |req| {
+                let answered = answer(req);
+                async move { Ok::<_, Infallible>(answered.await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

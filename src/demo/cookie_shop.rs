@@ -10,16 +10,12 @@
 //! works under any path prefix.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,31 +43,11 @@ pub async fn serve(listener: TcpListener, name: &str, stop: CancellationToken) {
         name: name.to_owned(),
         sessions: Mutex::default(),
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-        };
-        let builder = builder.clone();
-        let stop = stop.clone();
+    super::serve_with(listener, stop, move |req| {
         let replica = replica.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let replica = replica.clone();
-                async move { Ok::<_, Infallible>(replica.answer(req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
-        });
-    }
+        async move { replica.answer(req).await }
+    })
+    .await;
 }
 
 impl Replica {

@@ -96,6 +96,11 @@ async fn demo_gateway(stop: &CancellationToken) -> (Gateway, String) {
 /// Clicks the element `id` and waits for the page it leads to: the old document gone (its
 /// root element stale), the new one loaded far enough to show the session status.
 async fn click_and_wait(c: &Client, id: &str) {
+    click_and_wait_for(c, id, "status").await;
+}
+
+/// Clicks the element `id` and waits for the next page's element `shown`: its text.
+async fn click_and_wait_for(c: &Client, id: &str, shown: &str) -> String {
     let old = c.find(Locator::Css("html")).await.unwrap();
     c.find(Locator::Id(id))
         .await
@@ -111,9 +116,12 @@ async fn click_and_wait(c: &Client, id: &str) {
     assert!(gone, "clicking #{id} led nowhere");
     c.wait()
         .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("status"))
+        .for_element(Locator::Id(shown))
         .await
-        .unwrap();
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Log in, follow a link, search with the GET form, log out. Returns every URL the address
@@ -200,29 +208,9 @@ async fn browser_with_cookies_never_sees_a_token_in_a_url() {
     }
 }
 
-/// Clicks `id` and waits for the cookie shop's next page (its `#replica`).
+/// Clicks `id` and waits for the cookie shop's next page: the replica that served it.
 async fn click_for_replica(c: &Client, id: &str) -> String {
-    let old = c.find(Locator::Css("html")).await.unwrap();
-    c.find(Locator::Id(id))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let gone = eventually(Duration::from_secs(10), || {
-        let old = old.clone();
-        async move { old.text().await.is_err() }
-    })
-    .await;
-    assert!(gone, "clicking #{id} led nowhere");
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("replica"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    click_and_wait_for(c, id, "replica").await
 }
 
 #[tokio::test]

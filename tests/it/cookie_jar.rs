@@ -215,6 +215,28 @@ async fn a_client_without_cookies_uses_a_cookie_app_through_url_tracking() {
             .await
             .starts_with("anonymous")
     );
+    // Logging out: the application expires its cookie, the jar forgets it.
+    let resp = http.post(who("/logout")).send().await.unwrap();
+    assert_no_app_cookie(resp.headers(), &[]);
+    assert!(get_text(&who("/whoami")).await.starts_with("anonymous"));
+}
+
+#[tokio::test]
+async fn a_kept_cookie_expires_when_its_max_age_runs_out() {
+    let b = echo().await;
+    let gw = gateway(&[b.addr], "{ backend_cookies: jar }", "{ kind: memory }").await;
+    let mut c = CookieClient::new(&gw);
+    c.send(
+        reqwest::Method::GET,
+        &set_url(&["SHORT=1; Max-Age=1", "LONG=2"]),
+        "",
+    )
+    .await;
+    let before = c.whoami().await;
+    assert!(before.contains("cookie=[LONG=2; SHORT=1]"), "{before}");
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let after = c.whoami().await;
+    assert!(after.contains("cookie=[LONG=2]"), "{after}");
 }
 
 /// A backend that sets what `/set?COOKIE-LINE` says and echoes the `Cookie` it got.
