@@ -326,6 +326,11 @@ impl KeptInStore {
         };
         match renamed {
             Ok(Some(fresh)) => {
+                // The old token must die here too: a store the session is moving from (and
+                // which keeps its copy) must not bring it back once its grace is over.
+                if let Some(m) = self.migration() {
+                    Box::pin(m.ended(&token.store_id())).await;
+                }
                 self.metrics.session(SessionEvent::Regenerated);
                 cookie.set(headers, Some(&fresh));
                 Some(fresh)

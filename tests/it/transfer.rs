@@ -430,3 +430,37 @@ async fn a_gateway_started_with_migrate_from_reads_the_old_redis_through_during_
     assert_eq!(field(&seen(&new, &late[0]).await, "user"), "alice");
     assert_eq!(live_sessions(&new).await, 6);
 }
+
+#[tokio::test]
+async fn a_token_regenerated_away_during_a_move_is_not_brought_back_from_the_old_store() {
+    let b = shop().await;
+    let (old_prefix, new_prefix) = (redis_test_prefix(), redis_test_prefix());
+    let old = gateway(&b, &redis_store_at(&old_prefix, "")).await;
+    let first = logins(&old, 1).await.remove(0);
+    // A gateway moving from the old Redis, whose old tokens read only 200 ms after a login.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("session.keys"), SECRET).unwrap();
+    let url = "redis://127.0.0.1:6379";
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        &format!(
+            "sessions:\n  secret_file: session.keys\n  regenerate_grace: 200ms\n  store: {{ kind: redis, redis: {{ url: \"{url}\", key_prefix: \"{new_prefix}\" }}, migrate_from: {{ kind: redis, redis: {{ url: \"{url}\", key_prefix: \"{old_prefix}\" }} }} }}\n"
+        ),
+    );
+    let new = Gateway::start_in(&yaml, dir).await;
+    // Logging in again renews the token (the shop regenerates).
+    let resp = client()
+        .get(new.url("web", "/login"))
+        .header("cookie", format!("sg={first}"))
+        .send()
+        .await
+        .unwrap();
+    let renewed = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(!renewed.contains(&first));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Past the grace, the old token reads nothing: not from the new store, and not from
+    // the old one, which still holds its copy.
+    let body = seen(&new, &first).await;
+    assert_eq!(field(&body, "user"), "-", "{body}");
+}
