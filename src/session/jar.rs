@@ -791,6 +791,19 @@ mod tests {
     }
 
     #[test]
+    fn every_cookie_header_is_judged_as_http2_sends_them_one_per_cookie() {
+        let sc = scope(Some(vec!["SID"]), "h", "/", false);
+        let s = session_with(&capture(&mut response(&["SID=real"]), &sc, None, 0).changes);
+        let mut h = HeaderMap::new();
+        for c in ["theme=dark", "sid=evil", "a=1", "S%49D=evil"] {
+            h.append(header::COOKIE, HeaderValue::from_static(c));
+        }
+        attach(&mut h, &sc, Some(&s), 1);
+        let sent: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(sent, ["SID=real; theme=dark; a=1"]);
+    }
+
+    #[test]
     fn cookies_a_header_cannot_carry_back_are_refused() {
         let sc = scope(None, "h", "/", false);
         let long = format!("{}=1", "n".repeat(300));
