@@ -110,19 +110,7 @@ async fn action(req: Request<Incoming>) -> Response<Full<Bytes>> {
     };
     match path.as_str() {
         "/login" => {
-            let name: String = String::from_utf8_lossy(&form)
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("user="))
-                .unwrap_or("")
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(32)
-                .collect();
-            let name = if name.is_empty() {
-                "guest".to_owned()
-            } else {
-                name
-            };
+            let name = user_name(&String::from_utf8_lossy(&form));
             set(format!("user={name}"));
             // A new token after login: a session fixed before login is worth nothing.
             h.append("x-session-action", HeaderValue::from_static("regenerate"));
@@ -200,6 +188,23 @@ fn home(req: &Request<Incoming>) -> String {
         escape(status),
         escape(req.uri().path())
     )
+}
+
+/// The `user` a login form names (letters and digits, at most 32), or `guest`.
+fn user_name(form: &str) -> String {
+    let name: String = form
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("user="))
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(32)
+        .collect();
+    if name.is_empty() {
+        "guest".to_owned()
+    } else {
+        name
+    }
 }
 
 fn escape(s: &str) -> String {

@@ -84,20 +84,7 @@ impl Replica {
                 self.page(session.as_ref()),
             ),
             (Method::POST, "/login") => {
-                let form = read_form(req).await;
-                let user: String = form
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("user="))
-                    .unwrap_or("")
-                    .chars()
-                    .filter(char::is_ascii_alphanumeric)
-                    .take(32)
-                    .collect();
-                let user = if user.is_empty() {
-                    "guest".to_owned()
-                } else {
-                    user
-                };
+                let user = super::user_name(&read_form(req).await);
                 // Tomcat-style: the replica's name after a dot, which a gateway can route by.
                 let id = format!("{}.{}", new_id(), self.name);
                 if let Ok(mut all) = self.sessions.lock() {

@@ -297,8 +297,8 @@ pub fn expire_client_copy(headers: &mut HeaderMap, name: &str) {
 
 /// `request`: the client's cookies that the jar refuses come out of its `Cookie` headers, and
 /// the session's kept cookies for this host and path go in, longest path first (the order a
-/// browser sends them). A client's `Cookie` element that a backend could read as a refused
-/// name under any splitting (`;` or `,`) goes whole.
+/// browser sends them), before the client's. A client's `Cookie` element that holds a kept
+/// name in any spelling goes whole (see [`Jar::refuses_from_client`]).
 pub fn attach(headers: &mut HeaderMap, scope: &JarScope, session: Option<&Session>, now_ms: u64) {
     let mut pairs: Vec<String> = Vec::new();
     let mut touched = false;
@@ -312,11 +312,12 @@ pub fn attach(headers: &mut HeaderMap, scope: &JarScope, session: Option<&Sessio
             }
         }
     }
+    let route = scope.jar.route.replace(';', "_");
     let mut kept: Vec<Kept<'_>> = session
         .into_iter()
         .flat_map(Session::attrs)
         .filter_map(|(n, v)| read_kept(n, v))
-        .filter(|k| sendable(k, scope, now_ms))
+        .filter(|k| sendable(k, scope, &route, now_ms))
         .collect();
     kept.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.name.cmp(b.name)));
     if !touched && kept.is_empty() {
@@ -342,8 +343,9 @@ pub fn attach(headers: &mut HeaderMap, scope: &JarScope, session: Option<&Sessio
     }
 }
 
-/// Whether a browser would send `k` with this request.
-fn sendable(k: &Kept<'_>, scope: &JarScope, now_ms: u64) -> bool {
+/// Whether a browser would send `k` with this request (`route`: the route's name as kept
+/// cookies spell it).
+fn sendable(k: &Kept<'_>, scope: &JarScope, route: &str, now_ms: u64) -> bool {
     let host_ok = if k.host_only {
         scope.host.eq_ignore_ascii_case(k.domain)
     } else {
@@ -355,7 +357,7 @@ fn sendable(k: &Kept<'_>, scope: &JarScope, now_ms: u64) -> bool {
         SameSite::Lax => !scope.cross_site || scope.navigation,
         SameSite::None => true,
     };
-    k.route == scope.jar.route.replace(';', "_")
+    k.route == route
         && host_ok
         && path_matches(&scope.path, k.path)
         && (k.expires_ms == 0 || k.expires_ms > now_ms)
