@@ -98,13 +98,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration at `path`; its problems printed, and the exit code `check` documents.
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// A tokio runtime, on every core (`multi`) or on this thread.
+fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn check(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     if let Err(e) = gateway::check_files(&config) {
         eprintln!("{e}");
@@ -122,22 +140,13 @@ fn check(path: &Path) -> ExitCode {
 
 /// `sessions export|import`: the running gateway's admin API does the work.
 fn sessions(path: &Path, action: SessionsAction) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(false) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let done = runtime.block_on(async {
         match action {
@@ -207,23 +216,14 @@ fn write_private(file: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn serve(path: &Path, with_demo: bool) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     init_logging(config.logs.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(true) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(serve_async(config, path, with_demo));
     // Requests the drain cut and that had not ended yet are dropped with the runtime, each

@@ -325,15 +325,8 @@ async fn a_client_cannot_plant_or_read_a_kept_cookie_in_any_spelling() {
         "APP_ID",
         "x=1, APP_ID=evil",
     ] {
-        let body = client()
-            .get(gw.url("web", "/"))
-            .header("cookie", format!("sg={sg}; mine=1; {planted}"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body =
+            get_with_cookie(&gw.url("web", "/"), &format!("sg={sg}; mine=1; {planted}")).await;
         assert!(
             body.contains("cookie=[APP_ID=real; mine=1]"),
             "{planted}: {body}"

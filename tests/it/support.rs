@@ -301,6 +301,19 @@ pub async fn get_text(url: &str) -> String {
         .unwrap()
 }
 
+/// The body of a GET of `url` that sends `cookie` (a `Cookie` header value), any status.
+pub async fn get_with_cookie(url: &str, cookie: &str) -> String {
+    client()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A plain HTTP client that does not pool connections between tests' requests.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

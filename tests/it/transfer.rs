@@ -45,15 +45,7 @@ async fn logged_in(gw: &Gateway, n: usize) -> Vec<String> {
 
 /// What `gw`'s backend sees of the session of `cookie`.
 async fn seen(gw: &Gateway, cookie: &str) -> String {
-    client()
-        .get(gw.url("web", "/whoami"))
-        .header("cookie", format!("sg={cookie}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    get_with_cookie(&gw.url("web", "/whoami"), &format!("sg={cookie}")).await
 }
 
 async fn admin(gw: &Gateway, method: reqwest::Method, path: &str, body: String) -> (u16, String) {
@@ -234,15 +226,7 @@ async fn the_sessions_commands_export_and_import_through_the_running_gateways() 
     assert!(imported.status.success(), "{imported:?}");
     assert!(String::from_utf8_lossy(&imported.stdout).contains("\"imported\":3"));
     for c in &cookies {
-        let body = client()
-            .get(format!("http://{}/whoami", to.http))
-            .header("cookie", c)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = get_with_cookie(&format!("http://{}/whoami", to.http), c).await;
         assert_eq!(field(&body, "user"), "alice", "{body}");
     }
     // No gateway on the admin port: a clear error, not a hang.
@@ -278,15 +262,7 @@ async fn a_memory_store_snapshot_carries_sessions_across_a_restart() {
     // The same configuration again: the session is back before the first request.
     let (yaml, _) = on_disk(files.path(), b.addr, &store);
     let second = GatewayProcess::start(&yaml);
-    let body = client()
-        .get(format!("http://{}/whoami", second.http))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_with_cookie(&format!("http://{}/whoami", second.http), &cookie).await;
     assert_eq!(field(&body, "status"), "active", "{body}");
     assert_eq!(field(&body, "user"), "alice");
 }
