@@ -18,12 +18,17 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Serves the sample backend on `listener` until `stop` fires.
-pub async fn serve_backend(listener: TcpListener, stop: CancellationToken) {
-    serve_with(listener, stop, |req| async move {
-        match page(req).await {
-            Ok(resp) => resp,
-            Err(never) => match never {},
+/// Serves the sample backend on `listener` until `stop` fires; its pages say they were served
+/// by `replica` (the demo runs several: one session, served by any of them).
+pub async fn serve_backend(listener: TcpListener, replica: &str, stop: CancellationToken) {
+    let replica: std::sync::Arc<str> = std::sync::Arc::from(replica);
+    serve_with(listener, stop, move |req| {
+        let replica = replica.clone();
+        async move {
+            match page(req, &replica).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
         }
     })
     .await;
@@ -63,12 +68,14 @@ where
     }
 }
 
-async fn page(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn page(req: Request<Incoming>, replica: &str) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, ctype, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET | &Method::HEAD, "/" | "/about" | "/search") => {
-            (StatusCode::OK, "text/html; charset=utf-8", home(&req))
-        }
+        (&Method::GET | &Method::HEAD, "/" | "/about" | "/search") => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            home(&req, replica),
+        ),
         (&Method::POST, "/login" | "/cart" | "/logout") => return Ok(action(req).await),
         _ => (
             StatusCode::NOT_FOUND,
@@ -123,7 +130,7 @@ async fn action(req: Request<Incoming>) -> Response<Full<Bytes>> {
     resp
 }
 
-fn home(req: &Request<Incoming>) -> String {
+fn home(req: &Request<Incoming>, replica: &str) -> String {
     let status = req
         .headers()
         .get("x-session-status")
@@ -179,12 +186,15 @@ fn home(req: &Request<Incoming>) -> String {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>sessiongate demo</title>\
          <style>body{{font-family:sans-serif;max-width:40em;margin:2em auto}}th{{text-align:left;padding-right:1em}}</style>\
          </head><body><h1>sessiongate demo shop</h1>\
+         <p>Served by <b id=\"replica\">{}</b>: the shop runs as several replicas, and \
+         the session follows the user from one to the next.</p>\
          <p>Session: <b id=\"status\">{}</b></p>{shop}{searched}\
          <p>This shop keeps no state: the gateway holds the session and sends it in the headers \
          below (the session cookie itself never reaches the shop). Request path: <code>{}</code></p>\
          <table>{rows}</table>\
          <p><a href=\"/\">home</a> · <a id=\"about\" href=\"/about\">about</a> · \
          <a id=\"classic\" href=\"/classic/\">a classic app with its own cookie, behind the jar</a></p></body></html>",
+        escape(replica),
         escape(status),
         escape(req.uri().path())
     )

@@ -249,7 +249,15 @@ async fn serve_async(config: Config, path: &Path, with_demo: bool) -> anyhow::Re
     // Installed first: a SIGUSR1 from logrotate while the gateway starts must not end it.
     let mut signals = gateway::Signals::new().context("cannot install signal handlers")?;
     let running = gateway::start(&config).await?;
-    print_urls(&running, with_demo);
+    // The demo's console needs a token: one made now, unless the configuration names one.
+    let demo_token = if with_demo && running.live().admin_token().is_none() {
+        let token = demo_admin_token()?;
+        running.live().set_fallback_token(&token);
+        Some(token)
+    } else {
+        None
+    };
+    print_urls(&running, with_demo, demo_token.as_deref());
     // A change of the file (or of its certificates) on disk reloads, as SIGHUP does.
     let _watch = reload::watch(running.live().clone())
         .map_err(
@@ -278,16 +286,10 @@ async fn start_demo_backend(
         .first()
         .and_then(|r| config.upstream(&r.upstream))
         .context("the demo needs a route with an upstream in the configuration")?;
-    let server = upstream
-        .servers
-        .first()
-        .context("the demo upstream has no server")?;
-    let addr: SocketAddr = server.authority.as_str().parse().with_context(|| {
-        format!(
-            "the demo backend must listen on an IP:PORT, but upstream {:?} names {}",
-            upstream.name, server.authority
-        )
-    })?;
+    anyhow::ensure!(
+        !upstream.servers.is_empty(),
+        "the demo upstream has no server"
+    );
     for l in &config.listeners {
         for c in l.tls.iter().flat_map(|t| &t.certificates) {
             if !c.cert.exists() && !c.key.exists() {
@@ -300,14 +302,26 @@ async fn start_demo_backend(
             }
         }
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "cannot start the demo backend on {addr} (from {}): is something else using it?",
-            path.display()
-        )
-    })?;
-    tokio::spawn(demo::serve_backend(listener, stop.clone()));
-    tracing::info!(%addr, "demo backend listening");
+    // One replica per server of the upstream: each page names the one that served it.
+    let count = upstream.servers.len();
+    for (i, server) in upstream.servers.iter().enumerate() {
+        let addr: SocketAddr = server.authority.as_str().parse().with_context(|| {
+            format!(
+                "the demo backend must listen on an IP:PORT, but upstream {:?} names {}",
+                upstream.name, server.authority
+            )
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot start the demo backend on {addr} (from {}): is something else using it?",
+                path.display()
+            )
+        })?;
+        let name = format!("replica {} of {count} ({addr})", i + 1);
+        let stop = stop.clone();
+        tokio::spawn(async move { demo::serve_backend(listener, &name, stop).await });
+        tracing::info!(%addr, "demo backend replica listening");
+    }
     start_classic_replicas(config, path, stop).await
 }
 
@@ -345,7 +359,14 @@ async fn start_classic_replicas(
     Ok(())
 }
 
-fn print_urls(running: &Running, with_demo: bool) {
+/// A random admin token for the demo's console (it lives as long as the process).
+fn demo_admin_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 18];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn print_urls(running: &Running, with_demo: bool, demo_token: Option<&str>) {
     if with_demo {
         println!("\nsessiongate demo is running. Open:");
     }
@@ -370,8 +391,18 @@ fn print_urls(running: &Running, with_demo: bool) {
     }
     if let Some(a) = running.admin_addr() {
         println!("  http://{a}/healthz   (admin)");
+        if with_demo {
+            println!("  http://{a}/console   (the admin console: live sessions and events)");
+            if let Some(token) = demo_token {
+                println!("      admin token for the console: {token}");
+            }
+        }
     }
     if with_demo {
+        println!(
+            "The shop runs as three replicas: each page names the one that served it, and the"
+        );
+        println!("session follows you from one to the next.");
         println!(
             "Under /classic/ a classic application with its own session cookie runs as two replicas:"
         );

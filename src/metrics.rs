@@ -131,6 +131,11 @@ pub enum SessionEvent {
     Adopted,
     /// A session moved from a store a reload replaced into the new one.
     Migrated,
+    /// The admin API ended a session, or its user did from another of theirs
+    /// (`X-Session-Action: end-others`).
+    Revoked,
+    /// A login past `max_per_subject` ended another session of the same subject.
+    Evicted,
 }
 
 impl SessionEvent {
@@ -143,6 +148,8 @@ impl SessionEvent {
             SessionEvent::DirectiveRejected => "directive_rejected",
             SessionEvent::Adopted => "adopted",
             SessionEvent::Migrated => "migrated",
+            SessionEvent::Revoked => "revoked",
+            SessionEvent::Evicted => "evicted",
         }
     }
 }
@@ -368,6 +375,24 @@ impl Metrics {
             handshake_timed_out: failure("timeout"),
             cuts: Arc::new(cuts),
         }
+    }
+
+    /// How many of each session event this gateway has counted, by name (the console).
+    pub fn session_counts(&self) -> Vec<(&'static str, u64)> {
+        [
+            SessionEvent::Created,
+            SessionEvent::Regenerated,
+            SessionEvent::Destroyed,
+            SessionEvent::Expired,
+            SessionEvent::Revoked,
+            SessionEvent::Evicted,
+        ]
+        .into_iter()
+        .map(|e| {
+            let n = self.sessions.get_or_create(&EventLabel { event: e.name() });
+            (e.name(), n.get())
+        })
+        .collect()
     }
 
     /// Counts a session event.

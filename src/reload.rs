@@ -43,6 +43,8 @@ pub struct Live {
     /// The TLS settings of each TLS listener, by listener name.
     tls: Vec<(String, TlsSource)>,
     admin_token: ArcSwap<Option<String>>,
+    /// The token that stands in while the configuration names none (the demo's).
+    fallback_token: std::sync::OnceLock<String>,
     metrics: Arc<Metrics>,
     drain: Drain,
     /// One reload at a time.
@@ -77,6 +79,7 @@ impl Live {
             config: Mutex::new(config),
             tls,
             admin_token: ArcSwap::from_pointee(admin_token),
+            fallback_token: std::sync::OnceLock::new(),
             metrics,
             drain,
             reloading: tokio::sync::Mutex::new(()),
@@ -96,9 +99,20 @@ impl Live {
             .clone()
     }
 
-    /// The admin API's bearer token, if one is configured.
+    /// The admin API's bearer token, if one is configured (or stands in, see
+    /// [`Live::set_fallback_token`]).
     pub fn admin_token(&self) -> Arc<Option<String>> {
-        self.admin_token.load_full()
+        let token = self.admin_token.load_full();
+        match (token.as_ref(), self.fallback_token.get()) {
+            (None, Some(fallback)) => Arc::new(Some(fallback.clone())),
+            _ => token,
+        }
+    }
+
+    /// A token for the admin API while the configuration names none, across reloads (the
+    /// demo's console); set once.
+    pub fn set_fallback_token(&self, token: &str) {
+        let _ = self.fallback_token.set(token.to_owned());
     }
 
     /// The gateway's metrics.

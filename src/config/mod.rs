@@ -33,7 +33,7 @@ pub use logs::{AccessLineFormat, LogFormat, Logs};
 pub use node::Pos;
 pub use routes::{HostMatch, RouteConfig};
 pub use sessions::{
-    BackendCookies, CookieConfig, DEFAULT_LINKS, JarSettings, RedisTopology, RouteSession,
+    BackendCookies, CookieConfig, DEFAULT_LINKS, JarSettings, OnLimit, RedisTopology, RouteSession,
     SameSite, Secure, SessionLimits, SessionsConfig, StoreConfig, Tracking, valid_attribute_name,
 };
 pub use timeouts::Timeouts;

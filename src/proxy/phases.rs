@@ -127,7 +127,7 @@ impl Proxy {
         };
         match &x.route.session {
             Some(_) => {
-                let info = request_info(x, &req.method);
+                let info = request_info(x, &req.method, &self.trusted_proxies);
                 let resolved = sessions.resolve(&mut req.headers, &info, url);
                 x.session = Some(Box::new(resolved));
             }
@@ -149,7 +149,7 @@ impl Proxy {
         if let (Some(sessions), Some(rs), Some(mut session)) =
             (&self.sessions, &x.route.session, x.session.take())
         {
-            let info = request_info(x, &req.method);
+            let info = request_info(x, &req.method, &self.trusted_proxies);
             sessions.load(&mut session, &mut req.headers, &info).await;
             x.log.note(|l| {
                 l.session_status = Some(session.status().as_str());
@@ -311,9 +311,23 @@ impl Proxy {
                 return Err(ProxyError::UnwantedUpgrade { pool });
             };
             let upstream = hyper::upgrade::on(&mut resp);
-            upgrade::spawn_tunnel(
+            // A tunnel opened with a session closes when the session ends.
+            let session = match (&self.sessions, &x.session) {
+                (Some(s), Some(rs)) => s.watch(rs),
+                _ => None,
+            };
+            let websocket = x
+                .upgrade
+                .as_ref()
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
+            let tunnel = upgrade::Tunnel {
                 downstream,
                 upstream,
+                websocket,
+                session,
+            };
+            upgrade::spawn_tunnel(
+                tunnel,
                 self.tunnel_idle_timeout,
                 x.conn.guard.clone(),
                 &self.tunnels,
@@ -352,7 +366,13 @@ impl Proxy {
         let tls = x.conn.listener.tls;
         let served_by = Some(&**answer.lease.backend_label());
         x.held = sessions
-            .commit(*session, head.status, &mut head.headers, tls, served_by)
+            .commit(
+                *session,
+                head.status,
+                &mut head.headers,
+                tls,
+                (served_by, &x.route.name),
+            )
             .await
             .map_err(|_| ProxyError::SessionStore)?;
         // A new token (a login) is logged as the one the client holds now; after a logout
@@ -490,9 +510,15 @@ impl Proxy {
 }
 
 /// What the session's phases are told about the request.
-fn request_info<'a>(x: &'a Exchange<'_>, method: &'a Method) -> RequestInfo<'a> {
+fn request_info<'a>(
+    x: &'a Exchange<'_>,
+    method: &'a Method,
+    trusted: &'a [ipnet::IpNet],
+) -> RequestInfo<'a> {
     let rs = x.route.session.as_ref();
     RequestInfo {
+        peer: x.conn.peer_ip,
+        trusted: if x.trusted { trusted } else { &[] },
         tls: x.conn.listener.tls,
         origin: x.client.as_ref().map(|c| c.origin.as_str()),
         method,

@@ -258,6 +258,9 @@ pub struct Directives {
     pub regenerate: bool,
     /// `X-Session-Action: destroy` (wins over everything else).
     pub destroy: bool,
+    /// `X-Session-Action: end-others`: every other session of this session's subject ends
+    /// ("log out my other devices").
+    pub end_others: bool,
     /// Directives ignored, with why (for a warning; they never fail the request).
     pub ignored: Vec<String>,
 }
@@ -265,7 +268,7 @@ pub struct Directives {
 impl Directives {
     /// Whether the backend asked for nothing.
     pub fn is_empty(&self) -> bool {
-        self.changes.is_empty() && !self.regenerate && !self.destroy
+        self.changes.is_empty() && !self.regenerate && !self.destroy && !self.end_others
     }
 }
 
@@ -309,11 +312,19 @@ pub fn take_directives(headers: &mut HeaderMap, names: &Names) -> Directives {
             }
         }
     }
+    // Several actions may share a field, comma-separated (`regenerate, end-others`).
     for v in headers.get_all(&names.action) {
-        match v.to_str().map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-            Ok("regenerate") => d.regenerate = true,
-            Ok("destroy") => d.destroy = true,
-            _ => d.ignored.push(format!("unknown action {v:?}")),
+        let Ok(list) = v.to_str() else {
+            d.ignored.push(format!("unknown action {v:?}"));
+            continue;
+        };
+        for action in list.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match action.to_ascii_lowercase().as_str() {
+                "regenerate" => d.regenerate = true,
+                "destroy" => d.destroy = true,
+                "end-others" => d.end_others = true,
+                _ => d.ignored.push(format!("unknown action {action:?}")),
+            }
         }
     }
     // Anything else under the prefix is ours too (a typo, another spelling, a future

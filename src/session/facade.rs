@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 
 use super::contract::{self, Names};
+use super::events::{EventKind, Events};
 use super::jar::{self, Jar, JarScope};
 use super::kept_in_cookies::{CookieChange, KeptInCookies};
 use super::kept_in_store::KeptInStore;
@@ -24,15 +25,20 @@ use super::request::{Held, LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
 use super::setup::{Foundation, Kept};
 use super::store::{AdminStore, Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
+use super::subjects;
 use super::token::{StoreId, Token, TokenError};
 use super::tracking::{self, Evidence, Provenance, Source};
 use super::transfer;
+use super::tunnel_watch::SessionWatch;
 use super::url::{self, UrlTokens};
 use crate::config::{ConfigError, SessionsConfig, Tracking};
 use crate::metrics::{Metrics, SessionEvent, Snapshot};
 
 /// `Sec-Fetch-Site`: where a browser says a request comes from.
 const FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
+/// `X-Forwarded-For`, as the gateway forwards it (its peer appended).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// `Sec-Fetch-Mode`: `navigate` for a top-level navigation.
 const FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
@@ -63,6 +69,10 @@ pub struct Sessions {
     snapshot: Option<std::path::PathBuf>,
     /// The limits on session data, which an import is held to.
     limits: crate::config::SessionLimits,
+    /// What happens to sessions (kept across reloads, with the streams reading it).
+    events: Arc<Events>,
+    /// `sessions.subject`.
+    subject: String,
 }
 
 /// Sessions in a server store, or sealed in clients' cookies.
@@ -98,14 +108,26 @@ impl Sessions {
             ConfigError::single(source, config.secret_pos, "sessions.secret_file", msg)
         })?;
         let keys = foundation.keys.clone();
+        let events = previous.map_or_else(
+            || Events::new(&Events::default_gateway_name()),
+            |p| p.events.clone(),
+        );
         let keeper = match &foundation.kept {
             Kept::InStore(store) => {
                 // A replaced store's sessions start moving; a move under way goes on when the
                 // store is kept.
                 let migration = match foundation.migrate_from.take() {
-                    Some((from, window)) => {
-                        Some(Migration::start(from, store.clone(), window, metrics))
-                    }
+                    Some((from, window)) => Some(Migration::start(
+                        from,
+                        store.clone(),
+                        window,
+                        metrics,
+                        subjects::Owners {
+                            attribute: config.subject.clone(),
+                            idle: config.idle_timeout,
+                            absolute: config.absolute_timeout,
+                        },
+                    )),
                     None => previous.and_then(|p| match &p.keeper {
                         Keeper::InStore(k) => k.migration().cloned(),
                         Keeper::InCookies(_) => None,
@@ -122,7 +144,8 @@ impl Sessions {
                             config.regenerate_grace,
                         ),
                     )
-                    .migrating(migration),
+                    .migrating(migration)
+                    .owned(&config.subject, config.per_subject, &events),
                 )
             }
             Kept::InCookies(sealer) => Keeper::InCookies(KeptInCookies::new(
@@ -141,6 +164,8 @@ impl Sessions {
             crawlers: config.crawlers.clone(),
             metrics: metrics.clone(),
             limits: config.limits,
+            events,
+            subject: config.subject.clone(),
             snapshot: config
                 .memory_snapshot
                 .clone()
@@ -197,16 +222,94 @@ impl Sessions {
         }
     }
 
-    /// Ends the session under `id` (admin API), in the store it may still be moving from
-    /// too.
-    pub async fn end(&self, id: &StoreId) -> Result<(), StoreError> {
-        if let Some(m) = self.migration() {
-            m.ended(id).await;
+    /// Revokes session `s` under `id` (admin API), in the store it may still be moving from
+    /// too: its tunnels close, here and on other gateways.
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn end(&self, id: &StoreId, s: &Session) -> Result<(), StoreError> {
+        match &self.keeper {
+            Keeper::InStore(k) => {
+                if k.end_one(id, s, EventKind::Revoked, None).await {
+                    self.metrics.session(SessionEvent::Revoked);
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable(
+                        "the session could not be ended".to_owned(),
+                    ))
+                }
+            }
+            Keeper::InCookies(_) => Ok(()),
         }
-        match self.store() {
-            Some(store) => store.delete(id).await,
-            None => Ok(()),
+    }
+
+    /// The live sessions of `subject` (admin API), found through the subject index.
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn of_subject(&self, subject: &str) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        match &self.keeper {
+            Keeper::InStore(k) => k.of_subject(subject).await,
+            Keeper::InCookies(_) => Ok(Vec::new()),
         }
+    }
+
+    /// Revokes every session of `subject` but the one whose key is `except` (admin API);
+    /// how many ended.
+    ///
+    /// # Errors
+    /// The store did not answer the listing (sessions it could not end are not counted).
+    pub async fn end_subject(
+        &self,
+        subject: &str,
+        except: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let Keeper::InStore(k) = &self.keeper else {
+            return Ok(0);
+        };
+        let mut ended = 0;
+        for (id, s) in k.of_subject(subject).await? {
+            if Some(s.key()) == except {
+                continue;
+            }
+            if k.end_one(&id, &s, EventKind::Revoked, None).await {
+                self.metrics.session(SessionEvent::Revoked);
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// The attribute that names a session's subject.
+    pub fn subject_attribute(&self) -> &str {
+        &self.subject
+    }
+
+    /// The session a tunnel (an upgraded connection) is being opened with, watched: the
+    /// tunnel closes when it ends (see [`SessionWatch`]). `None` without a live session in a
+    /// server store.
+    pub fn watch(&self, rs: &RequestSession) -> Option<SessionWatch> {
+        let Keeper::InStore(k) = &self.keeper else {
+            return None;
+        };
+        let (token, session) = (rs.token.as_ref()?, rs.session.as_ref()?);
+        let (idle, absolute) = k.timeouts();
+        Some(SessionWatch {
+            watch: self.events().watch(session.key()),
+            id: token.store_id(),
+            store: k.store().clone(),
+            idle,
+            absolute,
+            first_deadline: subjects::deadline(session, idle, absolute),
+        })
+    }
+
+    /// What happens to sessions, here (and, with Redis, on every gateway sharing it).
+    pub fn events(&self) -> &Arc<Events> {
+        if let Some(ServerStore::Redis(r)) = self.store() {
+            r.relay_events(&self.events);
+        }
+        &self.events
     }
 
     /// Ends every session whose attribute `name` equals `value` (log a user out everywhere);
@@ -241,7 +344,7 @@ impl Sessions {
     pub async fn import(&self, lines: &str) -> Result<transfer::Imported, StoreError> {
         match &self.keeper {
             Keeper::InStore(s) => {
-                transfer::import(s.store(), lines, s.timeouts(), &self.limits, unix_ms()).await
+                transfer::import(s.store(), lines, &s.owners(), &self.limits, unix_ms()).await
             }
             Keeper::InCookies(_) => Ok(transfer::Imported::default()),
         }
@@ -301,6 +404,28 @@ impl Sessions {
             .await
             .map_err(std::io::Error::other)??;
         Ok(count)
+    }
+
+    /// The store's kind (`memory`, `redis`, `cookie`).
+    pub fn store_kind(&self) -> &'static str {
+        self.store().map_or("cookie", ServerStore::kind)
+    }
+
+    /// Sessions held now, where the store can tell cheaply (memory).
+    pub fn live_count(&self) -> Option<u64> {
+        match self.store() {
+            Some(ServerStore::Memory(m)) => Some(m.entry_count()),
+            _ => None,
+        }
+    }
+
+    /// The idle timeout, in ms.
+    pub fn idle_ms(&self) -> u64 {
+        let idle = match &self.keeper {
+            Keeper::InStore(k) => k.timeouts().0,
+            Keeper::InCookies(_) => std::time::Duration::ZERO,
+        };
+        u64::try_from(idle.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// What the store knows of itself, for a metrics scrape.
@@ -437,7 +562,16 @@ impl Sessions {
         info: &RequestInfo<'_>,
     ) {
         match &self.keeper {
-            Keeper::InStore(s) => s.load(rs, headers, info).await,
+            Keeper::InStore(s) => {
+                s.load(rs, headers, info).await;
+                // What a session this request logs into records of its client.
+                rs.agent = headers.get(header::USER_AGENT).cloned();
+                rs.client = Some(if info.trusted.is_empty() {
+                    info.peer
+                } else {
+                    subjects::client_address(info.peer, headers.get(X_FORWARDED_FOR), info.trusted)
+                });
+            }
             Keeper::InCookies(c) => c.load(rs).await,
         }
         if rs.arrival.is_none() {
@@ -523,7 +657,7 @@ impl Sessions {
         status: StatusCode,
         headers: &mut HeaderMap,
         tls: bool,
-        served_by: Option<&str>,
+        (served_by, route): (Option<&str>, &str),
     ) -> Result<Option<Held>, LogoutFailed> {
         let mut d = contract::take_directives(headers, &self.names);
         for why in &d.ignored {
@@ -587,7 +721,9 @@ impl Sessions {
         let from_elsewhere = rs.evidence.from_elsewhere;
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let cookie = self.cookies.out(tls, carry.cookie());
-        let held = store.commit(rs, &d, status, headers, &cookie).await?;
+        let held = store
+            .commit(rs, &d, status, headers, (&cookie, route, carried(carry)))
+            .await?;
         self.adopted(headers, adopted.filter(|_| held.is_some()));
         // No session cookie of ours goes out (a client without a session, or one whose
         // session just ended): the probe asks, or goes on showing, that the client keeps
@@ -622,6 +758,16 @@ impl Sessions {
     /// The name of the URL parameter that carries tokens.
     pub fn url_parameter(&self) -> &str {
         &self.url_parameter
+    }
+}
+
+/// How a client carries its token after a response, as a session records it (`auto`: both
+/// went out, the client's next request tells).
+fn carried(carry: tracking::Carry) -> &'static str {
+    match (carry.cookie(), carry.url()) {
+        (true, true) => "auto",
+        (false, true) => "url",
+        _ => "cookie",
     }
 }
 

@@ -3,6 +3,8 @@
 //! directives to it — creating it on its first `Set`, giving it a new token on `regenerate`
 //! (the old one reads it as it was, read-only, for the grace), ending it on `destroy`.
 
+use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use http::header::HeaderMap;
 use http::{Method, StatusCode};
 
 use super::contract::{Directives, Status};
+use super::events::{EventKind, Events};
 use super::handoff::Handoffs;
 use super::migration::Migration;
 use super::our_cookies::CookieOut;
@@ -17,9 +20,19 @@ use super::request::{LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
 use super::store::{Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::store_metrics::{StoreOps, timed};
+use super::subjects::{self, META, Meta, SubjectIndex, short_agent};
 use super::token::{SessionKeys, StoreId, Token};
 use super::tracking::Source;
+use crate::config::OnLimit;
 use crate::metrics::{Metrics, SessionEvent};
+
+/// What a request showed of its client, for what a session records (see [`Meta`]).
+struct Seen {
+    client: Option<IpAddr>,
+    agent: Option<http::HeaderValue>,
+    /// `cookie`, `url` or `auto` (see `facade::carried`).
+    tracking: &'static str,
+}
 
 /// Sessions in a server store.
 pub(super) struct KeptInStore {
@@ -34,6 +47,11 @@ pub(super) struct KeptInStore {
     handoffs: Handoffs,
     /// Sessions still moving in from a store a reload replaced.
     migration: Option<Arc<Migration>>,
+    /// The attribute that names a session's subject, and `max_per_subject`.
+    subject: String,
+    per_subject: Option<(usize, OnLimit)>,
+    /// What happens to sessions: the admin API's stream, other gateways, open tunnels.
+    events: Arc<Events>,
 }
 
 impl KeptInStore {
@@ -57,7 +75,24 @@ impl KeptInStore {
             grace,
             handoffs,
             migration: None,
+            subject: "user".to_owned(),
+            per_subject: None,
+            events: Events::new("gateway"),
         }
+    }
+
+    /// The same, with sessions owned by the subject attribute `subject` (at most
+    /// `per_subject` each), and what happens to them told to `events`.
+    pub(super) fn owned(
+        mut self,
+        subject: &str,
+        per_subject: Option<(usize, OnLimit)>,
+        events: &Arc<Events>,
+    ) -> KeptInStore {
+        self.subject = subject.to_owned();
+        self.per_subject = per_subject;
+        self.events = events.clone();
+        self
     }
 
     /// The same, with sessions moving in from a replaced store.
@@ -79,6 +114,15 @@ impl KeptInStore {
     /// The idle and absolute timeouts sessions are judged by.
     pub(super) fn timeouts(&self) -> (Duration, Duration) {
         (self.idle, self.absolute)
+    }
+
+    /// How sessions are indexed by subject.
+    pub(super) fn owners(&self) -> subjects::Owners {
+        subjects::Owners {
+            attribute: self.subject.clone(),
+            idle: self.idle,
+            absolute: self.absolute,
+        }
     }
 
     /// Handoffs to and from sibling hosts, through the store.
@@ -107,8 +151,11 @@ impl KeptInStore {
                 Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
                     (Status::Active, Some(s))
                 }
-                Ok(_) => {
+                Ok(found) => {
                     self.metrics.session(SessionEvent::Expired);
+                    if let Some(s) = found {
+                        self.tell(EventKind::Expired, &s, None);
+                    }
                     (Status::Expired, None)
                 }
                 Err(e) => {
@@ -211,7 +258,7 @@ impl KeptInStore {
         d: &Directives,
         status: StatusCode,
         headers: &mut HeaderMap,
-        cookie: &CookieOut<'_>,
+        (cookie, route, tracking): (&CookieOut<'_>, &str, &'static str),
     ) -> Result<Option<Token>, LogoutFailed> {
         let store = &self.store;
         // The token of a live session, or one whose session has expired.
@@ -219,6 +266,12 @@ impl KeptInStore {
         let (live, expired) = match (rs.token, rs.session.is_some()) {
             (Some(t), true) => (Some(t), None),
             (t, _) => (None, t),
+        };
+        let session = rs.session;
+        let seen = Seen {
+            client: rs.client,
+            agent: rs.agent,
+            tracking,
         };
         if d.is_empty() {
             return Ok(live);
@@ -245,6 +298,10 @@ impl KeptInStore {
                             Box::pin(m.ended(&t.store_id())).await;
                         }
                         self.metrics.session(SessionEvent::Destroyed);
+                        if let Some(s) = session.as_ref().filter(|s| !s.is_read_only()) {
+                            self.forget(s, &t.store_id()).await;
+                            self.tell(EventKind::Destroyed, s, Some(route));
+                        }
                     }
                     Err(e) => {
                         // The session lives on in the store: the client must not be told it
@@ -264,16 +321,32 @@ impl KeptInStore {
                 // A regenerate comes first: the old token's view (read-only, for the grace) is
                 // the session as it was before this response, never the login it carries.
                 let token = if d.regenerate {
+                    let old = token.store_id();
                     let Some(token) = self.regenerate(token, headers, cookie).await else {
                         return Ok(None);
                     };
+                    if let Some(s) = &session {
+                        self.moved(s, &old, &token.store_id()).await;
+                        self.tell(EventKind::Regenerated, s, Some(route));
+                    }
                     token
                 } else {
                     token
                 };
+                let id = token.store_id();
+                let mut now_is = session;
                 if !d.changes.is_empty() {
-                    self.update(&token.store_id(), None, &d.changes, now, &token)
-                        .await;
+                    let changes = self.with_meta(&d.changes, &seen);
+                    let applied = self.update(&id, None, &changes, now, &token).await;
+                    if let (Some(before), Some(after)) = (&now_is, &applied) {
+                        self.reindex(before, after, &id, route).await;
+                    }
+                    now_is = applied.or(now_is);
+                }
+                if d.end_others
+                    && let Some(s) = &now_is
+                {
+                    self.end_others(s, &id, route).await;
                 }
                 Ok(Some(token))
             }
@@ -291,13 +364,18 @@ impl KeptInStore {
                     tracing::warn!("no randomness: session not created");
                     return Ok(None);
                 };
-                if !self
-                    .update(&fresh.store_id(), Some(key), &d.changes, now, &fresh)
-                    .await
-                {
+                let id = fresh.store_id();
+                let changes = self.with_meta(&d.changes, &seen);
+                let Some(made) = self.update(&id, Some(key), &changes, now, &fresh).await else {
                     return Ok(None);
-                }
+                };
                 self.metrics.session(SessionEvent::Created);
+                self.tell(EventKind::Created, &made, Some(route));
+                let empty = Session::new(SessionKey::from(made.key()), made.created_ms);
+                self.reindex(&empty, &made, &id, route).await;
+                if d.end_others {
+                    self.end_others(&made, &id, route).await;
+                }
                 cookie.set(headers, Some(&fresh));
                 Ok(Some(fresh))
             }
@@ -347,7 +425,7 @@ impl KeptInStore {
         }
     }
 
-    /// Applies changes; `true` if the session exists afterwards.
+    /// Applies changes; the session afterwards, if it exists.
     async fn update(
         &self,
         id: &StoreId,
@@ -355,20 +433,182 @@ impl KeptInStore {
         changes: &[Change],
         now: u64,
         token: &Token,
-    ) -> bool {
+    ) -> Option<Session> {
         match timed!(self.ops.update, self.store.update(id, create, changes, now)) {
             Ok(Some(applied)) => {
                 for r in &applied.rejected {
                     self.metrics.session(SessionEvent::DirectiveRejected);
                     tracing::warn!(session = %token, attribute = %r.name, limit = r.reason, "session change over a limit ignored");
                 }
-                true
+                Some(applied.session)
             }
-            Ok(None) => false,
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(session = %token, error = %e, "session update failed");
-                false
+                None
             }
         }
+    }
+
+    /// `changes`, and, when they give the session a subject or create it, what it records
+    /// of the client (see [`Meta`]): the client that logged in is the one an operator sees.
+    fn with_meta<'c>(&self, changes: &'c [Change], seen: &Seen) -> Cow<'c, [Change]> {
+        let names_subject = changes.iter().any(|c| match c {
+            Change::Set(n, _) | Change::Unset(n) => *n == self.subject,
+        });
+        let creates = changes.iter().any(|c| matches!(c, Change::Set(..)));
+        if !names_subject && !creates {
+            return Cow::Borrowed(changes);
+        }
+        let meta = Meta {
+            tracking: seen.tracking.to_owned(),
+            client: seen.client.map(|c| c.to_string()).unwrap_or_default(),
+            agent: short_agent(seen.agent.as_ref()),
+        };
+        let mut all = changes.to_vec();
+        // First: the backend's own changes come after it, and are held to the limits first.
+        all.insert(0, Change::Set(META.to_owned(), meta.encode()));
+        Cow::Owned(all)
+    }
+
+    /// The subject of `s`, if it has one.
+    fn subject_of<'s>(&self, s: &'s Session) -> Option<&'s str> {
+        s.attr(&self.subject).filter(|v| !v.is_empty())
+    }
+
+    /// Tells the stream, other gateways and open tunnels what happened to `s`.
+    fn tell(&self, kind: EventKind, s: &Session, route: Option<&str>) {
+        let event = self.events.emit(kind, s.key(), self.subject_of(s), route);
+        if let ServerStore::Redis(r) = &self.store {
+            r.publish_event(&event);
+        }
+    }
+
+    /// The subject index after a write that took `before` to `after` (session `id`): the
+    /// entry moves with the subject; a login past `max_per_subject` ends other sessions.
+    async fn reindex(&self, before: &Session, after: &Session, id: &StoreId, route: &str) {
+        let (was, is) = (self.subject_of(before), self.subject_of(after));
+        if was == is {
+            return;
+        }
+        if let Some(was) = was
+            && let Err(e) = self.store.unindex(was, id).await
+        {
+            tracing::warn!(error = %e, "subject index entry not removed");
+        }
+        let Some(is) = is else { return };
+        let until = subjects::deadline(after, self.idle, self.absolute);
+        if let Err(e) = self.store.index(is, id, until).await {
+            tracing::warn!(error = %e, "subject index entry not written");
+        }
+        if let Some((max, policy)) = self.per_subject {
+            self.evict_past(is, after, id, (max, policy), route).await;
+        }
+    }
+
+    /// A regenerate moved session `s` from `old` to `new`: so does its index entry.
+    async fn moved(&self, s: &Session, old: &StoreId, new: &StoreId) {
+        let Some(subject) = self.subject_of(s) else {
+            return;
+        };
+        let until = subjects::deadline(s, self.idle, self.absolute);
+        if let Err(e) = self.store.index(subject, new, until).await {
+            tracing::warn!(error = %e, "subject index entry not written");
+        }
+        let _ = self.store.unindex(subject, old).await;
+    }
+
+    /// Session `s` (under `id`) ended: its index entry goes.
+    async fn forget(&self, s: &Session, id: &StoreId) {
+        if let Some(subject) = self.subject_of(s) {
+            let _ = self.store.unindex(subject, id).await;
+        }
+    }
+
+    /// `subject` logged in on session `own` (`s`) and holds more than `max` sessions: the
+    /// policy's choice of the others end, never `own`.
+    async fn evict_past(
+        &self,
+        subject: &str,
+        s: &Session,
+        own: &StoreId,
+        (max, policy): (usize, OnLimit),
+        route: &str,
+    ) {
+        let mut sessions = match self.store.of_subject(&self.subject, subject).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "the subject's sessions could not be counted");
+                return;
+            }
+        };
+        if !sessions.iter().any(|(id, _)| id == own) {
+            sessions.push((*own, s.clone()));
+        }
+        for i in subjects::over_limit(&sessions, own, max, policy) {
+            let (id, victim) = &sessions[i];
+            if self
+                .end_one(id, victim, EventKind::Evicted, Some(route))
+                .await
+            {
+                self.metrics.session(SessionEvent::Evicted);
+            }
+        }
+    }
+
+    /// `X-Session-Action: end-others`: every other session of `s`'s subject ends.
+    async fn end_others(&self, s: &Session, own: &StoreId, route: &str) {
+        let Some(subject) = self.subject_of(s) else {
+            tracing::debug!("end-others on a session without a subject: nothing to end");
+            return;
+        };
+        let sessions = match self.store.of_subject(&self.subject, subject).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "the subject's other sessions could not be ended");
+                return;
+            }
+        };
+        for (id, other) in sessions.iter().filter(|(id, _)| id != own) {
+            // The same session under another id (never listed: the index holds own ids).
+            if other.key() == s.key() {
+                continue;
+            }
+            if self
+                .end_one(id, other, EventKind::Revoked, Some(route))
+                .await
+            {
+                self.metrics.session(SessionEvent::Revoked);
+            }
+        }
+    }
+
+    /// Ends session `s` under `id` for `why` (in a store it may be moving from too);
+    /// `true` if it ended.
+    pub(super) async fn end_one(
+        &self,
+        id: &StoreId,
+        s: &Session,
+        why: EventKind,
+        route: Option<&str>,
+    ) -> bool {
+        if let Some(m) = self.migration() {
+            Box::pin(m.ended(id)).await;
+        }
+        if let Err(e) = timed!(self.ops.delete, self.store.delete(id)) {
+            tracing::warn!(error = %e, "session delete failed");
+            return false;
+        }
+        self.forget(s, id).await;
+        self.tell(why, s, route);
+        true
+    }
+
+    /// The live sessions of `subject`.
+    pub(super) async fn of_subject(
+        &self,
+        subject: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        self.store.of_subject(&self.subject, subject).await
     }
 }

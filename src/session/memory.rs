@@ -14,7 +14,8 @@
 //! instead of yielding it. Writes come one per request at most, so the log fills only in a
 //! burst far beyond what a worker's requests make while one housekeeping pass runs.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use super::store::{
     AdminStore, Applied, Change, HandoffStore, Limits, Session, SessionKey, SessionStore,
     StoreError, TOUCH_EVERY_MS, unix_ms,
 };
+use super::subjects::SubjectIndex;
 use crate::metrics::Tally;
 
 /// Settings of the memory store.
@@ -155,6 +157,30 @@ pub struct MemoryStore {
     absolute: Duration,
     /// Sessions evicted for room (for metrics).
     evicted: Arc<Tally>,
+    /// Which sessions each subject holds (see `subjects`).
+    subjects: Arc<Mutex<Subjects>>,
+}
+
+/// The subject index: both ways, so that a session leaving the cache (expired, evicted,
+/// ended) takes its entry along without its subject being read.
+#[derive(Default)]
+struct Subjects {
+    /// Subjects are chosen by backends (and through them by users): SipHash, not Fx.
+    by_subject: HashMap<String, HashSet<StoreId>>,
+    by_id: HashMap<StoreId, String>,
+}
+
+impl Subjects {
+    fn remove(&mut self, id: &StoreId) {
+        if let Some(subject) = self.by_id.remove(id)
+            && let Some(ids) = self.by_subject.get_mut(&subject)
+        {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_subject.remove(&subject);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -180,6 +206,8 @@ impl MemoryStore {
     pub fn new(options: MemoryOptions) -> MemoryStore {
         let evicted = Arc::new(Tally::default());
         let counted = evicted.clone();
+        let subjects: Arc<Mutex<Subjects>> = Arc::default();
+        let indexed = subjects.clone();
         let (max_sessions, max_bytes) = (options.max_sessions, options.max_bytes);
         let cache = Cache::builder()
             .max_capacity(max_sessions)
@@ -194,14 +222,23 @@ impl MemoryStore {
             // the one it would evict: a flood of sessions nobody uses again (bots on a login
             // page) then keeps every real user's new session out of a full store.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .eviction_listener(move |_, _, cause| {
+            .eviction_listener(move |id, _, cause| {
                 if cause == RemovalCause::Size {
                     counted.inc();
+                }
+                // Replaced: an update, or a regenerate retiring the id (whose index entry
+                // the regenerate moves itself).
+                if cause != RemovalCause::Replaced {
+                    indexed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&id);
                 }
             })
             .build_with_hasher(FxBuildHasher);
         MemoryStore {
             evicted,
+            subjects,
             cache,
             // Least recently used goes first: a full cache always takes a new code (moka's
             // default admission would refuse newcomers to codes nobody redeems).
@@ -223,6 +260,15 @@ impl MemoryStore {
     /// Sessions evicted so far to stay within `max_sessions` and `max_bytes`.
     pub fn evictions(&self) -> u64 {
         self.evicted.get()
+    }
+
+    /// Sessions in the subject index (approximate until pending work runs).
+    pub fn indexed(&self) -> usize {
+        self.subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_id
+            .len()
     }
 
     /// Runs moka's pending evictions now (tests and shutdown).
@@ -299,30 +345,49 @@ impl MemoryStore {
     }
 }
 
-impl SessionStore for MemoryStore {
-    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
-        let (own, session) = match self.current_at(id, now_ms) {
-            None => return Ok(None),
-            Some(Entry::Live(s)) => (*id, s),
+impl MemoryStore {
+    /// What `id` reaches at `now_ms`: a live session and its own id, or (`Err`) what a read
+    /// gets instead (a retired view, or nothing).
+    fn reach(&self, id: &StoreId, now_ms: u64) -> Result<(StoreId, Packed), Option<Session>> {
+        match self.current_at(id, now_ms) {
+            None => Err(None),
+            Some(Entry::Live(s)) => Ok((*id, s)),
             Some(Entry::Grace(g)) => match *g {
                 Grace::Retired {
                     snapshot,
                     successor,
                     ..
-                } => return Ok(self.retired_view(&snapshot, successor)),
+                } => Err(self.retired_view(&snapshot, successor)),
                 Grace::Alias { to, .. } => match self.current_at(&to, now_ms) {
-                    Some(Entry::Live(s)) => (to, s),
+                    Some(Entry::Live(s)) => Ok((to, s)),
                     Some(Entry::Grace(g)) => match *g {
                         Grace::Retired {
                             snapshot,
                             successor,
                             ..
-                        } => return Ok(self.retired_view(&snapshot, successor)),
-                        Grace::Alias { .. } => return Ok(None),
+                        } => Err(self.retired_view(&snapshot, successor)),
+                        Grace::Alias { .. } => Err(None),
                     },
-                    None => return Ok(None),
+                    None => Err(None),
                 },
             },
+        }
+    }
+
+    /// The session `id` reaches as it is, its use not noted (see `RedisStore::peek`).
+    pub fn peek(&self, id: &StoreId) -> Option<Session> {
+        match self.reach(id, unix_ms()) {
+            Ok((_, s)) => Some(s.session()),
+            Err(view) => view,
+        }
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn load(&self, id: &StoreId, now_ms: u64) -> Result<Option<Session>, StoreError> {
+        let (own, session) = match self.reach(id, now_ms) {
+            Ok(found) => found,
+            Err(view) => return Ok(view),
         };
         if now_ms.saturating_sub(session.last_seen_ms) >= TOUCH_EVERY_MS {
             let touched = self.update(&own, None, &[], now_ms).await?;
@@ -534,6 +599,70 @@ impl AdminStore for MemoryStore {
             .entry(*id)
             .or_insert_with(|| Entry::Live(Packed::pack(session)));
         Ok(entry.is_fresh())
+    }
+}
+
+impl SubjectIndex for MemoryStore {
+    async fn index(&self, subject: &str, id: &StoreId, _until_ms: u64) -> Result<(), StoreError> {
+        // The cache expires entries itself, and its listener drops theirs from the index.
+        let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        map.remove(id);
+        map.by_id.insert(*id, subject.to_owned());
+        map.by_subject
+            .entry(subject.to_owned())
+            .or_default()
+            .insert(*id);
+        drop(map);
+        // Ended while it was being indexed: the listener ran before the entry was made.
+        if !matches!(self.cache.get(id), Some(Entry::Live(_))) {
+            self.subjects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(id);
+        }
+        Ok(())
+    }
+
+    async fn unindex(&self, subject: &str, id: &StoreId) -> Result<(), StoreError> {
+        let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.by_id.get(id).is_some_and(|s| s == subject) {
+            map.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn of_subject(
+        &self,
+        name: &str,
+        subject: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        let ids: Vec<StoreId> = self
+            .subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_subject
+            .get(subject)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.current(&id) {
+                Some(Entry::Live(p)) => {
+                    let s = p.session();
+                    if s.attr(name) == Some(subject) {
+                        found.push((id, s));
+                        continue;
+                    }
+                }
+                // Retired since: its successor is indexed under its own id.
+                Some(Entry::Grace(_)) | None => {}
+            }
+            self.subjects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+        }
+        Ok(found)
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::server_store::ServerStore;
 use super::store::{AdminStore, Session, SessionStore, StoreError, unix_ms};
+use super::subjects::Owners;
 use super::token::StoreId;
 use crate::metrics::{Metrics, SessionEvent};
 
@@ -39,6 +40,8 @@ pub(super) struct Migration {
     /// (gateways not yet restarted may still write sessions there).
     until: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// How moved sessions are indexed by subject in the new store.
+    owners: Owners,
 }
 
 impl Migration {
@@ -49,6 +52,7 @@ impl Migration {
         to: ServerStore,
         window: Option<Duration>,
         metrics: &Arc<Metrics>,
+        owners: Owners,
     ) -> Arc<Migration> {
         let m = Arc::new(Migration {
             from_private: matches!(from, ServerStore::Memory(_)),
@@ -58,6 +62,7 @@ impl Migration {
             done: AtomicBool::new(false),
             until: window.map(|w| Instant::now() + w),
             metrics: metrics.clone(),
+            owners,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let mover = m.clone();
@@ -135,6 +140,7 @@ impl Migration {
             return Ok(false);
         }
         if self.to.import(id, s).await? {
+            self.owners.note(&self.to, id, s).await;
             self.metrics.session(SessionEvent::Migrated);
         }
         if self.from_private {

@@ -15,9 +15,13 @@
 //! - [`transfer`]: sessions exported and imported as JSON lines; `migration`: a replaced
 //!   store's sessions moved into the new one;
 //! - [`contract`]: the headers exchanged with backends; [`jar`]: the backend's cookies kept
-//!   in the session (`backend_cookies: jar`).
+//!   in the session (`backend_cookies: jar`);
+//! - [`subjects`]: whose sessions they are (the subject index, what a session records of
+//!   its client, `max_per_subject`); [`events`]: what happens to sessions, for the admin
+//!   API's event stream, other gateways, and the tunnels a session's end must close.
 
 pub mod contract;
+pub mod events;
 mod facade;
 pub mod handoff;
 pub mod jar;
@@ -33,9 +37,11 @@ pub mod server_store;
 mod setup;
 pub mod store;
 mod store_metrics;
+pub mod subjects;
 pub mod token;
 pub mod tracking;
 pub mod transfer;
+mod tunnel_watch;
 pub mod url;
 
 pub use facade::Sessions;
@@ -49,3 +55,4 @@ pub use store::{
     StoreError, unix_ms,
 };
 pub use token::{LogHash, SessionKeys, StoreId, Token, TokenError};
+pub use tunnel_watch::SessionWatch;

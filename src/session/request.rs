@@ -2,10 +2,12 @@
 //! ([`RequestInfo`]), what `resolve` and `load` found for `commit` ([`RequestSession`]),
 //! and what the proxy learns back ([`Arrival`], [`Held`], [`LogoutFailed`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::Method;
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
+use ipnet::IpNet;
 
 use super::contract::Status;
 use super::jar::{Jar, JarScope};
@@ -37,6 +39,10 @@ pub struct RequestInfo<'a> {
     pub jar: Option<&'a Arc<Jar>>,
     /// The path the backend gets (a jar's cookies are matched against it).
     pub backend_path: &'a str,
+    /// The TCP peer's address (after the PROXY protocol, if any).
+    pub peer: IpAddr,
+    /// The trusted proxies, if the peer is one (its `X-Forwarded-For` names the client).
+    pub trusted: &'a [IpNet],
 }
 
 /// What `resolve` and `load` found, for `commit`.
@@ -61,6 +67,10 @@ pub struct RequestSession {
     pub(super) url: Option<Box<UrlTokens>>,
     /// On a route with a cookie jar: the request as the jar sees it, from `load` to `commit`.
     pub(super) jar: Option<Box<JarScope>>,
+    /// The client's address (after trusted proxies) and User-Agent, for what a session it
+    /// logs into records (see `subjects::Meta`).
+    pub(super) client: Option<IpAddr>,
+    pub(super) agent: Option<HeaderValue>,
 }
 
 /// A client arriving from a sibling host with a handoff code: the token it holds here now.
@@ -120,6 +130,8 @@ impl RequestSession {
             in_url: false,
             url: None,
             jar: None,
+            client: None,
+            agent: None,
         }
     }
 

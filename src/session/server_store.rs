@@ -9,6 +9,7 @@ use super::redis::RedisStore;
 use super::store::{
     AdminStore, Applied, Change, HandoffStore, Session, SessionKey, SessionStore, StoreError,
 };
+use super::subjects::SubjectIndex;
 
 /// One of the server stores.
 #[derive(Debug, Clone)]
@@ -26,6 +27,17 @@ impl ServerStore {
         match self {
             ServerStore::Memory(_) => "memory",
             ServerStore::Redis(_) => "redis",
+        }
+    }
+
+    /// The session `id` reaches as it is, its use not noted (a tunnel's look).
+    ///
+    /// # Errors
+    /// The store did not answer.
+    pub async fn peek(&self, id: &StoreId) -> Result<Option<Session>, StoreError> {
+        match self {
+            ServerStore::Memory(m) => Ok(m.peek(id)),
+            ServerStore::Redis(r) => r.peek(id).await,
         }
     }
 }
@@ -119,5 +131,23 @@ impl AdminStore for ServerStore {
 
     async fn is_own(&self, id: &StoreId) -> Result<bool, StoreError> {
         each!(self, s => s.is_own(id))
+    }
+}
+
+impl SubjectIndex for ServerStore {
+    async fn index(&self, subject: &str, id: &StoreId, until_ms: u64) -> Result<(), StoreError> {
+        each!(self, s => s.index(subject, id, until_ms))
+    }
+
+    async fn unindex(&self, subject: &str, id: &StoreId) -> Result<(), StoreError> {
+        each!(self, s => s.unindex(subject, id))
+    }
+
+    async fn of_subject(
+        &self,
+        name: &str,
+        subject: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
+        each!(self, s => s.of_subject(name, subject))
     }
 }

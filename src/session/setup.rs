@@ -208,6 +208,7 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
                 near_ttl: *near_ttl,
                 near_max: *near_max,
                 serve_stale: *serve_stale,
+                subject: config.subject.clone(),
             })
             .map_err(|e| e.to_string())?,
         ))),

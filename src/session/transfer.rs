@@ -11,12 +11,12 @@
 //! The file holds what the sessions hold: keep it as the store is kept.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::StoreId;
 use super::store::{AdminStore, Limits, Session, StoreError};
+use super::subjects::{Owners, SubjectIndex};
 
 /// The format's version, in every line.
 pub const VERSION: u32 = 1;
@@ -73,7 +73,10 @@ pub fn from_line(text: &str) -> Result<(StoreId, Session), String> {
     // Only names the gateway itself writes: a backend's (`[a-z0-9-]`), a kept cookie's, the
     // affinity pin.
     if let Some(bad) = line.attrs.keys().find(|n| {
-        !(crate::config::valid_attribute_name(n) || n.starts_with("~jar;") || *n == super::jar::PIN)
+        !(crate::config::valid_attribute_name(n)
+            || n.starts_with("~jar;")
+            || *n == super::jar::PIN
+            || *n == super::subjects::META)
     }) {
         return Err(format!(
             "attribute name {bad:?} is not one the gateway writes"
@@ -140,12 +143,13 @@ pub struct Imported {
 /// # Errors
 /// The store did not answer (what was imported before stays).
 pub async fn import(
-    store: &impl AdminStore,
+    store: &(impl AdminStore + SubjectIndex),
     lines: &str,
-    (idle, absolute): (Duration, Duration),
+    owners: &Owners,
     limits: &Limits,
     now_ms: u64,
 ) -> Result<Imported, StoreError> {
+    let (idle, absolute) = (owners.idle, owners.absolute);
     let mut done = Imported::default();
     for (n, text) in lines.lines().enumerate() {
         if text.trim().is_empty() {
@@ -165,6 +169,7 @@ pub async fn import(
         if session.expired(now_ms, idle, absolute) {
             done.expired += 1;
         } else if store.import(&id, &session).await? {
+            owners.note(store, &id, &session).await;
             done.imported += 1;
         } else {
             done.present += 1;

@@ -87,7 +87,11 @@ pub async fn browser_with(driver: &Driver, block_cookies: bool, extra: &[&str]) 
 async fn demo_gateway(stop: &CancellationToken) -> (Gateway, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(sessiongate::demo::serve_backend(listener, stop.clone()));
+    tokio::spawn(sessiongate::demo::serve_backend(
+        listener,
+        "replica 1",
+        stop.clone(),
+    ));
     let gw = Gateway::start(&simple_config(&[addr], "", "sessions: { tracking: auto }")).await;
     let base = gw.url("web", "");
     (gw, base)

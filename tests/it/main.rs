@@ -22,6 +22,7 @@ mod shared_store;
 mod shutdown;
 mod store;
 mod streaming;
+mod subjects;
 mod support;
 mod timeouts;
 mod tls;

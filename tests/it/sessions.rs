@@ -269,7 +269,11 @@ async fn demo_shop_keeps_its_cart_in_the_session() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(sessiongate::demo::serve_backend(listener, stop.clone()));
+    tokio::spawn(sessiongate::demo::serve_backend(
+        listener,
+        "replica 1",
+        stop.clone(),
+    ));
     let gw = Gateway::start(&simple_config(&[addr], "", "sessions: {}")).await;
     let http = client();
     let login = http

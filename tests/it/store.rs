@@ -554,6 +554,7 @@ fn redis_options(topology: Topology, setup: Setup) -> RedisOptions {
         near_ttl: Duration::from_secs(2),
         near_max: 1000,
         serve_stale: false,
+        subject: "user".to_owned(),
     }
 }
 

@@ -55,6 +55,22 @@ pub struct SessionsConfig {
     /// `store.migrate_from` and `store.migrate_window`: a Redis store whose sessions move into
     /// this one, read through for the window (see `session::migration`).
     pub migrate_from: Option<(StoreConfig, Duration)>,
+    /// `subject`: the attribute that names a session's owner (`user`), by which the
+    /// gateway indexes sessions (see `session::subjects`).
+    pub subject: String,
+    /// `max_per_subject` and `on_limit`: most live sessions one subject may hold, and which
+    /// goes when a login would pass it.
+    pub per_subject: Option<(usize, OnLimit)>,
+}
+
+/// Which of a subject's sessions a login past `max_per_subject` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnLimit {
+    /// The one unused longest.
+    #[default]
+    EvictOldestIdle,
+    /// The one created first.
+    EvictOldest,
 }
 
 /// User-Agent substrings of well-known crawlers: a URL token in a search index would hand a
@@ -153,6 +169,8 @@ impl Default for SessionsConfig {
             limits: SessionLimits::default(),
             memory_snapshot: None,
             migrate_from: None,
+            subject: "user".to_owned(),
+            per_subject: None,
         }
     }
 }
@@ -219,6 +237,44 @@ pub(super) fn read_sessions(
         .get("limits")
         .and_then(|n| read_limits(n, &m.child("limits"), &d.limits, p))
         .unwrap_or(d.limits);
+    let subject = m
+        .get("subject")
+        .and_then(|n| attribute(n, &m.child("subject"), p))
+        .unwrap_or(d.subject.clone());
+    let max_per_subject = m
+        .get("max_per_subject")
+        .and_then(|n| integer(n, &m.child("max_per_subject"), 1, 10_000, p))
+        .and_then(|v| usize::try_from(v).ok());
+    let on_limit_node = m.get("on_limit");
+    let on_limit = on_limit_node
+        .and_then(|n| {
+            one_of(
+                n,
+                &m.child("on_limit"),
+                &["evict_oldest_idle", "evict_oldest"],
+                p,
+            )
+        })
+        .map(|s| match s {
+            "evict_oldest" => OnLimit::EvictOldest,
+            _ => OnLimit::EvictOldestIdle,
+        })
+        .unwrap_or_default();
+    if let (Some(n), None) = (on_limit_node, max_per_subject) {
+        p.push(
+            n.pos,
+            &m.child("on_limit"),
+            "on_limit needs max_per_subject (the most sessions one subject may hold)",
+        );
+    }
+    if let (StoreConfig::Cookie { .. }, Some(n)) = (&store, m.get("max_per_subject")) {
+        p.push(
+            n.pos,
+            &m.child("max_per_subject"),
+            "the cookie store keeps sessions in clients' cookies: the gateway cannot count or \
+             end a subject's sessions (use the memory or redis store)",
+        );
+    }
     m.finish(p);
     Some(SessionsConfig {
         secret_file,
@@ -236,7 +292,23 @@ pub(super) fn read_sessions(
         limits,
         memory_snapshot,
         migrate_from,
+        subject,
+        per_subject: max_per_subject.map(|n| (n, on_limit)),
     })
+}
+
+/// An attribute name (`subject`): the rule attribute names follow everywhere.
+fn attribute(node: &Node, path: &str, p: &mut Problems) -> Option<String> {
+    let s = non_empty(node, path, p)?;
+    if !valid_attribute_name(&s) {
+        p.push(
+            node.pos,
+            path,
+            format!("{s:?} must be an attribute name: 1 to 64 of a-z, 0-9 and '-'"),
+        );
+        return None;
+    }
+    Some(s.to_owned())
 }
 
 /// Why the sealed-cookie store and URL tracking do not go together.

@@ -21,10 +21,12 @@ mod admin;
 mod batch;
 mod circuit;
 mod conn;
+mod event_channel;
 mod near;
 mod outage;
 mod pending;
 mod scripts;
+mod subjects;
 mod wire;
 
 use std::sync::Arc;
@@ -70,6 +72,9 @@ pub struct RedisOptions {
     /// While Redis does not answer: serve sessions from the near cache and queue writes for
     /// when it is back (`on_error: serve_stale`), rather than fail (`fail_closed`).
     pub serve_stale: bool,
+    /// The attribute that names a session's subject: a use of a session extends its entry in
+    /// the subject index (see `subjects`).
+    pub subject: String,
 }
 
 /// Sessions kept in Redis: the wire, with the near cache and the outage queue over it. A
@@ -85,6 +90,10 @@ struct Parts {
     near: Option<NearCache>,
     /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
     pending: Option<Arc<Pending>>,
+    /// `RedisOptions::subject`.
+    subject: String,
+    /// Other gateways' session events, relayed (see `event_channel`).
+    relay: event_channel::Relay,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -117,6 +126,8 @@ impl RedisStore {
             wire,
             near,
             pending,
+            subject: options.subject.clone(),
+            relay: event_channel::Relay::default(),
         });
         // The wire calls back into the store it is part of, by a weak reference (a strong
         // one would keep a replaced store, and its listener, alive for ever): a trip starts
@@ -228,6 +239,7 @@ impl RedisStore {
                     return Err(e);
                 }
             };
+            let touched = read.touched && hop == 0;
             let age = Duration::from_millis(super::store::unix_ms().saturating_sub(read.created));
             let session = if age > self.0.wire.absolute || read.packed.is_empty() {
                 None
@@ -241,6 +253,13 @@ impl RedisStore {
                     return Ok(None);
                 }
                 return Ok(session.map(Session::retired));
+            }
+            // A use noted: the subject index keeps the session as long as Redis does.
+            if let (true, Some(s)) = (touched, &session)
+                && let Some(subject) = s.attr(&self.0.subject)
+            {
+                let until = super::subjects::deadline(s, self.0.wire.idle, self.0.wire.absolute);
+                self.extend_index(subject.to_owned(), *id, until);
             }
             // Only a session reached by its own id is kept near: invalidations name that id.
             // And only if no invalidation came while it was read: the copy could be of a
@@ -273,6 +292,39 @@ impl RedisStore {
             }
         }
         Ok(false)
+    }
+
+    /// The session `id` reaches as it is, its use not noted (a tunnel looking whether its
+    /// session still lives); a retired id reads its view while its successor lives.
+    pub async fn peek(&self, id: &StoreId) -> Result<Option<Session>, StoreError> {
+        if self.0.wire.circuit.is_open() {
+            return Err(down());
+        }
+        let Some(own) = self.0.wire.own_id(&hex(id)).await? else {
+            // Nothing, or only a retired hash (which `own_id` does not count): read it.
+            return self.peek_here(&hex(id)).await;
+        };
+        self.peek_here(&own).await
+    }
+
+    async fn peek_here(&self, target: &str) -> Result<Option<Session>, StoreError> {
+        let now = super::store::unix_ms();
+        let Some(read) = self.0.wire.read_noting(target, now, false).await? else {
+            return Ok(None);
+        };
+        let age = Duration::from_millis(now.saturating_sub(read.created));
+        if age > self.0.wire.absolute || read.packed.is_empty() {
+            return Ok(None);
+        }
+        let session = Session::from_packed(Bytes::from(read.packed), read.created, read.last);
+        match read.renamed_to {
+            Some(successor) => Ok(if self.lives(successor).await? {
+                session.map(Session::retired)
+            } else {
+                None
+            }),
+            None => Ok(session),
+        }
     }
 
     /// How many outage-class failures this store has seen (a replay tells by it whether its

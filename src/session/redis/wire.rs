@@ -107,6 +107,8 @@ pub(super) struct Read {
     pub(super) packed: Vec<u8>,
     /// For a hash a regenerate retired: the id the session was renamed to.
     pub(super) renamed_to: Option<String>,
+    /// This read noted a use (the key's expiry moved).
+    pub(super) touched: bool,
 }
 
 /// How far a retired id follows its successors (a session regenerated again within the
@@ -579,6 +581,8 @@ impl Wire {
                     last,
                     packed,
                     renamed_to: (!renamed_to.is_empty()).then_some(renamed_to),
+                    // The script notes a use by writing the time it was given.
+                    touched: last == now_ms,
                 })
             }
             Found::Alias(to) => Found::Alias(to),
@@ -590,6 +594,17 @@ impl Wire {
     /// interval, the touch script. `None` when the id holds no packed session (an alias,
     /// nothing, or a session written before `p` existed): the caller runs the load script.
     pub(super) async fn read(&self, id: &str, now_ms: u64) -> Result<Option<Read>, StoreError> {
+        self.read_noting(id, now_ms, true).await
+    }
+
+    /// [`Wire::read`], noting the use only if `note` (a tunnel's look at its session must
+    /// not keep it alive).
+    pub(super) async fn read_noting(
+        &self,
+        id: &str,
+        now_ms: u64,
+        note: bool,
+    ) -> Result<Option<Read>, StoreError> {
         let key = scripts::session_key(&self.prefix, id);
         let mut hmget = redis::cmd("HMGET");
         hmget.arg(&key).arg(&scripts::READ_FIELDS);
@@ -632,13 +647,15 @@ impl Wire {
                 last,
                 packed,
                 renamed_to,
+                touched: false,
             }));
         }
         let idle = ms(self.idle).max(1);
         // Every write sets the expiry to the idle timeout as it writes the last use, so the key
         // expires about `idle` after `l`, and no PTTL is needed: the use is noted once per
         // touch interval, or as soon as less than half the idle timeout is left.
-        if now_ms.saturating_sub(last) >= TOUCH_EVERY_MS.min(idle / 2) {
+        let touched = note && now_ms.saturating_sub(last) >= TOUCH_EVERY_MS.min(idle / 2);
+        if touched {
             let mut touch = self.touch.prepare_invoke();
             touch.key(&key).arg(now_ms).arg(idle);
             let mut conn = self.conn().await?;
@@ -654,6 +671,7 @@ impl Wire {
             last,
             packed,
             renamed_to: None,
+            touched,
         }))
     }
 

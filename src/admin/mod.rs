@@ -1,13 +1,13 @@
 //! The admin listener's endpoints: `/healthz` (the process is alive), `/readyz` (its session
-//! store answers and it wants
-//! traffic: false while draining, so a load balancer stops sending new connections first),
-//! `/metrics` (Prometheus), `POST /reload` (read the configuration file again; with a token
-//! configured, only with it) and, with a bearer token configured, the session API:
-//!
-//! - `GET /sessions/{key}`: a session by its stable key (as backends see it in `X-Session-Key`);
-//! - `DELETE /sessions/{key}`: end it;
-//! - `DELETE /sessions?attr=user:alice`: end every session whose attribute `user` is `alice`
-//!   (log a user out everywhere).
+//! store answers and it wants traffic: false while draining, so a load balancer stops sending
+//! new connections first), `/metrics` (Prometheus), `POST /reload` (read the configuration
+//! file again; with a token configured, only with it) and, with a bearer token configured,
+//! the session API (`sessions`), the event stream (`events`, `GET /events`) and the console
+//! (`console`, `/console`: a page that asks for the token and uses the other two).
+
+mod console;
+mod events;
+mod sessions;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,10 +15,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use tokio_util::sync::CancellationToken;
 
 use crate::reload::Live;
-use crate::session::{SessionKey, Sessions, jar};
+use crate::session::Sessions;
+
+/// An admin answer's body: whole, or a stream (`GET /events`).
+pub type AdminBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// State the admin endpoints report.
 #[derive(Debug)]
@@ -27,6 +32,8 @@ pub struct AdminState {
     /// The configuration in use: its sessions (whose store must answer for the gateway to be
     /// ready), the admin token that guards the session API (off without one), the metrics.
     live: Arc<Live>,
+    /// Cancelled when the gateway drains: event streams end.
+    closing: CancellationToken,
 }
 
 impl AdminState {
@@ -36,6 +43,7 @@ impl AdminState {
         Arc::new(AdminState {
             ready: AtomicBool::new(true),
             live,
+            closing: CancellationToken::new(),
         })
     }
 
@@ -46,6 +54,7 @@ impl AdminState {
     /// Marks the gateway as not ready (draining).
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Relaxed);
+        self.closing.cancel();
     }
 }
 
@@ -53,19 +62,25 @@ impl AdminState {
 pub async fn handle<B>(
     state: Arc<AdminState>,
     req: Request<B>,
-) -> Result<Response<Full<Bytes>>, Infallible>
+) -> Result<Response<AdminBody>, Infallible>
 where
     B: http_body::Body + Send,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if matches!(req.uri().path(), "/sessions/export" | "/sessions/import") {
-        let (status, ctype, body) = transfer_api(&state, req).await;
+        let (status, ctype, body) = sessions::transfer_api(&state, req).await;
         return Ok(reply(status, ctype, body));
     }
     if req.uri().path() == "/sessions" || req.uri().path().starts_with("/sessions/") {
-        let (status, body) = session_api(&state, &req).await;
+        let (status, body) = sessions::session_api(&state, &req).await;
         return Ok(reply(status, "application/json", body));
+    }
+    if req.uri().path() == "/events" {
+        return Ok(events::stream(&state, &req));
+    }
+    if req.uri().path() == "/console" || req.uri().path().starts_with("/console/") {
+        return Ok(console::serve(&state, &req).await);
     }
     if req.uri().path() == "/reload" {
         let (status, body) = reload(&state, &req).await;
@@ -102,8 +117,8 @@ where
     Ok(reply(status, "text/plain; charset=utf-8", text.to_owned()))
 }
 
-fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<AdminBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -196,133 +211,4 @@ fn session_gate<B>(
         ));
     }
     Ok(sessions)
-}
-
-/// The most an import may send at once (it is read whole before it is judged): split a
-/// larger export into several imports.
-const MAX_IMPORT_BYTES: usize = 1 << 30;
-
-/// `GET /sessions/export` (the live sessions as JSON lines, see `session::transfer`) and
-/// `POST /sessions/import` (such lines loaded into this gateway's store).
-async fn transfer_api<B>(state: &AdminState, req: Request<B>) -> (StatusCode, &'static str, String)
-where
-    B: http_body::Body + Send,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    const JSON: &str = "application/json";
-    let sessions = match session_gate(state, &req) {
-        Ok(s) => s,
-        Err((status, body)) => return (status, JSON, body),
-    };
-    let failed = |e: crate::session::StoreError| {
-        let (status, body) = json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-        (status, JSON, body)
-    };
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/sessions/export") => match sessions.export().await {
-            Ok(lines) => (StatusCode::OK, "application/x-ndjson", lines),
-            Err(e) => failed(e),
-        },
-        (&Method::POST, "/sessions/import") => {
-            let body = http_body_util::Limited::new(req.into_body(), MAX_IMPORT_BYTES);
-            let bytes = match http_body_util::BodyExt::collect(body).await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    let (status, body) =
-                        json_error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}"));
-                    return (status, JSON, body);
-                }
-            };
-            let Ok(text) = std::str::from_utf8(&bytes) else {
-                let (status, body) = json_error(StatusCode::BAD_REQUEST, "the body is not UTF-8");
-                return (status, JSON, body);
-            };
-            match sessions.import(text).await {
-                Ok(done) => (
-                    StatusCode::OK,
-                    JSON,
-                    serde_json::to_string(&done).unwrap_or_default(),
-                ),
-                Err(e) => failed(e),
-            }
-        }
-        _ => {
-            let (status, body) = json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use GET /sessions/export or POST /sessions/import",
-            );
-            (status, JSON, body)
-        }
-    }
-}
-
-/// The session API; every answer is JSON.
-async fn session_api<B>(state: &AdminState, req: &Request<B>) -> (StatusCode, String) {
-    let sessions = match session_gate(state, req) {
-        Ok(s) => s,
-        Err(answer) => return answer,
-    };
-    let failed =
-        |e: crate::session::StoreError| json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-    let path = req.uri().path();
-    if let Some(key) = path.strip_prefix("/sessions/").filter(|k| !k.is_empty()) {
-        let key = SessionKey::from(key);
-        let found = match sessions.find_by_key(&key).await {
-            Ok(f) => f,
-            Err(e) => return failed(e),
-        };
-        let Some((id, session)) = found else {
-            return json_error(StatusCode::NOT_FOUND, "no session with this key");
-        };
-        return match *req.method() {
-            Method::GET => (
-                StatusCode::OK,
-                serde_json::json!({
-                    "key": session.key(),
-                    "attributes": session
-                        .attrs()
-                        .filter(|(n, _)| !jar::is_jar_attribute(n.as_bytes()))
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                    // The backend's cookies it keeps, by name: their values are the
-                    // application's credentials.
-                    "backend_cookies": jar::kept_names(&session),
-                    "created_ms": session.created_ms,
-                    "last_seen_ms": session.last_seen_ms,
-                })
-                .to_string(),
-            ),
-            Method::DELETE => match sessions.end(&id).await {
-                Ok(()) => (
-                    StatusCode::OK,
-                    serde_json::json!({ "deleted": 1 }).to_string(),
-                ),
-                Err(e) => failed(e),
-            },
-            _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET or DELETE"),
-        };
-    }
-    if path == "/sessions" && req.method() == Method::DELETE {
-        // The query as a form encodes it: `attr=user:alice%20smith`, `+` for a space.
-        let attr = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .find_map(|(k, v)| (k == "attr").then_some(v));
-        let attr = attr.as_deref().and_then(|a| a.split_once(':'));
-        let Some((name, value)) = attr else {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "write DELETE /sessions?attr=name:value",
-            );
-        };
-        return match sessions.end_where(name, value).await {
-            Ok(n) => (
-                StatusCode::OK,
-                serde_json::json!({ "deleted": n }).to_string(),
-            ),
-            Err(e) => failed(e),
-        };
-    }
-    json_error(
-        StatusCode::NOT_FOUND,
-        "try GET or DELETE /sessions/{key}, or DELETE /sessions?attr=name:value",
-    )
 }
