@@ -14,6 +14,8 @@
 #                                            # (bench/gateway-sealed.yaml); floor: the bare
 #                                            # hyper proxy (examples/bare_proxy.rs), logs off
 #   MODES=sessions LOGS=on DURATION=5s bench/instructions.sh
+#   MODES=login bench/instructions.sh        # login: every request a login (a new session
+#                                            # with its subject indexed), no cookie
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +53,9 @@ for mode in $MODES; do
   for logs in $LOGS; do
     config=bench/gateway.yaml
     [ "$mode" = sessions ] && config=bench/gateway-sessions.yaml
+    [ "$mode" = login ] && config=bench/gateway-sessions.yaml
+    path=/
+    [ "$mode" = login ] && path=/login
     [ "$mode" = sealed ] && config=bench/gateway-sealed.yaml
     level=warn
     [ "$logs" = on ] && level=info
@@ -77,9 +82,9 @@ for mode in $MODES; do
         header=(-H "Cookie: $cookie")
     fi
     # Warm up (connections, pools, caches), then count.
-    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:$GW_PORT/" >/dev/null
+    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${header[@]}" "http://127.0.0.1:$GW_PORT$path" >/dev/null
     callgrind_control -i on "$gw" >/dev/null 2>&1
-    requests=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$GW_PORT/" |
+    requests=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$GW_PORT$path" |
         awk '/requests in/ {print $1}')
     callgrind_control -i off "$gw" >/dev/null 2>&1
     kill -TERM "$gw"

@@ -8,10 +8,16 @@
 //! the cache itself costs per entry, which no session data can go under.
 //!
 //! `cargo run --release --example session_memory -- 1000000 floor`
+//!
+//! With `indexed`, each session is also in the subject index (one subject per session, the
+//! worst case: most subjects have one session), as a login through the gateway puts it.
+//!
+//! `cargo run --release --example session_memory -- 1000000 indexed`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
 
+use sessiongate::session::subjects::SubjectIndex;
 use sessiongate::session::{
     Change, Limits, MemoryOptions, MemoryStore, SessionKey, SessionKeys, SessionStore, Token,
     unix_ms,
@@ -36,12 +42,14 @@ async fn main() {
     if std::env::args().nth(2).as_deref() == Some("floor") {
         return floor(n);
     }
+    let indexed = std::env::args().nth(2).as_deref() == Some("indexed");
     let store = MemoryStore::new(MemoryOptions {
         max_sessions: n,
         max_bytes: u64::MAX,
         idle_timeout: Duration::from_secs(3600),
         absolute_timeout: Duration::from_secs(12 * 3600),
         limits: Limits::default(),
+        subject: "user".to_owned(),
     });
     let keys = SessionKeys::generate().unwrap();
     let before = rss_kib();
@@ -59,12 +67,19 @@ async fn main() {
             .update(&id, Some(SessionKey::generate().unwrap()), &changes, now)
             .await
             .unwrap();
+        if indexed {
+            store
+                .index(&format!("user{i}"), &id, u64::MAX)
+                .await
+                .unwrap();
+        }
     }
     store.run_pending_tasks();
     let grown = rss_kib().saturating_sub(before);
     println!(
-        "{} sessions of 5 attributes: RSS grew by {:.1} MiB ({:.1} MiB per million)",
+        "{} sessions of 5 attributes{}: RSS grew by {:.1} MiB ({:.1} MiB per million)",
         store.entry_count(),
+        if indexed { ", indexed by subject" } else { "" },
         grown as f64 / 1024.0,
         grown as f64 / 1024.0 * 1_000_000.0 / n as f64
     );

@@ -24,7 +24,7 @@ const MAX_STREAMS: usize = 64;
 
 /// How often an idle stream says something (a comment), so proxies and the admin listener's
 /// idle timeout keep it open.
-const KEEPALIVE: Duration = Duration::from_secs(10);
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Streams open now.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -54,6 +54,10 @@ struct Reader {
     subject: Option<String>,
     closing: CancellationToken,
     hello: Option<String>,
+    /// The admin state, and the token the stream was opened with: a reload that changes or
+    /// removes the token ends the stream.
+    state: Arc<AdminState>,
+    token: Arc<Option<String>>,
     _place: Place,
 }
 
@@ -64,6 +68,9 @@ impl Reader {
             return Some(hello);
         }
         loop {
+            if self.state.live.admin_token() != self.token {
+                return None;
+            }
             tokio::select! {
                 () = self.closing.cancelled() => return None,
                 () = tokio::time::sleep(KEEPALIVE) => return Some(": keepalive\n\n".to_owned()),
@@ -86,7 +93,7 @@ impl Reader {
 }
 
 /// `GET /events`.
-pub(super) fn stream<B>(state: &AdminState, req: &Request<B>) -> Response<AdminBody> {
+pub(super) fn stream<B>(state: &Arc<AdminState>, req: &Request<B>) -> Response<AdminBody> {
     let sessions = match session_gate(state, req) {
         Ok(s) => s,
         Err((status, body)) => return reply(status, "application/json", body),
@@ -108,6 +115,8 @@ pub(super) fn stream<B>(state: &AdminState, req: &Request<B>) -> Response<AdminB
         events: events.subscribe(),
         subject,
         closing: state.closing.clone(),
+        state: state.clone(),
+        token: state.live.admin_token(),
         hello: Some(format!(
             "retry: 2000\n: session events from {}\n\n",
             events.gateway()

@@ -23,6 +23,19 @@ const CLOSE_1008: &[u8] = b"\x88\x0f\x03\xf0session ended";
 /// without one).
 const FINISH_FRAME: Duration = Duration::from_millis(300);
 
+/// The longest the close of a tunnel whose session ended may take, frame and close frame
+/// included: a client that does not read is cut, not waited for.
+const CLOSE_WITHIN: Duration = Duration::from_millis(600);
+
+/// How the backend-to-client copy ended.
+enum Relayed {
+    /// The backend closed (or the client is done): the tunnel winds down as it would.
+    Closed,
+    /// The session ended; `clean` when no write to the client was cut short (a close frame
+    /// may follow).
+    SessionEnded { clean: bool },
+}
+
 /// What the tunnel is.
 pub(crate) struct Tunnel {
     /// The client's side.
@@ -88,7 +101,7 @@ pub(crate) fn spawn_tunnel(
                         Ok(ended) => ended,
                         Err(e) => {
                             tracing::debug!(error = %e, "upgraded connection ended with an error");
-                            false
+                            Relayed::Closed
                         }
                     },
                     // The client is done sending; the backend's last words still go out.
@@ -96,36 +109,43 @@ pub(crate) fn spawn_tunnel(
                         client_done = true;
                         if let Err(e) = r {
                             tracing::debug!(error = %e, "upgraded connection ended with an error");
-                            break false;
+                            break Relayed::Closed;
                         }
                     }
                     () = activity.silent_for(idle) => {
                         tracing::debug!(?idle, "upgraded connection idle: closed");
-                        break false;
+                        break Relayed::Closed;
                     }
-                    () = force.cancelled() => break false,
+                    () = force.cancelled() => break Relayed::Closed,
                 }
             }
         };
-        if ended {
+        if let Relayed::SessionEnded { clean } = ended {
             tracing::info!("the session of an open tunnel ended: closed");
-            if tunnel.websocket {
-                close_at_boundary(&mut up_read, &mut down_write, &mut frames).await;
+            let close = async {
+                if tunnel.websocket && clean {
+                    close_at_boundary(&mut up_read, &mut down_write, &mut frames).await;
+                }
+                let _ = down_write.shutdown().await;
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(CLOSE_WITHIN, close) => {}
+                () = force.cancelled() => {}
             }
-            let _ = down_write.shutdown().await;
         }
     });
 }
 
 /// Copies the backend's bytes to the client (noting WebSocket frame boundaries in `frames`)
-/// until the backend closes (`Ok(false)`) or `ended` resolves (`Ok(true)`). `ended` is only
-/// heeded between chunks: a chunk is always written whole.
+/// until the backend closes or `ended` resolves. `ended` is heeded while a write waits too (a
+/// client that stops reading must not keep its tunnel past its session): then the write is
+/// cut short, and no close frame can follow.
 async fn relay<R, W>(
     from: &mut R,
     to: &mut W,
     mut frames: Option<&mut Frames>,
     ended: impl Future<Output = ()>,
-) -> std::io::Result<bool>
+) -> std::io::Result<Relayed>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -135,17 +155,25 @@ where
     loop {
         let n = tokio::select! {
             biased;
-            () = &mut ended => return Ok(true),
+            () = &mut ended => return Ok(Relayed::SessionEnded { clean: true }),
             n = from.read(&mut buf) => n?,
         };
         if n == 0 {
-            to.shutdown().await?;
-            return Ok(false);
+            tokio::select! {
+                biased;
+                () = &mut ended => return Ok(Relayed::SessionEnded { clean: false }),
+                r = to.shutdown() => r?,
+            }
+            return Ok(Relayed::Closed);
         }
         if let Some(f) = frames.as_deref_mut() {
             f.feed(&buf[..n], false);
         }
-        to.write_all(&buf[..n]).await?;
+        tokio::select! {
+            biased;
+            () = &mut ended => return Ok(Relayed::SessionEnded { clean: false }),
+            r = to.write_all(&buf[..n]) => r?,
+        }
     }
 }
 

@@ -112,6 +112,22 @@ impl Sessions {
             || Events::new(&Events::default_gateway_name()),
             |p| p.events.clone(),
         );
+        match &foundation.kept {
+            Kept::InStore(ServerStore::Memory(m)) => m.set_subject(&config.subject),
+            Kept::InStore(ServerStore::Redis(r)) => r.set_subject(&config.subject),
+            Kept::InCookies(_) => {}
+        }
+        if let Kept::InStore(ServerStore::Memory(m)) = &foundation.kept {
+            // Sessions that idle out of memory are told as expired (Redis expires its keys
+            // unseen: there a request or a tunnel finds the expiry).
+            let (events, subject) = (Arc::downgrade(&events), config.subject.clone());
+            m.on_expiry(Box::new(move |s| {
+                if let Some(events) = events.upgrade() {
+                    let who = s.attr(&subject).filter(|v| !v.is_empty());
+                    events.emit(EventKind::Expired, s.key(), who, None);
+                }
+            }));
+        }
         let keeper = match &foundation.kept {
             Kept::InStore(store) => {
                 // A replaced store's sessions start moving; a move under way goes on when the
@@ -312,16 +328,25 @@ impl Sessions {
         &self.events
     }
 
-    /// Ends every session whose attribute `name` equals `value` (log a user out everywhere);
-    /// how many (admin API). In the store sessions may still be moving from too.
+    /// Revokes every session whose attribute `name` equals `value` (log a user out
+    /// everywhere, found by a scan); how many (admin API). In the store sessions may still be
+    /// moving from too. Their tunnels close, here and on other gateways.
+    ///
+    /// # Errors
+    /// The store did not answer.
     pub async fn end_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
         if let Some(m) = self.migration() {
             m.ended_where(name, value).await;
         }
-        match self.store() {
-            Some(store) => store.delete_where(name, value).await,
-            None => Ok(0),
+        let Keeper::InStore(k) = &self.keeper else {
+            return Ok(0);
+        };
+        let ended = k.store().delete_where(name, value).await?;
+        for (id, s) in &ended {
+            k.ended_elsewhere(id, s).await;
+            self.metrics.session(SessionEvent::Revoked);
         }
+        Ok(ended.len())
     }
 
     /// Every live session as JSON lines (see [`transfer`]); `Ok("")` with sealed cookies,

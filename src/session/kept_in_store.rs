@@ -18,7 +18,7 @@ use super::migration::Migration;
 use super::our_cookies::CookieOut;
 use super::request::{LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
-use super::store::{Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
+use super::store::{Applied, Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::store_metrics::{StoreOps, timed};
 use super::subjects::{self, META, Meta, SubjectIndex, short_agent};
 use super::token::{SessionKeys, StoreId, Token};
@@ -291,6 +291,15 @@ impl KeptInStore {
         let now = unix_ms();
         if d.destroy {
             let presented = live.as_ref().or(expired.as_ref());
+            // "Log out everywhere" (`destroy, end-others`): the others first, while this
+            // session still says whose it is.
+            if let (true, Some(s), Some(t)) = (
+                d.end_others,
+                session.as_ref().filter(|s| !s.is_read_only()),
+                live.as_ref(),
+            ) {
+                self.end_others(s, &t.store_id(), route).await;
+            }
             if let Some(t) = presented {
                 match timed!(self.ops.delete, store.delete(&t.store_id())) {
                     Ok(()) => {
@@ -322,7 +331,10 @@ impl KeptInStore {
                 // the session as it was before this response, never the login it carries.
                 let token = if d.regenerate {
                     let old = token.store_id();
-                    let Some(token) = self.regenerate(token, headers, cookie).await else {
+                    let Some(token) = self
+                        .regenerate(token, session.as_ref(), headers, cookie)
+                        .await
+                    else {
                         return Ok(None);
                     };
                     if let Some(s) = &session {
@@ -333,15 +345,20 @@ impl KeptInStore {
                 } else {
                     token
                 };
-                let id = token.store_id();
+                // The session's own id: an alias's (a sibling host's token) is learnt from
+                // the update.
+                let mut id = token.store_id();
                 let mut now_is = session;
                 if !d.changes.is_empty() {
-                    let changes = self.with_meta(&d.changes, &seen);
+                    let changes = self.with_meta(&d.changes, &seen, false);
                     let applied = self.update(&id, None, &changes, now, &token).await;
-                    if let (Some(before), Some(after)) = (&now_is, &applied) {
-                        self.reindex(before, after, &id, route).await;
+                    if let Some(a) = applied {
+                        id = a.id;
+                        if let Some(before) = &now_is {
+                            self.reindex(before, &a.session, &id, route).await;
+                        }
+                        now_is = Some(a.session);
                     }
-                    now_is = applied.or(now_is);
                 }
                 if d.end_others
                     && let Some(s) = &now_is
@@ -364,11 +381,14 @@ impl KeptInStore {
                     tracing::warn!("no randomness: session not created");
                     return Ok(None);
                 };
-                let id = fresh.store_id();
-                let changes = self.with_meta(&d.changes, &seen);
-                let Some(made) = self.update(&id, Some(key), &changes, now, &fresh).await else {
+                let changes = self.with_meta(&d.changes, &seen, true);
+                let Some(applied) = self
+                    .update(&fresh.store_id(), Some(key), &changes, now, &fresh)
+                    .await
+                else {
                     return Ok(None);
                 };
+                let (id, made) = (applied.id, applied.session);
                 self.metrics.session(SessionEvent::Created);
                 self.tell(EventKind::Created, &made, Some(route));
                 let empty = Session::new(SessionKey::from(made.key()), made.created_ms);
@@ -390,6 +410,7 @@ impl KeptInStore {
     async fn regenerate(
         &self,
         token: Token,
+        session: Option<&Session>,
         headers: &mut HeaderMap,
         cookie: &CookieOut<'_>,
     ) -> Option<Token> {
@@ -416,8 +437,16 @@ impl KeptInStore {
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(session = %token, error = %e, "regenerate failed: the session is ended, its changes not applied");
-                if let Err(e) = timed!(self.ops.delete, store.delete(&token.store_id())) {
-                    tracing::warn!(session = %token, error = %e, "session delete failed");
+                match session {
+                    Some(s) => {
+                        self.end_one(&token.store_id(), s, EventKind::Revoked, None)
+                            .await;
+                    }
+                    None => {
+                        if let Err(e) = timed!(self.ops.delete, store.delete(&token.store_id())) {
+                            tracing::warn!(session = %token, error = %e, "session delete failed");
+                        }
+                    }
                 }
                 cookie.set(headers, None);
                 None
@@ -425,7 +454,7 @@ impl KeptInStore {
         }
     }
 
-    /// Applies changes; the session afterwards, if it exists.
+    /// Applies changes; the session afterwards (and its own id), if it exists.
     async fn update(
         &self,
         id: &StoreId,
@@ -433,14 +462,16 @@ impl KeptInStore {
         changes: &[Change],
         now: u64,
         token: &Token,
-    ) -> Option<Session> {
+    ) -> Option<Applied> {
         match timed!(self.ops.update, self.store.update(id, create, changes, now)) {
             Ok(Some(applied)) => {
-                for r in &applied.rejected {
+                // What the session records of its client goes last, and quietly: only if
+                // there is room left once the backend's changes are in.
+                for r in applied.rejected.iter().filter(|r| r.name != META) {
                     self.metrics.session(SessionEvent::DirectiveRejected);
                     tracing::warn!(session = %token, attribute = %r.name, limit = r.reason, "session change over a limit ignored");
                 }
-                Some(applied.session)
+                Some(applied)
             }
             Ok(None) => None,
             Err(e) => {
@@ -450,24 +481,30 @@ impl KeptInStore {
         }
     }
 
-    /// `changes`, and, when they give the session a subject or create it, what it records
-    /// of the client (see [`Meta`]): the client that logged in is the one an operator sees.
-    fn with_meta<'c>(&self, changes: &'c [Change], seen: &Seen) -> Cow<'c, [Change]> {
+    /// `changes`, and, when they create the session or name its subject (a login), what it
+    /// records of the client (see [`Meta`]): the client that logged in is the one an
+    /// operator sees.
+    fn with_meta<'c>(
+        &self,
+        changes: &'c [Change],
+        seen: &Seen,
+        creating: bool,
+    ) -> Cow<'c, [Change]> {
         let names_subject = changes.iter().any(|c| match c {
             Change::Set(n, _) | Change::Unset(n) => *n == self.subject,
         });
-        let creates = changes.iter().any(|c| matches!(c, Change::Set(..)));
-        if !names_subject && !creates {
+        if !names_subject && !creating {
             return Cow::Borrowed(changes);
         }
         let meta = Meta {
             tracking: seen.tracking.to_owned(),
             client: seen.client.map(|c| c.to_string()).unwrap_or_default(),
             agent: short_agent(seen.agent.as_ref()),
+            login_ms: unix_ms(),
         };
         let mut all = changes.to_vec();
-        // First: the backend's own changes come after it, and are held to the limits first.
-        all.insert(0, Change::Set(META.to_owned(), meta.encode()));
+        // Last: the backend's own changes are held to the limits first.
+        all.push(Change::Set(META.to_owned(), meta.encode()));
         Cow::Owned(all)
     }
 
@@ -602,6 +639,13 @@ impl KeptInStore {
         self.forget(s, id).await;
         self.tell(why, s, route);
         true
+    }
+
+    /// Session `s` under `id` was ended by a scan of the store (the admin API's `attr=`): its
+    /// index entry goes, and it is told as revoked.
+    pub(super) async fn ended_elsewhere(&self, id: &StoreId, s: &Session) {
+        self.forget(s, id).await;
+        self.tell(EventKind::Revoked, s, None);
     }
 
     /// The live sessions of `subject`.

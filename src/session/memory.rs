@@ -14,7 +14,7 @@
 //! instead of yielding it. Writes come one per request at most, so the log fills only in a
 //! burst far beyond what a worker's requests make while one housekeeping pass runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use super::subjects::SubjectIndex;
 use crate::metrics::Tally;
 
 /// Settings of the memory store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MemoryOptions {
     /// Most sessions kept; beyond this, entries are evicted.
     pub max_sessions: u64,
@@ -46,6 +46,9 @@ pub struct MemoryOptions {
     pub absolute_timeout: Duration,
     /// Size limits on session data.
     pub limits: Limits,
+    /// The attribute that names a session's subject (see `subjects`): a session that leaves
+    /// the store takes its index entry along.
+    pub subject: String,
 }
 
 /// A session as kept: [`Session::packed`]'s bytes in one allocation. A million sessions of a
@@ -155,30 +158,106 @@ pub struct MemoryStore {
     codes: Cache<StoreId, (StoreId, Instant), FxBuildHasher>,
     limits: Limits,
     absolute: Duration,
+    idle: Duration,
     /// Sessions evicted for room (for metrics).
     evicted: Arc<Tally>,
     /// Which sessions each subject holds (see `subjects`).
     subjects: Arc<Mutex<Subjects>>,
+    /// Told of each session that expires here (see [`MemoryStore::on_expiry`]).
+    expiry: Arc<std::sync::OnceLock<ExpiryHook>>,
+    /// The attribute that names a session's subject (a reload may change it).
+    subject: Arc<arc_swap::ArcSwap<String>>,
 }
 
-/// The subject index: both ways, so that a session leaving the cache (expired, evicted,
-/// ended) takes its entry along without its subject being read.
-#[derive(Default)]
+/// What the store calls with a session that expired (idle) in the cache.
+pub type ExpiryHook = Box<dyn Fn(&Session) + Send + Sync>;
+
+/// The subject index: each subject's session ids, by a keyed hash of the subject. A
+/// collision only puts two subjects' sessions in one list, which every listing sorts out (it
+/// reads each session's subject again), and nobody can aim for one without the random key.
+/// A session that leaves the cache (expired, evicted, ended) takes its id along: the removal
+/// listener reads the subject from the entry that left. About 50 bytes per subject with one
+/// session (no allocation of its own), rather than maps both ways of owned strings.
 struct Subjects {
-    /// Subjects are chosen by backends (and through them by users): SipHash, not Fx.
-    by_subject: HashMap<String, HashSet<StoreId>>,
-    by_id: HashMap<StoreId, String>,
+    /// SipHash under a random key: subjects are chosen by backends, and through them by users.
+    hasher: std::hash::RandomState,
+    /// By the subject's hash (already random: Fx does not hash it again).
+    lists: HashMap<u64, Ids, FxBuildHasher>,
+    /// Ids indexed (for tests and metrics).
+    count: usize,
+}
+
+/// One subject's sessions: most subjects have one.
+enum Ids {
+    One(StoreId),
+    Many(Vec<StoreId>),
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects {
+            hasher: std::hash::RandomState::new(),
+            lists: HashMap::default(),
+            count: 0,
+        }
+    }
 }
 
 impl Subjects {
-    fn remove(&mut self, id: &StoreId) {
-        if let Some(subject) = self.by_id.remove(id)
-            && let Some(ids) = self.by_subject.get_mut(&subject)
-        {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.by_subject.remove(&subject);
+    fn hash(&self, subject: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, subject)
+    }
+
+    fn add(&mut self, subject: &str, id: StoreId) {
+        let h = self.hash(subject);
+        let added = match self.lists.get_mut(&h) {
+            None => {
+                self.lists.insert(h, Ids::One(id));
+                true
             }
+            Some(Ids::One(one)) if *one == id => false,
+            Some(ids @ Ids::One(_)) => {
+                if let Ids::One(one) = *ids {
+                    *ids = Ids::Many(vec![one, id]);
+                }
+                true
+            }
+            Some(Ids::Many(v)) if v.contains(&id) => false,
+            Some(Ids::Many(v)) => {
+                v.push(id);
+                true
+            }
+        };
+        self.count += usize::from(added);
+    }
+
+    fn remove(&mut self, subject: &str, id: &StoreId) {
+        let h = self.hash(subject);
+        let (removed, empty) = match self.lists.get_mut(&h) {
+            Some(Ids::One(one)) if one == id => (true, true),
+            Some(Ids::Many(v)) => {
+                let before = v.len();
+                v.retain(|x| x != id);
+                if let [last] = v[..] {
+                    self.lists.insert(h, Ids::One(last));
+                    (before > 1, false)
+                } else {
+                    (v.len() < before, v.is_empty())
+                }
+            }
+            _ => (false, false),
+        };
+        if empty {
+            self.lists.remove(&h);
+        }
+        self.count -= usize::from(removed);
+    }
+
+    fn ids(&self, subject: &str) -> Vec<StoreId> {
+        match self.lists.get(&self.hash(subject)) {
+            None => Vec::new(),
+            Some(Ids::One(one)) => vec![*one],
+            Some(Ids::Many(v)) => v.clone(),
         }
     }
 }
@@ -208,6 +287,10 @@ impl MemoryStore {
         let counted = evicted.clone();
         let subjects: Arc<Mutex<Subjects>> = Arc::default();
         let indexed = subjects.clone();
+        let subject = Arc::new(arc_swap::ArcSwap::from_pointee(options.subject.clone()));
+        let subject_attr = subject.clone();
+        let expiry: Arc<std::sync::OnceLock<ExpiryHook>> = Arc::default();
+        let expired = expiry.clone();
         let (max_sessions, max_bytes) = (options.max_sessions, options.max_bytes);
         let cache = Cache::builder()
             .max_capacity(max_sessions)
@@ -222,23 +305,33 @@ impl MemoryStore {
             // the one it would evict: a flood of sessions nobody uses again (bots on a login
             // page) then keeps every real user's new session out of a full store.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
-            .eviction_listener(move |id, _, cause| {
+            .eviction_listener(move |id, entry, cause| {
                 if cause == RemovalCause::Size {
                     counted.inc();
                 }
+                if cause == RemovalCause::Expired
+                    && let (Entry::Live(p), Some(hook)) = (&entry, expired.get())
+                {
+                    hook(&p.session());
+                }
                 // Replaced: an update, or a regenerate retiring the id (whose index entry
                 // the regenerate moves itself).
-                if cause != RemovalCause::Replaced {
+                if cause != RemovalCause::Replaced
+                    && let Entry::Live(p) = &entry
+                    && let Some(who) = p.session().attr(&subject_attr.load())
+                {
                     indexed
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&id);
+                        .remove(who, &id);
                 }
             })
             .build_with_hasher(FxBuildHasher);
         MemoryStore {
             evicted,
             subjects,
+            expiry,
+            subject,
             cache,
             // Least recently used goes first: a full cache always takes a new code (moka's
             // default admission would refuse newcomers to codes nobody redeems).
@@ -249,6 +342,7 @@ impl MemoryStore {
                 .build_with_hasher(FxBuildHasher),
             limits: options.limits,
             absolute: options.absolute_timeout,
+            idle: options.idle_timeout,
         }
     }
 
@@ -262,13 +356,27 @@ impl MemoryStore {
         self.evicted.get()
     }
 
+    /// The attribute that names a session's subject from now on (a reload that changes
+    /// `sessions.subject` keeps the store).
+    pub fn set_subject(&self, attribute: &str) {
+        if **self.subject.load() != attribute {
+            self.subject.store(Arc::new(attribute.to_owned()));
+        }
+    }
+
+    /// Calls `hook` with each session that expires here from now on (set once: the first
+    /// caller's stays). Expiry is found by moka's housekeeping, which runs as the cache is
+    /// used, so an expiry is told a while after its time when the store is quiet.
+    pub fn on_expiry(&self, hook: ExpiryHook) {
+        let _ = self.expiry.set(hook);
+    }
+
     /// Sessions in the subject index (approximate until pending work runs).
     pub fn indexed(&self) -> usize {
         self.subjects
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .by_id
-            .len()
+            .count
     }
 
     /// Runs moka's pending evictions now (tests and shutdown).
@@ -286,18 +394,25 @@ impl MemoryStore {
     /// clock again: this is every session read).
     fn current_at(&self, id: &StoreId, now_ms: u64) -> Option<Entry> {
         let entry = self.cache.get(id)?;
+        let since = |t: u64| Duration::from_millis(now_ms.saturating_sub(t));
         let stale = match &entry {
             Entry::Grace(g) => match &**g {
                 Grace::Alias { until, .. } | Grace::Retired { until, .. } => {
                     Instant::now() >= *until
                 }
             },
+            // Idle too, by the session's own last use: a read that notes no use (a tunnel's
+            // look, a listing) still restarts moka's idle clock, and must not keep a session
+            // alive past its time.
             Entry::Live(s) => {
-                Duration::from_millis(now_ms.saturating_sub(s.created_ms)) > self.absolute
+                since(s.created_ms) > self.absolute || since(s.last_seen_ms) > self.idle
             }
         };
         if stale {
             self.cache.invalidate(id);
+            if let (Entry::Live(p), Some(hook)) = (&entry, self.expiry.get()) {
+                hook(&p.session());
+            }
             return None;
         }
         Some(entry)
@@ -442,6 +557,7 @@ impl SessionStore for MemoryStore {
                 session: s.session(),
                 rejected,
                 created,
+                id: target,
             })),
             Entry::Grace(_) => Ok(None),
         }
@@ -542,23 +658,30 @@ impl HandoffStore for MemoryStore {
 }
 
 impl AdminStore for MemoryStore {
-    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+    async fn delete_where(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
         // A scan: this is the admin API's "log a user out everywhere", not a request path.
         // Retired views of such a session go too; only live sessions are counted.
-        let mut deleted = 0;
-        let doomed: Vec<(StoreId, bool)> = self
+        let doomed: Vec<(StoreId, Session, bool)> = self
             .cache
             .iter()
             .filter_map(|(id, e)| {
                 let live = matches!(e, Entry::Live(_));
-                (e.packed()?.session().attr(name) == Some(value)).then_some((*id, live))
+                let s = e.packed()?.session();
+                (s.attr(name) == Some(value)).then_some((*id, s, live))
             })
             .collect();
-        for (id, live) in &doomed {
-            self.cache.invalidate(id);
-            deleted += usize::from(*live);
+        let mut ended = Vec::new();
+        for (id, s, live) in doomed {
+            self.cache.invalidate(&id);
+            if live {
+                ended.push((id, s));
+            }
         }
-        Ok(deleted)
+        Ok(ended)
     }
     async fn find_by_key(
         &self,
@@ -604,30 +727,26 @@ impl AdminStore for MemoryStore {
 
 impl SubjectIndex for MemoryStore {
     async fn index(&self, subject: &str, id: &StoreId, _until_ms: u64) -> Result<(), StoreError> {
-        // The cache expires entries itself, and its listener drops theirs from the index.
-        let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
-        map.remove(id);
-        map.by_id.insert(*id, subject.to_owned());
-        map.by_subject
-            .entry(subject.to_owned())
-            .or_default()
-            .insert(*id);
-        drop(map);
-        // Ended while it was being indexed: the listener ran before the entry was made.
+        // The cache expires entries itself, and its listener takes their ids out.
+        self.subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(subject, *id);
+        // Ended while it was being indexed: the listener ran before the id went in.
         if !matches!(self.cache.get(id), Some(Entry::Live(_))) {
             self.subjects
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(id);
+                .remove(subject, id);
         }
         Ok(())
     }
 
     async fn unindex(&self, subject: &str, id: &StoreId) -> Result<(), StoreError> {
-        let mut map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.by_id.get(id).is_some_and(|s| s == subject) {
-            map.remove(id);
-        }
+        self.subjects
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(subject, id);
         Ok(())
     }
 
@@ -636,31 +755,27 @@ impl SubjectIndex for MemoryStore {
         name: &str,
         subject: &str,
     ) -> Result<Vec<(StoreId, Session)>, StoreError> {
-        let ids: Vec<StoreId> = self
+        let ids = self
             .subjects
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .by_subject
-            .get(subject)
-            .map(|ids| ids.iter().copied().collect())
-            .unwrap_or_default();
+            .ids(subject);
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
-            match self.current(&id) {
-                Some(Entry::Live(p)) => {
-                    let s = p.session();
-                    if s.attr(name) == Some(subject) {
-                        found.push((id, s));
-                        continue;
-                    }
+            if let Some(Entry::Live(p)) = self.current(&id) {
+                let s = p.session();
+                if s.attr(name) == Some(subject) {
+                    found.push((id, s));
+                    continue;
                 }
-                // Retired since: its successor is indexed under its own id.
-                Some(Entry::Grace(_)) | None => {}
             }
+            // Gone, retired (its successor is indexed under its own id), or another
+            // subject's now (or, once in 2^64, a colliding subject's, listed again at its
+            // next login): out of this list.
             self.subjects
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
+                .remove(subject, &id);
         }
         Ok(found)
     }
@@ -698,6 +813,7 @@ mod tests {
             idle_timeout: Duration::from_secs(3600),
             absolute_timeout: Duration::from_secs(3600),
             limits: Limits::default(),
+            subject: "user".to_owned(),
         });
         let now = unix_ms();
         let regulars: Vec<StoreId> = (0..50).map(|i| id(1 << 40 | i)).collect();
@@ -770,6 +886,56 @@ mod tests {
         );
         assert!(store.entry_count() <= CAP, "the store keeps its bound");
         assert!(store.evictions() >= 19 * CAP, "the flood's sessions went");
+    }
+
+    #[test]
+    fn the_subject_index_keeps_each_id_once_and_lets_go_of_empty_subjects() {
+        let mut s = Subjects::default();
+        s.add("alice", id(1));
+        s.add("alice", id(1));
+        s.add("alice", id(2));
+        s.add("bob", id(3));
+        assert_eq!(s.count, 3);
+        assert_eq!(s.ids("alice"), [id(1), id(2)]);
+        s.remove("alice", &id(1));
+        assert_eq!(s.ids("alice"), [id(2)]);
+        assert!(matches!(s.lists.get(&s.hash("alice")), Some(Ids::One(_))));
+        s.remove("alice", &id(9));
+        s.remove("bob", &id(2));
+        assert_eq!(s.count, 2);
+        s.remove("alice", &id(2));
+        s.remove("bob", &id(3));
+        assert_eq!((s.count, s.lists.len()), (0, 0));
+        assert!(s.ids("alice").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_session_that_leaves_the_store_takes_its_index_entry_along() {
+        let store = MemoryStore::new(MemoryOptions {
+            max_sessions: 100,
+            max_bytes: 1 << 30,
+            idle_timeout: Duration::from_secs(3600),
+            absolute_timeout: Duration::from_secs(3600),
+            limits: Limits::default(),
+            subject: "user".to_owned(),
+        });
+        let now = unix_ms();
+        for n in 0..3 {
+            create(&store, &id(n), now).await;
+            store.index("u", &id(n), u64::MAX).await.unwrap();
+        }
+        assert_eq!(store.indexed(), 3);
+        store.delete(&id(0)).await.unwrap();
+        assert!(store.rename(&id(1), &id(7), Duration::ZERO).await.unwrap());
+        store.run_pending_tasks();
+        assert_eq!(
+            store.indexed(),
+            1,
+            "a delete and a rename's removal take theirs"
+        );
+        let listed = store.of_subject("user", "u").await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, id(2));
     }
 
     #[test]

@@ -110,7 +110,11 @@ impl HandoffStore for ServerStore {
 }
 
 impl AdminStore for ServerStore {
-    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+    async fn delete_where(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
         each!(self, s => s.delete_where(name, value))
     }
 

@@ -181,6 +181,7 @@ fn build_store(config: &SessionsConfig, secrets: Option<&Vec<Vec<u8>>>) -> Resul
                 idle_timeout: config.idle_timeout,
                 absolute_timeout: config.absolute_timeout,
                 limits: config.limits,
+                subject: config.subject.clone(),
             },
         )))),
         StoreConfig::Redis {

@@ -374,6 +374,8 @@ pub struct Applied {
     pub rejected: Vec<Rejected>,
     /// The session was created by this update.
     pub created: bool,
+    /// The session's own id (the one updated: not the alias it was reached through).
+    pub id: StoreId,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -465,12 +467,13 @@ pub trait HandoffStore: SessionStore {
 /// A store whose sessions the admin API can find and end by what they hold.
 pub trait AdminStore: SessionStore {
     /// Deletes every session whose attribute `name` equals `value` (log a user out
-    /// everywhere); returns how many.
+    /// everywhere); returns the live sessions it ended, with their ids (retired views of them
+    /// go too, uncounted).
     fn delete_where(
         &self,
         name: &str,
         value: &str,
-    ) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(StoreId, Session)>, StoreError>> + Send;
 
     /// The session with stable key `key`, if any (admin API).
     fn find_by_key(

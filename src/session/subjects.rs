@@ -36,13 +36,20 @@ pub struct Meta {
     pub client: String,
     /// Its User-Agent, shortened to printable ASCII.
     pub agent: String,
+    /// When it was written (Unix ms): the session's login, by which `max_per_subject` tells
+    /// older sessions from newer ones (0: not known, older than any).
+    pub login_ms: u64,
 }
 
 impl Meta {
-    /// The value of [`META`]: `1`, then the tracking, the address and the agent, tab-separated
-    /// (the agent is last: it is the only part that could hold anything but a word).
+    /// The value of [`META`]: `1`, then the tracking, the address, the login time and the
+    /// agent, tab-separated (the agent is last: it is the only part that could hold anything
+    /// but a word).
     pub fn encode(&self) -> String {
-        format!("1\t{}\t{}\t{}", self.tracking, self.client, self.agent)
+        format!(
+            "1\t{}\t{}\t{}\t{}",
+            self.tracking, self.client, self.login_ms, self.agent
+        )
     }
 
     /// What `session` records (empty parts when it records nothing: a session made before
@@ -51,11 +58,12 @@ impl Meta {
         let Some(v) = session.attr(META) else {
             return Meta::default();
         };
-        let mut parts = v.splitn(4, '\t');
+        let mut parts = v.splitn(5, '\t');
         let _version = parts.next();
         Meta {
             tracking: parts.next().unwrap_or_default().to_owned(),
             client: parts.next().unwrap_or_default().to_owned(),
+            login_ms: parts.next().and_then(|t| t.parse().ok()).unwrap_or(0),
             agent: parts.next().unwrap_or_default().to_owned(),
         }
     }
@@ -124,7 +132,9 @@ pub fn deadline(
 }
 
 /// Of a subject's sessions (`own` among them), those a login past `max` ends: as many as it
-/// takes to get back to `max`, chosen by `policy`, never `own`.
+/// takes to get back to `max`, chosen by `policy`, never `own`, and never one that logged in
+/// after `own` (two logins at once, each counting the other, must not end each other: the
+/// later one ends the earlier).
 pub fn over_limit(
     sessions: &[(StoreId, Session)],
     own: &StoreId,
@@ -134,8 +144,16 @@ pub fn over_limit(
     if sessions.len() <= max {
         return Vec::new();
     }
+    let login = |s: &Session| (Meta::of(s).login_ms, s.key_raw().to_vec());
+    let Some(own_login) = sessions
+        .iter()
+        .find(|(id, _)| id == own)
+        .map(|(_, s)| login(s))
+    else {
+        return Vec::new();
+    };
     let mut others: Vec<usize> = (0..sessions.len())
-        .filter(|&i| sessions[i].0 != *own)
+        .filter(|&i| sessions[i].0 != *own && login(&sessions[i].1) < own_login)
         .collect();
     others.sort_by_key(|&i| {
         let s = &sessions[i].1;
@@ -208,10 +226,23 @@ pub trait SubjectIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::store::SessionKey;
 
     fn at(created: u64, last: u64) -> Session {
-        let mut s = Session::new(SessionKey::from("k"), created);
+        logged_in(created, last, created)
+    }
+
+    /// A session created at `created`, last used at `last`, logged in at `login`.
+    fn logged_in(created: u64, last: u64, login: u64) -> Session {
+        let meta = Meta {
+            login_ms: login,
+            ..Meta::default()
+        };
+        let mut s = Session::from_parts(
+            &format!("k{created}"),
+            [(META, meta.encode().as_str())],
+            created,
+            last,
+        );
         s.last_seen_ms = last;
         s
     }
@@ -222,12 +253,24 @@ mod tests {
 
     #[test]
     fn the_session_that_logs_in_is_never_the_one_evicted() {
-        // Own is the oldest by both measures, and still stays.
-        let s = vec![(id(1), at(1, 1)), (id(2), at(5, 50)), (id(3), at(9, 20))];
+        // Own is the oldest by both measures (but logged in last), and still stays.
+        let s = vec![
+            (id(1), logged_in(1, 1, 100)),
+            (id(2), at(5, 50)),
+            (id(3), at(9, 20)),
+        ];
         assert_eq!(over_limit(&s, &id(1), 2, OnLimit::EvictOldestIdle), [2]);
         assert_eq!(over_limit(&s, &id(1), 2, OnLimit::EvictOldest), [1]);
         assert_eq!(over_limit(&s, &id(1), 1, OnLimit::EvictOldest), [1, 2]);
         assert!(over_limit(&s, &id(1), 3, OnLimit::EvictOldest).is_empty());
+    }
+
+    #[test]
+    fn two_logins_at_once_never_end_each_other() {
+        // A logged in at 10, B at 11, each sees the other: only B's login ends A.
+        let s = vec![(id(1), logged_in(1, 1, 10)), (id(2), logged_in(2, 2, 11))];
+        assert!(over_limit(&s, &id(1), 1, OnLimit::EvictOldestIdle).is_empty());
+        assert_eq!(over_limit(&s, &id(2), 1, OnLimit::EvictOldestIdle), [0]);
     }
 
     #[test]
@@ -257,6 +300,7 @@ mod tests {
             tracking: "url".into(),
             client: "::1".into(),
             agent: "x\ty".into(),
+            login_ms: 17,
         };
         let s = Session::from_parts("k", [(META, meta.encode().as_str())], 0, 0);
         assert_eq!(Meta::of(&s), meta);

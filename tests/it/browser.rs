@@ -271,3 +271,156 @@ async fn browser_with_cookies_blocked_uses_a_cookie_app_through_the_jar() {
     c.close().await.unwrap();
     stop.cancel();
 }
+
+/// Logs `user` in to the demo shop behind `base` (a POST of its form, as a browser would);
+/// the session cookie and the session's key.
+async fn shop_login(base: &str, user: &str) -> (String, String) {
+    let resp = client()
+        .post(format!("{base}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("user={user}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = get_with_cookie(&format!("{base}/"), &cookie).await;
+    let key = page
+        .split("<th>x-session-key</th><td>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned();
+    (cookie, key)
+}
+
+#[tokio::test]
+async fn an_operator_revokes_a_session_in_the_console_and_its_next_request_finds_it_expired() {
+    const TOKEN: &str = "console-token-for-the-browser-test";
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sessiongate::demo::serve_backend(
+        listener,
+        "replica 1",
+        stop.clone(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let gw = Gateway::start_in(
+        &simple_config(
+            &[addr],
+            "",
+            "sessions: {}\nadmin: { bind: \"127.0.0.1:0\", token_file: admin.token }",
+        ),
+        dir,
+    )
+    .await;
+    let base = gw.url("web", "");
+    let (phone, phone_key) = shop_login(&base, "alice").await;
+    let (laptop, laptop_key) = shop_login(&base, "alice").await;
+
+    let driver = driver().await;
+    let c = browser(&driver, false).await;
+    c.goto(&format!("http://{}/console", gw.admin()))
+        .await
+        .unwrap();
+    // Nothing shows before the token is given.
+    assert!(
+        !c.find(Locator::Id("app"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap()
+    );
+    c.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    c.find(Locator::Css("#signin button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let live = eventually(Duration::from_secs(10), || async {
+        let status = c.find(Locator::Id("live")).await.unwrap();
+        status.text().await.is_ok_and(|t| t == "live")
+    })
+    .await;
+    assert!(live, "the event stream did not connect");
+
+    c.find(Locator::Id("subject"))
+        .await
+        .unwrap()
+        .send_keys("alice")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#search button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let row = |key: &str| {
+        Locator::Css(Box::leak(
+            format!("tr[data-key=\"{key}\"]").into_boxed_str(),
+        ))
+    };
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(row(&phone_key))
+        .await
+        .unwrap();
+    c.find(row(&laptop_key)).await.unwrap();
+    let listed = c
+        .find(Locator::Id("result-note"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listed.contains("2 live sessions of alice"), "{listed}");
+
+    c.find(row(&phone_key))
+        .await
+        .unwrap()
+        .find(Locator::Css("button.revoke"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let revoked = eventually(Duration::from_secs(10), || async {
+        let note = c.find(Locator::Id("result-note")).await.unwrap();
+        note.text().await.is_ok_and(|t| t.contains("revoked"))
+    })
+    .await;
+    assert!(revoked, "the console did not say the session was revoked");
+    // The live stream shows it.
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#events li.revoked"))
+        .await
+        .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("console.png"), c.screenshot().await.unwrap()).unwrap();
+    c.close().await.unwrap();
+
+    // The revoked session's next request finds it expired; the other lives on.
+    let page = get_with_cookie(&format!("{base}/"), &phone).await;
+    assert!(page.contains("id=\"status\">expired"), "{page}");
+    let page = get_with_cookie(&format!("{base}/"), &laptop).await;
+    assert!(page.contains("id=\"status\">active"), "{page}");
+    stop.cancel();
+}

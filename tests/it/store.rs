@@ -4,15 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sessiongate::session::subjects::{SubjectIndex, deadline};
 use sessiongate::session::{AdminStore, HandoffStore};
 use sessiongate::session::{
     Change, Limits, MemoryOptions, MemoryStore, RedisOptions, RedisStore, SessionKey, SessionKeys,
     SessionStore, StoreId, Token, Topology, unix_ms,
 };
 
-/// A store with every part of the contract: the request path's, handoffs and admin queries.
-trait FullStore: SessionStore + HandoffStore + AdminStore {}
-impl<S: SessionStore + HandoffStore + AdminStore> FullStore for S {}
+/// A store with every part of the contract: the request path's, handoffs, admin queries and
+/// the subject index.
+trait FullStore: SessionStore + HandoffStore + AdminStore + SubjectIndex {}
+impl<S: SessionStore + HandoffStore + AdminStore + SubjectIndex> FullStore for S {}
 
 const SECRET: &str = "conformance-secret-0123456789abcdef0123";
 
@@ -312,7 +314,7 @@ async fn delete_where_logs_a_user_out_everywhere(s: impl FullStore) {
             .await
             .unwrap();
     }
-    assert_eq!(s.delete_where("user", "alice").await.unwrap(), 2);
+    assert_eq!(s.delete_where("user", "alice").await.unwrap().len(), 2);
     assert!(s.load(&a1, unix_ms()).await.unwrap().is_none());
     assert!(s.load(&a2, unix_ms()).await.unwrap().is_none());
     assert!(s.load(&b, unix_ms()).await.unwrap().is_some());
@@ -373,9 +375,13 @@ async fn an_alias_reaches_the_same_session(s: impl FullStore) {
     assert!(s.alias(&alias, &id, Duration::from_secs(60)).await.unwrap());
     let via = s.load(&alias, unix_ms()).await.unwrap().unwrap();
     assert_eq!(via.session_key(), k);
-    s.update(&alias, None, &[set("cart", "2")], unix_ms())
+    let applied = s
+        .update(&alias, None, &[set("cart", "2")], unix_ms())
         .await
+        .unwrap()
         .unwrap();
+    // The update names the session's own id (the subject index files it under that one).
+    assert_eq!(applied.id, id);
     let direct = s.load(&id, unix_ms()).await.unwrap().unwrap();
     assert_eq!(direct.attr("cart"), Some("2"));
     // Logging out through the alias ends the one session.
@@ -423,6 +429,120 @@ async fn a_code_names_its_session_once(s: impl FullStore) {
 
 async fn ping_answers(s: impl FullStore) {
     s.ping().await.unwrap();
+}
+
+/// Indexes the session under `id` by its `user`, as the gateway does after a login.
+async fn index_user(s: &impl FullStore, id: &StoreId, setup: Setup) {
+    let session = s.load(id, unix_ms()).await.unwrap().unwrap();
+    let user = session.attr("user").unwrap().to_owned();
+    s.index(&user, id, deadline(&session, setup.idle, setup.absolute))
+        .await
+        .unwrap();
+}
+
+async fn a_subjects_sessions_are_found_through_the_index_and_stale_entries_dropped(
+    s: impl FullStore,
+) {
+    let ids: Vec<StoreId> = (0..5).map(|_| new_id()).collect();
+    for id in &ids {
+        s.update(id, Some(key()), &[set("user", "alice")], unix_ms())
+            .await
+            .unwrap();
+        index_user(&s, id, RELAXED).await;
+    }
+    let other = new_id();
+    s.update(&other, Some(key()), &[set("user", "bob")], unix_ms())
+        .await
+        .unwrap();
+    index_user(&s, &other, RELAXED).await;
+    let mut found: Vec<StoreId> = s
+        .of_subject("user", "alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    found.sort_by_key(|id| *id.as_bytes());
+    let mut want = ids.clone();
+    want.sort_by_key(|id| *id.as_bytes());
+    assert_eq!(found, want);
+    // Deleted, renamed away (its successor not indexed yet), handed to another subject,
+    // unindexed: none of them is listed, whatever the index still says.
+    s.delete(&ids[0]).await.unwrap();
+    let successor = new_id();
+    assert!(
+        s.rename(&ids[1], &successor, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    s.update(&ids[2], None, &[set("user", "mallory")], unix_ms())
+        .await
+        .unwrap();
+    s.unindex("alice", &ids[3]).await.unwrap();
+    let left: Vec<StoreId> = s
+        .of_subject("user", "alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, [ids[4]]);
+    // The renamed session, indexed under its new id, is found again (once).
+    index_user(&s, &successor, RELAXED).await;
+    assert_eq!(s.of_subject("user", "alice").await.unwrap().len(), 2);
+    // Another attribute name finds nothing: the index is checked against the data.
+    assert!(s.of_subject("role", "alice").await.unwrap().is_empty());
+    assert_eq!(s.of_subject("user", "bob").await.unwrap().len(), 1);
+    assert!(s.of_subject("user", "nobody").await.unwrap().is_empty());
+}
+
+/// A value of 200 bytes makes the packed form's length bytes non-UTF-8 (0xC8 0x00): the admin
+/// paths that read a session's hash field by field (export, find by key, the index) must
+/// still read it.
+async fn a_session_with_long_values_is_found_exported_and_listed(s: impl FullStore) {
+    let (id, k) = (new_id(), key());
+    let long = "v".repeat(200);
+    s.update(
+        &id,
+        Some(k.clone()),
+        &[set("user", "dora"), set("note", &long)],
+        unix_ms(),
+    )
+    .await
+    .unwrap();
+    index_user(&s, &id, RELAXED).await;
+    let (found_id, found) = s.find_by_key(&k).await.unwrap().unwrap();
+    assert_eq!((found_id, found.attr("note")), (id, Some(long.as_str())));
+    assert!(
+        s.export()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(i, s)| *i == id && s.attr("note") == Some(long.as_str()))
+    );
+    assert_eq!(s.of_subject("user", "dora").await.unwrap().len(), 1);
+}
+
+async fn an_index_entry_leaves_with_its_idle_session(s: impl FullStore, setup: Setup) {
+    let (idle, used) = (new_id(), new_id());
+    for id in [&idle, &used] {
+        s.update(id, Some(key()), &[set("user", "carol")], unix_ms())
+            .await
+            .unwrap();
+        index_user(&s, id, setup).await;
+    }
+    for _ in 0..4 {
+        tokio::time::sleep(setup.idle / 2).await;
+        assert!(s.load(&used, unix_ms()).await.unwrap().is_some());
+    }
+    let found: Vec<StoreId> = s
+        .of_subject("user", "carol")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(found, [used]);
 }
 
 macro_rules! conformance {
@@ -523,6 +643,26 @@ macro_rules! conformance {
                 super::a_code_names_its_session_once(make(RELAXED).await).await;
             }
             #[tokio::test]
+            async fn a_subjects_sessions_are_found_through_the_index_and_stale_entries_dropped() {
+                super::a_subjects_sessions_are_found_through_the_index_and_stale_entries_dropped(
+                    make(RELAXED).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn a_session_with_long_values_is_found_exported_and_listed() {
+                super::a_session_with_long_values_is_found_exported_and_listed(make(RELAXED).await)
+                    .await;
+            }
+            #[tokio::test]
+            async fn an_index_entry_leaves_with_its_idle_session() {
+                let setup = Setup {
+                    idle: Duration::from_millis(1200),
+                    ..RELAXED
+                };
+                super::an_index_entry_leaves_with_its_idle_session(make(setup).await, setup).await;
+            }
+            #[tokio::test]
             async fn ping_answers() {
                 super::ping_answers(make(RELAXED).await).await;
             }
@@ -537,6 +677,7 @@ conformance!(memory, |setup: Setup| async move {
         idle_timeout: setup.idle,
         absolute_timeout: setup.absolute,
         limits: setup.limits,
+        subject: "user".to_owned(),
     })
 });
 
@@ -583,6 +724,7 @@ async fn memory_store_evicts_past_its_capacity() {
         idle_timeout: Duration::from_secs(60),
         absolute_timeout: Duration::from_secs(600),
         limits: Limits::default(),
+        subject: "user".to_owned(),
     });
     for _ in 0..500 {
         s.update(&new_id(), Some(key()), &[set("a", "1")], unix_ms())

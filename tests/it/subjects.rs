@@ -16,6 +16,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::support::*;
 
 const TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// Told when the flooding backend's connection was let go of (one test floods).
+static FLOOD_ENDED: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Instant>>> =
+    std::sync::Mutex::new(None);
 const SECRET: &str = "shared-secret-of-the-fleet-0123456789abcdef\n";
 
 /// The application: `/login/NAME` logs NAME in (with a regenerate, as a login should),
@@ -31,7 +35,8 @@ async fn app() -> Backend {
                 .to_owned()
         };
         let path = req.uri().path().to_owned();
-        if path == "/ws" {
+        if path == "/ws" || path == "/flood" {
+            let flood = path == "/flood";
             let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
                 return text(400, "not a websocket request");
             };
@@ -39,6 +44,15 @@ async fn app() -> Backend {
             tokio::spawn(async move {
                 let io = TokioIo::new(upgraded.await.unwrap());
                 let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                if flood {
+                    // Sends until the gateway lets go of the connection; says when.
+                    let chunk = Message::binary(vec![7u8; 64 * 1024]);
+                    while ws.send(chunk.clone()).await.is_ok() {}
+                    if let Some(tx) = FLOOD_ENDED.lock().unwrap().take() {
+                        let _ = tx.send(Instant::now());
+                    }
+                    return;
+                }
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_close() || ws.send(msg).await.is_err() {
                         break;
@@ -692,4 +706,107 @@ async fn the_console_is_served_with_a_strict_policy_and_its_stats_need_the_token
     assert_eq!(stats["store"], "memory");
     assert_eq!(stats["counts"]["created"], 1);
     assert!(stats["gateway"].as_str().is_some_and(|g| !g.is_empty()));
+}
+
+#[tokio::test]
+async fn the_memory_store_tells_the_stream_of_sessions_that_idle_out() {
+    let b = app().await;
+    let g = gateway(&b, "{ kind: memory }", "  idle_timeout: 1s").await;
+    let mut stream = client()
+        .get(format!("http://{}/events?subject=pat", g.admin()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    login(&g, "pat", "x").await;
+    // The store's housekeeping runs as it is used: other users come and go.
+    let busy = tokio::spawn({
+        let url = g.url("web", "/login/quinn");
+        async move {
+            for _ in 0..40 {
+                let _ = client().get(&url).send().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let events = read_events(&mut stream, Duration::from_secs(4), |e| e.len() >= 2).await;
+    busy.abort();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "expired"], "{events:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_does_not_keep_a_revoked_sessions_tunnel() {
+    let b = app().await;
+    let g = gateway(&b, "{ kind: memory }", "").await;
+    let cookie = login(&g, "rex", "x").await;
+    let key = key_of(&g, &cookie).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    *FLOOD_ENDED.lock().unwrap() = Some(tx);
+    let addr = g.addr("web");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/flood").into_client_request().unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    // The client reads nothing: every buffer on the way fills, and the gateway's write to
+    // it waits.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let revoked = Instant::now();
+    let (status, _) = admin(&g, reqwest::Method::DELETE, &format!("/sessions/{key}")).await;
+    assert_eq!(status, 200);
+    let ended = tokio::time::timeout(Duration::from_secs(3), rx)
+        .await
+        .expect("the backend's connection was kept after the revocation")
+        .unwrap();
+    assert!(
+        ended.duration_since(revoked) < Duration::from_secs(1),
+        "let go {:?} after the revocation",
+        ended.duration_since(revoked)
+    );
+    drop(ws);
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_a_reload_changes_the_admin_token() {
+    let b = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let yaml = simple_config(
+        &[b.addr],
+        "",
+        "sessions: {}\nadmin: { bind: \"127.0.0.1:0\", token_file: admin.token }\n",
+    );
+    let g = Gateway::start_file(&yaml, dir).await;
+    let mut stream = client()
+        .get(format!("http://{}/events", g.admin()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    std::fs::write(
+        g.dir().join("admin.token"),
+        "a-new-token-after-a-leak-0123\n",
+    )
+    .unwrap();
+    let (status, _) = admin(&g, reqwest::Method::POST, "/reload").await;
+    assert_eq!(status, 200);
+    // The stream ends by its next keepalive at the latest (5 s).
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match stream.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token");
+    assert!(start.elapsed() < Duration::from_secs(7));
 }

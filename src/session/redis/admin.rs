@@ -9,7 +9,11 @@ use crate::session::StoreId;
 use crate::session::store::{AdminStore, Session, SessionKey, SessionStore, StoreError, unix_ms};
 
 impl AdminStore for RedisStore {
-    async fn delete_where(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+    async fn delete_where(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
         self.scan_and_delete(name, value).await
     }
 
@@ -87,23 +91,34 @@ impl AdminStore for RedisStore {
 
 impl RedisStore {
     /// `delete_where`: every session scanned, those whose attribute `name` is `value` ended.
-    async fn scan_and_delete(&self, name: &str, value: &str) -> Result<usize, StoreError> {
+    async fn scan_and_delete(
+        &self,
+        name: &str,
+        value: &str,
+    ) -> Result<Vec<(StoreId, Session)>, StoreError> {
         if self.0.wire.circuit.is_open() {
             return Err(down());
         }
         let mut conn = self.0.wire.conn().await?;
         let field = format!("a:{name}");
-        let mut deleted = 0;
+        let mut ended = Vec::new();
         for key in self.0.wire.session_keys().await? {
             let v: Option<String> = self.0.wire.timed(conn.hget(&key, &field)).await?;
             let id = scripts::id_of(&self.0.wire.prefix, &key).and_then(parse_hex);
             if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
+                let id = StoreId::from_bytes(id);
+                let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&key)).await?;
+                let retired = hash
+                    .chunks(2)
+                    .any(|f| matches!(&f[0], Value::BulkString(b) if b == b"r"));
                 // Through the delete script, so that other gateways drop their copies.
-                self.delete(&StoreId::from_bytes(id)).await?;
-                deleted += 1;
+                self.delete(&id).await?;
+                if let (false, Some(s)) = (retired, self.0.wire.session(&hash)) {
+                    ended.push((id, s));
+                }
             }
         }
-        Ok(deleted)
+        Ok(ended)
     }
 
     /// `find_by_key`: every session scanned until the one with stable key `key`.

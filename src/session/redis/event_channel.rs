@@ -19,6 +19,16 @@ use crate::session::events::{Event, Events};
 /// Longest event message read from the channel (anything longer is not one of ours).
 const MAX_MESSAGE: usize = 4096;
 
+/// Most events waiting for Redis to answer again (beyond them, an event is dropped: other
+/// gateways' tunnels then find their session's end at their next look, within 30 s).
+const MAX_WAITING: usize = 10_000;
+
+/// How long an event waits for Redis to answer again.
+const WAIT_FOR_REDIS: Duration = Duration::from_secs(120);
+
+/// Events waiting now.
+static WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// The relay of one store: started once, stopped when the store goes.
 #[derive(Default)]
 pub(super) struct Relay {
@@ -39,16 +49,28 @@ fn channel(prefix: &str) -> String {
 
 impl RedisStore {
     /// Tells other gateways of `event` (in the background: a lost event costs the other
-    /// gateways' tunnels at most their next look at their session).
+    /// gateways' tunnels at most their next look at their session). While Redis does not
+    /// answer, the event waits for it (a logout queued with `serve_stale` is told once it
+    /// is replayed), a bounded number of them for a bounded time.
     pub fn publish_event(&self, event: &Event) {
         let Ok(json) = serde_json::to_string(event) else {
             return;
         };
-        if self.0.wire.circuit.is_open() {
-            return;
-        }
         let store = self.clone();
         tokio::spawn(async move {
+            if store.0.wire.circuit.is_open() {
+                if WAITING.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+                    WAITING.fetch_sub(1, Ordering::AcqRel);
+                    return;
+                }
+                let deadline = tokio::time::Instant::now() + WAIT_FOR_REDIS;
+                while store.0.wire.circuit.is_open() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                WAITING.fetch_sub(1, Ordering::AcqRel);
+                // The replay that follows a reopened circuit goes first.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             let channel = channel(&store.0.wire.prefix);
             let sent: Result<i64, _> = store
                 .0

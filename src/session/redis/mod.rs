@@ -90,8 +90,8 @@ struct Parts {
     near: Option<NearCache>,
     /// With `serve_stale`: writes made while Redis did not answer, replayed when it does.
     pending: Option<Arc<Pending>>,
-    /// `RedisOptions::subject`.
-    subject: String,
+    /// `RedisOptions::subject` (a reload may change it).
+    subject: arc_swap::ArcSwap<String>,
     /// Other gateways' session events, relayed (see `event_channel`).
     relay: event_channel::Relay,
 }
@@ -126,7 +126,7 @@ impl RedisStore {
             wire,
             near,
             pending,
-            subject: options.subject.clone(),
+            subject: arc_swap::ArcSwap::from_pointee(options.subject.clone()),
             relay: event_channel::Relay::default(),
         });
         // The wire calls back into the store it is part of, by a weak reference (a strong
@@ -153,6 +153,14 @@ impl RedisStore {
             }));
         }
         Ok(RedisStore(parts))
+    }
+
+    /// The attribute that names a session's subject from now on (a reload that changes
+    /// `sessions.subject` keeps the store).
+    pub fn set_subject(&self, attribute: &str) {
+        if **self.0.subject.load() != attribute {
+            self.0.subject.store(Arc::new(attribute.to_owned()));
+        }
     }
 
     /// Reads the near cache served, and reads it sent to Redis; `None` without a near cache.
@@ -239,7 +247,6 @@ impl RedisStore {
                     return Err(e);
                 }
             };
-            let touched = read.touched && hop == 0;
             let age = Duration::from_millis(super::store::unix_ms().saturating_sub(read.created));
             let session = if age > self.0.wire.absolute || read.packed.is_empty() {
                 None
@@ -255,11 +262,14 @@ impl RedisStore {
                 return Ok(session.map(Session::retired));
             }
             // A use noted: the subject index keeps the session as long as Redis does.
-            if let (true, Some(s)) = (touched, &session)
-                && let Some(subject) = s.attr(&self.0.subject)
+            if let (true, Some(s), Some(own)) = (
+                read.touched,
+                &session,
+                parse_hex(&target).map(StoreId::from_bytes),
+            ) && let Some(subject) = s.attr(&self.0.subject.load()).filter(|v| !v.is_empty())
             {
                 let until = super::subjects::deadline(s, self.0.wire.idle, self.0.wire.absolute);
-                self.extend_index(subject.to_owned(), *id, until);
+                self.extend_index(subject.to_owned(), own, until);
             }
             // Only a session reached by its own id is kept near: invalidations name that id.
             // And only if no invalidation came while it was read: the copy could be of a
@@ -297,6 +307,12 @@ impl RedisStore {
     /// The session `id` reaches as it is, its use not noted (a tunnel looking whether its
     /// session still lives); a retired id reads its view while its successor lives.
     pub async fn peek(&self, id: &StoreId) -> Result<Option<Session>, StoreError> {
+        // A logout or revocation made while Redis was away ended the session here already.
+        if let Some(p) = &self.0.pending
+            && (p.ended(id) || p.own_id(id).is_some_and(|own| p.ended(&own)))
+        {
+            return Ok(None);
+        }
         if self.0.wire.circuit.is_open() {
             return Err(down());
         }
@@ -440,12 +456,11 @@ impl SessionStore for RedisStore {
         let Some((own, parts)) = parts else {
             return Ok(None);
         };
-        if let Some(own) = parse_hex(&own)
-            && own != *id.as_bytes()
-        {
+        let own = parse_hex(&own).map_or(*id, StoreId::from_bytes);
+        if own != *id {
             // Changed through an alias: this gateway's copy under the session's own id is
             // stale now, before the announcement comes back.
-            self.forget(&StoreId::from_bytes(own)).await;
+            self.forget(&own).await;
         }
         let (created, rejected, created_ms, last_ms, packed): (
             i64,
@@ -468,6 +483,7 @@ impl SessionStore for RedisStore {
             session,
             rejected,
             created: created == 1,
+            id: own,
         }))
     }
 

@@ -79,6 +79,8 @@ impl RedisStore {
             session,
             rejected,
             created,
+            // While Redis is away the write stays under the id it was asked for.
+            id: *id,
         }))
     }
 

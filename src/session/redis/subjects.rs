@@ -5,7 +5,8 @@
 //! slots), drops the members past their score, and sets the key to expire with its last
 //! member: a subject whose sessions have all expired leaves no key behind, without anyone
 //! cleaning up (Spring Session's per-user sets, which nothing expires, are the failure this
-//! layout avoids). The read path extends a member when it notes a session's use.
+//! layout avoids). The read path extends a member (or adds a missing one) when it notes a
+//! session's use.
 
 use redis::{AsyncCommands, Value};
 
@@ -25,10 +26,11 @@ redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(top[2])) + 1)
 return 1
 ";
 
-/// KEYS: index. ARGV: id, until. Extends a member that is there (a session's use noted);
-/// never adds one (a session that left its subject stays out).
+/// KEYS: index. ARGV: id, until. A session's use noted: its member lives until `until` (added
+/// if it is missing: an entry a login could not write, Redis being away, comes back at the
+/// session's next use; the session's subject is read from the session itself, so it is the
+/// current one). `GT`: never shortened by a late, older write.
 const EXTEND: &str = r"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(top[2])) + 1)
@@ -78,9 +80,9 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The read path noted a use of session `id` of `subject`: its index entry lives until
-    /// `until_ms` now. Run apart from the request (a failure only shortens the entry, which
-    /// the next use or login extends again).
+    /// The read path noted a use of session `id` (its own id) of `subject`: its index entry
+    /// lives until `until_ms` now. Run apart from the request (a failure only shortens the
+    /// entry, which the next use extends again).
     pub(super) fn extend_index(&self, subject: String, id: StoreId, until_ms: u64) {
         let store = self.clone();
         tokio::spawn(async move {

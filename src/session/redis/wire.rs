@@ -688,7 +688,13 @@ impl Wire {
         let (mut key, mut created, mut last) = (None, None, None);
         let mut attrs = Vec::with_capacity(hash.len() / 2);
         for pair in hash.chunks_exact(2) {
-            let (field, value) = (text(&pair[0])?, text(&pair[1])?);
+            let field = text(&pair[0])?;
+            // The packed form (`p`) is binary (its lengths are raw bytes): it is not read here,
+            // and must not make a session with a value of 128 bytes or more unreadable.
+            if !matches!(field, "k" | "c" | "l" | "f") && !field.starts_with("a:") {
+                continue;
+            }
+            let value = text(&pair[1])?;
             match field {
                 "k" => key = Some(value),
                 "c" => created = value.parse::<u64>().ok(),
