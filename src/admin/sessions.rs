@@ -89,6 +89,7 @@ fn summary(s: &Session, subject_attr: &str, idle_ms: u64) -> serde_json::Value {
         "created_ms": s.created_ms,
         "last_seen_ms": s.last_seen_ms,
         "idle_expires_ms": s.last_seen_ms.saturating_add(idle_ms),
+        "logged_in_ms": meta.login_ms,
         "client": meta.client,
         "user_agent": meta.agent,
         "tracking": meta.tracking,

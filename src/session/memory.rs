@@ -402,10 +402,14 @@ impl MemoryStore {
                 }
             },
             // Idle too, by the session's own last use: a read that notes no use (a tunnel's
-            // look, a listing) still restarts moka's idle clock, and must not keep a session
-            // alive past its time.
+            // look, a listing) still restarts moka's idle clock (moka has no read that does
+            // not), and must not keep a session alive past its time. The last use is written
+            // back at most every `TOUCH_EVERY_MS`, so it may be that much older than the real
+            // one: a session is stale only past that too (an idle session that something
+            // looked at lives at most that much longer).
             Entry::Live(s) => {
-                since(s.created_ms) > self.absolute || since(s.last_seen_ms) > self.idle
+                since(s.created_ms) > self.absolute
+                    || since(s.last_seen_ms) > self.idle + Duration::from_millis(TOUCH_EVERY_MS)
             }
         };
         if stale {

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::events::Watch;
 use super::server_store::ServerStore;
-use super::store::unix_ms;
+use super::store::{TOUCH_EVERY_MS, unix_ms};
 use super::token::StoreId;
 
 /// The longest a tunnel goes without looking at its session.
@@ -53,12 +53,20 @@ impl SessionWatch {
                 () = tokio::time::sleep_until(next) => {}
             }
             let now = unix_ms();
+            // A use is written back at most every `TOUCH_EVERY_MS`: past its idle timeout by
+            // less than that, a session may still be in use (the store says so by returning
+            // it), and is looked at again once that much more has passed.
+            let lenient = self.idle + Duration::from_millis(TOUCH_EVERY_MS);
             next = match self.store.peek(&self.id).await {
-                Ok(Some(s)) if !s.expired(now, self.idle, self.absolute) => {
+                Ok(Some(s)) if !s.expired(now, lenient, self.absolute) => {
+                    let deadline = if s.expired(now, self.idle, self.absolute) {
+                        super::subjects::deadline(&s, lenient, self.absolute)
+                    } else {
+                        super::subjects::deadline(&s, self.idle, self.absolute)
+                    };
                     if s.is_read_only() {
                         Instant::now() + RETIRED_EVERY
                     } else {
-                        let deadline = super::subjects::deadline(&s, self.idle, self.absolute);
                         Instant::now() + until(deadline).min(BACKSTOP)
                     }
                 }
