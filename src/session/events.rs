@@ -151,14 +151,22 @@ impl Events {
     }
 
     /// Something happened here: the stream gets it, and the session's tunnels look again.
-    /// The event, for other gateways.
+    /// The event, if anyone reads it: a reader of the stream, or `others` (other gateways).
+    /// (A login is the request path: with nobody to tell, no event is made.)
     pub fn emit(
         &self,
         kind: EventKind,
         key: &str,
         subject: Option<&str>,
         route: Option<&str>,
-    ) -> Arc<Event> {
+        others: bool,
+    ) -> Option<Arc<Event>> {
+        if kind.ends_something() {
+            self.poke(key);
+        }
+        if !others && self.stream.receiver_count() == 0 {
+            return None;
+        }
         let event = Arc::new(Event {
             event: kind.as_str().to_owned(),
             key: key.to_owned(),
@@ -167,12 +175,9 @@ impl Events {
             route: route.map(str::to_owned),
             at_ms: unix_ms(),
         });
-        if kind.ends_something() {
-            self.poke(key);
-        }
         // No reader: nobody is watching the stream, which is fine.
         let _ = self.stream.send(event.clone());
-        event
+        Some(event)
     }
 
     /// Something happened on another gateway.
@@ -181,6 +186,11 @@ impl Events {
             self.poke(&event.key);
         }
         let _ = self.stream.send(Arc::new(event));
+    }
+
+    /// Whether anyone reads the stream now.
+    pub fn has_readers(&self) -> bool {
+        self.stream.receiver_count() > 0
     }
 
     /// Events may have been missed (the channel from other gateways was down): every tunnel
@@ -272,7 +282,7 @@ mod tests {
         let mine = events.watch("k1");
         let other = events.watch("k2");
         let mut stream = events.subscribe();
-        events.emit(EventKind::Revoked, "k1", Some("alice"), None);
+        events.emit(EventKind::Revoked, "k1", Some("alice"), None, false);
         tokio::time::timeout(std::time::Duration::from_secs(1), mine.poked())
             .await
             .unwrap();

@@ -124,7 +124,7 @@ impl Sessions {
             m.on_expiry(Box::new(move |s| {
                 if let Some(events) = events.upgrade() {
                     let who = s.attr(&subject).filter(|v| !v.is_empty());
-                    events.emit(EventKind::Expired, s.key(), who, None);
+                    events.emit(EventKind::Expired, s.key(), who, None, false);
                 }
             }));
         }
@@ -747,7 +747,7 @@ impl Sessions {
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let cookie = self.cookies.out(tls, carry.cookie());
         let held = store
-            .commit(rs, &d, status, headers, (&cookie, route, carried(carry)))
+            .commit(rs, d, status, headers, (&cookie, route, carried(carry)))
             .await?;
         self.adopted(headers, adopted.filter(|_| held.is_some()));
         // No session cookie of ours goes out (a client without a session, or one whose

@@ -3,7 +3,6 @@
 //! directives to it — creating it on its first `Set`, giving it a new token on `regenerate`
 //! (the old one reads it as it was, read-only, for the grace), ending it on `destroy`.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +19,13 @@ use super::request::{LogoutFailed, RequestInfo, RequestSession};
 use super::server_store::ServerStore;
 use super::store::{Applied, Change, Session, SessionKey, SessionStore, StoreError, unix_ms};
 use super::store_metrics::{StoreOps, timed};
-use super::subjects::{self, META, Meta, SubjectIndex, short_agent};
+use super::subjects::{self, META, SubjectIndex};
 use super::token::{SessionKeys, StoreId, Token};
 use super::tracking::Source;
 use crate::config::OnLimit;
 use crate::metrics::{Metrics, SessionEvent};
 
-/// What a request showed of its client, for what a session records (see [`Meta`]).
+/// What a request showed of its client, for what a session records (see [`subjects::Meta`]).
 struct Seen {
     client: Option<IpAddr>,
     agent: Option<http::HeaderValue>,
@@ -255,7 +254,7 @@ impl KeptInStore {
     pub(super) async fn commit(
         &self,
         rs: RequestSession,
-        d: &Directives,
+        mut d: Directives,
         status: StatusCode,
         headers: &mut HeaderMap,
         (cookie, route, tracking): (&CookieOut<'_>, &str, &'static str),
@@ -350,12 +349,12 @@ impl KeptInStore {
                 let mut id = token.store_id();
                 let mut now_is = session;
                 if !d.changes.is_empty() {
-                    let changes = self.with_meta(&d.changes, &seen, false);
-                    let applied = self.update(&id, None, &changes, now, &token).await;
+                    self.with_meta(&mut d.changes, &seen, false);
+                    let applied = self.update(&id, None, &d.changes, now, &token).await;
                     if let Some(a) = applied {
                         id = a.id;
                         if let Some(before) = &now_is {
-                            self.reindex(before, &a.session, &id, route).await;
+                            self.reindex(Some(before), &a.session, &id, route).await;
                         }
                         now_is = Some(a.session);
                     }
@@ -381,9 +380,9 @@ impl KeptInStore {
                     tracing::warn!("no randomness: session not created");
                     return Ok(None);
                 };
-                let changes = self.with_meta(&d.changes, &seen, true);
+                self.with_meta(&mut d.changes, &seen, true);
                 let Some(applied) = self
-                    .update(&fresh.store_id(), Some(key), &changes, now, &fresh)
+                    .update(&fresh.store_id(), Some(key), &d.changes, now, &fresh)
                     .await
                 else {
                     return Ok(None);
@@ -391,8 +390,7 @@ impl KeptInStore {
                 let (id, made) = (applied.id, applied.session);
                 self.metrics.session(SessionEvent::Created);
                 self.tell(EventKind::Created, &made, Some(route));
-                let empty = Session::new(SessionKey::from(made.key()), made.created_ms);
-                self.reindex(&empty, &made, &id, route).await;
+                self.reindex(None, &made, &id, route).await;
                 if d.end_others {
                     self.end_others(&made, &id, route).await;
                 }
@@ -482,30 +480,18 @@ impl KeptInStore {
     }
 
     /// `changes`, and, when they create the session or name its subject (a login), what it
-    /// records of the client (see [`Meta`]): the client that logged in is the one an
+    /// records of the client (see [`subjects::Meta`]): the client that logged in is the one an
     /// operator sees.
-    fn with_meta<'c>(
-        &self,
-        changes: &'c [Change],
-        seen: &Seen,
-        creating: bool,
-    ) -> Cow<'c, [Change]> {
+    fn with_meta(&self, changes: &mut Vec<Change>, seen: &Seen, creating: bool) {
         let names_subject = changes.iter().any(|c| match c {
             Change::Set(n, _) | Change::Unset(n) => *n == self.subject,
         });
         if !names_subject && !creating {
-            return Cow::Borrowed(changes);
+            return;
         }
-        let meta = Meta {
-            tracking: seen.tracking.to_owned(),
-            client: seen.client.map(|c| c.to_string()).unwrap_or_default(),
-            agent: short_agent(seen.agent.as_ref()),
-            login_ms: unix_ms(),
-        };
-        let mut all = changes.to_vec();
+        let meta = subjects::record(seen.tracking, seen.client, seen.agent.as_ref(), unix_ms());
         // Last: the backend's own changes are held to the limits first.
-        all.push(Change::Set(META.to_owned(), meta.encode()));
-        Cow::Owned(all)
+        changes.push(Change::Set(META.to_owned(), meta));
     }
 
     /// The subject of `s`, if it has one.
@@ -515,16 +501,30 @@ impl KeptInStore {
 
     /// Tells the stream, other gateways and open tunnels what happened to `s`.
     fn tell(&self, kind: EventKind, s: &Session, route: Option<&str>) {
-        let event = self.events.emit(kind, s.key(), self.subject_of(s), route);
-        if let ServerStore::Redis(r) = &self.store {
+        let redis = match &self.store {
+            ServerStore::Redis(r) => Some(r),
+            ServerStore::Memory(_) => None,
+        };
+        // Nobody to tell (no stream reader, no tunnel to look, no other gateway): a login
+        // on the memory store makes no event.
+        if redis.is_none() && kind == EventKind::Created && !self.events.has_readers() {
+            return;
+        }
+        let event = self
+            .events
+            .emit(kind, s.key(), self.subject_of(s), route, redis.is_some());
+        if let (Some(r), Some(event)) = (redis, event) {
             r.publish_event(&event);
         }
     }
 
     /// The subject index after a write that took `before` to `after` (session `id`): the
     /// entry moves with the subject; a login past `max_per_subject` ends other sessions.
-    async fn reindex(&self, before: &Session, after: &Session, id: &StoreId, route: &str) {
-        let (was, is) = (self.subject_of(before), self.subject_of(after));
+    async fn reindex(&self, before: Option<&Session>, after: &Session, id: &StoreId, route: &str) {
+        let (was, is) = (
+            before.and_then(|b| self.subject_of(b)),
+            self.subject_of(after),
+        );
         if was == is {
             return;
         }

@@ -424,3 +424,60 @@ async fn an_operator_revokes_a_session_in_the_console_and_its_next_request_finds
     assert!(page.contains("id=\"status\">active"), "{page}");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_demo_shop_on_three_replicas_keeps_one_session_from_server_to_server() {
+    let stop = CancellationToken::new();
+    let mut servers = Vec::new();
+    for n in 1..=3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        servers.push(listener.local_addr().unwrap());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            sessiongate::demo::serve_backend(listener, &format!("replica {n} of 3"), stop).await;
+        });
+    }
+    let gw = Gateway::start(&simple_config(&servers, "", "sessions: {}")).await;
+    let base = gw.url("web", "");
+    let driver = driver().await;
+    let c = browser(&driver, false).await;
+    c.goto(&format!("{base}/")).await.unwrap();
+    click_and_wait(&c, "login").await;
+    let mut replicas = std::collections::BTreeSet::new();
+    let mut cart = 0;
+    for _ in 0..6 {
+        let page = c.source().await.unwrap();
+        assert!(page.contains("Logged in as <b>alice</b>"), "{page}");
+        let text = |id: &'static str| {
+            let c = c.clone();
+            async move { c.find(Locator::Id(id)).await.unwrap().text().await.unwrap() }
+        };
+        assert_eq!(text("status").await, "active");
+        replicas.insert(text("replica").await);
+        // Each replica adds to the same cart: the session is the gateway's, not theirs.
+        c.find(Locator::Css("form[action=\"/cart\"] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        cart += 1;
+        let shown = eventually(Duration::from_secs(10), || async {
+            c.source()
+                .await
+                .is_ok_and(|p| p.contains(&format!("Cart: <b>{cart}</b>")))
+        })
+        .await;
+        assert!(shown, "the cart did not show {cart}");
+    }
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("three-replicas.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    c.close().await.unwrap();
+    stop.cancel();
+}
