@@ -125,6 +125,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         (drain.tracker.clone(), drain.force.clone()),
         None,
     )?;
+    proxy.in_use();
     // Before any listener accepts: the memory store's sessions from its snapshot file.
     if let Some(sessions) = proxy.sessions() {
         sessions.load_snapshot().await;

@@ -103,20 +103,23 @@ pub(super) fn query(req_query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// The session with stable key `key`: through `subject`'s index entries when given (no
-/// scan), else a scan of the store.
+/// scan), else (or when the index does not have it: a revocation must not miss) a scan of
+/// the store.
 async fn find(
     sessions: &Sessions,
     key: &str,
     subject: Option<&str>,
 ) -> Result<Option<(StoreId, Session)>, crate::session::StoreError> {
-    match subject {
-        Some(subject) => Ok(sessions
+    if let Some(subject) = subject
+        && let Some(found) = sessions
             .of_subject(subject)
             .await?
             .into_iter()
-            .find(|(_, s)| s.key() == key)),
-        None => sessions.find_by_key(&SessionKey::from(key)).await,
+            .find(|(_, s)| s.key() == key)
+    {
+        return Ok(Some(found));
     }
+    sessions.find_by_key(&SessionKey::from(key)).await
 }
 
 /// The session API; every answer is JSON.

@@ -187,6 +187,14 @@ impl Proxy {
     /// flight on them finish).
     pub fn retire(&self, successor: &Proxy) {
         self.pools.retire(&successor.pools);
+        successor.in_use();
+    }
+
+    /// This proxy serves from now on: its sessions take over the open tunnels' watches.
+    pub fn in_use(&self) {
+        if let Some(s) = &self.sessions {
+            s.in_use();
+        }
     }
 
     /// What the gateway's parts know of themselves now, for a metrics scrape.

@@ -23,6 +23,10 @@ const CLOSE_1008: &[u8] = b"\x88\x0f\x03\xf0session ended";
 /// without one).
 const FINISH_FRAME: Duration = Duration::from_millis(300);
 
+/// How long the client may go on sending once the backend closed its side (a WebSocket's
+/// close handshake: the client answers the backend's close frame).
+const LINGER: Duration = Duration::from_millis(500);
+
 /// The longest the close of a tunnel whose session ended may take, frame and close frame
 /// included: a client that does not read is cut, not waited for.
 const CLOSE_WITHIN: Duration = Duration::from_millis(600);
@@ -98,6 +102,15 @@ pub(crate) fn spawn_tunnel(
             loop {
                 tokio::select! {
                     r = &mut to_client => break match r {
+                        Ok(Relayed::Closed) if !client_done => {
+                            // The backend is done sending: the client's last words (the
+                            // answer to a WebSocket close) still go to it, for a moment.
+                            tokio::select! {
+                                _ = tokio::time::timeout(LINGER, &mut to_backend) => {}
+                                () = force.cancelled() => {}
+                            }
+                            Relayed::Closed
+                        }
                         Ok(ended) => ended,
                         Err(e) => {
                             tracing::debug!(error = %e, "upgraded connection ended with an error");
@@ -169,10 +182,16 @@ where
         if let Some(f) = frames.as_deref_mut() {
             f.feed(&buf[..n], false);
         }
+        // Flushed at once: under TLS a write can leave records in rustls's buffer, and the
+        // backend may say nothing more for a long while.
+        let write = async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        };
         tokio::select! {
             biased;
             () = &mut ended => return Ok(Relayed::SessionEnded { clean: false }),
-            r = to.write_all(&buf[..n]) => r?,
+            r = write => r?,
         }
     }
 }

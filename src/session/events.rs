@@ -20,6 +20,10 @@ use super::store::unix_ms;
 /// Events the stream holds for a reader that falls behind, before it misses some.
 const BACKLOG: usize = 4096;
 
+/// Over how long the tunnels poked all at once look at their sessions (a store that every
+/// open WebSocket asks at the same instant would be a burst of its own making).
+const SPREAD_MS: u64 = 2000;
+
 /// What happened to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -112,6 +116,9 @@ pub struct Events {
     /// By session key: the tunnels opened with it.
     watched: Mutex<HashMap<String, Vec<Watcher>>>,
     next_watch: AtomicU64,
+    /// Until when (Unix ms) a poke of every tunnel is being spread out (see
+    /// [`Watch::spread`]).
+    spreading_until: AtomicU64,
 }
 
 impl Events {
@@ -123,6 +130,7 @@ impl Events {
             gateway: Arc::from(gateway),
             watched: Mutex::default(),
             next_watch: AtomicU64::new(0),
+            spreading_until: AtomicU64::new(0),
         })
     }
 
@@ -196,6 +204,8 @@ impl Events {
     /// Events may have been missed (the channel from other gateways was down): every tunnel
     /// looks again.
     pub fn poke_all(&self) {
+        self.spreading_until
+            .store(unix_ms().saturating_add(SPREAD_MS), Ordering::Relaxed);
         let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         for n in watched.values().flatten() {
             n.1.notify_one();
@@ -253,6 +263,24 @@ impl Watch {
     /// Waits for a poke (one that came while nobody waited counts too).
     pub async fn poked(&self) {
         self.notify.notified().await;
+    }
+
+    /// After a poke of every tunnel: how long this one waits before it looks (a random part
+    /// of what is left of the spread); nothing after a poke of its own session.
+    pub fn spread(&self) -> Option<std::time::Duration> {
+        let left = self
+            .events
+            .spreading_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(unix_ms());
+        if left == 0 {
+            return None;
+        }
+        let mut r = [0u8; 2];
+        aws_lc_rs::rand::fill(&mut r).ok()?;
+        Some(std::time::Duration::from_millis(
+            u64::from(u16::from_le_bytes(r)) % left,
+        ))
     }
 }
 

@@ -29,7 +29,7 @@ use super::subjects;
 use super::token::{StoreId, Token, TokenError};
 use super::tracking::{self, Evidence, Provenance, Source};
 use super::transfer;
-use super::tunnel_watch::SessionWatch;
+use super::tunnel_watch::{SessionWatch, Target, Tunnels};
 use super::url::{self, UrlTokens};
 use crate::config::{ConfigError, SessionsConfig, Tracking};
 use crate::metrics::{Metrics, SessionEvent, Snapshot};
@@ -71,6 +71,8 @@ pub struct Sessions {
     limits: crate::config::SessionLimits,
     /// What happens to sessions (kept across reloads, with the streams reading it).
     events: Arc<Events>,
+    /// Where open tunnels look at their sessions (kept across reloads, with the tunnels).
+    tunnels: Arc<Tunnels>,
     /// `sessions.subject`.
     subject: String,
 }
@@ -112,6 +114,7 @@ impl Sessions {
             || Events::new(&Events::default_gateway_name()),
             |p| p.events.clone(),
         );
+        let tunnels = previous.map_or_else(Arc::default, |p| p.tunnels.clone());
         match &foundation.kept {
             Kept::InStore(ServerStore::Memory(m)) => m.set_subject(&config.subject),
             Kept::InStore(ServerStore::Redis(r)) => r.set_subject(&config.subject),
@@ -120,10 +123,10 @@ impl Sessions {
         if let Kept::InStore(ServerStore::Memory(m)) = &foundation.kept {
             // Sessions that idle out of memory are told as expired (Redis expires its keys
             // unseen: there a request or a tunnel finds the expiry).
-            let (events, subject) = (Arc::downgrade(&events), config.subject.clone());
-            m.on_expiry(Box::new(move |s| {
+            let events = Arc::downgrade(&events);
+            m.on_expiry(Box::new(move |s, subject| {
                 if let Some(events) = events.upgrade() {
-                    let who = s.attr(&subject).filter(|v| !v.is_empty());
+                    let who = s.attr(subject).filter(|v| !v.is_empty());
                     events.emit(EventKind::Expired, s.key(), who, None, false);
                 }
             }));
@@ -181,6 +184,7 @@ impl Sessions {
             metrics: metrics.clone(),
             limits: config.limits,
             events,
+            tunnels,
             subject: config.subject.clone(),
             snapshot: config
                 .memory_snapshot
@@ -283,6 +287,11 @@ impl Sessions {
         let Keeper::InStore(k) = &self.keeper else {
             return Ok(0);
         };
+        // Sessions still in a store they are moving from end there too (found by a scan;
+        // with `except`, the one kept may be among them, and the old store is left alone).
+        if let (Some(m), None) = (self.migration(), except) {
+            m.ended_where(&self.subject, subject).await;
+        }
         let mut ended = 0;
         for (id, s) in k.of_subject(subject).await? {
             if Some(s.key()) == except {
@@ -305,19 +314,37 @@ impl Sessions {
     /// tunnel closes when it ends (see [`SessionWatch`]). `None` without a live session in a
     /// server store.
     pub fn watch(&self, rs: &RequestSession) -> Option<SessionWatch> {
-        let Keeper::InStore(k) = &self.keeper else {
+        let Keeper::InStore(_) = &self.keeper else {
             return None;
         };
         let (token, session) = (rs.token.as_ref()?, rs.session.as_ref()?);
-        let (idle, absolute) = k.timeouts();
         Some(SessionWatch {
             watch: self.events().watch(session.key()),
             id: token.store_id(),
+            tunnels: self.tunnels.clone(),
+        })
+    }
+
+    /// These sessions serve from now on (the gateway started, or a reload swapped them in):
+    /// open tunnels look at their sessions in this store, with these timeouts, and look
+    /// again at once if a reload replaced another.
+    pub fn in_use(&self) {
+        let Keeper::InStore(k) = &self.keeper else {
+            return;
+        };
+        // Other gateways' events are heard from the start: a tunnel opened later must not
+        // miss one said while the subscription was being made.
+        let _ = self.events();
+        let (idle, absolute) = k.timeouts();
+        let replaced = self.tunnels.point_at(Target {
             store: k.store().clone(),
             idle,
             absolute,
-            first_deadline: subjects::deadline(session, idle, absolute),
-        })
+            migration: k.migration().cloned(),
+        });
+        if replaced {
+            self.events.poke_all();
+        }
     }
 
     /// What happens to sessions, here (and, with Redis, on every gateway sharing it).

@@ -297,7 +297,7 @@ impl KeptInStore {
                 session.as_ref().filter(|s| !s.is_read_only()),
                 live.as_ref(),
             ) {
-                self.end_others(s, &t.store_id(), route).await;
+                Box::pin(self.end_others(s, &t.store_id(), route)).await;
             }
             if let Some(t) = presented {
                 match timed!(self.ops.delete, store.delete(&t.store_id())) {
@@ -307,7 +307,7 @@ impl KeptInStore {
                         }
                         self.metrics.session(SessionEvent::Destroyed);
                         if let Some(s) = session.as_ref().filter(|s| !s.is_read_only()) {
-                            self.forget(s, &t.store_id()).await;
+                            Box::pin(self.forget(s, &t.store_id())).await;
                             self.tell(EventKind::Destroyed, s, Some(route));
                         }
                     }
@@ -337,8 +337,7 @@ impl KeptInStore {
                         return Ok(None);
                     };
                     if let Some(s) = &session {
-                        self.moved(s, &old, &token.store_id()).await;
-                        self.tell(EventKind::Regenerated, s, Some(route));
+                        Box::pin(self.moved(s, &old, &token.store_id())).await;
                     }
                     token
                 } else {
@@ -354,15 +353,21 @@ impl KeptInStore {
                     if let Some(a) = applied {
                         id = a.id;
                         if let Some(before) = &now_is {
-                            self.reindex(Some(before), &a.session, &id, route).await;
+                            Box::pin(self.reindex(Some(before), &a.session, &id, route)).await;
                         }
                         now_is = Some(a.session);
                     }
                 }
+                // Told once the response's changes are in: a login's event names its subject.
+                if d.regenerate
+                    && let Some(s) = &now_is
+                {
+                    self.tell(EventKind::Regenerated, s, Some(route));
+                }
                 if d.end_others
                     && let Some(s) = &now_is
                 {
-                    self.end_others(s, &id, route).await;
+                    Box::pin(self.end_others(s, &id, route)).await;
                 }
                 Ok(Some(token))
             }
@@ -390,9 +395,9 @@ impl KeptInStore {
                 let (id, made) = (applied.id, applied.session);
                 self.metrics.session(SessionEvent::Created);
                 self.tell(EventKind::Created, &made, Some(route));
-                self.reindex(None, &made, &id, route).await;
+                Box::pin(self.reindex(None, &made, &id, route)).await;
                 if d.end_others {
-                    self.end_others(&made, &id, route).await;
+                    Box::pin(self.end_others(&made, &id, route)).await;
                 }
                 cookie.set(headers, Some(&fresh));
                 Ok(Some(fresh))
@@ -437,7 +442,7 @@ impl KeptInStore {
                 tracing::warn!(session = %token, error = %e, "regenerate failed: the session is ended, its changes not applied");
                 match session {
                     Some(s) => {
-                        self.end_one(&token.store_id(), s, EventKind::Revoked, None)
+                        Box::pin(self.end_one(&token.store_id(), s, EventKind::Revoked, None))
                             .await;
                     }
                     None => {
@@ -498,6 +503,10 @@ impl KeptInStore {
     fn subject_of<'s>(&self, s: &'s Session) -> Option<&'s str> {
         s.attr(&self.subject).filter(|v| !v.is_empty())
     }
+
+    // The subject work below runs on logins and logouts only, and its futures (a Redis
+    // listing, deletes) are large: the commit phase awaits them boxed, so that they do not
+    // grow the future of every request that only reads its session.
 
     /// Tells the stream, other gateways and open tunnels what happened to `s`.
     fn tell(&self, kind: EventKind, s: &Session, route: Option<&str>) {
@@ -572,6 +581,15 @@ impl KeptInStore {
         (max, policy): (usize, OnLimit),
         route: &str,
     ) {
+        // Counted first: most logins are within the limit, and need no listing.
+        match self.store.count(subject).await {
+            Ok(n) if n <= max => return,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "the subject's sessions could not be counted");
+                return;
+            }
+        }
         let mut sessions = match self.store.of_subject(&self.subject, subject).await {
             Ok(list) => list,
             Err(e) => {
@@ -636,16 +654,17 @@ impl KeptInStore {
             tracing::warn!(error = %e, "session delete failed");
             return false;
         }
-        self.forget(s, id).await;
+        // Told first: other gateways' tunnels must not wait for the index's round trip.
         self.tell(why, s, route);
+        self.forget(s, id).await;
         true
     }
 
     /// Session `s` under `id` was ended by a scan of the store (the admin API's `attr=`): its
     /// index entry goes, and it is told as revoked.
     pub(super) async fn ended_elsewhere(&self, id: &StoreId, s: &Session) {
-        self.forget(s, id).await;
         self.tell(EventKind::Revoked, s, None);
+        self.forget(s, id).await;
     }
 
     /// The live sessions of `subject`.

@@ -169,8 +169,9 @@ pub struct MemoryStore {
     subject: Arc<arc_swap::ArcSwap<String>>,
 }
 
-/// What the store calls with a session that expired (idle) in the cache.
-pub type ExpiryHook = Box<dyn Fn(&Session) + Send + Sync>;
+/// What the store calls with a session that expired (idle) in the cache, and the attribute
+/// that names its subject.
+pub type ExpiryHook = Box<dyn Fn(&Session, &str) + Send + Sync>;
 
 /// The subject index: each subject's session ids, by a keyed hash of the subject. A
 /// collision only puts two subjects' sessions in one list, which every listing sorts out (it
@@ -256,7 +257,11 @@ impl Subjects {
         match self.lists.get(&self.hash(subject)) {
             None => Vec::new(),
             Some(Ids::One(one)) => vec![*one],
-            Some(Ids::Many(set)) => set.iter().copied().collect(),
+            Some(Ids::Many(set)) => set
+                .iter()
+                .take(super::subjects::MAX_LISTED)
+                .copied()
+                .collect(),
         }
     }
 }
@@ -311,7 +316,7 @@ impl MemoryStore {
                 if cause == RemovalCause::Expired
                     && let (Entry::Live(p), Some(hook)) = (&entry, expired.get())
                 {
-                    hook(&p.session());
+                    hook(&p.session(), &subject_attr.load());
                 }
                 // Replaced: an update, or a regenerate retiring the id (whose index entry
                 // the regenerate moves itself).
@@ -358,9 +363,21 @@ impl MemoryStore {
     /// The attribute that names a session's subject from now on (a reload that changes
     /// `sessions.subject` keeps the store).
     pub fn set_subject(&self, attribute: &str) {
-        if **self.subject.load() != attribute {
-            self.subject.store(Arc::new(attribute.to_owned()));
+        if **self.subject.load() == attribute {
+            return;
         }
+        self.subject.store(Arc::new(attribute.to_owned()));
+        // The index was of the old attribute's values: made again from the sessions held (a
+        // reload's pass over the cache, not a request's).
+        let mut fresh = Subjects::default();
+        for (id, entry) in &self.cache {
+            if let Entry::Live(p) = entry
+                && let Some(who) = p.session().attr(attribute).filter(|v| !v.is_empty())
+            {
+                fresh.add(who, *id);
+            }
+        }
+        *self.subjects.lock().unwrap_or_else(PoisonError::into_inner) = fresh;
     }
 
     /// Calls `hook` with each session that expires here from now on (set once: the first
@@ -414,7 +431,7 @@ impl MemoryStore {
         if stale {
             self.cache.invalidate(id);
             if let (Entry::Live(p), Some(hook)) = (&entry, self.expiry.get()) {
-                hook(&p.session());
+                hook(&p.session(), &self.subject.load());
             }
             return None;
         }
@@ -744,6 +761,15 @@ impl SubjectIndex for MemoryStore {
                 .remove(subject, id);
         }
         Ok(())
+    }
+
+    async fn count(&self, subject: &str) -> Result<usize, StoreError> {
+        let map = self.subjects.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(match map.lists.get(&map.hash(subject)) {
+            None => 0,
+            Some(Ids::One(_)) => 1,
+            Some(Ids::Many(set)) => set.len(),
+        })
     }
 
     async fn unindex(&self, subject: &str, id: &StoreId) -> Result<(), StoreError> {

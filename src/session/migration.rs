@@ -110,6 +110,15 @@ impl Migration {
         self.to.load(id, unix_ms()).await
     }
 
+    /// The session under `id` in the old store as it is, moved nowhere (a tunnel's look
+    /// during the move); `None` once the move is over or the session ended during it.
+    pub(super) async fn peek(&self, id: &StoreId) -> Result<Option<Session>, StoreError> {
+        if self.done() || self.was_ended(id) {
+            return Ok(None);
+        }
+        self.from.peek(id).await
+    }
+
     /// A session ended (a logout) during the move: gone from the old store too, and never
     /// moved again.
     pub(super) async fn ended(&self, id: &StoreId) {

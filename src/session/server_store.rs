@@ -147,6 +147,10 @@ impl SubjectIndex for ServerStore {
         each!(self, s => s.unindex(subject, id))
     }
 
+    async fn count(&self, subject: &str) -> Result<usize, StoreError> {
+        each!(self, s => s.count(subject))
+    }
+
     async fn of_subject(
         &self,
         name: &str,

@@ -23,6 +23,10 @@ use crate::config::OnLimit;
 /// starts with `~`, which no backend directive can write and no contract header carries.
 pub const META: &str = "~meta";
 
+/// Most sessions of one subject listed (or ended) at once: a subject that a flood of logins
+/// shares must not make one call read without bound.
+pub const MAX_LISTED: usize = 10_000;
+
 /// Longest User-Agent kept, in characters: enough to tell a browser and its platform apart.
 const AGENT_CHARS: usize = 96;
 
@@ -248,8 +252,13 @@ pub trait SubjectIndex {
         id: &StoreId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// How many sessions the index holds for `subject` (not read again: at least as many as
+    /// it has; a login under `max_per_subject` lists them only when this is over the limit).
+    fn count(&self, subject: &str) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
     /// The live sessions (own ids: no alias, no retired id) whose subject attribute `name`
-    /// is `subject`, each read again; index entries that no longer hold are dropped.
+    /// is `subject`, each read again, at most [`MAX_LISTED`] of them; index entries that no
+    /// longer hold are dropped.
     fn of_subject(
         &self,
         name: &str,

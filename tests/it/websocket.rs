@@ -137,3 +137,73 @@ async fn websocket_tunnel_counts_against_the_connection_cap() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1"));
 }
+
+#[tokio::test]
+async fn a_burst_over_wss_arrives_whole_though_the_backend_then_falls_silent() {
+    init();
+    // The backend sends 3 MB at once, then says nothing for longer than the test waits.
+    let backend = Backend::start(|mut req| async move {
+        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+            return text(400, "not a websocket request");
+        };
+        let upgraded = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let io = TokioIo::new(upgraded.await.unwrap());
+            let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            for i in 0..300u32 {
+                let mut m = vec![(i % 251) as u8; 10_000];
+                m[..4].copy_from_slice(&i.to_be_bytes());
+                if ws.send(Message::binary(m)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        });
+        let mut r = text(101, "");
+        let h = r.headers_mut();
+        h.insert("connection", "upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert(
+            "sec-websocket-accept",
+            derive_accept_key(key.as_bytes()).parse().unwrap(),
+        );
+        r
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw", &["gw.test"]);
+    let yaml = format!(
+        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: gw.crt, key: gw.key }} ] }}\nupstreams:\n  app: {{ servers: [ {{ url: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\n",
+        backend.url()
+    );
+    let gw = Gateway::start_in(&yaml, dir).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let addr = gw.addr("tls");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://gw.test/burst", tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    // A slow reader: every buffer on the way fills before it starts.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for i in 0..300u32 {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of 300 never arrived"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.into_data()[..4], &i.to_be_bytes());
+    }
+}

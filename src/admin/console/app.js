@@ -11,7 +11,8 @@ const MAX_EVENTS = 200;
 let token = sessionStorage.getItem('sg-console-token') || '';
 let stream = null; // AbortController of the event stream
 let statsTimer = null;
-let current = ''; // the subject searched for
+let current = ''; // the subject whose sessions the table shows
+let asked = 0; // the latest lookup: an older answer arriving late is dropped
 const recent = []; // [time, kind] of events in the last minute, for rates
 let seen = 0;
 
@@ -167,21 +168,29 @@ function markGone(e) {
 }
 
 async function search(subject, quiet) {
-  current = subject;
+  const mine = ++asked;
   const note = $('#result-note');
   if (!quiet) note.textContent = 'Looking up ' + subject + '…';
   let r;
   try {
     r = await api('GET', '/sessions?subject=' + encodeURIComponent(subject));
   } catch (e) {
+    if (mine !== asked) return;
+    // Nothing shown that the buttons could act on by mistake.
+    current = '';
+    $('#sessions tbody').replaceChildren();
+    $('#sessions').hidden = true;
+    $('#revoke-all').hidden = true;
     note.textContent = 'Lookup failed: ' + e.message;
     return;
   }
+  if (mine !== asked) return;
+  current = subject;
   const body = $('#sessions tbody');
   body.replaceChildren();
   for (const s of r.sessions) {
     const revoke = el('button', { className: 'revoke', type: 'button', textContent: 'Revoke' });
-    revoke.addEventListener('click', () => revokeOne(s.key, revoke));
+    revoke.addEventListener('click', () => revokeOne(subject, s.key, revoke));
     const row = el('tr', {},
       el('td', { className: 'key', textContent: s.key }),
       el('td', { textContent: s.client || '—' }),
@@ -195,15 +204,16 @@ async function search(subject, quiet) {
   }
   $('#sessions').hidden = r.sessions.length === 0;
   $('#revoke-all').hidden = r.sessions.length === 0;
+  $('#revoke-all').dataset.subject = subject;
   note.textContent = r.sessions.length === 0
     ? 'No live session of ' + subject + '.'
     : r.sessions.length + ' live session' + (r.sessions.length === 1 ? '' : 's') + ' of ' + subject + '.';
 }
 
-async function revokeOne(key, button) {
+async function revokeOne(subject, key, button) {
   button.disabled = true;
   try {
-    await api('DELETE', '/sessions/' + encodeURIComponent(key) + '?subject=' + encodeURIComponent(current));
+    await api('DELETE', '/sessions/' + encodeURIComponent(key) + '?subject=' + encodeURIComponent(subject));
     $('#result-note').textContent = 'Session ' + key + ' revoked.';
     const row = button.closest('tr');
     if (row) row.classList.add('gone');
@@ -215,14 +225,16 @@ async function revokeOne(key, button) {
 }
 
 async function revokeAll() {
-  if (!current) return;
   const b = $('#revoke-all');
+  // The subject the table was drawn for, not whatever was typed since.
+  const subject = b.dataset.subject;
+  if (!subject) return;
   b.disabled = true;
   try {
-    const r = await api('DELETE', '/sessions?subject=' + encodeURIComponent(current));
-    $('#result-note').textContent = r.deleted + ' session(s) of ' + current + ' revoked.';
-    await search(current, true);
-    $('#result-note').textContent = r.deleted + ' session(s) of ' + current + ' revoked.';
+    const r = await api('DELETE', '/sessions?subject=' + encodeURIComponent(subject));
+    $('#result-note').textContent = r.deleted + ' session(s) of ' + subject + ' revoked.';
+    await search(subject, true);
+    $('#result-note').textContent = r.deleted + ' session(s) of ' + subject + ' revoked.';
   } catch (e) {
     $('#result-note').textContent = 'Revoking failed: ' + e.message;
   }

@@ -98,17 +98,16 @@ impl RedisStore {
         let channel = channel(&self.0.wire.prefix);
         let into = Arc::downgrade(events);
         tokio::spawn(async move {
+            let mut again = false;
             loop {
                 let heard = tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = listen(&connector, &channel, &into) => r,
+                    r = listen(&connector, &channel, &into, again) => r,
                 };
+                again = true;
                 if let Err(e) = heard {
                     tracing::debug!(error = %e, "session events from other gateways: subscription lost");
                 }
-                let Some(events) = into.upgrade() else { return };
-                events.poke_all();
-                drop(events);
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -123,12 +122,13 @@ async fn listen(
     connector: &Connector,
     channel: &str,
     into: &Weak<Events>,
+    again: bool,
 ) -> redis::RedisResult<()> {
     let client = connector.pubsub_client().await?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel).await?;
     // Subscribed again after a loss: what was said meanwhile is lost, so every tunnel looks.
-    if let Some(events) = into.upgrade() {
+    if again && let Some(events) = into.upgrade() {
         events.poke_all();
     }
     let mut messages = pubsub.on_message();

@@ -14,7 +14,7 @@ use super::wire::{down, hex, parse_hex};
 use super::{RedisStore, scripts};
 use crate::session::StoreId;
 use crate::session::store::{Session, StoreError, unix_ms};
-use crate::session::subjects::SubjectIndex;
+use crate::session::subjects::{MAX_LISTED, SubjectIndex};
 
 /// KEYS: index. ARGV: now, id, until. Adds (or moves) a member, drops expired ones, and lets
 /// the key live as long as its last member.
@@ -104,6 +104,18 @@ impl SubjectIndex for RedisStore {
         self.on_index(REMOVE, subject, &[hex(id)]).await
     }
 
+    async fn count(&self, subject: &str) -> Result<usize, StoreError> {
+        if self.0.wire.circuit.is_open() {
+            return Err(down());
+        }
+        let key = index_key(&self.0.wire.prefix, subject);
+        let mut conn = self.0.wire.conn().await?;
+        self.0
+            .wire
+            .timed(conn.zcount(&key, unix_ms(), "+inf"))
+            .await
+    }
+
     async fn of_subject(
         &self,
         name: &str,
@@ -117,18 +129,24 @@ impl SubjectIndex for RedisStore {
         let members: Vec<String> = self
             .0
             .wire
-            .timed(conn.zrangebyscore(&key, unix_ms(), "+inf"))
+            .timed(conn.zrangebyscore_limit(&key, unix_ms(), "+inf", 0, MAX_LISTED as isize))
             .await?;
+        // Each session's hash on its own node: one command per key, no cross-slot one; sent
+        // together (the connection pipelines them), not one round trip after another.
+        let reads = members.iter().map(|member| {
+            let (mut conn, wire) = (conn.clone(), &self.0.wire);
+            let hash_key = scripts::session_key(&wire.prefix, member);
+            async move { wire.timed(conn.hgetall::<_, Vec<Value>>(hash_key)).await }
+        });
+        let hashes = futures_util::future::join_all(reads).await;
         let mut found = Vec::with_capacity(members.len());
         let mut stale = Vec::new();
-        for member in members {
+        for (member, hash) in members.into_iter().zip(hashes) {
+            let hash = hash?;
             let Some(id) = parse_hex(&member).map(StoreId::from_bytes) else {
                 stale.push(member);
                 continue;
             };
-            // Each session's hash on its own node: one command per key, no cross-slot one.
-            let hash_key = scripts::session_key(&self.0.wire.prefix, &member);
-            let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&hash_key)).await?;
             let retired = hash
                 .chunks(2)
                 .any(|f| matches!(&f[0], Value::BulkString(b) if b == b"r"));
