@@ -773,9 +773,13 @@ impl Sessions {
         let from_elsewhere = rs.evidence.from_elsewhere;
         let read_only = rs.session.as_ref().is_some_and(Session::is_read_only);
         let cookie = self.cookies.out(tls, carry.cookie());
-        let held = store
-            .commit(rs, d, status, headers, (&cookie, route, carried(carry)))
-            .await?;
+        // Most responses change nothing: the commit that does is boxed, so that its future (a
+        // regenerate, the subject's work, a logout) is not part of every request's.
+        let held = if d.is_empty() {
+            KeptInStore::unchanged(rs)
+        } else {
+            Box::pin(store.commit(rs, d, status, headers, (&cookie, route, carried(carry)))).await?
+        };
         self.adopted(headers, adopted.filter(|_| held.is_some()));
         // No session cookie of ours goes out (a client without a session, or one whose
         // session just ended): the probe asks, or goes on showing, that the client keeps

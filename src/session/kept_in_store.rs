@@ -244,6 +244,13 @@ impl KeptInStore {
         }
     }
 
+    /// What `commit` comes to for a response without directives (most of them): the token of
+    /// the live session, if any. Apart, so that the request path does not carry the future
+    /// of a commit that changes something (see `Sessions::commit`).
+    pub(super) fn unchanged(rs: RequestSession) -> Option<Token> {
+        rs.token.filter(|_| rs.session.is_some())
+    }
+
     /// The `commit` phase for a stored session: the directives `d` (taken out of a response
     /// with `status`) applied to the session in the store; returns the token of the session
     /// the client holds afterwards. Cookies for new tokens go out through `cookie` (unless
