@@ -272,6 +272,22 @@ async fn browser_with_cookies_blocked_uses_a_cookie_app_through_the_jar() {
     stop.cancel();
 }
 
+/// Types `text` into the input `id` and clicks `button` (a CSS selector).
+async fn type_and_submit(c: &Client, id: &str, text: &str, button: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+    c.find(Locator::Css(button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Logs `user` in to the demo shop behind `base` (a POST of its form, as a browser would);
 /// the session cookie and the session's key.
 async fn shop_login(base: &str, user: &str) -> (String, String) {
@@ -283,13 +299,7 @@ async fn shop_login(base: &str, user: &str) -> (String, String) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 303);
-    let cookie = resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = cookie_pair(&resp);
     let page = get_with_cookie(&format!("{base}/"), &cookie).await;
     let key = page
         .split("<th>x-session-key</th><td>")
@@ -340,18 +350,7 @@ async fn an_operator_revokes_a_session_in_the_console_and_its_next_request_finds
             .await
             .unwrap()
     );
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("#signin button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_and_submit(&c, "token", TOKEN, "#signin button").await;
     let live = eventually(Duration::from_secs(10), || async {
         let status = c.find(Locator::Id("live")).await.unwrap();
         status.text().await.is_ok_and(|t| t == "live")
@@ -359,18 +358,7 @@ async fn an_operator_revokes_a_session_in_the_console_and_its_next_request_finds
     .await;
     assert!(live, "the event stream did not connect");
 
-    c.find(Locator::Id("subject"))
-        .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#search button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_and_submit(&c, "subject", "alice", "#search button").await;
     let row = |key: &str| {
         Locator::Css(Box::leak(
             format!("tr[data-key=\"{key}\"]").into_boxed_str(),

@@ -24,13 +24,7 @@ async fn gateway_with(b: &Backend, prefix: &str, extra: &str) -> Gateway {
 
 /// `name=value` of the response's session cookie.
 fn session_cookie(resp: &reqwest::Response) -> String {
-    resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    cookie_pair(resp)
 }
 
 /// Logs in on `g` as soon as its Redis answers (a login that gets a cookie); the cookie.

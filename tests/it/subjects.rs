@@ -9,7 +9,6 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -59,15 +58,7 @@ async fn app() -> Backend {
                     }
                 }
             });
-            let mut r = text(101, "");
-            let h = r.headers_mut();
-            h.insert("connection", "upgrade".parse().unwrap());
-            h.insert("upgrade", "websocket".parse().unwrap());
-            h.insert(
-                "sec-websocket-accept",
-                derive_accept_key(key.as_bytes()).parse().unwrap(),
-            );
-            return r;
+            return websocket_accepted(&key);
         }
         let mut r = text(
             200,
@@ -135,13 +126,7 @@ async fn login(g: &Gateway, name: &str, agent: &str) -> String {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    resp.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    cookie_pair(&resp)
 }
 
 /// What `/whoami` on `g` says with `cookie`.

@@ -314,6 +314,33 @@ pub async fn get_with_cookie(url: &str, cookie: &str) -> String {
         .unwrap()
 }
 
+/// `name=value` of a response's (first) `Set-Cookie`.
+pub fn cookie_pair(resp: &reqwest::Response) -> String {
+    resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The `101` with which a WebSocket backend accepts a handshake whose `Sec-WebSocket-Key` is
+/// `key`.
+pub fn websocket_accepted(key: &http::HeaderValue) -> Response<Body> {
+    let mut r = text(101, "");
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+            .parse()
+            .unwrap(),
+    );
+    r
+}
+
 /// A plain HTTP client that does not pool connections between tests' requests.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -2,7 +2,6 @@ use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::support::*;
@@ -26,15 +25,7 @@ async fn echo_backend() -> Backend {
                 }
             }
         });
-        let mut r = text(101, "");
-        let h = r.headers_mut();
-        h.insert("connection", "upgrade".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        h.insert(
-            "sec-websocket-accept",
-            derive_accept_key(key.as_bytes()).parse().unwrap(),
-        );
-        r
+        websocket_accepted(&key)
     })
     .await
 }
@@ -159,15 +150,7 @@ async fn a_burst_over_wss_arrives_whole_though_the_backend_then_falls_silent() {
             }
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
         });
-        let mut r = text(101, "");
-        let h = r.headers_mut();
-        h.insert("connection", "upgrade".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
-        h.insert(
-            "sec-websocket-accept",
-            derive_accept_key(key.as_bytes()).parse().unwrap(),
-        );
-        r
+        websocket_accepted(&key)
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
