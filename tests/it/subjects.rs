@@ -795,3 +795,39 @@ async fn an_event_stream_ends_when_a_reload_changes_the_admin_token() {
     assert!(ended.is_ok(), "the stream outlived its token");
     assert!(start.elapsed() < Duration::from_secs(7));
 }
+
+#[tokio::test]
+async fn on_redis_a_websocket_closes_after_a_regenerate_on_another_gateway_and_at_expiry() {
+    let b = app().await;
+    let store = redis_store(&redis_test_prefix());
+    let extra = "  idle_timeout: 3s\n  regenerate_grace: 1s";
+    let (a, other) = (
+        gateway(&b, &store, extra).await,
+        gateway(&b, &store, extra).await,
+    );
+    // A regenerate on the other gateway: the old token's tunnel lives through the grace,
+    // then closes within a second of its end.
+    let cookie = login(&a, "uma", "x").await;
+    let mut ws = open_ws(a.addr("web"), &cookie).await;
+    let resp = client()
+        .get(other.url("web", "/regen"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("set-cookie"));
+    let renewed = cookie_pair(&resp);
+    let took = closed_by_policy(&mut ws, Duration::from_secs(3)).await;
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2100),
+        "closed {took:?} after a regenerate with a 1 s grace"
+    );
+    // Expiry: a tunnel opened with the renewed token closes once nothing uses the session
+    // for the idle timeout (Redis expires its key; the tunnel notes no use).
+    let mut ws = open_ws(a.addr("web"), &renewed).await;
+    let took = closed_by_policy(&mut ws, Duration::from_secs(6)).await;
+    assert!(
+        took >= Duration::from_millis(2500),
+        "closed before the idle timeout: {took:?}"
+    );
+}
