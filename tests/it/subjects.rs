@@ -831,3 +831,54 @@ async fn on_redis_a_websocket_closes_after_a_regenerate_on_another_gateway_and_a
         "closed before the idle timeout: {took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_replaces_the_store_hands_open_websockets_over_to_the_new_one() {
+    let b = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("session.keys"), SECRET).unwrap();
+    std::fs::write(dir.path().join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    let yaml = |idle: &str| {
+        simple_config(
+            &[b.addr],
+            "",
+            &format!(
+                "sessions:\n  secret_file: session.keys\n  idle_timeout: {idle}\nadmin: {{ bind: \"127.0.0.1:0\", token_file: admin.token }}\n"
+            ),
+        )
+    };
+    let g = Gateway::start_file(&yaml("3s"), dir).await;
+    let cookie = login(&g, "vic", "x").await;
+    let mut ws = open_ws(g.addr("web"), &cookie).await;
+    // A new idle timeout makes a new memory store: the sessions move into it, and leave
+    // the old one, where a tunnel that kept looking would find its session gone.
+    std::fs::write(g.dir().join("gateway.yaml"), yaml("4s")).unwrap();
+    let (status, _) = admin(&g, reqwest::Method::POST, "/reload").await;
+    assert_eq!(status, 200);
+    // The user goes on using the session, past the old idle timeout (when the tunnel looks
+    // again): the tunnel stays, as the session does.
+    for i in 0..7 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(
+            whoami(&g, &cookie)
+                .await
+                .starts_with("status=active user=vic")
+        );
+        ws.send(Message::text(format!("still here {i}")))
+            .await
+            .unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(2), ws.next())
+            .await
+            .expect("no answer")
+            .unwrap()
+            .unwrap_or_else(|e| panic!("after {i} s: {e}"));
+        assert_eq!(
+            echo,
+            Message::text(format!("still here {i}")),
+            "after {i} s"
+        );
+    }
+    // And the new store's logout still closes it.
+    get_with_cookie(&g.url("web", "/logout"), &cookie).await;
+    closed_by_policy(&mut ws, Duration::from_secs(1)).await;
+}
