@@ -343,6 +343,24 @@ mod tests {
     }
 
     #[test]
+    fn no_backend_directive_can_write_or_unset_what_the_gateway_keeps_for_itself() {
+        // `~meta` (what a session records of its client) and `~jar;...` (kept cookies) are
+        // the gateway's: no spelling of a Set or Unset reaches them.
+        let mut h = map(&[
+            ("x-session-set", "~meta=1\tcookie\t6.6.6.6\t0\tforged"),
+            ("x-session-set", "%7Emeta=x"),
+            ("x-session-set", " ~meta = x"),
+            ("x-session-unset", "~meta, ~jar;app;=h;/;SID"),
+            ("x-session-action", "End-Others , REGENERATE"),
+        ]);
+        let d = take_directives(&mut h, &names());
+        assert!(d.changes.is_empty(), "{d:?}");
+        assert_eq!(d.ignored.len(), 5, "{d:?}");
+        // Actions are read in any case, several to a field.
+        assert!(d.end_others && d.regenerate && !d.destroy);
+    }
+
+    #[test]
     fn forged_session_headers_are_stripped_in_any_spelling() {
         let mut h = map(&[
             ("X-Session-Key", "forged"),

@@ -882,3 +882,23 @@ async fn a_reload_that_replaces_the_store_hands_open_websockets_over_to_the_new_
     get_with_cookie(&g.url("web", "/logout"), &cookie).await;
     closed_by_policy(&mut ws, Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_subject_is_matched_exactly_as_the_query_decodes_it() {
+    let b = app().await;
+    let g = gateway(&b, "{ kind: memory }", "").await;
+    let plus = login(&g, "carl+x", "x").await;
+    let upper = login(&g, "Carl+x", "x").await;
+    // A form reads `+` as a space: the subject with a plus is written %2B.
+    assert!(listed(&g, "carl+x").await.is_empty());
+    assert_eq!(listed(&g, "carl%2Bx").await, vec![key_of(&g, &plus).await]);
+    // Case counts, and a prefix is not a match.
+    assert_eq!(listed(&g, "Carl%2Bx").await, vec![key_of(&g, &upper).await]);
+    assert!(listed(&g, "carl").await.is_empty());
+    assert!(listed(&g, "carl%2Bx%00").await.is_empty());
+    let (status, _) = admin(&g, reqwest::Method::GET, "/sessions?subject=").await;
+    assert_eq!(status, 400);
+    let (status, body) = admin(&g, reqwest::Method::DELETE, "/sessions?subject=carl%2Bx").await;
+    assert_eq!((status, &body["deleted"]), (200, &serde_json::json!(1)));
+    assert!(whoami(&g, &upper).await.starts_with("status=active"));
+}
