@@ -826,6 +826,18 @@ mod tests {
         StoreId::from_bytes(b)
     }
 
+    /// A store of at most `max_sessions` (and a GiB), with hour-long timeouts.
+    fn store_of(max_sessions: u64) -> MemoryStore {
+        MemoryStore::new(MemoryOptions {
+            max_sessions,
+            max_bytes: 1 << 30,
+            idle_timeout: Duration::from_secs(3600),
+            absolute_timeout: Duration::from_secs(3600),
+            limits: Limits::default(),
+            subject: "user".to_owned(),
+        })
+    }
+
     /// A session created now under `id`, as a login makes it.
     async fn create(store: &MemoryStore, id: &StoreId, now: u64) {
         let set = [Change::Set("user".into(), "u".into())];
@@ -842,14 +854,7 @@ mod tests {
     #[tokio::test]
     async fn a_flood_of_new_sessions_evicts_the_least_recently_used_never_a_newcomer() {
         const CAP: u64 = 10_000;
-        let store = MemoryStore::new(MemoryOptions {
-            max_sessions: CAP,
-            max_bytes: 1 << 30,
-            idle_timeout: Duration::from_secs(3600),
-            absolute_timeout: Duration::from_secs(3600),
-            limits: Limits::default(),
-            subject: "user".to_owned(),
-        });
+        let store = store_of(CAP);
         let now = unix_ms();
         let regulars: Vec<StoreId> = (0..50).map(|i| id(1 << 40 | i)).collect();
         for r in &regulars {
@@ -948,14 +953,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_that_leaves_the_store_takes_its_index_entry_along() {
-        let store = MemoryStore::new(MemoryOptions {
-            max_sessions: 100,
-            max_bytes: 1 << 30,
-            idle_timeout: Duration::from_secs(3600),
-            absolute_timeout: Duration::from_secs(3600),
-            limits: Limits::default(),
-            subject: "user".to_owned(),
-        });
+        let store = store_of(100);
         let now = unix_ms();
         for n in 0..3 {
             create(&store, &id(n), now).await;

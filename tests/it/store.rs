@@ -440,6 +440,16 @@ async fn index_user(s: &impl FullStore, id: &StoreId, setup: Setup) {
         .unwrap();
 }
 
+/// The ids of the sessions the index lists for the `user` `subject`.
+async fn listed_ids(s: &impl FullStore, subject: &str) -> Vec<StoreId> {
+    s.of_subject("user", subject)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
 async fn a_subjects_sessions_are_found_through_the_index_and_stale_entries_dropped(
     s: impl FullStore,
 ) {
@@ -455,13 +465,7 @@ async fn a_subjects_sessions_are_found_through_the_index_and_stale_entries_dropp
         .await
         .unwrap();
     index_user(&s, &other, RELAXED).await;
-    let mut found: Vec<StoreId> = s
-        .of_subject("user", "alice")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let mut found = listed_ids(&s, "alice").await;
     found.sort_by_key(|id| *id.as_bytes());
     let mut want = ids.clone();
     want.sort_by_key(|id| *id.as_bytes());
@@ -479,14 +483,7 @@ async fn a_subjects_sessions_are_found_through_the_index_and_stale_entries_dropp
         .await
         .unwrap();
     s.unindex("alice", &ids[3]).await.unwrap();
-    let left: Vec<StoreId> = s
-        .of_subject("user", "alice")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(left, [ids[4]]);
+    assert_eq!(listed_ids(&s, "alice").await, [ids[4]]);
     // The renamed session, indexed under its new id, is found again (once).
     index_user(&s, &successor, RELAXED).await;
     assert_eq!(s.of_subject("user", "alice").await.unwrap().len(), 2);
@@ -535,14 +532,7 @@ async fn an_index_entry_leaves_with_its_idle_session(s: impl FullStore, setup: S
         tokio::time::sleep(setup.idle / 2).await;
         assert!(s.load(&used, unix_ms()).await.unwrap().is_some());
     }
-    let found: Vec<StoreId> = s
-        .of_subject("user", "carol")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(found, [used]);
+    assert_eq!(listed_ids(&s, "carol").await, [used]);
 }
 
 macro_rules! conformance {

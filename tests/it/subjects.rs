@@ -5,11 +5,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::*;
@@ -36,13 +34,7 @@ async fn app() -> Backend {
         let path = req.uri().path().to_owned();
         if path == "/ws" || path == "/flood" {
             let flood = path == "/flood";
-            let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-                return text(400, "not a websocket request");
-            };
-            let upgraded = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let io = TokioIo::new(upgraded.await.unwrap());
-                let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            return accept_websocket(&mut req, move |mut ws| async move {
                 if flood {
                     // Sends until the gateway lets go of the connection; says when.
                     let chunk = Message::binary(vec![7u8; 64 * 1024]);
@@ -58,7 +50,6 @@ async fn app() -> Backend {
                     }
                 }
             });
-            return websocket_accepted(&key);
         }
         let mut r = text(
             200,
@@ -126,6 +117,18 @@ async fn login(g: &Gateway, name: &str, agent: &str) -> String {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    cookie_pair(&resp)
+}
+
+/// Renews the token of the session of `cookie` through `g`; the new cookie.
+async fn regenerate(g: &Gateway, cookie: &str) -> String {
+    let resp = client()
+        .get(g.url("web", "/regen"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("set-cookie"));
     cookie_pair(&resp)
 }
 
@@ -505,13 +508,7 @@ async fn a_websocket_closes_when_its_session_logs_out_expires_or_is_regenerated_
     // A regenerate: the old token's tunnel lives through the grace, then closes.
     let cookie = login(&g, "kim", "x").await;
     let mut ws = open_ws(g.addr("web"), &cookie).await;
-    let resp = client()
-        .get(g.url("web", "/regen"))
-        .header("cookie", cookie.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.headers().contains_key("set-cookie"));
+    regenerate(&g, &cookie).await;
     let took = closed_by_policy(&mut ws, Duration::from_secs(3)).await;
     assert!(
         took >= Duration::from_millis(800),
@@ -809,14 +806,7 @@ async fn on_redis_a_websocket_closes_after_a_regenerate_on_another_gateway_and_a
     // then closes within a second of its end.
     let cookie = login(&a, "uma", "x").await;
     let mut ws = open_ws(a.addr("web"), &cookie).await;
-    let resp = client()
-        .get(other.url("web", "/regen"))
-        .header("cookie", cookie.clone())
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.headers().contains_key("set-cookie"));
-    let renewed = cookie_pair(&resp);
+    let renewed = regenerate(&other, &cookie).await;
     let took = closed_by_policy(&mut ws, Duration::from_secs(3)).await;
     assert!(
         took >= Duration::from_millis(800) && took < Duration::from_millis(2100),

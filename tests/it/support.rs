@@ -325,9 +325,30 @@ pub fn cookie_pair(resp: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// The `101` with which a WebSocket backend accepts a handshake whose `Sec-WebSocket-Key` is
-/// `key`.
-pub fn websocket_accepted(key: &http::HeaderValue) -> Response<Body> {
+/// A connection a WebSocket backend serves, once upgraded.
+pub type ServerSocket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A WebSocket backend's answer to `req`: the `101` (`serve` then gets the connection), or a
+/// 400 for a request that is no WebSocket handshake.
+pub fn accept_websocket<F, Fut>(req: &mut Request<Incoming>, serve: F) -> Response<Body>
+where
+    F: FnOnce(ServerSocket) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(400, "not a websocket request");
+    };
+    let upgraded = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let io = TokioIo::new(upgraded.await.unwrap());
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        serve(ws).await;
+    });
     let mut r = text(101, "");
     let h = r.headers_mut();
     h.insert("connection", "upgrade".parse().unwrap());
@@ -391,6 +412,33 @@ pub fn make_cert_with_key(
     std::fs::write(&c.cert, cert.pem()).unwrap();
     std::fs::write(&c.key, key.serialize_pem()).unwrap();
     c
+}
+
+/// A gateway with one TLS listener `tls` (`gw.test`, a certificate of its own) in front of
+/// `b`, with `top_extra` at the top of its file; and a client configuration that trusts it
+/// and offers `alpn`.
+pub async fn tls_gateway(
+    b: &Backend,
+    top_extra: &str,
+    alpn: &[u8],
+) -> (Gateway, Arc<rustls::ClientConfig>) {
+    init();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(dir.path(), "gw", &["gw.test"]);
+    let yaml = format!(
+        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: gw.crt, key: gw.key }} ] }}\nupstreams:\n  app: {{ servers: [ {{ url: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\n{top_extra}\n",
+        b.url()
+    );
+    let gw = Gateway::start_in(&yaml, dir).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    (gw, Arc::new(config))
 }
 
 /// A reqwest client that trusts only `certs` and resolves `name` to `addr`.

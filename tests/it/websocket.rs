@@ -1,21 +1,13 @@
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::support::*;
 
 /// A backend that upgrades `/ws` to a WebSocket and echoes every message.
 async fn echo_backend() -> Backend {
     Backend::start(|mut req| async move {
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return text(400, "not a websocket request");
-        };
-        let upgraded = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let io = TokioIo::new(upgraded.await.unwrap());
-            let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        accept_websocket(&mut req, |mut ws| async move {
             while let Some(Ok(msg)) = ws.next().await {
                 if msg.is_close() {
                     break;
@@ -24,8 +16,7 @@ async fn echo_backend() -> Backend {
                     break;
                 }
             }
-        });
-        websocket_accepted(&key)
+        })
     })
     .await
 }
@@ -134,13 +125,7 @@ async fn a_burst_over_wss_arrives_whole_though_the_backend_then_falls_silent() {
     init();
     // The backend sends 3 MB at once, then says nothing for longer than the test waits.
     let backend = Backend::start(|mut req| async move {
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return text(400, "not a websocket request");
-        };
-        let upgraded = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let io = TokioIo::new(upgraded.await.unwrap());
-            let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        accept_websocket(&mut req, |mut ws| async move {
             for i in 0..300u32 {
                 let mut m = vec![(i % 251) as u8; 10_000];
                 m[..4].copy_from_slice(&i.to_be_bytes());
@@ -149,29 +134,14 @@ async fn a_burst_over_wss_arrives_whole_though_the_backend_then_falls_silent() {
                 }
             }
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-        });
-        websocket_accepted(&key)
+        })
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(dir.path(), "gw", &["gw.test"]);
-    let yaml = format!(
-        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: gw.crt, key: gw.key }} ] }}\nupstreams:\n  app: {{ servers: [ {{ url: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\n",
-        backend.url()
-    );
-    let gw = Gateway::start_in(&yaml, dir).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (gw, config) = tls_gateway(&backend, "", b"http/1.1").await;
     let addr = gw.addr("tls");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .unwrap();

@@ -4,7 +4,7 @@
 
 use redis::{AsyncCommands, Value};
 
-use super::{RedisStore, down, parse_hex, scripts};
+use super::{RedisStore, down, scripts};
 use crate::session::StoreId;
 use crate::session::store::{AdminStore, Session, SessionKey, SessionStore, StoreError, unix_ms};
 
@@ -31,18 +31,12 @@ impl AdminStore for RedisStore {
         let mut conn = self.0.wire.conn().await?;
         let mut out = Vec::new();
         for hash_key in self.0.wire.session_keys().await? {
-            let Some(id) = scripts::id_of(&self.0.wire.prefix, &hash_key)
-                .and_then(parse_hex)
-                .map(StoreId::from_bytes)
-            else {
+            let Some(id) = self.0.wire.id_of(&hash_key) else {
                 continue;
             };
             let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&hash_key)).await?;
-            // A retired id (`r`) is a view of a session exported under its own id.
-            let retired = hash
-                .chunks(2)
-                .any(|f| matches!(&f[0], Value::BulkString(b) if b == b"r"));
-            if let (false, Some(s)) = (retired, self.0.wire.session(&hash)) {
+            // A retired id is a view of a session exported under its own id.
+            if let Some(s) = self.0.wire.session(&hash) {
                 out.push((id, s));
             }
         }
@@ -104,16 +98,12 @@ impl RedisStore {
         let mut ended = Vec::new();
         for key in self.0.wire.session_keys().await? {
             let v: Option<String> = self.0.wire.timed(conn.hget(&key, &field)).await?;
-            let id = scripts::id_of(&self.0.wire.prefix, &key).and_then(parse_hex);
-            if let (Some(true), Some(id)) = (v.map(|v| v == value), id) {
-                let id = StoreId::from_bytes(id);
+            if let (Some(true), Some(id)) = (v.map(|v| v == value), self.0.wire.id_of(&key)) {
                 let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&key)).await?;
-                let retired = hash
-                    .chunks(2)
-                    .any(|f| matches!(&f[0], Value::BulkString(b) if b == b"r"));
                 // Through the delete script, so that other gateways drop their copies.
                 self.delete(&id).await?;
-                if let (false, Some(s)) = (retired, self.0.wire.session(&hash)) {
+                // A retired view goes too, uncounted.
+                if let Some(s) = self.0.wire.session(&hash) {
                     ended.push((id, s));
                 }
             }
@@ -145,10 +135,7 @@ impl RedisStore {
             if k.as_deref() != Some(key.as_str()) || renamed.is_some() {
                 continue;
             }
-            let Some(id) = scripts::id_of(&self.0.wire.prefix, &hash_key)
-                .and_then(parse_hex)
-                .map(StoreId::from_bytes)
-            else {
+            let Some(id) = self.0.wire.id_of(&hash_key) else {
                 continue;
             };
             let hash: Vec<Value> = self.0.wire.timed(conn.hgetall(&hash_key)).await?;

@@ -147,11 +147,8 @@ impl SubjectIndex for RedisStore {
                 stale.push(member);
                 continue;
             };
-            let retired = hash
-                .chunks(2)
-                .any(|f| matches!(&f[0], Value::BulkString(b) if b == b"r"));
             match self.0.wire.session(&hash) {
-                Some(s) if !retired && s.attr(name) == Some(subject) => found.push((id, s)),
+                Some(s) if s.attr(name) == Some(subject) => found.push((id, s)),
                 _ => stale.push(member),
             }
         }

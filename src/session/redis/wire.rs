@@ -675,8 +675,9 @@ impl Wire {
         }))
     }
 
-    /// A session from its hash (`HGETALL`), if it is one and not past the absolute timeout.
-    /// Fields are read in place (this runs on every read the near cache does not serve).
+    /// A session from its hash (`HGETALL`), if it is a live one: not retired by a regenerate
+    /// (`r`: a view of a session found under its own id), not past the absolute timeout.
+    /// Fields are read in place.
     pub(super) fn session(&self, hash: &[Value]) -> Option<Session> {
         fn text(v: &Value) -> Option<&str> {
             match v {
@@ -689,6 +690,9 @@ impl Wire {
         let mut attrs = Vec::with_capacity(hash.len() / 2);
         for pair in hash.chunks_exact(2) {
             let field = text(&pair[0])?;
+            if field == "r" {
+                return None;
+            }
             // The packed form (`p`) is binary (its lengths are raw bytes): it is not read here,
             // and must not make a session with a value of 128 bytes or more unreadable.
             if !matches!(field, "k" | "c" | "l" | "f") && !field.starts_with("a:") {
@@ -713,6 +717,13 @@ impl Wire {
             return None;
         }
         Some(Session::from_parts(key, attrs, created, last))
+    }
+
+    /// The session id in a session hash's key (`PREFIX s:{ID}`), if it is one.
+    pub(super) fn id_of(&self, key: &str) -> Option<StoreId> {
+        scripts::id_of(&self.prefix, key)
+            .and_then(parse_hex)
+            .map(StoreId::from_bytes)
     }
 
     /// The probe's question, past the circuit: does Redis answer, and did it keep its data

@@ -82,24 +82,8 @@ async fn sent(gw: &Gateway, request: &[u8]) -> TcpStream {
 
 /// A gateway with one TLS listener `tls` (gw.test) in front of `b`, with `timeouts`; and a
 /// client configuration that trusts it and offers h2.
-async fn tls_gateway(b: &Backend, timeouts: &str) -> (Gateway, Arc<rustls::ClientConfig>) {
-    init();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(dir.path(), "gw", &["gw.test"]);
-    let yaml = format!(
-        "listeners:\n  - name: tls\n    bind: \"127.0.0.1:0\"\n    tls: {{ certificates: [ {{ cert: gw.crt, key: gw.key }} ] }}\nupstreams:\n  app: {{ servers: [ {{ url: \"{}\" }} ] }}\nroutes:\n  - {{ match: {{ path_prefix: / }}, upstream: app }}\ntimeouts: {timeouts}\n",
-        b.url()
-    );
-    let gw = Gateway::start_in(&yaml, dir).await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(cert.der.clone()))
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    (gw, Arc::new(config))
+async fn tls_h2_gateway(b: &Backend, timeouts: &str) -> (Gateway, Arc<rustls::ClientConfig>) {
+    tls_gateway(b, &format!("timeouts: {timeouts}"), b"h2").await
 }
 
 /// Waits (15 s at most) for the backend to see its response let go.
@@ -270,7 +254,7 @@ async fn an_http2_header_block_left_open_is_cut_at_header_read() {
 async fn a_stalled_http2_connection_over_tls_closes_at_the_idle_timeout() {
     init();
     let s = streamer().await;
-    let (gw, config) = tls_gateway(&s.backend, "{ idle: 2s, send: 60s }").await;
+    let (gw, config) = tls_h2_gateway(&s.backend, "{ idle: 2s, send: 60s }").await;
     let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = TcpStream::connect(gw.addr("tls")).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("gw.test").unwrap();
@@ -312,7 +296,7 @@ async fn a_stalled_http2_connection_over_tls_closes_at_the_idle_timeout() {
 async fn an_http2_request_trickled_inside_one_tls_record_is_cut_at_header_read() {
     init();
     let b = Backend::named("ok").await;
-    let (gw, config) = tls_gateway(&b, "{ header_read: 1s, idle: 60s }").await;
+    let (gw, config) = tls_h2_gateway(&b, "{ header_read: 1s, idle: 60s }").await;
     let addr = gw.addr("tls");
     // rustls by hand: the handshake, then the preface and a request sealed into TLS records
     // whose bytes go out one every 100 ms. TLS gives the gateway no plaintext until a record
